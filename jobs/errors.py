@@ -1,0 +1,33 @@
+"""Cairn's exception hierarchy: every error carries the message a user should read."""
+
+
+class CairnError(Exception):
+    """Base of every error Cairn expects; `str()` is the user-facing message."""
+
+    exit_code = 1
+
+
+class ConfigError(CairnError):
+    """A configuration or contract declaration is invalid; the message names file, field and value."""
+
+    exit_code = 2
+
+
+class ContractError(CairnError):
+    """A metric contract cannot be compiled or evaluated."""
+
+
+class WarehouseError(CairnError):
+    """The warehouse refused or failed a query."""
+
+
+class DbtError(CairnError):
+    """A dbt invocation failed."""
+
+
+class StoreError(CairnError):
+    """The store is missing, unreachable or at the wrong schema version."""
+
+
+class NotFound(CairnError):
+    """A named record (incident, contract) does not exist."""
