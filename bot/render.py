@@ -1,0 +1,81 @@
+"""Terminal rendering of Cairn's records: what the CLI and the demo print."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import click
+
+from bot.messages import STATUS_LABEL, short_sha
+from jobs.config import Config
+from jobs.contracts import Contract
+from jobs.records import AuditEvent, Incident, Observation
+
+
+def number(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:,.4g}"
+
+
+def observation_line(obs: Observation) -> str:
+    window = f" [{obs.window_start:%Y-%m-%d %H:%M} → {obs.window_end:%H:%M}]" if obs.window_start else ""
+    profile = "" if obs.profile is None or obs.value is not None else " (profile)"
+    return f"{obs.contract_id:<28} {number(obs.value):>14}{profile}{window} @ {short_sha(obs.sha)}"
+
+
+def outcome_line(outcome) -> str:
+    status = outcome.assessment.status.value
+    change = outcome.change.value
+    mark = {"opened": "✗ incident opened", "updated": "✗ incident updated", "resolved": "✓ resolved"}
+    tail = f"  {mark[change]} #{outcome.incident.id}" if change in mark else ""
+    return f"{outcome.contract.id:<28} {status:<10} {outcome.assessment.reason}{tail}"
+
+
+def incident_line(incident: Incident) -> str:
+    change = f"{incident.change_pct:+.1f}%" if incident.change_pct is not None else "—"
+    return (f"#{incident.id:<4} {incident.contract_id:<28} {STATUS_LABEL[incident.status]:<15} "
+            f"{change:>8}  {incident.severity:<8} since {incident.first_bad_at:%Y-%m-%d %H:%M}")
+
+
+def incident_detail(incident: Incident, events: Sequence[AuditEvent]) -> str:
+    lines = [
+        f"Incident #{incident.id} · {incident.contract_id} · {STATUS_LABEL[incident.status]} · {incident.severity}",
+        f"  {incident.reason}",
+        f"  first bad: {incident.first_bad_at:%Y-%m-%d %H:%M} at {short_sha(incident.first_bad_sha)}",
+        "  last good: " + (f"{incident.last_good_at:%Y-%m-%d %H:%M} at {short_sha(incident.last_good_sha)}"
+                           if incident.last_good_at else "none recorded"),
+    ]
+    if incident.baseline:
+        b = incident.baseline
+        lines.append(f"  baseline: median {number(b.median)} over {b.n} points, band "
+                     f"{number(b.lower)}–{number(b.upper)}{' (same weekday)' if b.seasonal else ''}")
+    lines.append("  audit trail:")
+    lines += [f"    {e.at:%Y-%m-%d %H:%M:%S} {e.actor:<8} {e.name}" for e in events]
+    return "\n".join(lines)
+
+
+def contract_line(contract: Contract, config: Config) -> str:
+    where = contract.declared_in or config.path.name
+    window = f" per {contract.window.value}" if contract.window else ""
+    return f"{contract.id:<28} {contract.kind.value:<12} on {contract.relation_name}{window}  ({where})"
+
+
+@contextmanager
+def progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A one-line progress counter on a terminal; silent otherwise."""
+    started = time.monotonic()
+    live = sys.stderr.isatty()
+
+    def tick(done: int, total: int) -> None:
+        if live:
+            click.echo(f"\r{label}: {done}/{total}", nl=False, err=True)
+
+    yield tick
+    if live:
+        click.echo(f"\r{label}: done in {time.monotonic() - started:.1f}s", err=True)

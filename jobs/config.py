@@ -1,0 +1,237 @@
+"""Cairn's settings, declared once: cairn.yml for the deployment, the environment for secrets and URLs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from jobs.contracts import Contract, parse_duration
+from jobs.errors import ConfigError
+
+DEFAULT_CONFIG = "cairn.yml"
+DEFAULT_STORE = "sqlite:///.cairn/cairn.db"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GitHubForge(_Section):
+    repo: str = Field(description="owner/name of the dbt project's repository.")
+    base_url: str = Field(
+        "https://api.github.com",
+        description="REST API root; GitHub Enterprise Server: https://HOST/api/v3.",
+    )
+
+    @field_validator("repo")
+    @classmethod
+    def _owner_name(cls, value: str) -> str:
+        if value.count("/") != 1 or not all(value.split("/")):
+            raise ValueError(f"{value!r} is not owner/name")
+        return value
+
+
+class ForgeSettings(_Section):
+    github: GitHubForge = Field(description="Open PRs on GitHub instead of the local forge.")
+
+
+class SlackSettings(_Section):
+    channel: str | None = Field(None, description="Alert channel ID (C…), not its name.")
+    approvers: list[str] = Field(
+        default_factory=list, description="Slack user IDs (U…) or user-group IDs (S…) allowed to act."
+    )
+
+
+class ScheduleSettings(_Section):
+    check_every: timedelta = Field(timedelta(hours=1), description="How often `cairn scheduler` runs check.")
+
+    @field_validator("check_every", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return value if isinstance(value, timedelta) else parse_duration(value)
+
+
+class Settings(_Section):
+    """The keys of cairn.yml. Relative paths are relative to the file's own directory."""
+
+    project: Path = Field(Path("."), description="The dbt project directory.")
+    profiles_dir: Path | None = Field(None, description="Where profiles.yml lives; default: the project.")
+    target: str | None = Field(None, description="dbt target; default: the profile's default target.")
+    repo: Path = Field(Path("."), description="The git repository holding the dbt project.")
+    branch: str = Field("main", description="The deployed branch: its head is the deployed SHA.")
+    store: str = Field(DEFAULT_STORE, description="SQLAlchemy URL of Cairn's store (env: CAIRN_DATABASE_URL).")
+    forge: Literal["local"] | ForgeSettings = Field("local", description="'local' or {github: {repo: owner/name}}.")
+    slack: SlackSettings = Field(default_factory=SlackSettings, description="Slack surface.")
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings, description="The clock process.")
+    policy: Path | None = Field(None, description="Policy file; default: the bundled policies/default.yml.")
+    contracts: list[Contract] = Field(
+        default_factory=list, description="Metric contracts (dbt YAML meta.cairn.contracts adds more)."
+    )
+
+
+@dataclass(frozen=True)
+class Environment:
+    """Secrets and URLs: read from the environment once, at start-up, never from cairn.yml."""
+
+    database_url: str | None = None
+    redis_url: str | None = None
+    slack_bot_token: str | None = None
+    slack_signing_secret: str | None = None
+    slack_app_token: str | None = None
+    slack_api_url: str | None = None
+    github_token: str | None = None
+    anthropic_api_key: str | None = None
+
+    VARIABLES = {
+        "database_url": ("CAIRN_DATABASE_URL", "Store URL; overrides `store` (may hold a password)."),
+        "redis_url": ("REDIS_URL", "Redis for the RQ queue; without it jobs run in-process."),
+        "slack_bot_token": ("SLACK_BOT_TOKEN", "Bot token (xoxb-…)."),
+        "slack_signing_secret": ("SLACK_SIGNING_SECRET", "Verifies requests from Slack."),
+        "slack_app_token": ("SLACK_APP_TOKEN", "App-level token (xapp-…) for Socket Mode."),
+        "slack_api_url": ("SLACK_API_URL", "Slack Web API base URL (proxies, tests)."),
+        "github_token": ("GITHUB_TOKEN", "Token for the GitHub forge."),
+        "anthropic_api_key": ("ANTHROPIC_API_KEY", "Enables the LLM re-ranker."),
+    }
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "Environment":
+        return cls(**{field: env.get(var) or None for field, (var, _) in cls.VARIABLES.items()})
+
+
+@dataclass(frozen=True)
+class Config:
+    """A loaded cairn.yml, its paths resolved, and the environment it runs in."""
+
+    path: Path
+    settings: Settings
+    env: Environment
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, value: Path) -> Path:
+        return value if value.is_absolute() else (self.root / value).resolve()
+
+    @property
+    def project_dir(self) -> Path:
+        return self.resolve(self.settings.project)
+
+    @property
+    def profiles_dir(self) -> Path:
+        return self.resolve(self.settings.profiles_dir or self.settings.project)
+
+    @property
+    def repo_dir(self) -> Path:
+        return self.resolve(self.settings.repo)
+
+    @property
+    def store_url(self) -> str:
+        url = self.env.database_url or self.settings.store
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and url != "sqlite://":
+            return prefix + str(self.resolve(Path(url[len(prefix):])))
+        return url
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate cairn.yml; every error names the file, the field and the value."""
+    env = os.environ if env is None else env
+    path = Path(path or env.get("CAIRN_CONFIG") or DEFAULT_CONFIG).resolve()
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file. Pass --config PATH or set CAIRN_CONFIG.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return Config(path=path, settings=parse_settings(data, str(path)), env=Environment.from_env(env))
+
+
+def parse_settings(data: dict[str, Any], source: str) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, data, source)) from None
+
+
+def describe_validation_error(exc: ValidationError, data: Any, source: str) -> str:
+    """One line per problem: file: field.path (contract id): message (got value)."""
+    lines = []
+    for error in exc.errors():
+        loc = [part for part in error["loc"] if not _is_union_tag(part)]
+        lines.append(f"{source}: {_field_path(loc, data)}: {_message(error)}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and (part.startswith("literal[") or part in ("ForgeSettings",))
+
+
+def _field_path(loc: list[Any], data: Any) -> str:
+    text, node = "", data
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        node = node[part] if isinstance(node, (dict, list)) and _has(node, part) else None
+        if isinstance(part, int) and isinstance(node, dict) and "id" in node:
+            text += f" (id {node['id']!r})"
+    return text or "(top level)"
+
+
+def _has(node: dict | list, part: Any) -> bool:
+    return part in node if isinstance(node, dict) else isinstance(part, int) and part < len(node)
+
+
+def _message(error: dict[str, Any]) -> str:
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing" or "input" not in error or isinstance(error["input"], dict):
+        return message
+    if repr(error["input"]) in message:
+        return message
+    return f"{message} (got {error['input']!r})"
+
+
+def config_reference() -> str:
+    """The configuration reference in Markdown, generated from the declarations above."""
+    out = ["# Configuration reference", "", "Generated from `jobs/config.py` and `jobs/contracts.py`;",
+           "`tests/test_config.py` fails when this file and the code drift apart.", "",
+           "## cairn.yml", "", "| key | default | meaning |", "|---|---|---|"]
+    out += _rows(Settings)
+    out += ["", "## Environment", "", "| variable | meaning |", "|---|---|"]
+    out += [f"| `{var}` | {help_} |" for var, help_ in Environment.VARIABLES.values()]
+    out += ["| `CAIRN_CONFIG` | Path of cairn.yml when `--config` is not given. |"]
+    from jobs.contracts import BaselineSpec, ThresholdSpec
+
+    for title, model in (("Contract", Contract), ("Contract `baseline`", BaselineSpec),
+                         ("Contract `threshold`", ThresholdSpec), ("`slack`", SlackSettings),
+                         ("`schedule`", ScheduleSettings),
+                         ("`forge.github`", GitHubForge)):
+        out += ["", f"## {title}", "", "| key | default | meaning |", "|---|---|---|"] + _rows(model)
+    return "\n".join(out) + "\n"
+
+
+def _rows(model: type[BaseModel]) -> list[str]:
+    rows = []
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue
+        default = "required" if field.is_required() else _default(field)
+        rows.append(f"| `{name}` | {default} | {field.description or ''} |")
+    return rows
+
+
+def _default(field: Any) -> str:
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return "see below"
+    if hasattr(value, "value"):
+        value = value.value
+    return f"`{value}`" if value not in (None, []) else ("none" if value is None else "`[]`")
