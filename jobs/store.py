@@ -1,0 +1,348 @@
+"""Cairn's durable store: observations, incidents, the audit log, rebaselines and shared org state."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from jobs.database import alembic_config, audit_events, create_engine, incidents, observations, org_state, rebaselines
+from jobs.errors import NotFound, StoreError
+from jobs.records import AuditEvent, BaselineStats, Incident, IncidentStatus, Observation
+
+_INCIDENT_FIELDS = {"status", "severity", "value", "baseline", "change_pct", "reason", "details", "resolved_at"}
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Store:
+    """Every read and write Cairn makes to its own database; each method is one transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_engine(url)
+        self.url = self.engine.url.render_as_string(hide_password=True)
+
+    @classmethod
+    def open(cls, url: str, migrate: bool = True) -> Store:
+        """A store ready to use: migrated to head, or checked to be at head when `migrate` is false."""
+        store = cls(url)
+        if migrate:
+            store.migrate()
+        else:
+            store.check()
+        return store
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Upgrade the schema to the latest migration; safe to run from several workers at once."""
+        from alembic import command
+
+        with self._transaction(write=True) as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('cairn.migrate'))"))
+            command.upgrade(alembic_config(conn), "head")
+
+    def check(self) -> None:
+        """Raise StoreError unless the schema is at the latest migration."""
+        from alembic.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+        with self._transaction() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+        if current != head:
+            raise StoreError(
+                f"the store at {self.url} is at schema revision {current or 'none'}, Cairn needs {head}; "
+                "migrate it with Store.open(url, migrate=True)"
+            )
+
+    # -- observations -------------------------------------------------------------------------
+
+    def add_observation(self, obs: Observation) -> Observation:
+        row = {f.name: getattr(obs, f.name) for f in dataclasses.fields(obs) if f.name != "id"}
+        with self._transaction(write=True) as conn:
+            new_id = conn.execute(observations.insert().values(row).returning(observations.c.id)).scalar_one()
+        return dataclasses.replace(obs, id=new_id)
+
+    def observations(
+        self, contract_id: str, *, since: datetime | None = None, until: datetime | None = None
+    ) -> list[Observation]:
+        """A contract's observations in time order; `since` inclusive, `until` exclusive.
+
+        An observation's time is its window start, or when it was observed if it has no window,
+        so a backfilled observation sits where its window is, not where it was taken.
+        """
+        at = sa.func.coalesce(observations.c.window_start, observations.c.observed_at)
+        query = observations.select().where(observations.c.contract_id == contract_id)
+        if since is not None:
+            query = query.where(at >= since)
+        if until is not None:
+            query = query.where(at < until)
+        query = query.order_by(at, observations.c.observed_at, observations.c.id)
+        with self._transaction() as conn:
+            return [_observation(row) for row in conn.execute(query)]
+
+    def latest_observation(self, contract_id: str) -> Observation | None:
+        """The last observation in the order of `observations()`."""
+        at = sa.func.coalesce(observations.c.window_start, observations.c.observed_at)
+        query = (
+            observations.select()
+            .where(observations.c.contract_id == contract_id)
+            .order_by(at.desc(), observations.c.observed_at.desc(), observations.c.id.desc())
+            .limit(1)
+        )
+        with self._transaction() as conn:
+            row = conn.execute(query).first()
+        return _observation(row) if row else None
+
+    def mark_anomalous(self, observation_id: int, anomalous: bool = True) -> None:
+        query = observations.update().where(observations.c.id == observation_id).values(anomalous=anomalous)
+        with self._transaction(write=True) as conn:
+            if conn.execute(query).rowcount == 0:
+                raise NotFound(f"observation {observation_id} does not exist in the store")
+
+    # -- incidents ----------------------------------------------------------------------------
+
+    def open_incident(
+        self,
+        contract_id: str,
+        *,
+        severity: str,
+        first_bad: Observation,
+        last_good: Observation | None,
+        value: float | None,
+        baseline: BaselineStats | None,
+        change_pct: float | None,
+        reason: str,
+        status: IncidentStatus = IncidentStatus.detected,
+    ) -> Incident:
+        """Open an incident for the contract; if one is already open, return that one unchanged.
+
+        The database holds at most one open incident per contract, so two workers racing to open
+        one both get the same incident. Compare `first_bad_observation_id` to tell which won.
+        """
+        now = _now()
+        row = dict(
+            contract_id=contract_id,
+            status=IncidentStatus(status).value,
+            open=IncidentStatus(status).is_open,
+            severity=severity,
+            detected_at=now,
+            updated_at=now,
+            first_bad_at=first_bad.observed_at,
+            first_bad_sha=first_bad.sha,
+            first_bad_observation_id=first_bad.id,
+            last_good_at=last_good.observed_at if last_good else None,
+            last_good_sha=last_good.sha if last_good else None,
+            last_good_observation_id=last_good.id if last_good else None,
+            value=value,
+            baseline=dataclasses.asdict(baseline) if baseline else None,
+            change_pct=change_pct,
+            reason=reason,
+            details={},
+        )
+        for _attempt in range(3):  # the open incident may close between our conflict and our read
+            try:
+                with self._transaction(write=True) as conn:
+                    new_id = conn.execute(incidents.insert().values(row).returning(incidents.c.id)).scalar_one()
+                return self.incident(new_id)
+            except IntegrityError as exc:
+                error = exc
+                existing = self.open_incident_for(contract_id)
+                if existing is not None:
+                    return existing
+        raise StoreError(f"could not open an incident for {contract_id}: {_reason(error)}") from error
+
+    def open_incident_for(self, contract_id: str) -> Incident | None:
+        """The contract's open incident, if it has one."""
+        query = incidents.select().where(incidents.c.contract_id == contract_id, incidents.c.open.is_(True))
+        with self._transaction() as conn:
+            row = conn.execute(query).first()
+        return _incident(row) if row else None
+
+    def update_incident(self, incident_id: int, **fields: Any) -> Incident:
+        """Change an incident's fields; `details` is merged key by key into the existing details.
+
+        Moving to a closed status sets `resolved_at` to now, to an open one clears it, unless it is given.
+        """
+        unknown = set(fields) - _INCIDENT_FIELDS
+        if unknown:
+            raise TypeError(f"update_incident() cannot change {', '.join(sorted(unknown))}")
+        values = dict(fields, updated_at=_now())
+        if "status" in fields:
+            status = IncidentStatus(fields["status"])
+            values.update(status=status.value, open=status.is_open)
+            values.setdefault("resolved_at", None if status.is_open else values["updated_at"])
+        if fields.get("baseline") is not None:
+            values["baseline"] = dataclasses.asdict(fields["baseline"])
+        query = incidents.select().where(incidents.c.id == incident_id).with_for_update()
+        try:
+            with self._transaction(write=True) as conn:
+                row = conn.execute(query).first()
+                if row is None:
+                    raise NotFound(f"incident {incident_id} does not exist in the store")
+                if "details" in fields:
+                    values["details"] = {**row.details, **(fields["details"] or {})}
+                conn.execute(incidents.update().where(incidents.c.id == incident_id).values(values))
+        except IntegrityError as exc:
+            raise StoreError(
+                f"cannot reopen incident {incident_id}: contract {row.contract_id} already has an open incident"
+            ) from exc
+        return self.incident(incident_id)
+
+    def incident(self, incident_id: int) -> Incident:
+        with self._transaction() as conn:
+            row = conn.execute(incidents.select().where(incidents.c.id == incident_id)).first()
+        if row is None:
+            raise NotFound(f"incident {incident_id} does not exist in the store")
+        return _incident(row)
+
+    def incidents(self, *, status: IncidentStatus | str | None = None, open_only: bool = False) -> list[Incident]:
+        """Incidents, oldest first, optionally of one status or only the open ones."""
+        query = incidents.select().order_by(incidents.c.detected_at, incidents.c.id)
+        if status is not None:
+            query = query.where(incidents.c.status == IncidentStatus(status).value)
+        if open_only:
+            query = query.where(incidents.c.open.is_(True))
+        with self._transaction() as conn:
+            return [_incident(row) for row in conn.execute(query)]
+
+    # -- audit log (append-only: there is deliberately no update or delete) -------------------
+
+    def audit(
+        self,
+        name: str,
+        *,
+        incident_id: int | None = None,
+        actor: str = "cairn",
+        data: dict[str, Any] | None = None,
+        dedup_key: str | None = None,
+    ) -> AuditEvent | None:
+        """Append an event; return None, writing nothing, if an event with `dedup_key` exists."""
+        event = AuditEvent(name=name, at=_now(), actor=actor, incident_id=incident_id, data=dict(data or {}))
+        row = dict(dataclasses.asdict(event), dedup_key=dedup_key)
+        del row["id"]
+        try:
+            with self._transaction(write=True) as conn:
+                new_id = conn.execute(audit_events.insert().values(row).returning(audit_events.c.id)).scalar_one()
+        except IntegrityError as exc:
+            if dedup_key is not None and self._has_audit_key(dedup_key):
+                return None
+            raise StoreError(f"cannot record audit event {name!r}: {_reason(exc)}") from exc
+        return dataclasses.replace(event, id=new_id)
+
+    def audit_events(self, incident_id: int | None = None) -> list[AuditEvent]:
+        """Events in the order they were appended: all of them, or one incident's."""
+        query = audit_events.select().order_by(audit_events.c.id)
+        if incident_id is not None:
+            query = query.where(audit_events.c.incident_id == incident_id)
+        with self._transaction() as conn:
+            return [
+                AuditEvent(name=r.name, at=r.at, actor=r.actor, incident_id=r.incident_id, data=r.data, id=r.id)
+                for r in conn.execute(query)
+            ]
+
+    def _has_audit_key(self, dedup_key: str) -> bool:
+        query = sa.select(audit_events.c.id).where(audit_events.c.dedup_key == dedup_key)
+        with self._transaction() as conn:
+            return conn.execute(query).first() is not None
+
+    # -- rebaselines and org state ------------------------------------------------------------
+
+    def rebaseline(self, contract_id: str, since: datetime, actor: str, reason: str) -> None:
+        """Record that the contract's baseline starts at `since`; the latest recorded rebaseline wins."""
+        row = dict(contract_id=contract_id, since=since, actor=actor, reason=reason, at=_now())
+        with self._transaction(write=True) as conn:
+            conn.execute(rebaselines.insert().values(row))
+
+    def baseline_since(self, contract_id: str) -> datetime | None:
+        query = (
+            sa.select(rebaselines.c.since)
+            .where(rebaselines.c.contract_id == contract_id)
+            .order_by(rebaselines.c.at.desc(), rebaselines.c.id.desc())
+            .limit(1)
+        )
+        with self._transaction() as conn:
+            return conn.execute(query).scalar()
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        with self._transaction() as conn:
+            row = conn.execute(sa.select(org_state.c.value).where(org_state.c.key == key)).first()
+        return default if row is None else row.value
+
+    def set_state(self, key: str, value: Any, actor: str) -> None:
+        """Set a shared value (JSON) that every worker sees on its next read."""
+        insert = (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(org_state)
+        now = _now()
+        query = insert.values(key=key, value=value, updated_at=now, updated_by=actor).on_conflict_do_update(
+            index_elements=[org_state.c.key], set_=dict(value=insert.excluded.value, updated_at=now, updated_by=actor)
+        )
+        with self._transaction(write=True) as conn:
+            conn.execute(query)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, *, write: bool = False) -> Iterator[Connection]:
+        """One transaction; driver errors become StoreError with the URL's password masked."""
+        try:
+            conn = self.engine.connect()
+        except DBAPIError as exc:
+            raise StoreError(
+                f"cannot connect to the store at {self.url}: {self._masked(exc)}; "
+                "check that the database is running and the URL, user and password are right"
+            ) from exc
+        try:
+            with conn:
+                conn.execution_options(cairn_write=write)
+                with conn.begin():
+                    yield conn
+        except IntegrityError:
+            raise  # the caller knows which constraint it was racing on
+        except DBAPIError as exc:
+            raise StoreError(
+                f"the store at {self.url} failed: {self._masked(exc)}; if a table is missing, "
+                "migrate it with Store.open(url, migrate=True)"
+            ) from exc
+        except sa.exc.StatementError as exc:
+            if isinstance(exc.orig, ValueError):
+                raise exc.orig from None  # a value we refuse to bind, e.g. a naive datetime
+            raise
+
+    def _masked(self, exc: sa.exc.StatementError) -> str:
+        reason = _reason(exc)
+        password = self.engine.url.password
+        return reason.replace(password, "***") if password else reason
+
+
+def _reason(exc: DBAPIError) -> str:
+    lines = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _observation(row: sa.Row) -> Observation:
+    return Observation(**{f.name: getattr(row, f.name) for f in dataclasses.fields(Observation)})
+
+
+def _incident(row: sa.Row) -> Incident:
+    values = {f.name: getattr(row, f.name) for f in dataclasses.fields(Incident)}
+    values["status"] = IncidentStatus(row.status)
+    values["baseline"] = BaselineStats(**row.baseline) if row.baseline is not None else None
+    values["details"] = dict(row.details or {})
+    return Incident(**values)
