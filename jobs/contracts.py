@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from enum import Enum
 from typing import Any, Literal
 
@@ -75,7 +75,7 @@ class ThresholdSpec(_Strict):
     absolute: float = Field(0.0, ge=0, description="Minimum absolute change vs the median.")
     psi: float = Field(0.2, gt=0, description="distribution (categorical): PSI above this alerts.")
     quantile_shift: float = Field(
-        0.10,
+        0.5,
         gt=0,
         description="distribution (numeric): largest quantile move, relative to the baseline IQR.",
     )
@@ -143,3 +143,15 @@ class Contract(_Strict):
     def effective_direction(self) -> Direction:
         """Freshness lag only pages when it grows."""
         return Direction.rise if self.kind is Kind.freshness else self.direction
+
+
+def window_bounds(window: Window, at: datetime) -> tuple[datetime, datetime]:
+    """The last complete window before `at` (UTC): end is `at` floored to the window."""
+    if at.tzinfo is None:
+        raise ValueError(f"{at!r} has no time zone; pass an aware UTC datetime")
+    at = at.astimezone(timezone.utc)
+    if window is Window.day:
+        end = at.replace(hour=0, minute=0, second=0, microsecond=0)
+    else:
+        end = at.replace(minute=0, second=0, microsecond=0)
+    return end - window.delta, end

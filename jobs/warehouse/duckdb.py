@@ -1,0 +1,73 @@
+"""DuckDB as a warehouse, opened read-only: the measuring path never writes production."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from jobs.errors import WarehouseError
+from jobs.warehouse import identifier, qualified_name
+
+
+class DuckDBWarehouse:
+    """One DuckDB file; `database` is the name dbt knows it by when that differs from the file's."""
+
+    dialect = "duckdb"
+
+    def __init__(self, path: str | Path, read_only: bool = True, database: str | None = None):
+        self.path = Path(path)
+        try:
+            self._con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.Error as error:
+            raise WarehouseError(
+                f"cannot open DuckDB file {self.path}: {error}. Check the path; if a dbt run holds "
+                "the file for writing, measure after it finishes."
+            ) from None
+        # Naive TIMESTAMP window literals meet TIMESTAMPTZ columns in the session zone: pin UTC.
+        self._con.execute("SET TimeZone = 'UTC'")
+        # Opened directly, the catalog is the file's stem; dbt-duckdb names its database the same.
+        self.catalog: str = self._con.execute("SELECT current_database()").fetchone()[0]
+        self.database = database or self.catalog
+
+    def query(self, sql: str) -> list[dict[str, Any]]:
+        try:
+            cursor = self._con.execute(sql)
+            description = cursor.description or ()
+            names = [column[0] for column in description]
+            maps = [str(column[1]).startswith("MAP(") for column in description]
+            return [
+                {name: _map(v) if is_map else v for name, is_map, v in zip(names, maps, row)}
+                for row in cursor.fetchall()
+            ]
+        except duckdb.Error as error:
+            raise WarehouseError(f"DuckDB refused the query: {error}") from None
+
+    def relation_name(self, node: dict[str, Any]) -> str:
+        database = node.get("database") or self.database
+        if database != self.database:
+            raise WarehouseError(
+                f"{node.get('unique_id', node.get('name'))} lives in database {database!r}, but "
+                f"{self.path.name} is {self.database!r}. If this file is a copy of {database!r}, "
+                f"open it with DuckDBWarehouse(path, database={database!r})."
+            )
+        return qualified_name(self.catalog, node["schema"], identifier(node), self.dialect)
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> "DuckDBWarehouse":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _map(value: Any) -> dict | None:
+    """duckdb 2.0 returns a MAP as a dict; clients before 1.1 gave {'key': [...], 'value': [...]}."""
+    if value is None:
+        return None
+    if value.keys() == {"key", "value"} and isinstance(value["key"], list):
+        return dict(zip(value["key"], value["value"]))
+    return dict(value)
