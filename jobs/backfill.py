@@ -14,7 +14,7 @@ from jobs.baseline import assess
 from jobs.detect import observe
 from jobs.records import AssessmentStatus
 from jobs.runtime import Runtime
-from jobs.windows import window_end
+from jobs.contracts import window_bounds
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,11 @@ def backfill(rt: Runtime, now: datetime, days: int,
     windowed = [c for c in rt.contracts if c.window is not None]
     skipped = tuple(c.id for c in rt.contracts if c.window is None)
     # The latest complete window is left to `check`; backfill fills the `days` before it.
-    steps = sorted({window_end(c, now) - k * c.window.delta
+    steps = sorted({window_bounds(c.window, now)[1] - k * c.window.delta
                     for c in windowed for k in range(1, int(timedelta(days=days) / c.window.delta) + 1)})
     made = anomalous = 0
     for i, at in enumerate(steps, 1):
-        due = [c for c in windowed if window_end(c, at) == at]
+        due = [c for c in windowed if window_bounds(c.window, at)[1] == at]
         for contract, obs in zip(due, observe(rt, at, due, backfilled=True)):
             made += 1
             history = rt.store.observations(contract.id)

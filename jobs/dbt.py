@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +66,10 @@ class Dbt:
         from dbt.cli.main import dbtRunner
 
         with _INVOCATION_LOCK, _environment(self.env):
-            result = dbtRunner().invoke(argv)
+            try:
+                result = dbtRunner().invoke(argv)
+            finally:
+                _release_duckdb()
         if result.exception is not None:
             raise DbtError(f"dbt {args[0]} failed to run in {self.project_dir}: {result.exception}")
         nodes = tuple(
@@ -110,6 +115,14 @@ class Dbt:
             except Exception as exc:  # dbt raises its own hierarchy; present it as ours
                 raise DbtError(f"{self.profiles_dir / 'profiles.yml'}: {exc}") from exc
         return profile.credentials
+
+
+def _release_duckdb() -> None:
+    """dbt-duckdb keeps the file open read-write after a run, which locks Cairn's readers out."""
+    connections = sys.modules.get("dbt.adapters.duckdb.connections")
+    if connections is not None:
+        connections.DuckDBConnectionManager.close_all_connections()
+        gc.collect()
 
 
 class _environment:

@@ -1,0 +1,1 @@
+"""Bundled demo warehouse: the `shop` dbt project and its deterministic data generator."""
