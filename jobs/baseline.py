@@ -48,7 +48,7 @@ from __future__ import annotations
 import calendar
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from statistics import median
 
@@ -68,7 +68,6 @@ class Baseline:
     points: tuple[Observation, ...]
     seasonal: bool
     span: str  # "28-day" or "28-day Sunday", for reasons
-    note: str = ""  # why a seasonal baseline fell back to every day
     shortfall: str | None = None  # the learning reason when there are too few points
 
 
@@ -132,19 +131,23 @@ def same_weekday(points: Sequence[Observation], current: Observation) -> list[Ob
 
 
 def choose_baseline(contract: Contract, current: Observation, points: Sequence[Observation]) -> Baseline:
-    """Same-weekday points when seasonal and enough of them, else every day, else learning."""
+    """Same-weekday points when seasonal, else every day; too few of them is learning.
+
+    A seasonal contract never falls back to every day: a quiet Sunday judged against weekdays
+    is a false page, and a page flagged anomalous would also stay out of every later baseline.
+    """
     spec, days = contract.baseline, f"{contract.baseline.days}-day"
-    note = ""
     if spec.seasonality == "weekly":
         weekday = calendar.day_name[anchor(current).weekday()]
         same = same_weekday(points, current)
-        if len(same) >= spec.min_points_per_weekday:
-            return Baseline(tuple(same), True, f"{days} {weekday}")
-        note = f"only {len(same)} of {spec.min_points_per_weekday} {weekday} points, so compared with every day"
+        shortfall = None
+        if len(same) < spec.min_points_per_weekday:
+            shortfall = f"learning: {len(same)} of {spec.min_points_per_weekday} {weekday} baseline points"
+        return Baseline(tuple(same), True, f"{days} {weekday}", shortfall)
     shortfall = None
     if len(points) < spec.min_points:
         shortfall = f"learning: {len(points)} of {spec.min_points} baseline points"
-    return Baseline(tuple(points), False, days, note, shortfall)
+    return Baseline(tuple(points), False, days, shortfall)
 
 
 # --- the band rule ---------------------------------------------------------------------------
@@ -253,8 +256,6 @@ def assess_band(contract: Contract, value: float, base: Baseline) -> Assessment:
     direction = contract.effective_direction
     anomalous = beyond and alerts_in_direction(direction, dev)
     reason = band_reason(contract, value, stats, z, base.span, beyond, anomalous)
-    if base.note:
-        reason = f"{reason}; {base.note}"
     status = AssessmentStatus.anomalous if anomalous else AssessmentStatus.healthy
     return Assessment(contract.id, status, reason, value, stats, change_pct(value, stats.median), z if sigma else None)
 
@@ -310,7 +311,7 @@ def assess_distribution(contract: Contract, current: Observation, base: Baseline
         return Assessment(contract.id, AssessmentStatus.learning, base.shortfall, None)
     profiles = [o.profile for o in base.points]
     verdict = assess_profiles(contract, current.profile, profiles, base.span, base.seasonal)  # type: ignore[arg-type]
-    return replace(verdict, reason=f"{verdict.reason}; {base.note}") if base.note else verdict
+    return verdict
 
 
 # --- reasons ---------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ class Outcome:
 def observe(rt: Runtime, at: datetime, contracts: Sequence[Contract] | None = None,
             *, backfilled: bool = False) -> list[Observation]:
     """Evaluate contracts (one query per model) at `at` and record the observations."""
-    from jobs.relations import evaluate
+    from jobs.measure import evaluate
 
     contracts = list(rt.contracts if contracts is None else contracts)
     sha = rt.deployed_sha()

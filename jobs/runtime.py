@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from jobs.config import Config
@@ -65,7 +66,11 @@ class Runtime:
         if credentials.type == "duckdb":
             from jobs.warehouse.duckdb import DuckDBWarehouse
 
-            return DuckDBWarehouse(credentials.path, read_only=True)
+            # dbt resolves a relative path against where it runs; teams run it in the project dir.
+            path = credentials.path
+            if path != ":memory:" and not Path(path).is_absolute():
+                path = str(self.config.project_dir / path)
+            return DuckDBWarehouse(path, read_only=True)
         raise WarehouseError(f"dbt adapter {credentials.type!r} is not supported yet (duckdb is)")
 
     def deployed_sha(self) -> str:

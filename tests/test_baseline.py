@@ -115,8 +115,8 @@ CASES = [
      obs(WEDNESDAY, 510), None, ANOMALOUS, "its 28-day Wednesday median"),
     ("no seasonality: a low Sunday alerts", contract(), before(SUNDAY, [SUNDAY_LOW] * 28), obs(SUNDAY, 510), None,
      ANOMALOUS, "28-day median"),
-    ("weekly falls back to every day", weekly(), before(SUNDAY, NOISE[:10]), obs(SUNDAY, 700), None, ANOMALOUS,
-     "only 1 of 4 Sunday points, so compared with every day"),
+    ("weekly waits for enough same weekdays", weekly(), before(SUNDAY, NOISE[:10]), obs(SUNDAY, 700), None,
+     LEARNING, "learning: 1 of 4 Sunday baseline points"),
     ("zero rows page", contract("row_count"), before(MONDAY, NOISE), obs(MONDAY, 0), None, ANOMALOUS,
      "orders row count is 0"),
     ("zero rows page while learning", contract(), before(MONDAY, NOISE[:2]), obs(MONDAY, 0), None, ANOMALOUS,
@@ -205,9 +205,9 @@ def test_robust_z_on_noise() -> None:
 
 def test_seasonal_stats_say_so() -> None:
     sunday = assess(weekly(), obs(SUNDAY, 510), before(SUNDAY, [SUNDAY_LOW] * 28))
-    fallback = assess(weekly(), obs(SUNDAY, 700), before(SUNDAY, NOISE[:10]))
+    plain = assess(contract(), obs(SUNDAY, 700), before(SUNDAY, NOISE[:10]))
     assert (sunday.baseline.seasonal, sunday.baseline.n, sunday.baseline.median) == (True, 4, 500)
-    assert (fallback.baseline.seasonal, fallback.baseline.n) == (False, 10)
+    assert (plain.baseline.seasonal, plain.baseline.n) == (False, 10)
 
 
 def freshness(**kw) -> Contract:

@@ -1,0 +1,159 @@
+"""`cairn demo`: the example warehouse with real git history, a regression, and Cairn catching it."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, time as dtime, timedelta, timezone
+from pathlib import Path
+
+import click
+
+from bot import render
+from jobs.errors import CairnError
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "shop"
+MARKER = ".cairn-demo"
+AUTHOR = {"GIT_AUTHOR_NAME": "Dana Analyst", "GIT_AUTHOR_EMAIL": "dana@shop.example",
+          "GIT_COMMITTER_NAME": "Dana Analyst", "GIT_COMMITTER_EMAIL": "dana@shop.example"}
+
+
+@dataclass(frozen=True)
+class Edit:
+    """A change to one file of the example project, as a commit would make it."""
+
+    path: str
+    old: str
+    new: str
+    message: str
+
+    def apply(self, root: Path) -> None:
+        target = root / self.path
+        text = target.read_text()
+        if self.old not in text:
+            raise CairnError(f"{target}: the demo edit expected {self.old!r}; the example project changed")
+        target.write_text(text.replace(self.old, self.new, 1))
+
+
+# The regression the demo lands: coupon-paid orders silently fall out of revenue.
+REGRESSION = Edit(
+    path="models/intermediate/int_order_payments.sql",
+    old="      and payment_status = 'succeeded'\n",
+    new="      and payment_status = 'succeeded'\n      and payment_method in ('card', 'bank_transfer')\n",
+    message="Only count settled payment methods in order payments",
+)
+
+
+def prepare_workdir(workdir: Path) -> None:
+    """A fresh copy of the example project; refuse to clobber a directory the demo did not make."""
+    if workdir.exists():
+        if not (workdir / MARKER).exists() and any(workdir.iterdir()):
+            raise CairnError(f"{workdir} exists and was not made by `cairn demo`; pass --dir to choose another")
+        shutil.rmtree(workdir)
+    shutil.copytree(EXAMPLE, workdir, ignore=shutil.ignore_patterns("target", "logs", "*.duckdb*", ".cairn"))
+    (workdir / MARKER).write_text("made by cairn demo; safe to delete\n")
+
+
+def commit(workdir: Path, message: str, when: datetime) -> str:
+    from jobs.git import Git
+
+    git = Git(workdir)
+    stamp = when.strftime("%Y-%m-%dT%H:%M:%S+0000")
+    env = {**_os_env(), **AUTHOR, "GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp}
+    git.run("add", "-A", env=env)
+    git.run("commit", "-q", "-m", message, env=env)
+    return git.head_sha()
+
+
+def _os_env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def run_demo(workdir: Path, days: int) -> None:
+    from examples import generate
+    from jobs.backfill import backfill
+    from jobs.config import load_config
+    from jobs.dbt import Dbt
+    from jobs.detect import Change, check
+    from jobs.git import Git
+    from jobs.runtime import Runtime
+
+    started = time.monotonic()
+    today = datetime.now(timezone.utc).date()
+    first_day = today - timedelta(days=days)
+    yesterday = today - timedelta(days=1)
+    workdir = workdir.resolve()
+    db = workdir / "warehouse.duckdb"
+
+    with step(f"Copying the example dbt project to {workdir}"):
+        prepare_workdir(workdir)
+        Git(workdir).run("init", "-q", "-b", "main")
+        commit(workdir, "Shop analytics project", _at(first_day, 9))
+    with step(f"Loading {days - 1} days of source data ({first_day} → {yesterday - timedelta(days=1)})"):
+        generate.load(db, first_day, days - 1)
+    dbt = Dbt(workdir, workdir, env={"CAIRN_DUCKDB_PATH": str(db)}, target_path=workdir / "target")
+    with step("Building the warehouse with dbt (the production deploy)"):
+        _build(dbt)
+
+    config = load_config(workdir / "cairn.yml", env={})
+    morning = _at(yesterday, 1)
+    rt = Runtime(config)
+    try:
+        with step("Backfilling 28 days of baselines"):
+            report = backfill(rt, morning, 28)
+        click.echo(f"    {report.observations} observations; anomalous ones kept out of baselines")
+        with step(f"Yesterday's check ({morning:%Y-%m-%d %H:%M} UTC)"):
+            outcomes = check(rt, morning)
+        for outcome in outcomes:
+            click.echo("    " + render.outcome_line(outcome))
+    finally:
+        rt.close()
+
+    with step(f"Landing commit “{REGRESSION.message}” ({REGRESSION.path})"):
+        REGRESSION.apply(workdir)
+        sha = commit(workdir, REGRESSION.message, _at(yesterday, 10))
+    click.echo(f"    {sha[:7]} by {AUTHOR['GIT_AUTHOR_NAME']}")
+    with step(f"Loading {yesterday} and deploying the new code"):
+        generate.add_day(db, yesterday)
+        _build(dbt)
+
+    now = _at(today, 1)
+    rt = Runtime(config)
+    try:
+        with step(f"Today's check ({now:%Y-%m-%d %H:%M} UTC)"):
+            outcomes = check(rt, now)
+        for outcome in outcomes:
+            click.echo("    " + render.outcome_line(outcome))
+        opened = [o.incident for o in outcomes if o.change is Change.opened]
+        for incident in opened:
+            click.echo("")
+            click.echo(render.incident_detail(incident, rt.store.audit_events(incident.id)))
+    finally:
+        rt.close()
+    click.echo(f"\nDone in {time.monotonic() - started:.0f}s. Explore with "
+               f"`cairn --config {workdir / 'cairn.yml'} incidents`.")
+
+
+def _build(dbt) -> None:
+    result = dbt.build()
+    if not result.success:
+        failed = ", ".join(f"{n.unique_id}: {n.message}" for n in result.failures) or "see dbt logs"
+        raise CairnError(f"dbt build of the example project failed: {failed}")
+
+
+def _at(day: date, hour: int) -> datetime:
+    return datetime.combine(day, dtime(hour), tzinfo=timezone.utc)
+
+
+@contextmanager
+def step(label: str) -> Iterator[None]:
+    """Print a step, run it, print how long it took."""
+    started = time.monotonic()
+    click.echo(f"• {label} …")
+    yield
+    click.echo(f"  done in {time.monotonic() - started:.1f}s")
