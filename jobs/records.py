@@ -111,3 +111,104 @@ class AuditEvent:
     incident_id: int | None = None
     data: dict[str, Any] = field(default_factory=dict)
     id: int | None = None
+
+
+# --- attribution, verification, proposal ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A commit in the suspect range that touches the metric's upstream files, with its evidence."""
+
+    sha: str
+    author: str
+    authored_at: datetime
+    message: str
+    files: tuple[str, ...]  # repo-relative paths the commit touches that matter to the lineage
+    models: tuple[str, ...]  # dbt unique_ids whose definition the commit changes
+    distance: int | None  # fewest lineage hops from a touched model to the metric's model
+    touches_metric_columns: bool | None  # None: column lineage did not resolve
+    diff: str = ""
+    compiled_diff: str = ""
+    docs_only: bool = False
+    intentional: bool = False  # the commit message marks the change as intended
+
+    @property
+    def short_sha(self) -> str:
+        return self.sha[:7]
+
+
+@dataclass(frozen=True)
+class RowDelta:
+    """How a model's rows differ with and without a commit, matched on the model's key."""
+
+    model: str
+    key: tuple[str, ...]
+    added: int
+    removed: int
+    changed: int
+    unchanged: int
+    column_changes: dict[str, int] = field(default_factory=dict)
+    concentration: str | None = None  # "97% of changed rows have payment_method = 'coupon'"
+    samples: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def match_score(self) -> float:
+        total = self.added + self.removed + self.changed + self.unchanged
+        return self.unchanged / total if total else 1.0
+
+
+@dataclass(frozen=True)
+class RankedCause:
+    sha: str
+    confidence: float  # 0..1
+    rationale: str
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Top cause first; `ranker` says who ordered them, `note` why the LLM was not used, if not."""
+
+    causes: tuple[RankedCause, ...]
+    ranker: str  # "scorer" or "llm"
+    note: str = ""
+
+    @property
+    def top(self) -> RankedCause | None:
+        return self.causes[0] if self.causes else None
+
+
+class Verdict(str, Enum):
+    verified = "verified"
+    not_recovered = "not_recovered"
+    conflict = "conflict"
+    build_failed = "build_failed"
+    no_code_cause = "no_code_cause"
+    intentional = "intentional"
+
+
+@dataclass(frozen=True)
+class Verification:
+    """One revert built on a clone and the contract re-measured there."""
+
+    sha: str
+    verdict: Verdict
+    clone_id: str
+    dbt_command: str
+    before: float | None
+    after: float | None
+    tests: dict[str, int] = field(default_factory=dict)  # {"pass": n, "fail": n, "error": n, "skip": n}
+    durations: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    detail: str = ""
+    reverted: tuple[str, ...] = ()  # SHAs reverted together (bisection reverts a range)
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    incident_id: int
+    number: int
+    branch: str
+    title: str
+    state: str  # open, merged, closed
+    head_sha: str
+    url: str | None = None
