@@ -26,7 +26,9 @@ Defaults, and why each one:
 - Minimum points: fewer than `baseline.min_points` (7) healthy points → "learning"; a median of
   fewer days is one bad day away from nonsense.
 - Weekly seasonality: compare with the same weekday only, given `min_points_per_weekday` (4, all
-  a 28-day baseline can hold); with fewer, fall back to every day and say so in the reason.
+  a 28-day baseline can hold); with fewer it is "learning". It never falls back to every day: a
+  quiet Sunday judged against weekdays is a false page, and once flagged it would stay out of
+  every later Sunday baseline.
 - Direction: drop alerts only below the band, rise only above, both either; freshness always rise.
 - Zero rows: a volume or row_count of 0 (row_count: or None) is an outage and pages even while
   learning, unless most of the contract's own recent points (weekly: same weekday), and at least
@@ -37,7 +39,7 @@ Defaults, and why each one:
 - Freshness: the value is the lag in seconds; anomalous iff it exceeds `max_lag`. No baseline is
   needed; one is attached for display when history allows. change_pct is relative to max_lag.
 - Distribution: see `jobs.distribution`; anomalous iff PSI > threshold.psi (0.2) for categories,
-  or quantile shift > threshold.quantile_shift (0.10 IQR) for numbers. Needs min_points profiles.
+  or quantile shift > threshold.quantile_shift (0.5 IQR) for numbers. Needs min_points profiles.
 - Nothing to score: a band kind whose value is None (a ratio over an empty window) is "learning",
   never healthy, so it cannot resolve an open incident; a freshness lag of None (no timestamp at
   all) is anomalous. A naive `since` is read as UTC, like every time Cairn records.

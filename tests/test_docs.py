@@ -1,0 +1,21 @@
+"""Docs that restate code are checked against it, so they cannot drift apart."""
+
+from pathlib import Path
+
+import jobs.baseline
+import jobs.distribution
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_detection_doc_is_the_modules_docstrings() -> None:
+    doc = (ROOT / "docs" / "detection.md").read_text()
+    for module in (jobs.baseline, jobs.distribution):
+        assert module.__doc__.strip() in doc, f"docs/detection.md is stale: paste {module.__name__}'s docstring"
+
+
+def test_readme_commands_exist() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "cairn demo" in readme and "bash .ci/run" in readme
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "python -m pytest" in ci
