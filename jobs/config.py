@@ -58,6 +58,21 @@ class ScheduleSettings(_Section):
         return value if isinstance(value, timedelta) else parse_duration(value)
 
 
+class AttributionSettings(_Section):
+    intentional_markers: list[str] = Field(
+        default_factory=lambda: ["[cairn:intentional]", "cairn: intentional"],
+        description="A commit message holding one of these marks its metric change as intended: never reverted.")
+    llm_model: str = Field("claude-sonnet-5-5", description="Anthropic model for re-ranking (with ANTHROPIC_API_KEY).")
+    llm_base_url: str | None = Field(None, description="Anthropic API base URL (proxies, tests).")
+    llm_timeout: float = Field(30.0, gt=0, description="Seconds before the scorer's ranking is kept.")
+    max_candidates: int = Field(64, ge=1, description="Most suspect commits considered per incident.")
+
+
+class VerificationSettings(_Section):
+    max_builds: int = Field(8, ge=1, description="Most sandbox builds per incident (bisection keeps it ~log2 n).")
+    sandboxes: Path = Field(Path(".cairn/sandboxes"), description="Where incident sandboxes are made.")
+
+
 class Settings(_Section):
     """The keys of cairn.yml. Relative paths are relative to the file's own directory."""
 
@@ -69,6 +84,8 @@ class Settings(_Section):
     store: str = Field(DEFAULT_STORE, description="SQLAlchemy URL of Cairn's store (env: CAIRN_DATABASE_URL).")
     forge: Literal["local"] | ForgeSettings = Field("local", description="'local' or {github: {repo: owner/name}}.")
     slack: SlackSettings = Field(default_factory=SlackSettings, description="Slack surface.")
+    attribution: AttributionSettings = Field(default_factory=AttributionSettings, description="Ranking suspects.")
+    verification: VerificationSettings = Field(default_factory=VerificationSettings, description="Clone builds.")
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings, description="The clock process.")
     policy: Path | None = Field(None, description="Policy file; default: the bundled policies/default.yml.")
     contracts: list[Contract] = Field(
@@ -212,7 +229,8 @@ def config_reference() -> str:
 
     for title, model in (("Contract", Contract), ("Contract `baseline`", BaselineSpec),
                          ("Contract `threshold`", ThresholdSpec), ("`slack`", SlackSettings),
-                         ("`schedule`", ScheduleSettings),
+                         ("`schedule`", ScheduleSettings), ("`attribution`", AttributionSettings),
+                         ("`verification`", VerificationSettings),
                          ("`forge.github`", GitHubForge)):
         out += ["", f"## {title}", "", "| key | default | meaning |", "|---|---|---|"] + _rows(model)
     return "\n".join(out) + "\n"
