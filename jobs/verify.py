@@ -1,0 +1,221 @@
+"""Verification: revert candidate commits in a worktree, build them on a sandbox copy, re-measure.
+
+Verified iff the build and its tests pass and the contract's value returns into its baseline
+band. Distribution contracts are never verified here: their value is a divergence from the
+baseline profiles, which this stage does not hold, so they come back `not_recovered` with the
+measured profile's reason in `detail`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jobs.baseline import fmt_number
+from jobs.contracts import Contract, Kind
+from jobs.dbt import Dbt, InvocationResult, NodeResult
+from jobs.errors import CairnError, DbtError
+from jobs.measure import evaluate
+from jobs.records import BaselineStats, Verdict, Verification
+from jobs.relations import resolve
+from jobs.warehouse.duckdb import DuckDBWarehouse
+from jobs.warehouse.sandbox import ProductionModified, Sandbox
+from jobs.worktree import Worktree
+
+BUILT = ("model", "seed", "snapshot")  # node types a selector must have run when expected
+TEST_STATUSES = {"pass": "pass", "fail": "fail", "warn": "warn", "error": "error",
+                 "runtime error": "error", "skipped": "skip"}
+
+
+class VerifyError(CairnError):
+    """Verification could not be attempted; the message says which input to fix."""
+
+
+def verify_revert(*, repo: Path, project_subdir: str, deployed_sha: str, shas: Sequence[str],
+                  models: Sequence[str], contract: Contract, metric_model: str, prod_db: Path,
+                  prod_state: Path, band: BaselineStats, before: float | None, at: datetime,
+                  incident_id: int, sandboxes_root: Path) -> Verification:
+    """Revert `shas` at `deployed_sha`, build reverted models through `metric_model` on a sandbox."""
+    if not shas or not models:
+        raise VerifyError("verify_revert needs at least one commit to revert and one model it touches.")
+    if contract.model and contract.model != _name(metric_model).split(".")[0]:
+        raise VerifyError(f"contract {contract.id!r} reads {contract.model!r}, not {metric_model!r}; "
+                          "pass the contract's own model as metric_model.")
+    phases: dict[str, float] = {}
+    select = selector(models, metric_model)
+    extra = ("--defer", "--state", str(prod_state), "--favor-state")
+    record = dict(sha=shas[0], clone_id="", dbt_command=f"dbt build --select {select} {' '.join(extra)}",
+                  before=before, after=None, durations=phases, reverted=tuple(shas))
+    with ExitStack() as cleanup:  # unwinds worktree and sandbox even when an exception escapes
+        with _timed(phases, "worktree"):
+            tree = cleanup.enter_context(Worktree.create(repo, deployed_sha))
+        with _timed(phases, "revert"):
+            reverted = tree.revert(shas)
+        if not reverted:
+            return Verification(verdict=Verdict.conflict, **record, detail=(
+                f"reverting {tree.conflict[:7]} at {deployed_sha[:7]} conflicts in "
+                f"{', '.join(tree.conflict_files)}; a later commit changed the same lines."))
+        project_dir = tree.path / project_subdir
+        production = _production_manifest(prod_state)
+        _check_database(production, Path(prod_db))
+        with _timed(phases, "clone"):
+            sandbox = cleanup.enter_context(Sandbox.create(
+                prod_db, sandboxes_root, incident_id, profile=_profile_name(project_dir),
+                schema=_target_schema(production)))
+        record["clone_id"] = sandbox.clone_id
+        dbt = Dbt(project_dir, sandbox.profiles_dir, target=sandbox.target, target_path=sandbox.target_path)
+        with _timed(phases, "build"):
+            try:
+                result: InvocationResult | None = dbt.build(select=select, extra=extra)
+                error = None
+            except DbtError as exc:  # e.g. the reverted project no longer parses
+                result, error = None, str(exc)
+            finally:
+                _check_production(sandbox, record)
+        if result is None:
+            return Verification(verdict=Verdict.build_failed, **record, detail=error or "")
+        record.update(dbt_command=result.command, tests=test_counts(result.nodes))
+        manifest = json.loads((sandbox.target_path / "manifest.json").read_text())
+        expected = expected_nodes(manifest, models, metric_model)
+        if not expected:
+            return Verification(verdict=Verdict.not_recovered, **record, detail=(
+                f"none of {', '.join(models)} feeds {metric_model} at the reverted SHA: the revert "
+                "cannot change the metric, and dbt built nothing."))
+        problems = build_problems(result, expected)
+        if problems:
+            return Verification(verdict=Verdict.build_failed, **record, detail=problems)
+        with _timed(phases, "measure"), DuckDBWarehouse(sandbox.path) as warehouse:
+            [observation] = evaluate(warehouse, manifest, [contract], at)
+        record["after"] = after = observation.value
+        if contract.kind is Kind.distribution:
+            return Verification(verdict=Verdict.not_recovered, **record, detail=(
+                "distribution contracts are not verified on a clone yet: review the rebuilt "
+                f"profile by hand ({observation.profile})."))
+        if after is not None and band.contains(after):
+            return Verification(verdict=Verdict.verified, **record, detail=(
+                f"{contract.id} = {fmt_number(after)} with the revert, inside "
+                f"[{fmt_number(band.lower)}, {fmt_number(band.upper)}]."))
+        shown = "nothing to measure" if after is None else fmt_number(after)
+        return Verification(verdict=Verdict.not_recovered, **record, detail=(
+            f"{contract.id} = {shown} with the revert, still outside "
+            f"[{fmt_number(band.lower)}, {fmt_number(band.upper)}]."))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def selector(models: Sequence[str], metric_model: str) -> str:
+    """Each reverted model through to the metric's model: `m1+,+metric m2+,+metric` (a union)."""
+    return " ".join(f"{_name(m)}+,+{_name(metric_model)}" for m in dict.fromkeys(models))
+
+
+def expected_nodes(manifest: Mapping[str, Any], models: Sequence[str], metric_model: str) -> set[str]:
+    """unique_ids the selector must build: descendants of the reverted models that feed the metric."""
+    metric = _unique_id(manifest, metric_model)
+    if metric is None:
+        raise VerifyError(f"model {metric_model!r} is not in the reverted project's manifest; "
+                          "check the contract's model and the deployed SHA.")
+    upstream = _reach(manifest["parent_map"], {metric})
+    starts = {uid for m in models if (uid := _unique_id(manifest, m)) is not None}
+    nodes = manifest["nodes"]
+    return {uid for uid in _reach(manifest["child_map"], starts) & upstream
+            if nodes.get(uid, {}).get("resource_type") in BUILT}
+
+
+def build_problems(result: InvocationResult, expected: set[str]) -> str:
+    """Why a build does not count: failing nodes with dbt's messages, or expected nodes not run."""
+    lines = [f"{n.unique_id}: {n.status}: {(n.message or '').strip()}" for n in result.failures]
+    lines += [f"{n.unique_id}: skipped" for n in result.nodes if n.status == "skipped"]
+    missing = expected - {n.unique_id for n in result.nodes}
+    lines += [f"{uid}: expected in the selection but dbt did not run it" for uid in sorted(missing)]
+    if not result.success and not lines:
+        lines.append("dbt reported failure without a failing node; see its log in the sandbox")
+    return "\n".join(lines)
+
+
+def test_counts(nodes: Sequence[NodeResult]) -> dict[str, int]:
+    counts = {"pass": 0, "fail": 0, "error": 0, "skip": 0}
+    for node in nodes:
+        if node.unique_id.startswith(("test.", "unit_test.")):
+            key = TEST_STATUSES.get(node.status, node.status)
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _check_production(sandbox: Sandbox, record: dict[str, Any]) -> None:
+    try:
+        sandbox.check_production()
+    except ProductionModified as error:
+        failed = Verification(verdict=Verdict.build_failed, **record, detail=str(error))
+        raise ProductionModified(str(error), verification=failed) from error
+
+
+def _name(model: str) -> str:
+    """A selector for a model name or unique_id (`model.pkg.name[.v2]` -> `name[.v2]`)."""
+    return ".".join(model.split(".")[2:]) if model.startswith("model.") else model
+
+
+def _unique_id(manifest: Mapping[str, Any], model: str) -> str | None:
+    if model in manifest["nodes"]:
+        return model
+    for uid, node in manifest["nodes"].items():
+        if node.get("resource_type") == "model" and model in (node["name"], _name(uid)):
+            return uid
+    return None
+
+
+def _reach(edges: Mapping[str, Sequence[str]], starts: set[str]) -> set[str]:
+    seen, todo = set(starts), list(starts)
+    while todo:
+        for nxt in edges.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def _production_manifest(prod_state: Path) -> dict[str, Any]:
+    path = Path(prod_state) / "manifest.json"
+    if not path.is_file():
+        raise VerifyError(f"{path}: no production manifest; pass the directory of the deployed "
+                          "build's manifest.json as prod_state.")
+    return json.loads(path.read_text())
+
+
+def _profile_name(project_dir: Path) -> str:
+    path = project_dir / "dbt_project.yml"
+    if not path.is_file():
+        raise VerifyError(f"{path}: no dbt project at the deployed SHA; check project_subdir.")
+    return yaml.safe_load(path.read_text())["profile"]
+
+
+def _target_schema(manifest: Mapping[str, Any]) -> str:
+    """Production's target schema: that of a model with no custom schema (DuckDB's default: main)."""
+    for node in manifest["nodes"].values():
+        if node.get("resource_type") == "model" and not (node.get("config") or {}).get("schema"):
+            return node["schema"]
+    return "main"
+
+
+def _check_database(manifest: Mapping[str, Any], prod_db: Path) -> None:
+    """Deferred refs name production's database; the copy keeps the file's stem, so they must match."""
+    databases = {n.get("database") for n in manifest["nodes"].values() if n.get("resource_type") == "model"}
+    if databases - {prod_db.stem}:
+        raise VerifyError(
+            f"production models live in database(s) {sorted(map(str, databases))}, but a copy of "
+            f"{prod_db.name} is {prod_db.stem!r}; point prod_db at the file the production "
+            "profile builds into.")
+
+
+@contextmanager
+def _timed(phases: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = round(time.perf_counter() - start, 3)

@@ -1,0 +1,171 @@
+"""An incident-scoped DuckDB sandbox: a copy of production that dbt may write and nothing else.
+
+Three layers keep production safe, because a read-only ATTACH is no boundary (SQL in a model can
+DETACH it and ATTACH the file read-write):
+
+1. Production is never opened for writing: it is opened read-only (which also proves no writer
+   holds it, and keeps one from starting) while Python copies the file, and its WAL if any.
+2. The copy is opened by dbt with DuckDB locked down at connect time, through the profile's
+   `config_options` (passed to `duckdb.connect(config=...)`): external access off, so any
+   ATTACH, COPY TO, read_csv or INSTALL of a file path is refused, and the configuration locked,
+   so no statement can loosen it. Not `settings:`: dbt-duckdb re-runs those as `SET` on every
+   cursor, and the second cursor fails on the lock. `allowed_directories`/`allowed_paths` are
+   not used: DuckDB refuses them before the database starts and once external access is off,
+   and dbt's tables, views, incrementals and tests need no file access.
+3. Production is fingerprinted (size, mtime, sha256 of the file and its WAL) before the build and
+   checked after it: a change raises ProductionModified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import yaml
+
+from jobs.errors import CairnError
+
+log = logging.getLogger(__name__)
+
+TARGET = "cairn_sandbox"
+PREFIX = "incident-"
+# Connect-time DuckDB configuration for every dbt connection to the copy (verified on duckdb 2.0).
+LOCKDOWN: dict[str, Any] = {"enable_external_access": False, "lock_configuration": True}
+
+
+class SandboxError(CairnError):
+    """The sandbox could not be made; production is untouched."""
+
+
+class ProductionModified(SandboxError):
+    """Production's file changed while a sandbox build ran: treat the verification as failed."""
+
+    def __init__(self, message: str, verification: Any = None):
+        super().__init__(message)
+        self.verification = verification  # the failed jobs.records.Verification, when one exists
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a DuckDB file and its write-ahead log look like on disk: (size, mtime_ns, sha256) each."""
+
+    files: tuple[tuple[str, int, int, str], ...]
+
+    @classmethod
+    def of(cls, path: Path) -> "Fingerprint":
+        files = []
+        for file in (path, _wal(path)):
+            if file.exists():
+                stat = file.stat()
+                with file.open("rb") as handle:
+                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
+                files.append((file.name, stat.st_size, stat.st_mtime_ns, digest))
+        return cls(tuple(files))
+
+
+class Sandbox:
+    """A copy of production in its own directory, with a generated dbt profile pointing at it."""
+
+    def __init__(self, directory: Path, path: Path, production: Path, fingerprint: Fingerprint):
+        self.dir, self.path, self.production, self.fingerprint = directory, path, production, fingerprint
+        self.clone_id = f"duckdb:{directory.name}"
+        self.profiles_dir = directory
+        self.target = TARGET
+        self.target_path = directory / "target"
+
+    @classmethod
+    def create(cls, production: Path, root: Path, incident_id: int, profile: str,
+               schema: str = "main", threads: int = 1) -> "Sandbox":
+        """Copy `production` into `<root>/incident-<id>-<uuid6>/` under the same file name."""
+        production = Path(production).resolve()
+        if not production.is_file():
+            raise SandboxError(f"{production}: no DuckDB file to copy; check the production path.")
+        directory = Path(root).resolve() / f"{PREFIX}{incident_id}-{uuid.uuid4().hex[:6]}"
+        directory.mkdir(parents=True)
+        try:
+            # The same file name keeps dbt-duckdb's database name (the stem), so deferred and
+            # fully qualified references resolve inside the copy, not in production.
+            path = directory / production.name
+            fingerprint = _copy(production, path)
+            _write_profile(directory, profile, path, schema, threads)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        log.info("sandbox %s: copied %s (%d bytes)", directory.name, production, path.stat().st_size)
+        return cls(directory, path, production, fingerprint)
+
+    def check_production(self) -> None:
+        """Raise ProductionModified if production's bytes or metadata differ from when it was copied."""
+        now = Fingerprint.of(self.production)
+        if now != self.fingerprint:
+            log.critical("production DuckDB file %s changed during sandbox %s: %s -> %s",
+                         self.production, self.clone_id, self.fingerprint, now)
+            raise ProductionModified(
+                f"PRODUCTION CHANGED: {self.production} differs (size, mtime or sha256) from when "
+                f"sandbox {self.clone_id} copied it. Either a production run wrote it meanwhile or "
+                "the sandbox build escaped its lockdown: do not trust this verification, check the "
+                "production warehouse and Cairn's sandbox settings before verifying again."
+            )
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def gc_sandboxes(root: Path, older_than: timedelta) -> list[Path]:
+    """Remove sandbox directories last modified more than `older_than` ago (a crashed worker's)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    cutoff = time.time() - older_than.total_seconds()
+    removed = []
+    for entry in sorted(root.glob(f"{PREFIX}*")):
+        if entry.is_dir() and entry.stat().st_mtime < cutoff:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + ".wal")
+
+
+def _copy(production: Path, destination: Path) -> Fingerprint:
+    """Copy the file (and WAL) while a read-only connection keeps writers out; fingerprint it."""
+    try:
+        reader = duckdb.connect(str(production), read_only=True)
+    except duckdb.Error as error:
+        raise SandboxError(
+            f"cannot open {production} read-only to copy it: {error}. If a production dbt run is "
+            "writing it, verify again after that run finishes."
+        ) from None
+    try:
+        fingerprint = Fingerprint.of(production)
+        shutil.copyfile(production, destination)
+        if _wal(production).exists():  # the copy replays it when dbt opens it read-write
+            shutil.copyfile(_wal(production), _wal(destination))
+    finally:
+        reader.close()
+    return fingerprint
+
+
+def _write_profile(directory: Path, profile: str, path: Path, schema: str, threads: int) -> None:
+    output = {"type": "duckdb", "path": str(path), "schema": schema, "threads": threads,
+              "config_options": dict(LOCKDOWN)}
+    document = {profile: {"target": TARGET, "outputs": {TARGET: output}}}
+    (directory / "profiles.yml").write_text(yaml.safe_dump(document, sort_keys=False))
+    os.chmod(directory / "profiles.yml", 0o600)
