@@ -75,13 +75,16 @@ def observe(ctx: click.Context, at: datetime | None) -> None:
 @click.argument("contract_id", required=False)
 @click.pass_context
 def check(ctx: click.Context, at: datetime | None, contract_id: str | None) -> None:
-    """Observe, detect, and open, update or resolve incidents."""
-    from jobs.detect import check as run_check
+    """Observe, detect, open/update/resolve incidents, and heal the new ones."""
+    from jobs.stages import check_and_heal
 
     rt = runtime(ctx)
     contracts = [rt.contract(contract_id)] if contract_id else None
-    for outcome in run_check(rt, _now(at), contracts):
+    for outcome in check_and_heal(rt, _now(at), contracts):
         click.echo(render.outcome_line(outcome))
+        if outcome.change.value == "opened":
+            click.echo(render.incident_detail(rt.store.incident(outcome.incident.id),
+                                              rt.store.audit_events(outcome.incident.id)))
 
 
 @cli.command()

@@ -80,6 +80,7 @@ def run_demo(workdir: Path, days: int) -> None:
     from jobs.config import load_config
     from jobs.dbt import Dbt
     from jobs.detect import Change, check
+    from jobs.stages import check_and_heal
     from jobs.git import Git
     from jobs.runtime import Runtime
 
@@ -125,14 +126,19 @@ def run_demo(workdir: Path, days: int) -> None:
     now = _at(today, 1)
     rt = Runtime(config)
     try:
-        with step(f"Today's check ({now:%Y-%m-%d %H:%M} UTC)"):
-            outcomes = check(rt, now)
+        with step(f"Today's check ({now:%Y-%m-%d %H:%M} UTC): detect, attribute, verify on a clone, propose"):
+            outcomes = check_and_heal(rt, now)
         for outcome in outcomes:
             click.echo("    " + render.outcome_line(outcome))
-        opened = [o.incident for o in outcomes if o.change is Change.opened]
+        opened = [rt.store.incident(o.incident.id) for o in outcomes if o.change is Change.opened]
         for incident in opened:
             click.echo("")
             click.echo(render.incident_detail(incident, rt.store.audit_events(incident.id)))
+            pr = rt.store.pull_request_for(incident.id)
+            if pr is not None:
+                click.echo(f"\n──── pull request #{pr.number} on branch {pr.branch} (local forge) ────\n")
+                click.echo(f"# {pr.title}\n")
+                click.echo(rt.store.pull_request_row(incident.id)["body"])
     finally:
         rt.close()
     click.echo(f"\nDone in {time.monotonic() - started:.0f}s. Explore with "

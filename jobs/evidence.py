@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import date, datetime, time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -315,3 +316,27 @@ def render_delta(delta: RowDelta) -> str:
             break
         lines.append(line)
     return "\n".join(lines)
+
+
+def clone_deltas(sandbox_db: Path, production_db: Path, manifest: Mapping[str, Any],
+                 models: Sequence[str]) -> list[RowDelta]:
+    """Each keyed model as the sandbox rebuilt it without the commit vs production with it.
+
+    Production is attached READ_ONLY to Cairn's own read-only connection on the sandbox file:
+    no model SQL runs here, so the attach cannot be turned into a write.
+    """
+    nodes = manifest.get("nodes", {})
+    deltas = []
+    with duckdb.connect(str(sandbox_db), read_only=True) as con:
+        con.execute(f"ATTACH '{production_db}' AS cairn_production (READ_ONLY)")
+        for uid in models:
+            node = nodes.get(uid)
+            key = model_key(manifest, node) if node else None
+            if node is None or not key or node.get("config", {}).get("materialized") == "ephemeral":
+                continue
+            name = node.get("alias") or node["name"]
+            before = f'"{node["database"]}"."{node["schema"]}"."{name}"'
+            after = f'"cairn_production"."{node["schema"]}"."{name}"'
+            deltas.append(row_delta(con, model=node["name"], before_relation=before, after_relation=after,
+                                    key=key, pii_columns=pii_columns(node)))
+    return deltas

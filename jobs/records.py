@@ -201,6 +201,8 @@ class Verification:
     durations: dict[str, float] = field(default_factory=dict)  # seconds per phase
     detail: str = ""
     reverted: tuple[str, ...] = ()  # SHAs reverted together (bisection reverts a range)
+    deltas: tuple[RowDelta, ...] = ()  # sample-row deltas: production vs the reverted build
+    built: tuple[str, ...] = ()  # unique_ids of the models, seeds and snapshots the build rebuilt
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
-from jobs.records import BaselineStats, Incident
+from jobs.records import (BaselineStats, Candidate, Incident, RankedCause, Ranking, RowDelta, Verdict,
+                          Verification)
 
 
 def iso(value: datetime | None) -> str | None:
@@ -38,3 +41,35 @@ def incident_json(incident: Incident) -> dict[str, Any]:
         "first_bad": {"at": iso(incident.first_bad_at), "sha": incident.first_bad_sha,
                       "observation_id": incident.first_bad_observation_id},
     }
+
+
+def to_json(value: Any) -> Any:
+    """Dataclasses, enums and datetimes as JSON values (the store's `details`, `--json` output)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    return value
+
+
+def candidate_from_json(data: dict[str, Any]) -> Candidate:
+    return Candidate(**{**data, "authored_at": datetime.fromisoformat(data["authored_at"]),
+                        "files": tuple(data["files"]), "models": tuple(data["models"])})
+
+
+def verification_from_json(data: dict[str, Any]) -> Verification:
+    deltas = tuple(RowDelta(**{**d, "key": tuple(d["key"]), "samples": tuple(d["samples"])})
+                   for d in data.get("deltas", ()))
+    return Verification(**{**data, "verdict": Verdict(data["verdict"]), "reverted": tuple(data["reverted"]),
+                           "deltas": deltas, "built": tuple(data.get("built", ()))})
+
+
+def ranking_from_json(data: dict[str, Any]) -> Ranking:
+    return Ranking(causes=tuple(RankedCause(**c) for c in data["causes"]), ranker=data["ranker"],
+                   note=data.get("note", ""))

@@ -61,17 +61,72 @@ class Runtime:
         raise ConfigError(f"no contract {contract_id!r}; known contracts: {known}")
 
     @cached_property
+    def credentials(self) -> Any:
+        return self.dbt.credentials()
+
+    @property
+    def dialect(self) -> str:
+        return self.credentials.type
+
+    @cached_property
+    def production_db(self) -> Path:
+        """The production DuckDB file (dbt resolves a relative path where it runs: the project dir)."""
+        if self.credentials.type != "duckdb":
+            raise WarehouseError(f"dbt adapter {self.credentials.type!r} has no database file")
+        path = Path(self.credentials.path)
+        return path if path.is_absolute() else self.config.project_dir / path
+
+    @cached_property
     def warehouse(self):  # -> jobs.warehouse.Warehouse
-        credentials = self.dbt.credentials()
-        if credentials.type == "duckdb":
+        if self.credentials.type == "duckdb":
             from jobs.warehouse.duckdb import DuckDBWarehouse
 
-            # dbt resolves a relative path against where it runs; teams run it in the project dir.
-            path = credentials.path
-            if path != ":memory:" and not Path(path).is_absolute():
-                path = str(self.config.project_dir / path)
-            return DuckDBWarehouse(path, read_only=True)
-        raise WarehouseError(f"dbt adapter {credentials.type!r} is not supported yet (duckdb is)")
+            return DuckDBWarehouse(str(self.production_db), read_only=True)
+        raise WarehouseError(f"dbt adapter {self.credentials.type!r} is not supported yet (duckdb is)")
+
+    @property
+    def project_subdir(self) -> str:
+        """The dbt project's place inside the git repository ('' at its root)."""
+        try:
+            subdir = self.config.project_dir.relative_to(self.config.repo_dir)
+        except ValueError:
+            raise ConfigError(f"{self.config.path}: project {self.config.project_dir} is not inside "
+                              f"repo {self.config.repo_dir}") from None
+        return "" if str(subdir) == "." else subdir.as_posix()
+
+    @property
+    def state_dir(self) -> Path:
+        """Production artifacts for --defer --state: Cairn's own parse of the deployed project."""
+        self.manifest  # parse first
+        return self.dbt.target_path
+
+    @property
+    def sandboxes_root(self) -> Path:
+        return self.config.resolve(self.config.settings.verification.sandboxes)
+
+    @cached_property
+    def forge(self):  # -> jobs.forge.Forge
+        forge = self.config.settings.forge
+        if forge == "local":
+            from jobs.forge.local import LocalForge
+
+            return LocalForge(self.git, self.store)
+        from jobs.forge.github import GitHubForge
+
+        if not self.config.env.github_token:
+            raise ConfigError(f"{self.config.path}: forge.github needs GITHUB_TOKEN in the environment")
+        return GitHubForge(forge.github.repo, git=self.git, token=self.config.env.github_token,
+                           base_url=forge.github.base_url)
+
+    @cached_property
+    def policy(self):  # -> policies.model.Policy
+        from policies.model import PolicyError, load_policy
+
+        path = self.config.resolve(self.config.settings.policy) if self.config.settings.policy else None
+        try:
+            return load_policy(path)
+        except PolicyError as exc:
+            raise ConfigError(str(exc)) from None
 
     def deployed_sha(self) -> str:
         return self.git.head_sha(self.config.settings.branch)

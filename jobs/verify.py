@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +23,7 @@ from jobs.contracts import Contract, Kind
 from jobs.dbt import Dbt, InvocationResult, NodeResult
 from jobs.errors import CairnError, DbtError
 from jobs.measure import evaluate
-from jobs.records import BaselineStats, Verdict, Verification
+from jobs.records import BaselineStats, RowDelta, Verdict, Verification
 from jobs.relations import resolve
 from jobs.warehouse.duckdb import DuckDBWarehouse
 from jobs.warehouse.sandbox import ProductionModified, Sandbox
@@ -34,6 +34,10 @@ TEST_STATUSES = {"pass": "pass", "fail": "fail", "warn": "warn", "error": "error
                  "runtime error": "error", "skipped": "skip"}
 
 
+# Sample-row deltas are taken while the sandbox still exists: (sandbox file, its manifest) → deltas.
+Inspect = Callable[[Path, Mapping[str, Any]], Sequence[RowDelta]]
+
+
 class VerifyError(CairnError):
     """Verification could not be attempted; the message says which input to fix."""
 
@@ -41,7 +45,7 @@ class VerifyError(CairnError):
 def verify_revert(*, repo: Path, project_subdir: str, deployed_sha: str, shas: Sequence[str],
                   models: Sequence[str], contract: Contract, metric_model: str, prod_db: Path,
                   prod_state: Path, band: BaselineStats, before: float | None, at: datetime,
-                  incident_id: int, sandboxes_root: Path) -> Verification:
+                  incident_id: int, sandboxes_root: Path, inspect: Inspect | None = None) -> Verification:
     """Revert `shas` at `deployed_sha`, build reverted models through `metric_model` on a sandbox."""
     if not shas or not models:
         raise VerifyError("verify_revert needs at least one commit to revert and one model it touches.")
@@ -81,7 +85,8 @@ def verify_revert(*, repo: Path, project_subdir: str, deployed_sha: str, shas: S
                 _check_production(sandbox, record)
         if result is None:
             return Verification(verdict=Verdict.build_failed, **record, detail=error or "")
-        record.update(dbt_command=result.command, tests=test_counts(result.nodes))
+        record.update(dbt_command=result.command, tests=test_counts(result.nodes),
+                      built=tuple(n.unique_id for n in result.nodes if n.unique_id.startswith(BUILT)))
         manifest = json.loads((sandbox.target_path / "manifest.json").read_text())
         expected = expected_nodes(manifest, models, metric_model)
         if not expected:
@@ -94,6 +99,9 @@ def verify_revert(*, repo: Path, project_subdir: str, deployed_sha: str, shas: S
         with _timed(phases, "measure"), DuckDBWarehouse(sandbox.path) as warehouse:
             [observation] = evaluate(warehouse, manifest, [contract], at)
         record["after"] = after = observation.value
+        if inspect is not None:
+            with _timed(phases, "evidence"):
+                record["deltas"] = tuple(inspect(sandbox.path, manifest))
         if contract.kind is Kind.distribution:
             return Verification(verdict=Verdict.not_recovered, **record, detail=(
                 "distribution contracts are not verified on a clone yet: review the rebuilt "

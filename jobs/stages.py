@@ -1,0 +1,147 @@
+"""The loop's stages as jobs: each takes an incident ID, reads the store, writes its result and audit.
+
+Without a queue `heal` runs them one after another in-process; with RQ each is a job that
+enqueues the next. A stage that finds the incident already past it does nothing, so a retried or
+duplicated job is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from jobs.attribute import attribute
+from jobs.bisect import find_fix
+from jobs.contracts import Contract, Kind
+from jobs.evidence import clone_deltas
+from jobs.propose import propose
+from jobs.records import BaselineStats, Candidate, Incident, IncidentStatus, Verdict
+from jobs.report import candidate_from_json, to_json, verification_from_json
+from jobs.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def heal(rt: Runtime, incident_id: int) -> Incident:
+    """Attribute, verify and propose, in-process (the embedded default: no Redis)."""
+    for stage in (attribute_stage, verify_stage, propose_stage):
+        stage(rt, incident_id)
+    return rt.store.incident(incident_id)
+
+
+def attribute_stage(rt: Runtime, incident_id: int) -> None:
+    incident = rt.store.incident(incident_id)
+    if incident.status is not IncidentStatus.detected:
+        return
+    contract = rt.contract(incident.contract_id)
+    _move(rt, incident, IncidentStatus.attributing, "attribution.started")
+    found = attribute(rt, incident, contract)
+    lineage_path = {c.sha: [found.lineage.names.get(m, m) for m in found.lineage.path_to(c.models[0])]
+                    for c in found.candidates if c.models}
+    details = {"attribution": {"candidates": to_json(found.candidates), "ranking": to_json(found.ranking),
+                               "lineage_path": lineage_path, "lineage_nodes": len(found.lineage.names)}}
+    if not found.revertable:
+        verdict = Verdict.intentional if found.intentional else Verdict.no_code_cause
+        details["verdict"] = verdict.value
+        reason = (f"commit {found.intentional[0].short_sha} marks this change as intentional: re-baseline with "
+                  f"`cairn rebaseline {contract.id} --reason ...`" if found.intentional else
+                  "no code change in the suspect range explains this: look at the source data")
+        _move(rt, incident, IncidentStatus.escalated, "attribution.finished",
+              {"verdict": verdict.value, "candidates": len(found.candidates), "reason": reason}, details)
+        return
+    top = found.ranking.top
+    _move(rt, incident, IncidentStatus.verifying, "attribution.finished",
+          {"candidates": len(found.candidates), "top": top.sha if top else None, "ranker": found.ranking.ranker,
+           "note": found.ranking.note}, details)
+
+
+def verify_stage(rt: Runtime, incident_id: int) -> None:
+    from jobs.verify import verify_revert
+
+    incident = rt.store.incident(incident_id)
+    if incident.status is not IncidentStatus.verifying:
+        return
+    contract = rt.contract(incident.contract_id)
+    ranked = _ranked_candidates(incident)
+    band = recovery_band(contract, incident)
+    deployed = rt.deployed_sha()
+
+    def try_revert(group: list[Candidate]):
+        models = tuple(dict.fromkeys(m for c in group for m in c.models))
+        result = verify_revert(
+            repo=rt.config.repo_dir, project_subdir=rt.project_subdir, deployed_sha=deployed,
+            shas=[c.sha for c in sorted(group, key=lambda c: c.authored_at, reverse=True)], models=models,
+            contract=contract, metric_model=contract.relation_name, prod_db=rt.production_db,
+            prod_state=rt.state_dir, band=band, before=incident.value, at=incident.first_bad_at,
+            incident_id=incident.id, sandboxes_root=rt.sandboxes_root,
+            inspect=lambda sandbox_db, manifest: clone_deltas(sandbox_db, rt.production_db, manifest, models))
+        rt.store.audit("verification.attempt", incident_id=incident.id, data=to_json(result))
+        return result
+
+    search = find_fix(ranked, try_revert, rt.config.settings.verification.max_builds)
+    verdict = search.fix.verdict if search.fix else _worst(search)
+    details = {"verification": {"attempts": to_json(search.attempts), "builds": search.builds,
+                                "fix": to_json(search.fix)}, "verdict": verdict.value}
+    status = IncidentStatus.verified if search.fix else IncidentStatus.not_verified
+    _move(rt, incident, status, "verification.finished", {"verdict": verdict.value, "builds": search.builds},
+          details)
+
+
+def propose_stage(rt: Runtime, incident_id: int) -> None:
+    incident = rt.store.incident(incident_id)
+    if incident.status not in (IncidentStatus.verified, IncidentStatus.not_verified):
+        return
+    contract = rt.contract(incident.contract_id)
+    fix = incident.details.get("verification", {}).get("fix")
+    outcome = propose(rt, incident, contract, verification_from_json(fix) if fix else None,
+                      _ranked_candidates(incident))
+    _move(rt, incident, outcome.status, "decision.made", to_json(outcome.decision),
+          {"decision": to_json(outcome.decision), "pr": to_json(outcome.pr)})
+
+
+def recovery_band(contract: Contract, incident: Incident) -> BaselineStats:
+    """What "recovered" means: back in the baseline band; for freshness, back under max_lag."""
+    if contract.kind is Kind.freshness and contract.max_lag is not None:
+        limit = contract.max_lag.total_seconds()
+        return BaselineStats(median=limit / 2, mad=0.0, n=0, lower=0.0, upper=limit)
+    if incident.baseline is None:
+        raise ValueError(f"incident {incident.id} has no baseline to recover into")
+    return incident.baseline
+
+
+def _ranked_candidates(incident: Incident) -> list[Candidate]:
+    """Revertable candidates in ranked order (intentional and docs-only ones are never reverted)."""
+    attribution = incident.details.get("attribution", {})
+    by_sha = {c["sha"]: candidate_from_json(c) for c in attribution.get("candidates", [])}
+    ranked = [by_sha[c["sha"]] for c in attribution.get("ranking", {}).get("causes", []) if c["sha"] in by_sha]
+    return [c for c in ranked if not c.intentional and not c.docs_only]
+
+
+def _worst(search) -> Verdict:
+    """Why nothing verified: a conflict or a failed build says more than "did not recover"."""
+    verdicts = [a.verdict for a in search.attempts]
+    for verdict in (Verdict.conflict, Verdict.build_failed):
+        if verdicts and all(v is verdict for v in verdicts):
+            return verdict
+    return Verdict.not_recovered if verdicts else Verdict.no_code_cause
+
+
+def _move(rt: Runtime, incident: Incident, status: IncidentStatus, event: str, data: dict | None = None,
+          details: dict | None = None) -> None:
+    """Change status (and details) and audit it, once per incident and event."""
+    fields = {"status": status}
+    if details:
+        fields["details"] = details
+    rt.store.update_incident(incident.id, **fields)
+    rt.store.audit(event, incident_id=incident.id, data={"status": status.value, **(data or {})},
+                   dedup_key=f"incident:{incident.id}:{event}")
+
+
+def check_and_heal(rt: Runtime, at, contracts=None) -> list:
+    """`cairn check`: observe and detect, then run the loop for every incident this check opened."""
+    from jobs.detect import Change, check
+
+    outcomes = check(rt, at, contracts)
+    for outcome in outcomes:
+        if outcome.change is Change.opened:
+            heal(rt, outcome.incident.id)
+    return outcomes
