@@ -55,9 +55,33 @@ def incident_detail(incident: Incident, events: Sequence[AuditEvent]) -> str:
         b = incident.baseline
         lines.append(f"  baseline: median {number(b.median)} over {b.n} points, band "
                      f"{number(b.lower)}–{number(b.upper)}{' (same weekday)' if b.seasonal else ''}")
+    lines += loop_lines(incident)
     lines.append("  audit trail:")
     lines += [f"    {e.at:%Y-%m-%d %H:%M:%S} {e.actor:<8} {e.name}" for e in events]
     return "\n".join(lines)
+
+
+def loop_lines(incident: Incident) -> list[str]:
+    """Top cause, verdict with its proof, decision and PR: what the loop added to the incident."""
+    from jobs.report import loop_json
+
+    loop = loop_json(incident.details)
+    lines = []
+    if loop["top_cause"]:
+        top = loop["top_cause"]
+        lines.append(f"  top cause: {short_sha(top['sha'])} · {', '.join(top['files'])} "
+                     f"({top['confidence']:.0%}) — {top['rationale']}")
+        lines += [f"  alternate: {short_sha(a['sha'])} · {', '.join(a['files'])} ({a['confidence']:.0%})"
+                  for a in loop["alternates"][:4]]
+    if loop["verdict"]:
+        proof = f" on {loop['clone_id']}: {number(loop['before'])} → {number(loop['after'])}" if loop["clone_id"] else ""
+        lines.append(f"  verdict: {loop['verdict']}{proof}")
+    if loop["decision"]:
+        lines.append(f"  decision: {loop['decision']['action']} ({'; '.join(loop['decision']['reasons'])})")
+    if loop["pr"]:
+        pr = loop["pr"]
+        lines.append(f"  pull request: #{pr['number']} {pr['url'] or pr['branch']} ({pr['state']})")
+    return lines
 
 
 def contract_line(contract: Contract, config: Config) -> str:

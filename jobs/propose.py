@@ -41,7 +41,7 @@ def propose(rt: Runtime, incident: Incident, contract: Contract, fix: Verificati
     confidence = next((r.confidence for r in ranking.causes if cause and r.sha == cause.sha), 0.0)
     # Mode and kill switch are read now, immediately before the side effect, never earlier.
     facts = Facts(verified=verified, confidence=confidence,
-                  models=tuple(model_refs(rt.manifest, cause.models if cause else ())),
+                  models=tuple(model_refs(rt.manifest, cause.models)) if cause and cause.models else (),
                   blast_radius=_blast_radius(fix), now=datetime.now(timezone.utc),
                   org_mode=switches.org_mode(rt.store), kill_switch=switches.kill_switch(rt.store))
     decision = decide(rt.policy, facts)

@@ -40,6 +40,31 @@ def incident_json(incident: Incident) -> dict[str, Any]:
                       "observation_id": incident.last_good_observation_id},
         "first_bad": {"at": iso(incident.first_bad_at), "sha": incident.first_bad_sha,
                       "observation_id": incident.first_bad_observation_id},
+        **loop_json(incident.details),
+    }
+
+
+def loop_json(details: dict[str, Any]) -> dict[str, Any]:
+    """What attribution, verification and the forge added: top cause, verdict, proof and PR."""
+    attribution = details.get("attribution", {})
+    candidates = {c["sha"]: c for c in attribution.get("candidates", [])}
+    causes = [{"sha": c["sha"], "files": candidates.get(c["sha"], {}).get("files", []),
+               "confidence": c["confidence"], "rationale": c["rationale"]}
+              for c in details.get("ranking", attribution.get("ranking", {})).get("causes", [])]
+    verification = details.get("verification", {})
+    proof = verification.get("fix") or (verification.get("attempts") or [{}])[-1]
+    pr = details.get("pr")
+    return {
+        "top_cause": causes[0] if causes else None,
+        "alternates": causes[1:],
+        "verdict": details.get("verdict"),
+        "clone_id": proof.get("clone_id"),
+        "dbt_command": proof.get("dbt_command"),
+        "before": proof.get("before"),
+        "after": proof.get("after"),
+        "decision": details.get("decision"),
+        "pr": {"number": pr["number"], "url": pr.get("url"), "branch": pr["branch"], "state": pr["state"]}
+        if pr else None,
     }
 
 

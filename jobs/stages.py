@@ -95,7 +95,7 @@ def propose_stage(rt: Runtime, incident_id: int) -> None:
     outcome = propose(rt, incident, contract, verification_from_json(fix) if fix else None,
                       _ranked_candidates(incident))
     _move(rt, incident, outcome.status, "decision.made", to_json(outcome.decision),
-          {"decision": to_json(outcome.decision), "pr": to_json(outcome.pr)})
+          {"decision": to_json(outcome.decision), "pr": to_json(outcome.pr), "ranking": to_json(outcome.ranking)})
 
 
 def recovery_band(contract: Contract, incident: Incident) -> BaselineStats:
