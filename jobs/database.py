@@ -129,6 +129,33 @@ org_state = sa.Table(
 )
 
 
+pull_requests = sa.Table(
+    "pull_requests",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    # One PR per incident whatever retries happen: the database refuses a second.
+    sa.Column("incident_id", sa.Integer, sa.ForeignKey("incidents.id"), nullable=False),
+    sa.Column("forge", sa.String(32), nullable=False),  # "local" or "github"
+    sa.Column("number", sa.Integer, nullable=False),
+    sa.Column("branch", sa.String(255), nullable=False),
+    sa.Column("base_branch", sa.String(255), nullable=False),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("reverted", sa.JSON, nullable=False),  # the SHAs the PR reverts, newest first
+    sa.Column("state", sa.String(16), nullable=False),  # open, merged, closed
+    sa.Column("head_sha", sa.String(64), nullable=False),
+    sa.Column("url", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("merged_at", UTCDateTime, nullable=True),
+    sa.Column("merged_by", sa.String(200), nullable=True),
+    sa.Column("closed_reason", sa.Text, nullable=True),
+    sa.UniqueConstraint("incident_id"),
+    sa.UniqueConstraint("forge", "number"),
+)
+
+
 def alembic_config(connection: Connection | None = None, url: str | None = None):
     """The Alembic config for Cairn's migrations, built in code (no alembic.ini)."""
     from alembic.config import Config

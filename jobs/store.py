@@ -1,4 +1,4 @@
-"""Cairn's durable store: observations, incidents, the audit log, rebaselines and shared org state."""
+"""Cairn's durable store: observations, incidents, the audit log, rebaselines, org state and PRs."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from jobs.database import alembic_config, audit_events, create_engine, incidents, observations, org_state, rebaselines
 from jobs.errors import NotFound, StoreError
 from jobs.records import AuditEvent, BaselineStats, Incident, IncidentStatus, Observation
+from jobs.store_prs import PullRequestStore
 
 _INCIDENT_FIELDS = {"status", "severity", "value", "baseline", "change_pct", "reason", "details", "resolved_at"}
 
@@ -24,7 +25,8 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class Store:
+# Pull-request persistence is a mixin so this module stays one concept's size.
+class Store(PullRequestStore):
     """Every read and write Cairn makes to its own database; each method is one transaction."""
 
     def __init__(self, url: str) -> None:

@@ -303,3 +303,64 @@ def test_unparseable_url_is_not_echoed():
     with pytest.raises(StoreError) as caught:
         Store("not a url with s3cret")
     assert "s3cret" not in shown(caught.value)
+
+
+def save_pr(store: Store, incident_id: int, head: str = "a" * 40, **kw):
+    return store.save_pull_request(
+        incident_id, forge=kw.pop("forge", "local"), branch=f"cairn/incident-{incident_id}", base_branch="main",
+        title="Revert x", body="evidence", head_sha=head, labels=["cairn", "revert"], reverted=["b" * 40], **kw,
+    )
+
+
+def test_one_pull_request_per_incident_numbered_per_forge(store):
+    first = open_for(store, "orders.revenue", store.add_observation(obs(1, 50.0)))
+    second = open_for(store, "orders.other", store.add_observation(obs(1, 50.0)))
+    assert store.pull_request_for(first.id) is None
+    pr = save_pr(store, first.id)
+    assert (pr.number, pr.state, pr.branch, pr.head_sha) == (1, "open", f"cairn/incident-{first.id}", "a" * 40)
+    assert save_pr(store, first.id, head="c" * 40) == pr  # a retry returns the PR it already opened
+    assert save_pr(store, second.id).number == 2
+    row = store.pull_request_row(first.id)
+    assert row["labels"] == ["cairn", "revert"] and row["body"] == "evidence" and row["created_at"].tzinfo
+
+
+def test_pull_request_numbers_from_the_forge_are_kept(store):
+    incident = open_for(store, "orders.revenue", store.add_observation(obs(1, 50.0)))
+    pr = save_pr(store, incident.id, forge="github", number=482, url="https://github.com/acme/shop/pull/482")
+    assert (pr.number, pr.url) == (482, "https://github.com/acme/shop/pull/482")
+
+
+def test_update_pull_request(store):
+    incident = open_for(store, "orders.revenue", store.add_observation(obs(1, 50.0)))
+    save_pr(store, incident.id)
+    merged = store.update_pull_request(incident.id, state="merged", merged_at=T0, merged_by="U1")
+    assert merged.state == "merged"
+    row = store.pull_request_row(incident.id)
+    assert (row["merged_at"], row["merged_by"]) == (T0, "U1") and row["updated_at"] >= row["created_at"]
+    with pytest.raises(ValueError, match="'gone'"):
+        store.update_pull_request(incident.id, state="gone")
+    with pytest.raises(TypeError, match="incident_id"):
+        store.update_pull_request(incident.id, incident_id=2)
+    with pytest.raises(NotFound, match="incident 424242 has no pull request"):
+        store.update_pull_request(424242, state="closed")
+
+
+def test_racing_workers_open_one_pull_request_and_distinct_numbers(store):
+    incidents_ = [open_for(store, f"c{i}", store.add_observation(obs(1, 50.0, contract_id=f"c{i}"))) for i in range(4)]
+    results, errors = [], []
+
+    def worker(incident_id: int, head: str):
+        try:
+            results.append(save_pr(store, incident_id, head=head))
+        except Exception as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(inc.id, f"{n:040d}")) for inc in incidents_ for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(results) == 12
+    by_incident = {inc.id: {(r.number, r.head_sha) for r in results if r.incident_id == inc.id} for inc in incidents_}
+    assert all(len(prs) == 1 for prs in by_incident.values())
+    assert sorted(number for prs in by_incident.values() for number, _ in prs) == [1, 2, 3, 4]

@@ -1,0 +1,258 @@
+"""The GitHub forge: the revert is computed by local git and published through GitHub's git data API."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from github import Auth, Github, GithubException, InputGitAuthor, InputGitTreeElement, UnknownObjectException
+from github.PullRequest import PullRequest as GitHubPull
+
+from jobs.forge import CHECK_NAME, DEFAULT_LABELS, CheckProof, ForgeError, StaleApproval, branch_name
+from jobs.forge.revert import CAIRN_AUTHOR, Revert, blob_bytes, build_reverts, changed_files, resolve
+from jobs.git import Git
+from jobs.records import PullRequest
+
+log = logging.getLogger(__name__)
+
+_TREE_TYPE = {"160000": "commit", "040000": "tree"}  # every other mode is a blob
+_TOKEN_FIELD = re.compile(r'("token"\s*:\s*")[^"]+')
+
+
+class _RedactTokens(logging.Filter):
+    """PyGithub's DEBUG log masks headers but not bodies, and an App's token exchange answers with a token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if '"token"' in message:
+            record.msg, record.args = _TOKEN_FIELD.sub(r"\1***", message), ()
+        return True
+
+
+_REDACT = _RedactTokens()
+
+
+class GitHubForge:
+    """PRs on GitHub (or GitHub Enterprise Server at `base_url`), authenticated by a token or as an App."""
+
+    name = "github"
+
+    def __init__(
+        self,
+        repo: str,
+        *,
+        git: Git,
+        token: str | None = None,
+        app_id: int | str | None = None,
+        private_key: str | None = None,
+        installation_id: int | None = None,
+        base_url: str = "https://api.github.com",
+        seconds_between_writes: float = 1.0,  # GitHub's secondary rate limits; 0 only in tests
+        seconds_between_requests: float = 0.25,
+        author: tuple[str, str] = CAIRN_AUTHOR,
+    ):
+        self.repo_name = repo
+        self.owner = repo.split("/")[0]
+        self.git = git
+        self.author = author
+        self.base_url = base_url.rstrip("/")
+        self._github = Github(base_url=self.base_url, auth=_auth(token, app_id, private_key, installation_id),
+                              seconds_between_writes=seconds_between_writes,
+                              seconds_between_requests=seconds_between_requests)
+        self._repo = None
+        requester_log = logging.getLogger("github.Requester")
+        if _REDACT not in requester_log.filters:
+            requester_log.addFilter(_REDACT)
+
+    def __repr__(self) -> str:
+        return f"GitHubForge({self.repo_name!r}, base_url={self.base_url!r})"  # never the credentials
+
+    def open_revert_pr(
+        self,
+        incident_id: int,
+        base_branch: str,
+        revert_of: Sequence[str],
+        title: str,
+        body: str,
+        labels: Sequence[str] = DEFAULT_LABELS,
+        proof: CheckProof | None = None,
+    ) -> PullRequest:
+        existing = self._find(incident_id)
+        if existing is not None:
+            # A retry after a crash between opening the PR and labelling it finishes the job.
+            missing = [label for label in labels if label not in {lb.name for lb in existing.labels}]
+            if missing:
+                with _github("label the pull request"):
+                    existing.add_to_labels(*missing)
+            return _record(incident_id, existing)
+        branch = branch_name(incident_id)
+        with _github(f"read branch {base_branch}"):
+            base_sha = self.repo.get_git_ref(f"heads/{base_branch}").object.sha
+        resolve(self.git, base_sha)  # the revert is computed locally, so local git must have GitHub's base
+        reverts = build_reverts(self.git, base_sha, revert_of, incident_id, self.author)
+        head = self._publish(base_sha, reverts)
+        self._point_branch(branch, head)
+        conclusion_comment = self._check_run(head, proof) if proof is not None else None
+        with _github("open the pull request"):
+            try:
+                pull = self.repo.create_pull(base=base_branch, head=branch, title=title, body=body)
+            except GithubException as exc:
+                pull = self._find(incident_id) if exc.status == 422 else None  # another worker opened it
+                if pull is None:
+                    raise
+            pull.add_to_labels(*labels)
+            if conclusion_comment:
+                pull.create_issue_comment(conclusion_comment)
+        log.info("opened PR #%s on %s for incident %s", pull.number, self.repo_name, incident_id)
+        return _record(incident_id, pull)
+
+    def get(self, incident_id: int) -> PullRequest | None:
+        pull = self._find(incident_id)
+        return _record(incident_id, pull) if pull is not None else None
+
+    def merge(self, incident_id: int, expected_head_sha: str, actor: str) -> PullRequest:
+        pull = self._require(incident_id)
+        record = _record(incident_id, pull)
+        if record.state == "merged":
+            if record.head_sha == expected_head_sha:
+                return record  # a retried approval
+            raise ForgeError(f"PR #{pull.number} was already merged at {record.head_sha[:7]}")
+        if record.state == "closed":
+            raise ForgeError(f"PR #{pull.number} is closed; reopen the incident to retry")
+        if record.head_sha != expected_head_sha:
+            raise _stale(pull.number, record.head_sha[:7], expected_head_sha)
+        try:
+            # GitHub merges only if the head is still `sha`: the approval is bound to what was seen.
+            status = pull.merge(commit_title=f"Merge Cairn revert for incident #{incident_id} (#{pull.number})",
+                                commit_message=f"Approved by {actor} at {expected_head_sha}.",
+                                merge_method="merge", sha=expected_head_sha)
+        except GithubException as exc:
+            if exc.status == 409:
+                raise _stale(pull.number, "a newer commit", expected_head_sha) from None
+            raise _forge_error(f"merge PR #{pull.number}", exc) from None
+        if not status.merged:
+            raise ForgeError(f"GitHub did not merge PR #{pull.number}: {status.message}")
+        return dataclasses.replace(record, state="merged")
+
+    def close(self, incident_id: int, reason: str, actor: str) -> PullRequest:
+        pull = self._require(incident_id)
+        record = _record(incident_id, pull)
+        if record.state != "open":
+            if record.state == "merged":
+                raise ForgeError(f"PR #{pull.number} is already merged; revert it instead")
+            return record
+        with _github(f"close PR #{pull.number}"):
+            pull.create_issue_comment(f"Closed by {actor}: {reason}")
+            pull.edit(state="closed")
+        return dataclasses.replace(record, state="closed")
+
+    def comment(self, incident_id: int, text: str) -> None:
+        pull = self._require(incident_id)
+        with _github(f"comment on PR #{pull.number}"):
+            pull.create_issue_comment(text)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @property
+    def repo(self):
+        if self._repo is None:
+            with _github(f"read repository {self.repo_name}"):
+                self._repo = self._github.get_repo(self.repo_name)
+        return self._repo
+
+    def _find(self, incident_id: int) -> GitHubPull | None:
+        """The incident's PR in any state, found by its branch: how a retry sees the PR it opened."""
+        with _github("list pull requests"):
+            for pull in self.repo.get_pulls(state="all", head=f"{self.owner}:{branch_name(incident_id)}"):
+                return pull
+        return None
+
+    def _require(self, incident_id: int) -> GitHubPull:
+        pull = self._find(incident_id)
+        if pull is None:
+            raise ForgeError(f"incident {incident_id} has no pull request on {self.repo_name}; open one first")
+        return pull
+
+    def _publish(self, base_sha: str, reverts: list[Revert]) -> str:
+        """Recreate each local revert commit on GitHub, file contents and all; the last SHA is the head."""
+        with _github("upload the revert commits"):
+            parent = self.repo.get_git_commit(base_sha)
+            for revert in reverts:
+                elements = []
+                for change in changed_files(self.git, revert.commit):
+                    kind = _TREE_TYPE.get(change.mode, "blob")
+                    sha = change.blob
+                    if sha is not None and kind == "blob":
+                        content = base64.b64encode(blob_bytes(self.git, sha)).decode("ascii")
+                        sha = self.repo.create_git_blob(content, "base64").sha
+                    elements.append(InputGitTreeElement(change.path, change.mode, kind, sha=sha))
+                tree = self.repo.create_git_tree(elements, base_tree=parent.tree)
+                parent = self.repo.create_git_commit(revert.message, tree, [parent],
+                                                     author=InputGitAuthor(*self.author))
+        return parent.sha
+
+    def _point_branch(self, branch: str, sha: str) -> None:
+        with _github(f"create branch {branch}"):
+            try:
+                ref = self.repo.get_git_ref(f"heads/{branch}")
+                ref.edit(sha, force=True)  # left by an attempt that crashed before opening the PR
+            except UnknownObjectException:
+                self.repo.create_git_ref(f"refs/heads/{branch}", sha)
+
+    def _check_run(self, head: str, proof: CheckProof) -> str | None:
+        """Attach the proof as a check run; with token auth GitHub refuses, so return it as a comment."""
+        output = {"title": proof.title, "summary": proof.summary}
+        try:
+            self.repo.create_check_run(name=CHECK_NAME, head_sha=head, status="completed",
+                                       conclusion=proof.conclusion, output=output)
+            return None
+        except GithubException as exc:
+            if exc.status != 403:
+                raise _forge_error("create the check run", exc) from None
+            log.warning("GitHub refused check run %s (%s); the proof goes in a comment. Check runs need "
+                        "GitHub App authentication.", CHECK_NAME, exc.status)
+            return f"### {CHECK_NAME}: {proof.conclusion}\n\n**{proof.title}**\n\n{proof.summary}"
+
+
+def _auth(token, app_id, private_key, installation_id) -> Auth.Auth:
+    if token and not app_id:
+        return Auth.Token(token)
+    if app_id and private_key and installation_id and not token:
+        return Auth.AppAuth(app_id, private_key).get_installation_auth(int(installation_id))
+    raise ForgeError(
+        "the GitHub forge needs either a token (GITHUB_TOKEN) or a GitHub App's app_id, private_key "
+        "and installation_id; check runs with the recovery proof need the App"
+    )
+
+
+def _record(incident_id: int, pull: GitHubPull) -> PullRequest:
+    state = "merged" if pull.merged_at is not None else pull.state
+    return PullRequest(incident_id=incident_id, number=pull.number, branch=pull.head.ref, title=pull.title,
+                       state=state, head_sha=pull.head.sha, url=pull.html_url)
+
+
+def _stale(number: int, head: str, expected: str) -> StaleApproval:
+    return StaleApproval(f"PR #{number} now ends at {head}, not {expected[:7]} as approved; "
+                         "review the new head and approve again")
+
+
+def _forge_error(action: str, exc: GithubException) -> ForgeError:
+    message = exc.data.get("message") if isinstance(exc.data, dict) else None
+    hint = {401: "check the token or the App's private key",
+            403: "check the token's or App's permissions on the repository",
+            404: "check the repository name and that the token or App can see it",
+            405: "branch protection or required checks block the merge"}.get(exc.status, "try again later")
+    return ForgeError(f"GitHub refused to {action} (HTTP {exc.status}: {message or 'no message'}); {hint}")
+
+
+@contextmanager
+def _github(action: str) -> Iterator[None]:
+    """GitHub's errors as ForgeError; the message carries GitHub's words, never a header."""
+    try:
+        yield
+    except GithubException as exc:
+        raise _forge_error(action, exc) from None

@@ -1,0 +1,123 @@
+"""Revert commits built in a throwaway worktree: the user's checkout, index and HEAD are never touched."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.forge import ForgeError
+from jobs.git import Git, GitError
+
+CAIRN_AUTHOR = ("Cairn", "cairn@users.noreply.localhost")
+
+
+@dataclass(frozen=True)
+class Revert:
+    """One commit that reverts `reverted`, made on top of the previous one."""
+
+    reverted: str
+    commit: str
+    message: str
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """A file a commit changes: its new mode and blob, or `blob` None when the commit deletes it."""
+
+    path: str
+    mode: str
+    blob: str | None
+
+
+def as_author(author: tuple[str, str]) -> tuple[str, ...]:
+    """Global options that make `git` commit as `author` whatever the repository's config says."""
+    name, email = author
+    # Signing or hooks configured for people would block or fail a bot's commit.
+    return ("-c", f"user.name={name}", "-c", f"user.email={email}", "-c", "commit.gpgsign=false")
+
+
+@contextmanager
+def worktree(git: Git, commit: str) -> Iterator[Git]:
+    """A detached worktree at `commit` in a temporary directory, removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="cairn-worktree-"))
+    try:
+        git.run("worktree", "add", "--detach", "--quiet", str(path), commit)
+        yield Git(path)
+    finally:
+        git.run("worktree", "remove", "--force", str(path), check=False)
+        shutil.rmtree(path, ignore_errors=True)
+        git.run("worktree", "prune", check=False)
+
+
+def resolve(git: Git, ref: str) -> str:
+    """The full SHA `ref` names; ForgeError if the repository does not have it."""
+    try:
+        return git.head_sha(ref)
+    except GitError:
+        raise ForgeError(
+            f"the repository at {git.repo} has no commit {ref!r}; fetch it (git fetch) and try again"
+        ) from None
+
+
+def newest_first(git: Git, base_sha: str, shas: Sequence[str]) -> list[str]:
+    """Full SHAs of `shas`, newest first; each must be in the history of `base_sha`."""
+    full = list(dict.fromkeys(resolve(git, sha) for sha in shas))
+    if not full:
+        raise ForgeError("nothing to revert: pass at least one commit SHA")
+    position = {sha: i for i, sha in enumerate(git.run("rev-list", "--topo-order", base_sha).split())}
+    outside = [sha[:7] for sha in full if sha not in position]
+    if outside:
+        raise ForgeError(f"cannot revert {', '.join(outside)}: not in the history of {base_sha[:7]}")
+    return sorted(full, key=position.__getitem__)
+
+
+def revert_message(git: Git, sha: str, incident_id: int) -> str:
+    subject = git.run("log", "-1", "--format=%s", sha).strip()
+    return f"Revert {sha[:7]}: {subject}\n\nThis reverts commit {sha}.\n\nCairn-Incident: #{incident_id}\n"
+
+
+def build_reverts(
+    git: Git, base_sha: str, shas: Sequence[str], incident_id: int, author: tuple[str, str] = CAIRN_AUTHOR
+) -> list[Revert]:
+    """Commit the revert of each SHA, newest first, on top of `base_sha`; the last is the PR's head."""
+    reverts = []
+    with worktree(git, base_sha) as tree:
+        for sha in newest_first(git, base_sha, shas):
+            try:
+                tree.run("revert", "--no-commit", sha)
+            except GitError:
+                raise ForgeError(
+                    f"reverting {sha[:7]} on {base_sha[:7]} conflicts with later changes to the same lines; "
+                    "Cairn cannot revert it cleanly: revert it by hand or escalate the incident"
+                ) from None
+            if not tree.run("diff", "--cached", "--name-only").strip():
+                raise ForgeError(f"{sha[:7]} is already reverted on {base_sha[:7]}: nothing to change")
+            message = revert_message(git, sha, incident_id)
+            tree.run(*as_author(author), "commit", "--quiet", "--no-verify", "-m", message)
+            reverts.append(Revert(reverted=sha, commit=tree.head_sha(), message=message))
+    return reverts
+
+
+def changed_files(git: Git, commit: str) -> list[FileChange]:
+    """What `commit` changes relative to its first parent, file by file."""
+    out = git.run("diff-tree", "-r", "-z", "--no-renames", "--no-commit-id", f"{commit}^", commit)
+    fields = out.split("\0")
+    changes = []
+    for meta, path in zip(fields[0::2], fields[1::2]):
+        old_mode, new_mode, _old, new, status = meta.lstrip(":").split(" ")
+        deleted = status == "D"
+        changes.append(FileChange(path, old_mode if deleted else new_mode, None if deleted else new))
+    return changes
+
+
+def blob_bytes(git: Git, blob: str) -> bytes:
+    """A blob's exact bytes (Git.run decodes text; files may be binary)."""
+    proc = subprocess.run(["git", "-C", str(git.repo), "cat-file", "blob", blob], capture_output=True)
+    if proc.returncode != 0:
+        raise GitError(f"git cat-file blob {blob} failed in {git.repo}: {proc.stderr.decode(errors='replace')}")
+    return proc.stdout
