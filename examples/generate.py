@@ -24,8 +24,8 @@ GROWTH_EPOCH = date(2026, 9, 1)
 WEEKLY_GROWTH = 0.01
 # Mon..Sun; weekends ~40% lower, Sunday lowest.
 WEEKDAY_FACTOR = (1.0, 1.03, 1.0, 0.98, 0.92, 0.64, 0.54)
-NOISE = 0.06
-ORDERS_PER_DAY = 300
+NOISE = 0.02  # day-level swings beyond the sampling noise of individual orders
+ORDERS_PER_DAY = 450
 SIGNUPS_PER_DAY = 30
 SUBSCRIBE_SHARE = 0.6
 # Customers and subscriptions from this many days before the first loaded day are backfilled,

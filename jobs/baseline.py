@@ -24,9 +24,15 @@ Defaults, and why each one:
   absolute floors decide alone. A flat 1,000/day alerts at 900 (10%) and not at 950 (5%).
   Assessment.z is then None (not inf, which JSON cannot carry) and the reason says "flat history".
 - Minimum points: fewer than `baseline.min_points` (7) healthy points → "learning"; a median of
-  fewer days is one bad day away from nonsense.
+  fewer days is one bad day away from nonsense. When flagged points are what left too few, the
+  baseline reaches back up to twice `baseline.days` for the newest healthy points instead, so a
+  lasting regression keeps being scored (and its incident kept open) rather than going quiet
+  as "learning" a week in.
 - Weekly seasonality: compare with the same weekday only, given `min_points_per_weekday` (4, all
-  a 28-day baseline can hold); with fewer it is "learning". It never falls back to every day: a
+  a 28-day baseline can hold); with fewer it is "learning". The centre is the same-weekday
+  median; the noise scale (MAD) is pooled over every weekday's deviation from its own weekday
+  median, relative to it, because four points alone give a MAD that swings from a tenth to
+  twice the true noise (the band would flap between paging on noise and missing real drops). It never falls back to every day: a
   quiet Sunday judged against weekdays is a false page, and once flagged it would stay out of
   every later Sunday baseline.
 - Direction: drop alerts only below the band, rise only above, both either; freshness always rise.
@@ -71,6 +77,7 @@ class Baseline:
     seasonal: bool
     span: str  # "28-day" or "28-day Sunday", for reasons
     shortfall: str | None = None  # the learning reason when there are too few points
+    pool: tuple[Observation, ...] = ()  # seasonal: every weekday's points, for the noise scale
 
 
 # --- choosing the baseline -------------------------------------------------------------------
@@ -103,13 +110,17 @@ def latest_per_window(observations: Sequence[Observation]) -> list[Observation]:
     return sorted(latest.values(), key=anchor)
 
 
+REACH_BACK = 2  # × baseline.days: how far a baseline short of healthy points may reach for more
+
+
 def recent_history(
-    contract: Contract, current: Observation, history: Sequence[Observation], since: datetime | None
+    contract: Contract, current: Observation, history: Sequence[Observation], since: datetime | None,
+    *, days: int | None = None,
 ) -> list[Observation]:
-    """Points from the baseline days before the current window, one per window, oldest first."""
+    """Points from the baseline days (or `days`) before the current window, one per window, oldest first."""
     # Past incidents are still in: `healthy` drops them for the band, the zero rule needs them.
     end = anchor(current)
-    start = end - timedelta(days=contract.baseline.days)
+    start = end - timedelta(days=contract.baseline.days if days is None else days)
     if since is not None:
         # The store may hand back a naive timestamp; everything Cairn records is UTC.
         start = max(start, since if since.tzinfo else since.replace(tzinfo=timezone.utc))
@@ -145,11 +156,41 @@ def choose_baseline(contract: Contract, current: Observation, points: Sequence[O
         shortfall = None
         if len(same) < spec.min_points_per_weekday:
             shortfall = f"learning: {len(same)} of {spec.min_points_per_weekday} {weekday} baseline points"
-        return Baseline(tuple(same), True, f"{days} {weekday}", shortfall)
+        return Baseline(tuple(same), True, f"{days} {weekday}", shortfall, tuple(points))
     shortfall = None
     if len(points) < spec.min_points:
         shortfall = f"learning: {len(points)} of {spec.min_points} baseline points"
     return Baseline(tuple(points), False, days, shortfall)
+
+
+def refill_baseline(contract: Contract, current: Observation, history: Sequence[Observation],
+                    since: datetime | None) -> Baseline | None:
+    """The newest healthy points from up to REACH_BACK × baseline.days, when flagged ones left too few.
+
+    Excluding an incident's points must not silence it: after a week of a lasting regression every
+    weekday has lost one of its four points and would drop to learning. The baseline instead keeps
+    its size by reaching back past the incident for older healthy points (never past `since`).
+    None when even that is too few: then the contract is genuinely learning.
+    """
+    spec = contract.baseline
+    older = healthy(contract, recent_history(contract, current, history, since, days=REACH_BACK * spec.days))
+    if spec.seasonality == "weekly":
+        same = same_weekday(older, current)[-spec.min_points_per_weekday:]
+        if len(same) < spec.min_points_per_weekday:
+            return None
+        weekday = calendar.day_name[anchor(current).weekday()]
+        span = f"{reach(current, same[0])}-day {weekday}"
+        pool = [obs for obs in older if anchor(obs) >= anchor(same[0])]
+        return Baseline(tuple(same), True, span, None, tuple(pool))
+    points = older[-spec.min_points:]
+    if len(points) < spec.min_points:
+        return None
+    return Baseline(tuple(points), False, f"{reach(current, points[0])}-day")
+
+
+def reach(current: Observation, oldest: Observation) -> int:
+    """How many days back a baseline reaches, for reasons ("its 35-day Sunday median")."""
+    return (anchor(current) - anchor(oldest)).days
 
 
 # --- the band rule ---------------------------------------------------------------------------
@@ -187,9 +228,33 @@ def alerts_in_direction(direction: Direction, dev: float) -> bool:
     return {Direction.drop: dev < 0, Direction.rise: dev > 0, Direction.both: dev != 0}[direction]
 
 
-def band_stats(values: Sequence[float], threshold: ThresholdSpec, seasonal: bool) -> BaselineStats:
+def seasonal_mad(pool: Sequence[Observation], mid: float) -> float | None:
+    """The noise of a weekly-seasonal metric, pooled over every weekday, at this weekday's level.
+
+    Four same-weekday points give a MAD that swings from a tenth to twice the true noise, so the
+    band would flap between paging on noise and missing real drops. Each point's deviation from
+    its own weekday's median, relative to that median, is pooled across the whole baseline (about
+    28 points) and scaled back to the current weekday's median. None when too few points.
+    """
+    by_day: dict[int, list[float]] = {}
+    for obs in pool:
+        by_day.setdefault(anchor(obs).weekday(), []).append(obs.value)  # type: ignore[arg-type]
+    residuals = []
+    for values in by_day.values():
+        centre = median(values)
+        if len(values) >= 2 and centre:
+            residuals += [(v - centre) / abs(centre) for v in values]
+    if len(residuals) < 7:
+        return None
+    return robust_stats(residuals)[1] * abs(mid)
+
+
+def band_stats(values: Sequence[float], threshold: ThresholdSpec, seasonal: bool,
+               pool: Sequence[Observation] = ()) -> BaselineStats:
     """Median, MAD and the band they imply (symmetric whatever the direction)."""
     mid, mad = robust_stats(values)
+    pooled = seasonal_mad(pool, mid) if seasonal and pool else None
+    mad = mad if pooled is None else pooled
     width = band_width(threshold, MAD_TO_SIGMA * mad, mid)
     return BaselineStats(mid, mad, len(values), mid - width, mid + width, seasonal)
 
@@ -235,6 +300,8 @@ def assess(
         return Assessment(contract.id, AssessmentStatus.learning, reason, current.value)
     recent = recent_history(contract, current, history, since)
     base = choose_baseline(contract, current, healthy(contract, recent))
+    if base.shortfall and any(obs.anomalous for obs in recent):
+        base = refill_baseline(contract, current, history, since) or base
     if contract.kind is Kind.freshness:
         return assess_freshness(contract, current, base)
     if contract.kind is Kind.distribution:
@@ -250,7 +317,8 @@ def assess(
 
 def assess_band(contract: Contract, value: float, base: Baseline) -> Assessment:
     """The band rule: anomalous iff every floor is crossed on the side the contract alerts on."""
-    stats = band_stats([o.value for o in base.points], contract.threshold, base.seasonal)  # type: ignore[misc]
+    stats = band_stats([o.value for o in base.points], contract.threshold, base.seasonal,  # type: ignore[misc]
+                       base.pool)
     sigma = MAD_TO_SIGMA * stats.mad
     dev = value - stats.median
     z = robust_z(dev, sigma)
@@ -293,7 +361,8 @@ def assess_freshness(contract: Contract, current: Observation, base: Baseline) -
     lag = current.value
     stats = z = None
     if not base.shortfall:
-        stats = band_stats([o.value for o in base.points], contract.threshold, base.seasonal)  # type: ignore[misc]
+        stats = band_stats([o.value for o in base.points], contract.threshold, base.seasonal,  # type: ignore[misc]
+                       base.pool)
         sigma = MAD_TO_SIGMA * stats.mad
         z = robust_z(lag - stats.median, sigma) if sigma else None
     pct = (lag - max_lag) / max_lag * 100 if max_lag else None

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import Enum
 
-from jobs.baseline import assess
+from jobs.baseline import REACH_BACK, assess
 from jobs.contracts import Contract
 from jobs.records import Assessment, AssessmentStatus, Incident, IncidentStatus, Observation
 from jobs.runtime import Runtime
@@ -66,13 +66,35 @@ def detect(rt: Runtime, contract: Contract, observation: Observation) -> Outcome
                                          baseline=assessment.baseline)
         store.audit("incident.updated", incident_id=incident.id, data=_event_data(observation, assessment))
         return Outcome(contract, observation, assessment, Change.updated, incident)
-    if assessment.status is AssessmentStatus.healthy and incident is not None:
+    if assessment.status is AssessmentStatus.healthy and incident is not None \
+            and recovered(incident, observation, history):
         incident = store.update_incident(incident.id, status=_resolved_status(incident),
                                          resolved_at=observation.observed_at, value=assessment.value,
                                          change_pct=assessment.change_pct, reason=assessment.reason)
         store.audit("incident.resolved", incident_id=incident.id, data=_event_data(observation, assessment))
         return Outcome(contract, observation, assessment, Change.resolved, incident)
     return Outcome(contract, observation, assessment, Change.none, incident)
+
+
+RESOLVE_AFTER = 3  # healthy observations in a row that close an incident while its code stays deployed
+
+
+def recovered(incident: Incident, current: Observation, history: Sequence[Observation]) -> bool:
+    """A healthy observation closes the incident when the deployed code changed since the first bad
+    one (a revert or a fix shipped); otherwise only RESOLVE_AFTER healthy ones in a row do. A lasting
+    regression that noise lifts into the band for a day (a quiet Sunday, when most revenue is
+    subscriptions the bug does not touch) must not close, and then reopen as a new incident whose
+    suspect range no longer holds the culprit."""
+    if current.sha != incident.first_bad_sha:
+        return True
+    # The first bad observation is anomalous, so the walk back stops at it at the latest.
+    earlier = sorted((o for o in history if o.id != current.id and _when(o) < _when(current)), key=_when)
+    streak = 1
+    for obs in reversed(earlier):
+        if obs.anomalous:
+            break
+        streak += 1
+    return streak >= RESOLVE_AFTER
 
 
 def _open(rt: Runtime, contract: Contract, observation: Observation, assessment: Assessment,
@@ -98,7 +120,8 @@ def _when(obs: Observation) -> datetime:
 
 
 def _lookback(contract: Contract) -> timedelta:
-    return timedelta(days=contract.baseline.days + 2)
+    # Room for the baseline to reach back past a lasting incident's flagged points.
+    return timedelta(days=REACH_BACK * contract.baseline.days + 2)
 
 
 def _resolved_status(incident: Incident) -> IncidentStatus:

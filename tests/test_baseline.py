@@ -277,3 +277,22 @@ def test_no_infinite_numbers_leave_the_stage() -> None:
 def test_relative_floor_holds_a_large_z() -> None:
     result = assess(contract(), obs(MONDAY, 1010), before(MONDAY, STEADY))
     assert (result.status, result.z > 3) == (HEALTHY, True)
+
+
+def test_a_lasting_regression_stays_scored_past_its_flagged_points() -> None:
+    """A week into an incident every weekday has lost a point: the baseline reaches back for older ones."""
+    current = SUNDAY + 28  # eight weeks of history, the last week flagged at the broken level
+    clean = before(current - 7, [SUNDAY_LOW] * 49)
+    broken = [obs(i, 0.8 * SUNDAY_LOW(i), anomalous=True) for i in range(current - 7, current)]
+    verdict = assess(weekly(), obs(current, 400), clean + broken)
+    assert verdict.status is ANOMALOUS, verdict.reason
+    assert (verdict.baseline.n, verdict.baseline.median) == (4, 500)
+    assert "35-day Sunday median 500" in verdict.reason
+
+
+def test_reaching_back_never_crosses_a_rebaseline() -> None:
+    current = SUNDAY + 28
+    history = before(current - 7, [SUNDAY_LOW] * 49) + [
+        obs(i, 0.8 * SUNDAY_LOW(i), anomalous=True) for i in range(current - 7, current)]
+    verdict = assess(weekly(), obs(current, 400), history, since=day(current - 28))
+    assert verdict.status is LEARNING and "3 of 4 Sunday" in verdict.reason

@@ -2,7 +2,10 @@
 
 from pathlib import Path
 
+import inspect
+
 import jobs.baseline
+import jobs.detect
 import jobs.distribution
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -12,6 +15,8 @@ def test_detection_doc_is_the_modules_docstrings() -> None:
     doc = (ROOT / "docs" / "detection.md").read_text()
     for module in (jobs.baseline, jobs.distribution):
         assert module.__doc__.strip() in doc, f"docs/detection.md is stale: paste {module.__name__}'s docstring"
+    assert inspect.cleandoc(jobs.detect.recovered.__doc__) in doc, "docs/detection.md is stale: paste recovered()"
+    assert f"RESOLVE_AFTER = {jobs.detect.RESOLVE_AFTER}" in doc
 
 
 def test_readme_commands_exist() -> None:
