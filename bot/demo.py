@@ -38,6 +38,9 @@ class Edit:
         target.write_text(text.replace(self.old, self.new, 1))
 
 
+# A fixed calendar makes the demo's data, and so everything it prints, the same on every run.
+DEMO_TODAY = date(2026, 11, 23)
+
 # The regression the demo lands: coupon-paid orders silently fall out of revenue.
 REGRESSION = Edit(
     path="models/intermediate/int_order_payments.sql",
@@ -55,6 +58,8 @@ def prepare_workdir(workdir: Path) -> None:
         shutil.rmtree(workdir)
     shutil.copytree(EXAMPLE, workdir, ignore=shutil.ignore_patterns("target", "logs", "*.duckdb*", ".cairn"))
     (workdir / MARKER).write_text("made by cairn demo; safe to delete\n")
+    # Build output, the warehouse and Cairn's store are not source: keep them out of history.
+    (workdir / ".gitignore").write_text("target/\nlogs/\n*.duckdb\n*.duckdb.wal\n.cairn/\n" + MARKER + "\n")
 
 
 def commit(workdir: Path, message: str, when: datetime) -> str:
@@ -85,7 +90,7 @@ def run_demo(workdir: Path, days: int) -> None:
     from jobs.runtime import Runtime
 
     started = time.monotonic()
-    today = datetime.now(timezone.utc).date()
+    today = DEMO_TODAY
     first_day = today - timedelta(days=days)
     yesterday = today - timedelta(days=1)
     workdir = workdir.resolve()

@@ -8,10 +8,12 @@ duplicated job is harmless.
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import replace
 
 from jobs.attribute import attribute
 from jobs.bisect import find_fix
-from jobs.contracts import Contract, Kind
+from jobs.contracts import Contract, Direction, Kind
 from jobs.evidence import clone_deltas
 from jobs.propose import propose
 from jobs.records import BaselineStats, Candidate, Incident, IncidentStatus, Verdict
@@ -105,6 +107,12 @@ def recovery_band(contract: Contract, incident: Incident) -> BaselineStats:
         return BaselineStats(median=limit / 2, mad=0.0, n=0, lower=0.0, upper=limit)
     if incident.baseline is None:
         raise ValueError(f"incident {incident.id} has no baseline to recover into")
+    # One-sided, like detection: a growing metric's revert may land above a band it never alerts on.
+    direction = contract.effective_direction
+    if direction is Direction.drop:
+        return replace(incident.baseline, upper=math.inf)
+    if direction is Direction.rise:
+        return replace(incident.baseline, lower=-math.inf)
     return incident.baseline
 
 

@@ -22,8 +22,11 @@ class Worktree:
         self.git = Git(self.path)
 
     @classmethod
-    def create(cls, repo: Path, sha: str) -> "Worktree":
-        parent = Path(tempfile.mkdtemp(prefix="cairn-worktree-"))
+    def create(cls, repo: Path, sha: str, root: Path | None = None) -> "Worktree":
+        """A detached worktree in a fresh directory under `root` (default: the system temp dir)."""
+        if root is not None:
+            root.mkdir(parents=True, exist_ok=True)
+        parent = Path(tempfile.mkdtemp(prefix="cairn-worktree-", dir=root))
         tree = cls(repo, sha, parent)
         try:
             Git(repo).run("worktree", "add", "--detach", str(tree.path), sha)

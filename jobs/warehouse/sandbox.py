@@ -127,13 +127,16 @@ class Sandbox:
 
 
 def gc_sandboxes(root: Path, older_than: timedelta) -> list[Path]:
-    """Remove sandbox directories last modified more than `older_than` ago (a crashed worker's)."""
+    """Remove sandbox and worktree directories older than `older_than` (a crashed worker's).
+
+    A removed worktree stays registered in the repository until `git worktree prune`.
+    """
     root = Path(root)
     if not root.is_dir():
         return []
     cutoff = time.time() - older_than.total_seconds()
     removed = []
-    for entry in sorted(root.glob(f"{PREFIX}*")):
+    for entry in sorted([*root.glob(f"{PREFIX}*"), *root.glob("cairn-worktree-*")]):
         if entry.is_dir() and entry.stat().st_mtime < cutoff:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
