@@ -11,12 +11,14 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from jobs.contracts import Contract, parse_duration
 from jobs.errors import ConfigError
 
 DEFAULT_CONFIG = "cairn.yml"
 DEFAULT_STORE = "sqlite:///.cairn/cairn.db"
+SECRET = "secret_value"  # an error type whose input is never echoed back
 
 
 class _Section(BaseModel):
@@ -58,6 +60,32 @@ class ScheduleSettings(_Section):
         return value if isinstance(value, timedelta) else parse_duration(value)
 
 
+class QueueSettings(_Section):
+    """RQ: what a worker listens to, how long each stage may run, how transient failures retry."""
+
+    name: str = Field("cairn", description="Queue for the loop's stages; notifications use NAME-notify.")
+    timeouts: dict[Literal["check", "attribute", "verify", "propose", "notify"], timedelta] = Field(
+        default_factory=lambda: {"check": timedelta(minutes=10), "attribute": timedelta(minutes=10),
+                                 "verify": timedelta(minutes=45), "propose": timedelta(minutes=5),
+                                 "notify": timedelta(minutes=2)},
+        description="Job timeout per stage; verification builds on a clone, so it gets the longest.")
+    retries: int = Field(3, ge=0, description="Retries of a transient failure (429, 5xx, lock, timeout).")
+    backoff: list[int] = Field(default_factory=lambda: [10, 60, 300],
+                               description="Seconds before each retry (RQ's scheduler runs them).")
+
+    @field_validator("timeouts", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        defaults = cls.model_fields["timeouts"].default_factory()
+        given = {k: v if isinstance(v, timedelta) else parse_duration(v) for k, v in value.items()}
+        return {**defaults, **given}
+
+    def timeout(self, stage: str) -> int:
+        return int(self.timeouts[stage].total_seconds())  # type: ignore[index]
+
+
 class AttributionSettings(_Section):
     intentional_markers: list[str] = Field(
         default_factory=lambda: ["[cairn:intentional]", "cairn: intentional"],
@@ -73,6 +101,52 @@ class VerificationSettings(_Section):
     sandboxes: Path = Field(Path(".cairn/sandboxes"), description="Where incident sandboxes are made.")
 
 
+class BigQuerySettings(_Section):
+    """A BigQuery production warehouse (docs/bigquery.md): read production, write only sandboxes."""
+
+    project: str = Field(description="Production project: the one the dbt production target builds into.")
+    location: str = Field(description="Location of the production datasets (US, EU, europe-west2…); sandboxes go there too.")
+    sandbox_project: str | None = Field(
+        None, description="Project for incident sandboxes and Cairn's query jobs (the only one Cairn writes); default: project.")
+    credentials: str = Field(
+        "adc", description="'adc' (Application Default Credentials), the path of a service-account JSON key file, "
+                           "or 'anonymous' (local test servers only). Never the key itself.")
+    api_endpoint: str | None = Field(None, description="BigQuery API root for private endpoints and tests; default: Google's.")
+    org: str = Field("cairn", description="Value of the cairn-org label on sandboxes; `cairn sandbox gc` removes only these.")
+    budget_bytes: int = Field(
+        50 * 1024**3, ge=10 * 1024**2,
+        description="Most bytes one verification may process: its dry-run estimate must fit, and every "
+                    "build and query job carries it as maximum_bytes_billed.")
+    sandbox_expiration: timedelta = Field(
+        timedelta(days=1), description="Default table expiration of a sandbox dataset; `cairn sandbox gc` drops older sandboxes.")
+    time_travel: timedelta = Field(
+        timedelta(days=7), description="Production's time-travel window (2–7 days): older snapshots clone the current state.")
+
+    @field_validator("sandbox_expiration", "time_travel", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return value if isinstance(value, timedelta) else parse_duration(value)
+
+    @field_validator("credentials")
+    @classmethod
+    def _no_key(cls, value: str) -> str:
+        if value.lstrip().startswith("{") or "PRIVATE KEY" in value:
+            raise PydanticCustomError(SECRET, "holds a key, not a path: put the key in a file readable "
+                                              "only by Cairn and give its path (the value is not shown)")
+        return value
+
+    @field_validator("org")
+    @classmethod
+    def _label_value(cls, value: str) -> str:
+        if not value or len(value) > 63 or not all(c.islower() or c.isdigit() or c in "_-" for c in value):
+            raise ValueError(f"{value!r} is not a BigQuery label value (lowercase letters, digits, _ and -, at most 63)")
+        return value
+
+    @property
+    def sandbox_project_id(self) -> str:
+        return self.sandbox_project or self.project
+
+
 class Settings(_Section):
     """The keys of cairn.yml. Relative paths are relative to the file's own directory."""
 
@@ -86,7 +160,9 @@ class Settings(_Section):
     slack: SlackSettings = Field(default_factory=SlackSettings, description="Slack surface.")
     attribution: AttributionSettings = Field(default_factory=AttributionSettings, description="Ranking suspects.")
     verification: VerificationSettings = Field(default_factory=VerificationSettings, description="Clone builds.")
+    bigquery: BigQuerySettings | None = Field(None, description="BigQuery production warehouse; omit on DuckDB.")
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings, description="The clock process.")
+    queue: QueueSettings = Field(default_factory=QueueSettings, description="RQ workers (with REDIS_URL).")
     policy: Path | None = Field(None, description="Policy file; default: the bundled policies/default.yml.")
     contracts: list[Contract] = Field(
         default_factory=list, description="Metric contracts (dbt YAML meta.cairn.contracts adds more)."
@@ -209,7 +285,7 @@ def _has(node: dict | list, part: Any) -> bool:
 
 def _message(error: dict[str, Any]) -> str:
     message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "missing" or "input" not in error or isinstance(error["input"], dict):
+    if error["type"] in ("missing", SECRET) or "input" not in error or isinstance(error["input"], dict):
         return message
     if repr(error["input"]) in message:
         return message
@@ -229,8 +305,9 @@ def config_reference() -> str:
 
     for title, model in (("Contract", Contract), ("Contract `baseline`", BaselineSpec),
                          ("Contract `threshold`", ThresholdSpec), ("`slack`", SlackSettings),
-                         ("`schedule`", ScheduleSettings), ("`attribution`", AttributionSettings),
+                         ("`schedule`", ScheduleSettings), ("`queue`", QueueSettings), ("`attribution`", AttributionSettings),
                          ("`verification`", VerificationSettings),
+                         ("`bigquery`", BigQuerySettings),
                          ("`forge.github`", GitHubForge)):
         out += ["", f"## {title}", "", "| key | default | meaning |", "|---|---|---|"] + _rows(model)
     return "\n".join(out) + "\n"

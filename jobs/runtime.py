@@ -78,6 +78,17 @@ class Runtime:
 
     @cached_property
     def warehouse(self):  # -> jobs.warehouse.Warehouse
+        bigquery = self.config.settings.bigquery
+        if bigquery is not None:
+            from jobs.warehouse.bigquery import BigQueryWarehouse, client_for
+
+            if self.credentials.type != "bigquery":
+                raise ConfigError(f"{self.config.path}: bigquery: is set, but the dbt target is "
+                                  f"{self.credentials.type!r}; point `target` at the BigQuery one.")
+            # Reads only: the guard refuses any write on a connection without a sandbox.
+            return BigQueryWarehouse(client_for(bigquery, self.config.root),
+                                     maximum_bytes_billed=bigquery.budget_bytes,
+                                     labels={"cairn-org": bigquery.org})
         if self.credentials.type == "duckdb":
             from jobs.warehouse.duckdb import DuckDBWarehouse
 

@@ -1,0 +1,184 @@
+"""Layer (a) of read-only production: every statement Cairn sends to BigQuery is parsed first.
+
+A statement leaves the process only if each table or dataset it writes lies inside the one
+dataset it may write (the incident's sandbox), or, with no sandbox, if it writes nothing at all.
+The guard fails closed: a statement it cannot read (scripting, EXECUTE IMMEDIATE, CALL, EXPORT
+DATA, anything sqlglot falls back to a generic command for) is refused, except the one form
+sqlglot cannot parse and Cairn needs, `CREATE TABLE … CLONE … FOR SYSTEM_TIME AS OF …`, whose
+time-travel clause is cut off and the rest parsed and checked like any other statement.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+from sqlglot.tokens import TokenType
+
+from jobs.errors import CairnError
+
+_READS = (exp.Query,)
+_WRITES = (exp.Create, exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.TruncateTable, exp.Drop,
+           exp.Alter, exp.LoadData)
+_DATASET_KINDS = {"SCHEMA", "DATABASE"}
+
+
+class ProductionWriteRefused(CairnError):
+    """A statement would write outside the incident's sandbox; it was never sent."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A BigQuery dataset: `project.dataset`."""
+
+    project: str
+    dataset: str
+
+    def __str__(self) -> str:
+        return f"{self.project}.{self.dataset}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One thing a statement writes: a table (`name` set) or a whole dataset (`name` None)."""
+
+    project: str
+    dataset: str
+    name: str | None
+    statement: str  # the statement's kind, for messages: 'CREATE TABLE', 'DELETE', …
+
+    def __str__(self) -> str:
+        return ".".join(p for p in (self.project, self.dataset, self.name) if p)
+
+
+def check(sql: str, *, default_project: str, sandbox: Dataset | None) -> list[Target]:
+    """Refuse `sql` unless every target is inside `sandbox` (None: refuse every write)."""
+    targets = written_targets(sql, default_project)
+    outside = [t for t in targets if not _inside(t, sandbox)]
+    if outside:
+        where = f"sandbox dataset {sandbox}" if sandbox else "no dataset (this connection only reads)"
+        names = ", ".join(f"{t.statement} {t}" for t in outside)
+        raise ProductionWriteRefused(
+            f"refused before sending: {names} writes outside {where}. Cairn writes only inside "
+            "an incident's sandbox dataset; production is read-only.")
+    return targets
+
+
+def written_targets(sql: str, default_project: str) -> list[Target]:
+    """Every table or dataset `sql` (one statement or a script) would write, fully qualified."""
+    try:
+        with _quiet():
+            statements = [s for s in sqlglot.parse(sql, read="bigquery") if s is not None]
+    except (ParseError, TokenError) as error:
+        raise ProductionWriteRefused(
+            f"refused before sending: the statement is not BigQuery SQL Cairn can read "
+            f"({str(error).splitlines()[0]}); nothing was sent.") from None
+    targets: list[Target] = []
+    for statement in statements:
+        if isinstance(statement, exp.Command):
+            statement = _clone_at(statement)
+        if isinstance(statement, _READS):
+            continue
+        if not isinstance(statement, _WRITES):
+            text = statement.sql("bigquery")[:80]
+            raise ProductionWriteRefused(
+                f"refused before sending: Cairn does not send {type(statement).__name__} statements "
+                f"({text!r}); only queries and DDL/DML whose targets it can check.")
+        targets += _targets(statement, default_project)
+    return targets
+
+
+def _inside(target: Target, sandbox: Dataset | None) -> bool:
+    if target.project == "" and target.dataset == "":
+        return True  # a TEMP table or function: scoped to the script's session, no dataset
+    if sandbox is None:
+        return False
+    return target.project.lower() == sandbox.project.lower() and target.dataset == sandbox.dataset
+
+
+def _targets(statement: exp.Expression, default_project: str) -> list[Target]:
+    if isinstance(statement, exp.Drop):
+        nodes = statement.args.get("tables") or [statement.this]
+    elif isinstance(statement, exp.TruncateTable):
+        nodes = statement.expressions
+    else:
+        nodes = [statement.this]
+    return [_target(statement, node, default_project) for node in nodes]
+
+
+def _target(statement: exp.Expression, node: exp.Expression | None, default_project: str) -> Target:
+    kind = _kind(statement)
+    while isinstance(node, (exp.Schema, exp.UserDefinedFunction)):
+        node = node.this
+    if not isinstance(node, exp.Table):
+        raise ProductionWriteRefused(f"refused before sending: cannot tell what {kind} writes.")
+    parts = [p for part in (node.catalog, node.db, node.name) if part for p in part.split(".")]
+    if kind.split()[-1] in _DATASET_KINDS:
+        if len(parts) == 1:
+            return Target(default_project, parts[0], None, kind)
+        if len(parts) == 2:
+            return Target(parts[0], parts[1], None, kind)
+    elif len(parts) == 3:
+        return Target(parts[0], parts[1], parts[2], kind)
+    elif len(parts) == 2:
+        return Target(default_project, parts[0], parts[1], kind)
+    elif len(parts) == 1 and _temporary(statement):
+        return Target("", "", parts[0], kind)
+    # An unqualified name resolves against a default dataset Cairn never sets: refuse it.
+    raise ProductionWriteRefused(
+        f"refused before sending: {kind} {'.'.join(parts) or '?'} is not a dataset-qualified name; "
+        "Cairn writes only `project.dataset.table` names inside its sandbox.")
+
+
+def _kind(statement: exp.Expression) -> str:
+    verb = {exp.TruncateTable: "TRUNCATE TABLE", exp.LoadData: "LOAD DATA"}.get(type(statement))
+    if verb:
+        return verb
+    name = type(statement).__name__.upper()
+    kind = statement.args.get("kind")
+    return f"{name} {kind.upper()}" if isinstance(kind, str) else name
+
+
+def _temporary(statement: exp.Expression) -> bool:
+    if statement.args.get("temporary") is True:  # DROP TEMP TABLE
+        return True
+    properties = statement.args.get("properties")
+    return bool(properties and properties.find(exp.TemporaryProperty))
+
+
+def _clone_at(command: exp.Command) -> exp.Expression:
+    """`CREATE … CLONE src FOR SYSTEM_TIME AS OF ts` parsed without its time-travel clause."""
+    text = command.sql("bigquery")
+    with _quiet():
+        tokens = sqlglot.Dialect.get_or_raise("bigquery").tokenize(text)
+    words = [t.text.upper() for t in tokens]
+    for i, token in enumerate(tokens):
+        if words[i:i + 4] == ["FOR", "SYSTEM_TIME", "AS", "OF"] and "CLONE" in words[:i]:
+            if any(t.token_type is TokenType.SEMICOLON for t in tokens[i:]):
+                break
+            try:
+                with _quiet():
+                    head = sqlglot.parse_one(text[:token.start], read="bigquery")
+            except (ParseError, TokenError):
+                break
+            if isinstance(head, exp.Create) and head.args.get("clone") is not None:
+                return head
+            break
+    return command
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """sqlglot logs a warning for every fallback to a command; the guard reports its own."""
+    logger = logging.getLogger("sqlglot")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
