@@ -179,39 +179,180 @@ def demo(workdir: str, days: int) -> None:
 @click.option("--once", is_flag=True, help="Run one check and exit.")
 @click.pass_context
 def scheduler(ctx: click.Context, once: bool) -> None:
-    """The clock: run `check` every `schedule.check_every` (Procfile `clock`)."""
-    import time
+    """The clock (Procfile `clock`): a check every `schedule.check_every`, and sandbox clean-up.
 
-    from jobs.detect import check as run_check
+    With REDIS_URL the check is a job for the workers; without, it runs here with the whole loop.
+    """
+    import time
+    from datetime import timedelta
+
+    from jobs.queue import for_runtime
+    from jobs.runtime import Runtime
+    from jobs.warehouse.sandbox import gc_sandboxes
 
     config = load_config(ctx.obj["config_path"])
     every = config.settings.schedule.check_every.total_seconds()
     while True:
-        from jobs.runtime import Runtime
-
         rt = Runtime(config)
         try:
-            for outcome in run_check(rt, _now(None)):
-                click.echo(render.outcome_line(outcome))
+            for_runtime(rt).check()
+            # A crashed worker's sandboxes: older than the longest verification could run.
+            stale = config.settings.queue.timeouts["verify"] + timedelta(hours=1)
+            for removed in gc_sandboxes(rt.sandboxes_root, stale):
+                click.echo(f"removed stale sandbox {removed}")
         finally:
             rt.close()
+        click.echo(f"{_now(None):%Y-%m-%d %H:%M:%S} check {'queued' if config.env.redis_url else 'done'}")
         if once:
             return
         time.sleep(every)
 
 
 @cli.command()
+@click.option("--burst", is_flag=True, help="Exit when the queues are empty (tests, one-off catch-up).")
 @click.pass_context
-def worker(ctx: click.Context) -> None:
-    """Run an RQ worker (Procfile `worker`); needs REDIS_URL."""
-    raise CairnError(messages.WORKER_NOT_READY)
+def worker(ctx: click.Context, burst: bool) -> None:
+    """An RQ worker (Procfile `worker`) on the stage and notify queues, with RQ's scheduler for retries."""
+    import os
+
+    from rq import Worker
+
+    from jobs.queue import RQJobs
+
+    config = load_config(ctx.obj["config_path"])
+    if not config.env.redis_url:
+        raise CairnError(messages.NO_REDIS)
+    os.environ["CAIRN_CONFIG"] = str(config.path)  # each job's work horse loads the same config
+    logging.getLogger("rq.worker").setLevel(logging.INFO)
+    jobs = RQJobs(config)
+    Worker(jobs.queues, connection=jobs.redis).work(with_scheduler=True, burst=burst)
+
+
+@cli.command()
+@click.option("--socket", "socket_mode", is_flag=True, help="Socket Mode (SLACK_APP_TOKEN), no public URL needed.")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", type=int, default=None, help="HTTP port (default: $PORT or 3000).")
+@click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.pass_context
+def serve(ctx: click.Context, socket_mode: bool, host: str, port: int | None, threads: int) -> None:
+    """Serve the Slack app (Procfile `web`): HTTP under gunicorn, or Socket Mode."""
+    from bot.server import serve_http, serve_socket
+
+    config = load_config(ctx.obj["config_path"])
+    if socket_mode:
+        serve_socket(config)
+    else:
+        serve_http(config, host, port, threads)
 
 
 @cli.command()
 @click.pass_context
-def serve(ctx: click.Context) -> None:
-    """Serve the Slack app (Procfile `web`)."""
-    raise CairnError(messages.SERVE_NOT_READY)
+def status(ctx: click.Context) -> None:
+    """Mode, kill switch, open incidents and queue health (as `/cairn status`)."""
+    from bot.commands import status_text
+    from jobs.queue import for_runtime
+
+    rt = runtime(ctx)
+    click.echo(status_text(rt, for_runtime(rt)).replace("*", ""))
+
+
+@cli.command()
+@click.argument("mode", type=click.Choice(["observe", "assisted", "autonomous"]))
+@click.option("--reason", default="", help="Why; shown in the audit trail.")
+@click.pass_context
+def mode(ctx: click.Context, mode: str, reason: str) -> None:
+    """Set the org's mode (as `/cairn mode`)."""
+    from bot.commands import set_mode
+    from jobs.queue import for_runtime
+    from policies.model import Mode
+
+    rt = runtime(ctx)
+    click.echo(set_mode(rt, for_runtime(rt), Mode(mode), _actor(), reason).replace("*", ""))
+
+
+@cli.command()
+@click.argument("reason", nargs=-1, required=True)
+@click.pass_context
+def kill(ctx: click.Context, reason: tuple[str, ...]) -> None:
+    """Pull the kill switch: every job records and does nothing more (as `/cairn kill`)."""
+    from bot.commands import pull_kill_switch
+    from jobs.queue import for_runtime
+
+    rt = runtime(ctx)
+    click.echo(pull_kill_switch(rt, for_runtime(rt), " ".join(reason), _actor()))
+
+
+@cli.command()
+@click.pass_context
+def unkill(ctx: click.Context) -> None:
+    """Release the kill switch (as `/cairn unkill`)."""
+    from bot.commands import release_kill_switch
+    from jobs.queue import for_runtime
+
+    rt = runtime(ctx)
+    click.echo(release_kill_switch(rt, for_runtime(rt), _actor()))
+
+
+def _actor() -> str:
+    """Who acted from the CLI, for the audit trail: the OS user."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no user name in some containers
+        return "cli"
+
+
+# --- BigQuery: the IAM check and sandbox cleanup (docs/bigquery.md) ------------------------------
+
+
+def _bigquery_settings(config):
+    if config.settings.bigquery is None:
+        raise CairnError(f"{config.path}: no `bigquery:` section; `cairn doctor` and `cairn sandbox gc` "
+                         "check a BigQuery org (see docs/bigquery.md).")
+    return config.settings.bigquery
+
+
+@cli.command()
+@click.pass_context
+def doctor(ctx: click.Context) -> None:
+    """Check BigQuery access: production readable, sandboxes writable, production NOT writable."""
+    from jobs.warehouse.bigquery import client_for
+    from jobs.warehouse.bigquery_doctor import doctor as run_doctor
+
+    rt = runtime(ctx)
+    settings = _bigquery_settings(rt.config)
+    client = client_for(settings, rt.config.root)
+    findings = run_doctor(client, project=settings.project, location=settings.location, org=settings.org,
+                          manifest=rt.manifest)
+    for finding in findings:
+        click.echo(f"{'ok  ' if finding.ok else 'FAIL'} {finding.check}: {finding.detail}")
+    if not all(finding.ok for finding in findings):
+        raise CairnError("cairn doctor found the problems marked FAIL above; the roles Cairn needs are "
+                         "in docs/bigquery.md.")
+
+
+@cli.group()
+def sandbox() -> None:
+    """Incident sandboxes."""
+
+
+@sandbox.command("gc")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.pass_context
+def sandbox_gc(ctx: click.Context, dry_run: bool) -> None:
+    """Drop Cairn-labelled sandbox datasets past their expiry (a crashed worker's)."""
+    from jobs.warehouse.bigquery import client_for
+    from jobs.warehouse.bigquery_sandbox import gc_sandboxes
+
+    config = load_config(ctx.obj["config_path"])
+    settings = _bigquery_settings(config)
+    client = client_for(settings, config.root)
+    removed = gc_sandboxes(client, org=settings.org, now=datetime.now(timezone.utc), dry_run=dry_run)
+    verb = "would drop" if dry_run else "dropped"
+    for name in removed:
+        click.echo(f"{verb} {name}")
+    click.echo(f"{len(removed)} expired sandbox dataset(s) {verb} in {client.project}.")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -233,3 +374,7 @@ def main(argv: list[str] | None = None) -> None:
         log.exception("error %s", error_id)
         click.secho(messages.UNEXPECTED_ERROR.format(error_id=error_id, error=exc), err=True, fg="red")
         sys.exit(70)
+
+
+if __name__ == "__main__":
+    main()

@@ -85,6 +85,8 @@ def run_demo(workdir: Path, days: int) -> None:
     from jobs.config import load_config
     from jobs.dbt import Dbt
     from jobs.detect import Change, check
+    from bot.notify import render_card
+    from bot.thread import render_terminal, thread_steps
     from jobs.stages import check_and_heal
     from jobs.git import Git
     from jobs.runtime import Runtime
@@ -137,9 +139,12 @@ def run_demo(workdir: Path, days: int) -> None:
             click.echo("    " + render.outcome_line(outcome))
         opened = [rt.store.incident(o.incident.id) for o in outcomes if o.change is Change.opened]
         for incident in opened:
-            click.echo("")
-            click.echo(render.incident_detail(incident, rt.store.audit_events(incident.id)))
             pr = rt.store.pull_request_for(incident.id)
+            card = render_card(rt, incident, pr)
+            click.echo("\n──── the Slack card and its thread, as the terminal shows them ────\n")
+            click.echo(f"[{card.text}]\n")
+            click.echo(render_terminal(thread_steps(incident, pr, baseline_days=rt.contract(
+                incident.contract_id).baseline.days)))
             if pr is not None:
                 click.echo(f"\n──── pull request #{pr.number} on branch {pr.branch} (local forge) ────\n")
                 click.echo(f"# {pr.title}\n")

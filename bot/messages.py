@@ -21,6 +21,13 @@ STATUS_LABEL = {
 
 NO_INCIDENTS = "No open incidents. Every contract is inside its baseline band."
 UNEXPECTED_ERROR = "Unexpected error {error_id}: {error}. It was logged with its traceback; quote the ID when you report it."
+NOT_AN_APPROVER = ("Only approvers can do that (slack.approvers in cairn.yml lists their user or user-group IDs). "
+                   "Your attempt was recorded in the audit trail.")
+STALE_APPROVAL = ("PR #{number} changed after this card showed it (it showed {shown}, the branch is now at {head}): "
+                  "review the new head on the refreshed card and approve again.")
+NO_REDIS = "`cairn worker` runs RQ jobs from Redis: set REDIS_URL (without it, `cairn check` runs the loop in-process)."
+NO_SLACK = "`cairn serve` needs SLACK_BOT_TOKEN and, over HTTP, SLACK_SIGNING_SECRET (see docs/slack.md)."
+NO_APP_TOKEN = "`cairn serve --socket` needs SLACK_APP_TOKEN (an xapp- token with connections:write)."
 BACKFILL_SKIPPED = "Skipped (no time_column/window, cannot be replayed): {ids}"
 BACKFILL_CAVEAT = ("Backfilled values are what today's code says about past windows: valid while the "
                    "models behind them have not changed since. They are marked backfilled.")
@@ -36,7 +43,3 @@ def regression(incident: Incident, baseline_days: int | None = None) -> str:
 
 def short_sha(sha: str | None) -> str:
     return sha[:7] if sha else "unknown"
-WORKER_NOT_READY = ("This release runs every stage in-process: `cairn check` needs no worker. "
-                    "RQ workers arrive with the Slack surface; use `cairn scheduler` meanwhile.")
-SERVE_NOT_READY = ("The Slack app is not part of this release yet; incidents are on the CLI: "
-                   "`cairn incidents`, `cairn incident ID`.")

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 import click
 
 from bot.messages import STATUS_LABEL, short_sha
+from bot.thread import baseline_phrase, cause_phrase, decision_phrase, moment, pr_phrase, proof_phrase
 from jobs.config import Config
 from jobs.contracts import Contract
 from jobs.records import AuditEvent, Incident, Observation
@@ -47,14 +48,11 @@ def incident_detail(incident: Incident, events: Sequence[AuditEvent]) -> str:
     lines = [
         f"Incident #{incident.id} · {incident.contract_id} · {STATUS_LABEL[incident.status]} · {incident.severity}",
         f"  {incident.reason}",
-        f"  first bad: {incident.first_bad_at:%Y-%m-%d %H:%M} at {short_sha(incident.first_bad_sha)}",
-        "  last good: " + (f"{incident.last_good_at:%Y-%m-%d %H:%M} at {short_sha(incident.last_good_sha)}"
-                           if incident.last_good_at else "none recorded"),
+        f"  first bad: {moment(incident.first_bad_at, incident.first_bad_sha)}",
+        f"  last good: {moment(incident.last_good_at, incident.last_good_sha)}",
     ]
     if incident.baseline:
-        b = incident.baseline
-        lines.append(f"  baseline: median {number(b.median)} over {b.n} points, band "
-                     f"{number(b.lower)}–{number(b.upper)}{' (same weekday)' if b.seasonal else ''}")
+        lines.append(f"  baseline: {baseline_phrase(incident.baseline)}")
     lines += loop_lines(incident)
     lines.append("  audit trail:")
     lines += [f"    {e.at:%Y-%m-%d %H:%M:%S} {e.actor:<8} {e.name}" for e in events]
@@ -69,18 +67,16 @@ def loop_lines(incident: Incident) -> list[str]:
     lines = []
     if loop["top_cause"]:
         top = loop["top_cause"]
-        lines.append(f"  top cause: {short_sha(top['sha'])} · {', '.join(top['files'])} "
-                     f"({top['confidence']:.0%}) — {top['rationale']}")
-        lines += [f"  alternate: {short_sha(a['sha'])} · {', '.join(a['files'])} ({a['confidence']:.0%})"
+        lines.append(f"  top cause: {cause_phrase(top['sha'], top['files'], top['confidence'])} — {top['rationale']}")
+        lines += [f"  alternate: {cause_phrase(a['sha'], a['files'], a['confidence'])}"
                   for a in loop["alternates"][:4]]
     if loop["verdict"]:
-        proof = f" on {loop['clone_id']}: {number(loop['before'])} → {number(loop['after'])}" if loop["clone_id"] else ""
-        lines.append(f"  verdict: {loop['verdict']}{proof}")
+        lines.append(f"  verdict: {proof_phrase(loop['verdict'], loop['clone_id'], loop['before'], loop['after'])}")
     if loop["decision"]:
-        lines.append(f"  decision: {loop['decision']['action']} ({'; '.join(loop['decision']['reasons'])})")
+        lines.append(f"  decision: {decision_phrase(loop['decision'])}")
     if loop["pr"]:
         pr = loop["pr"]
-        lines.append(f"  pull request: #{pr['number']} {pr['url'] or pr['branch']} ({pr['state']})")
+        lines.append(f"  pull request: {pr_phrase(pr['number'], pr['url'], pr['branch'], pr['state'])}")
     return lines
 
 

@@ -155,6 +155,19 @@ pull_requests = sa.Table(
     sa.UniqueConstraint("forge", "number"),
 )
 
+chat_messages = sa.Table(
+    "chat_messages",
+    metadata,
+    # What Cairn posted about an incident (key "card", "chart" or a thread step), so a retried or
+    # duplicated notify job updates the card in place instead of posting a second one.
+    sa.Column("incident_id", sa.Integer, sa.ForeignKey("incidents.id"), primary_key=True),
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("channel", sa.String(64), nullable=True),
+    sa.Column("ts", sa.String(64), nullable=True),  # None while a job holds the claim to post it
+    sa.Column("claim", sa.String(64), nullable=True),
+    sa.Column("claimed_at", UTCDateTime, nullable=False),
+)
+
 
 def alembic_config(connection: Connection | None = None, url: str | None = None):
     """The Alembic config for Cairn's migrations, built in code (no alembic.ini)."""

@@ -17,8 +17,16 @@ class ContractError(CairnError):
     """A metric contract cannot be compiled or evaluated."""
 
 
+class TransientError(CairnError):
+    """A failure worth retrying as is: a lock held by a running build, a timeout, a 5xx."""
+
+
 class WarehouseError(CairnError):
     """The warehouse refused or failed a query."""
+
+
+class WarehouseBusy(WarehouseError, TransientError):
+    """The warehouse is held by another writer (a dbt run) or timed out: retry later."""
 
 
 class DbtError(CairnError):

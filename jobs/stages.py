@@ -1,8 +1,8 @@
 """The loop's stages as jobs: each takes an incident ID, reads the store, writes its result and audit.
 
-Without a queue `heal` runs them one after another in-process; with RQ each is a job that
-enqueues the next. A stage that finds the incident already past it does nothing, so a retried or
-duplicated job is harmless.
+`jobs.queue` runs them: on RQ workers, or in-process without Redis; after each, the incident's
+status says which comes next. A stage that finds the incident already past it does nothing, so a
+retried or duplicated job is harmless.
 """
 
 from __future__ import annotations
@@ -19,20 +19,15 @@ from jobs.propose import propose
 from jobs.records import BaselineStats, Candidate, Incident, IncidentStatus, Verdict
 from jobs.report import candidate_from_json, to_json, verification_from_json
 from jobs.runtime import Runtime
+from jobs.warehouse.sandbox import remove_incident_sandboxes
 
 log = logging.getLogger(__name__)
 
 
-def heal(rt: Runtime, incident_id: int) -> Incident:
-    """Attribute, verify and propose, in-process (the embedded default: no Redis)."""
-    for stage in (attribute_stage, verify_stage, propose_stage):
-        stage(rt, incident_id)
-    return rt.store.incident(incident_id)
-
-
 def attribute_stage(rt: Runtime, incident_id: int) -> None:
     incident = rt.store.incident(incident_id)
-    if incident.status is not IncidentStatus.detected:
+    # `attributing` too: a job killed mid-attribution is retried from the start.
+    if incident.status not in (IncidentStatus.detected, IncidentStatus.attributing):
         return
     contract = rt.contract(incident.contract_id)
     _move(rt, incident, IncidentStatus.attributing, "attribution.started")
@@ -62,6 +57,10 @@ def verify_stage(rt: Runtime, incident_id: int) -> None:
     incident = rt.store.incident(incident_id)
     if incident.status is not IncidentStatus.verifying:
         return
+    # A retry after a killed worker: its sandbox and worktree are still on disk.
+    for leftover in remove_incident_sandboxes(rt.sandboxes_root, incident.id):
+        log.warning("incident %s: removed %s, left by an interrupted verification", incident.id, leftover)
+    rt.git.run("worktree", "prune")
     contract = rt.contract(incident.contract_id)
     ranked = _ranked_candidates(incident)
     band = recovery_band(contract, incident)
@@ -76,7 +75,8 @@ def verify_stage(rt: Runtime, incident_id: int) -> None:
             prod_state=rt.state_dir, band=band, before=incident.value, at=incident.first_bad_at,
             incident_id=incident.id, sandboxes_root=rt.sandboxes_root,
             inspect=lambda sandbox_db, manifest: clone_deltas(sandbox_db, rt.production_db, manifest, models))
-        rt.store.audit("verification.attempt", incident_id=incident.id, data=to_json(result))
+        rt.store.audit("verification.attempt", incident_id=incident.id, data=to_json(result),
+                       dedup_key=f"incident:{incident.id}:verification.attempt:{','.join(result.reverted)}")
         return result
 
     search = find_fix(ranked, try_revert, rt.config.settings.verification.max_builds)
@@ -145,11 +145,10 @@ def _move(rt: Runtime, incident: Incident, status: IncidentStatus, event: str, d
 
 
 def check_and_heal(rt: Runtime, at, contracts=None) -> list:
-    """`cairn check`: observe and detect, then run the loop for every incident this check opened."""
-    from jobs.detect import Change, check
+    """`cairn check`: observe and detect, then the loop for every incident this check opened.
 
-    outcomes = check(rt, at, contracts)
-    for outcome in outcomes:
-        if outcome.change is Change.opened:
-            heal(rt, outcome.incident.id)
-    return outcomes
+    With REDIS_URL the loop's stages go to the workers; without, they run here before this returns.
+    """
+    from jobs.queue import for_runtime, perform_check
+
+    return perform_check(rt, for_runtime(rt), at, contracts)

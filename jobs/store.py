@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from jobs.database import alembic_config, audit_events, create_engine, incidents, observations, org_state, rebaselines
 from jobs.errors import NotFound, StoreError
 from jobs.records import AuditEvent, BaselineStats, Incident, IncidentStatus, Observation
+from jobs.store_chat import ChatMessageStore
 from jobs.store_prs import PullRequestStore
 
 _INCIDENT_FIELDS = {"status", "severity", "value", "baseline", "change_pct", "reason", "details", "resolved_at"}
@@ -25,8 +26,8 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-# Pull-request persistence is a mixin so this module stays one concept's size.
-class Store(PullRequestStore):
+# Pull requests and chat messages are mixins so this module stays one concept's size.
+class Store(PullRequestStore, ChatMessageStore):
     """Every read and write Cairn makes to its own database; each method is one transaction."""
 
     def __init__(self, url: str) -> None:

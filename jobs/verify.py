@@ -59,7 +59,7 @@ def verify_revert(*, repo: Path, project_subdir: str, deployed_sha: str, shas: S
                   before=before, after=None, durations=phases, reverted=tuple(shas))
     with ExitStack() as cleanup:  # unwinds worktree and sandbox even when an exception escapes
         with _timed(phases, "worktree"):
-            tree = cleanup.enter_context(Worktree.create(repo, deployed_sha, sandboxes_root))
+            tree = cleanup.enter_context(Worktree.create(repo, deployed_sha, sandboxes_root, label=str(incident_id)))
         with _timed(phases, "revert"):
             reverted = tree.revert(shas)
         if not reverted:

@@ -11,6 +11,9 @@ from pathlib import Path
 from jobs.git import Git, GitError
 
 
+WORKTREE_PREFIX = "cairn-worktree-"
+
+
 class Worktree:
     """`git worktree add --detach` in a temporary directory; removed, with its metadata, on exit."""
 
@@ -22,11 +25,15 @@ class Worktree:
         self.git = Git(self.path)
 
     @classmethod
-    def create(cls, repo: Path, sha: str, root: Path | None = None) -> "Worktree":
-        """A detached worktree in a fresh directory under `root` (default: the system temp dir)."""
+    def create(cls, repo: Path, sha: str, root: Path | None = None, label: str = "") -> "Worktree":
+        """A detached worktree in a fresh directory under `root` (default: the system temp dir).
+
+        `label` (an incident ID) goes into the directory name, so a retried job can find and remove
+        what its killed predecessor left.
+        """
         if root is not None:
             root.mkdir(parents=True, exist_ok=True)
-        parent = Path(tempfile.mkdtemp(prefix="cairn-worktree-", dir=root))
+        parent = Path(tempfile.mkdtemp(prefix=f"{WORKTREE_PREFIX}{label}-" if label else WORKTREE_PREFIX, dir=root))
         tree = cls(repo, sha, parent)
         try:
             Git(repo).run("worktree", "add", "--detach", str(tree.path), sha)

@@ -71,3 +71,11 @@ def built_shop(tmp_path_factory: pytest.TempPathFactory) -> BuiltShop:
         raise outcome.exception
     manifest = json.loads((target_path / "manifest.json").read_text())
     return BuiltShop(project_dir, db_path, target_path, manifest, outcome.result)
+
+
+@pytest.fixture(scope="session")
+def scenario_baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shop under git, built, backfilled and checked (tests/test_scenarios.py): copy it, never edit it."""
+    from tests.test_scenarios import build_baseline
+
+    return build_baseline(tmp_path_factory.mktemp("scenario-baseline") / "shop")

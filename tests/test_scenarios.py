@@ -212,11 +212,6 @@ def build_baseline(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_baseline(tmp_path_factory.mktemp("scenario-baseline") / "shop")
-
-
 def deploy_copy(baseline: Path, root: Path) -> Path:
     """The whole deployment — project, warehouse, .cairn store, .git — copied; no parse state kept,
     so every manifest is parsed from the copy."""
@@ -321,8 +316,8 @@ RESULTS: dict[str, dict[str, Any]] = {}
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_scenario(case: Case, baseline: Path, tmp_path: Path) -> None:
-    run = run_case(baseline, case, tmp_path / "shop")
+def test_scenario(case: Case, scenario_baseline: Path, tmp_path: Path) -> None:
+    run = run_case(scenario_baseline, case, tmp_path / "shop")
     RESULTS[case.name] = {"seconds": round(run.seconds, 1), "positive": case.positive,
                           "incidents": {k: vars(v) for k, v in run.found.items()}}
     assert run.build.success is case.build_ok, [f"{n.unique_id}: {n.status}" for n in run.build.failures]

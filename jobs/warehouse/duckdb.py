@@ -7,7 +7,7 @@ from typing import Any
 
 import duckdb
 
-from jobs.errors import WarehouseError
+from jobs.errors import WarehouseBusy, WarehouseError
 from jobs.warehouse import identifier, qualified_name
 
 
@@ -21,7 +21,9 @@ class DuckDBWarehouse:
         try:
             self._con = duckdb.connect(str(self.path), read_only=read_only)
         except duckdb.Error as error:
-            raise WarehouseError(
+            # A lock held by a running dbt build clears when it finishes: worth a retry.
+            kind = WarehouseBusy if "lock" in str(error).lower() else WarehouseError
+            raise kind(
                 f"cannot open DuckDB file {self.path}: {error}. Check the path; if a dbt run holds "
                 "the file for writing, measure after it finishes."
             ) from None

@@ -136,8 +136,29 @@ def gc_sandboxes(root: Path, older_than: timedelta) -> list[Path]:
         return []
     cutoff = time.time() - older_than.total_seconds()
     removed = []
-    for entry in sorted([*root.glob(f"{PREFIX}*"), *root.glob("cairn-worktree-*")]):
+    from jobs.worktree import WORKTREE_PREFIX
+
+    for entry in sorted([*root.glob(f"{PREFIX}*"), *root.glob(f"{WORKTREE_PREFIX}*")]):
         if entry.is_dir() and entry.stat().st_mtime < cutoff:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def remove_incident_sandboxes(root: Path, incident_id: int) -> list[Path]:
+    """Remove the incident's sandboxes and worktrees: what a killed verification left behind.
+
+    Called when a verification (re)starts; one verification runs per incident at a time (its RQ
+    job ID is unique), so nothing removed here is in use.
+    """
+    from jobs.worktree import WORKTREE_PREFIX
+
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    removed = []
+    for pattern in (f"{PREFIX}{incident_id}-*", f"{WORKTREE_PREFIX}{incident_id}-*"):
+        for entry in sorted(root.glob(pattern)):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed

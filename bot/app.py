@@ -1,0 +1,197 @@
+"""The Bolt app: one routing table from Slack's requests to Cairn's actions.
+
+Every listener acknowledges at once and only reads or writes the store and enqueues jobs: Bolt
+runs listeners on a small thread pool, and a merge or a dbt build there would starve every
+other click. Bolt verifies each request's signature and age before any listener runs. Bolt does
+not de-duplicate: a request Slack re-sends (`X-Slack-Retry-Num`) is acknowledged and dropped, and
+a repeated click (same user and `action_ts`) is acknowledged and ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from slack_bolt import App, BoltResponse
+from slack_sdk import WebClient
+
+from bot import ids, messages
+from bot.approvers import Approvers
+from bot.cards import reject_modal
+from bot.commands import Invocation, pull_kill_switch, release_kill_switch, run_command, set_mode
+from jobs.errors import CairnError, NotFound
+from jobs.queue import Jobs
+from jobs.records import IncidentStatus
+from jobs.runtime import Runtime
+from policies.model import Mode
+
+log = logging.getLogger(__name__)
+
+CLICK_MEMORY = 600  # seconds a click is remembered; Slack's own retries come within a minute
+LISTENER_THREADS = 8
+
+
+def create_app(rt: Runtime, jobs: Jobs, client: WebClient, *, signing_secret: str,
+               clicks: "Clicks | None" = None) -> App:
+    """The app, wired to one Runtime (store, config) and the job queue; no listener does slow work."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = App(client=client, signing_secret=signing_secret, logger=log,
+              listener_executor=ThreadPoolExecutor(max_workers=LISTENER_THREADS, thread_name_prefix="bolt"))
+    approvers = Approvers(rt.config.settings.slack.approvers, client)
+    clicks = clicks or Clicks()
+
+    @app.middleware
+    def drop_slack_retries(request, next):  # noqa: A002 - Bolt's argument name
+        if request.headers.get("x-slack-retry-num"):
+            return BoltResponse(status=200, body="")  # the first delivery was handled
+        return next()
+
+    @app.error
+    def explain_error(error: Exception, body: dict[str, Any]) -> None:
+        """The one error handler: what escaped a listener becomes an ephemeral note, never a silent 500."""
+        user, channel = _who(body)
+        if user and channel:
+            client.chat_postEphemeral(channel=channel, user=user, text=explain(error))
+
+    @app.command("/cairn")
+    def cairn_command(ack, command: dict[str, Any]) -> None:
+        user = command["user_id"]
+        try:
+            reply = run_command(rt, jobs, command.get("text", ""),
+                                Invocation(f"slack:{user}", approvers.may_act(user)))
+        except Exception as exc:  # answered in the ack: the person sees why at once
+            reply = explain(exc)
+        ack(text=reply, response_type="ephemeral")
+
+    def action(handler: Callable[[dict[str, Any], dict[str, Any], str], str | None]) -> Callable:
+        """Ack, drop repeated clicks, check the approver, run `handler`, tell the person the outcome."""
+
+        def listener(ack, body: dict[str, Any]) -> None:
+            ack()
+            act = body["actions"][0]
+            user, channel = _who(body)
+            if not clicks.first(user, act.get("action_ts", "")):
+                log.info("repeated click %s by %s ignored", act["action_id"], user)
+                return
+            if not approvers.may_act(user):
+                rt.store.audit("action.refused", actor=f"slack:{user}",
+                               incident_id=_incident_of(rt, act), data={"action": act["action_id"]})
+                client.chat_postEphemeral(channel=channel, user=user, text=messages.NOT_AN_APPROVER)
+                return
+            reply = handler(body, act, f"slack:{user}")
+            if reply:
+                client.chat_postEphemeral(channel=channel, user=user, text=reply)
+
+        listener.__name__ = handler.__name__
+        return listener
+
+    def approve(body, act, actor) -> str | None:
+        incident_id, head_sha = ids.parse_value(act["value"])
+        pr = rt.store.pull_request_for(incident_id)
+        if pr is None or head_sha is None:
+            return f"Incident #{incident_id} has no pull request to approve."
+        if pr.head_sha != head_sha:
+            rt.store.audit("approval.stale", incident_id=incident_id, actor=actor,
+                           data={"shown": head_sha, "head": pr.head_sha})
+            jobs.notify(incident_id)
+            return messages.STALE_APPROVAL.format(number=pr.number, shown=head_sha[:7], head=pr.head_sha[:7])
+        rt.store.audit("approval.requested", incident_id=incident_id, actor=actor, data={"head_sha": head_sha})
+        jobs.review("approve", incident_id, actor, head_sha, reply_to=body["channel"]["id"])
+        return f"Approved: merging PR #{pr.number} at {head_sha[:7]}; the card updates when it is merged."
+
+    def reject(body, act, actor) -> str | None:
+        incident_id, _ = ids.parse_value(act["value"])
+        incident = rt.store.incident(incident_id)
+        if not incident.status.is_open or incident.status is IncidentStatus.merged:
+            return f"Incident #{incident_id} is {incident.status.value}: nothing to reject."
+        modal = reject_modal(incident_id)
+        # The reply goes back to the card's channel: remember it with the incident ID.
+        modal.private_metadata = f"{incident_id}:{body['channel']['id']}"
+        client.views_open(trigger_id=body["trigger_id"], view=modal)
+        return None
+
+    def switch_mode(body, act, actor) -> str | None:
+        mode = Mode(act["selected_option"]["value"])
+        return set_mode(rt, jobs, mode, actor, reason="incident card")
+
+    def kill(body, act, actor) -> str | None:
+        return pull_kill_switch(rt, jobs, f"pulled from the incident card by <@{actor.split(':', 1)[1]}>", actor)
+
+    def unkill(body, act, actor) -> str | None:
+        return release_kill_switch(rt, jobs, actor)
+
+    app.action(ids.APPROVE)(action(approve))
+    app.action(ids.REJECT)(action(reject))
+    app.action(ids.MODE)(action(switch_mode))
+    app.action(ids.KILL)(action(kill))
+    app.action(ids.UNKILL)(action(unkill))
+
+    @app.view(ids.REJECT_MODAL)
+    def reject_submitted(ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+        ack()
+        user = body["user"]["id"]
+        incident_text, _, channel = view["private_metadata"].partition(":")
+        incident_id = int(incident_text)
+        if not approvers.may_act(user):
+            rt.store.audit("action.refused", actor=f"slack:{user}", incident_id=incident_id,
+                           data={"action": ids.REJECT_MODAL})
+            return
+        reason = view["state"]["values"][ids.REJECT_REASON_BLOCK][ids.REJECT_REASON_INPUT]["value"].strip()
+        jobs.review("reject", incident_id, f"slack:{user}", reason, reply_to=channel or None)
+
+    return app
+
+
+def explain(error: BaseException) -> str:
+    """Our typed errors say what to do; anything else gets an ID that is in the log with its traceback."""
+    if isinstance(error, CairnError):
+        return f":warning: {error}"
+    error_id = uuid.uuid4().hex[:8]
+    log.error("error %s in a Slack listener", error_id, exc_info=(type(error), error, error.__traceback__))
+    return f":x: {messages.UNEXPECTED_ERROR.format(error_id=error_id, error=type(error).__name__)}"
+
+
+class Clicks:
+    """Remembers (user, action_ts) pairs so a repeated delivery of one click acts once.
+
+    In Redis (SET NX with an expiry) when the app runs with workers, so every web process shares
+    it; in memory otherwise.
+    """
+
+    def __init__(self, redis=None):
+        self.redis = redis
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def first(self, user: str, action_ts: str) -> bool:
+        key = f"cairn:click:{user}:{action_ts}"
+        if self.redis is not None:
+            return bool(self.redis.set(key, 1, nx=True, ex=CLICK_MEMORY))
+        now = time.monotonic()
+        with self._lock:
+            self._seen = {k: t for k, t in self._seen.items() if now - t < CLICK_MEMORY}
+            if key in self._seen:
+                return False
+            self._seen[key] = now
+            return True
+
+
+def _who(body: dict[str, Any]) -> tuple[str | None, str | None]:
+    user = (body.get("user") or {}).get("id") or body.get("user_id")
+    channel = (body.get("channel") or {}).get("id") or body.get("channel_id")
+    return user, channel
+
+
+def _incident_of(rt: Runtime, act: dict[str, Any]) -> int | None:
+    """The incident a button names, if it exists (a forged value must not break the audit write)."""
+    try:
+        incident_id = ids.parse_value(act.get("value") or "")[0]
+        rt.store.incident(incident_id)
+    except (ValueError, NotFound):
+        return None
+    return incident_id

@@ -1,0 +1,246 @@
+"""The incident's story, one step per stage that has happened: what Slack threads and the terminal prints.
+
+Steps are derived only from the incident (its status and details) and its PR, so the same state
+always gives the same keys and text and the notifier can post each key once. Lines are plain
+text; each surface escapes them for itself.
+
+Details written by the loop are read as `jobs.report` shapes them. Later stages add, and these
+steps read: `rejection` {by, reason}, `merge` {by} and `error` {reason, error_id}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bot.messages import STATUS_LABEL, regression, short_sha
+from jobs.baseline import fmt_number
+from jobs.evidence import _sample_line as sample_line
+from jobs.prbody import MAX_SAMPLE_ROWS, tests_line
+from jobs.records import BaselineStats, Incident, IncidentStatus, PullRequest, Verdict, Verification
+from jobs.report import candidate_from_json, ranking_from_json, verification_from_json
+
+TOP_CAUSES = 3
+UNEXPLAINED = {Verdict.no_code_cause.value, Verdict.intentional.value}
+
+
+@dataclass(frozen=True)
+class Step:
+    key: str  # stable: the notifier posts each key once per incident
+    title: str
+    lines: tuple[str, ...]
+
+
+def thread_steps(incident: Incident, pr: PullRequest | None, *, baseline_days: int | None = None) -> list[Step]:
+    """Every stage the incident has been through, in order; `pr` (the forge's current view) wins over details."""
+    details = incident.details
+    pr = incident_pr(incident, pr)
+    steps = [
+        _detected(incident, baseline_days),
+        _attribution(incident),
+        _evidence(details),
+        _verification(details),
+        _decision(details),
+        _pull_request(pr),
+    ]
+    return [step for step in steps if step is not None] + _outcome(incident, pr)
+
+
+def incident_pr(incident: Incident, pr: PullRequest | None) -> PullRequest | None:
+    """The PR as the forge sees it now if given, else as the loop recorded it."""
+    recorded = incident.details.get("pr")
+    return pr or (PullRequest(**recorded) if recorded else None)
+
+
+def render_terminal(steps: Sequence[Step]) -> str:
+    """The thread as the terminal shows it: a title per step, its lines indented under it."""
+    lines = []
+    for step in steps:
+        lines += [f"  ● {step.title}", *(f"      {line}" for line in step.lines)]
+    return "\n".join(lines)
+
+
+# -- phrases shared with the terminal's incident view (bot/render.py) --------------------------
+
+def _number(value: float | None) -> str:
+    return "no value" if value is None else fmt_number(value)
+
+
+def moment(at: datetime | None, sha: str | None) -> str:
+    """'2026-11-23 01:00 at 5a20dc5'."""
+    return f"{at:%Y-%m-%d %H:%M} at {short_sha(sha)}" if at else "none recorded"
+
+
+def baseline_phrase(baseline: BaselineStats) -> str:
+    """'median 14,446 over 4 points, band 13,001–15,891 (same weekday)'."""
+    return (f"median {_number(baseline.median)} over {baseline.n} points, band {_number(baseline.lower)}–"
+            f"{_number(baseline.upper)}{' (same weekday)' if baseline.seasonal else ''}")
+
+
+def cause_phrase(sha: str, files: Sequence[str], confidence: float) -> str:
+    """'5a20dc5 · models/marts/fct_orders.sql (82%)'."""
+    return f"{short_sha(sha)} · {', '.join(files) or 'no files'} ({confidence:.0%})"
+
+
+def proof_phrase(verdict: str, clone_id: str | None, before: float | None, after: float | None) -> str:
+    """'verified on duckdb:incident-1: 14,265 → 19,098'."""
+    return f"{verdict} on {clone_id}: {_number(before)} → {_number(after)}" if clone_id else verdict
+
+
+def decision_phrase(decision: dict[str, Any]) -> str:
+    """'open_pr (org mode is assisted; verified revert; a human reviews and merges)'."""
+    return f"{decision['action']} ({'; '.join(decision['reasons'])})"
+
+
+def pr_phrase(pr_number: int, url: str | None, branch: str, state: str) -> str:
+    """'#12 https://github.com/acme/analytics/pull/12 (open)', the branch when there is no URL."""
+    return f"#{pr_number} {url or branch} ({state})"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+# -- the steps ---------------------------------------------------------------------------------
+
+def _detected(incident: Incident, baseline_days: int | None) -> Step:
+    lines = [f"First bad: {moment(incident.first_bad_at, incident.first_bad_sha)}",
+             f"Last good: {moment(incident.last_good_at, incident.last_good_sha)}"]
+    # Recovery overwrites value and reason with the healthy measurement: show those under the outcome.
+    if incident.status not in (IncidentStatus.recovered, IncidentStatus.resolved):
+        versus = f" against a baseline {baseline_phrase(incident.baseline)}" if incident.baseline else ""
+        lines[:0] = [incident.reason, f"{regression(incident, baseline_days)}: {_number(incident.value)}{versus}"]
+    return Step("detected", STATUS_LABEL[IncidentStatus.detected], tuple(lines))
+
+
+def _attribution(incident: Incident) -> Step | None:
+    attribution = incident.details.get("attribution")
+    if attribution is None:
+        return None
+    candidates = {c.sha: c for c in map(candidate_from_json, attribution.get("candidates", []))}
+    lines = [f"Commits in the suspect range that touch the metric's lineage: {len(candidates)} "
+             f"({_count(attribution.get('lineage_nodes', 0), 'model')} walked)"]
+    verdict = incident.details.get("verdict")
+    if "verification" not in incident.details and verdict in UNEXPLAINED:
+        intentional = next((c for c in candidates.values() if c.intentional), None)
+        lines.append(f"Commit {intentional.short_sha} marks this change as intentional: re-baseline with "
+                     f"`cairn rebaseline {incident.contract_id} --reason ...`" if intentional else
+                     "No code change in the suspect range explains this: look at the source data")
+    ranking = ranking_from_json(attribution["ranking"]) if attribution.get("ranking") else None
+    if ranking and ranking.causes:
+        for rank, cause in enumerate(ranking.causes[:TOP_CAUSES], start=1):
+            found = candidates.get(cause.sha)
+            subject = f" “{found.message.strip().splitlines()[0]}”" if found and found.message.strip() else ""
+            lines.append(f"{rank}. {cause_phrase(cause.sha, found.files if found else (), cause.confidence)}"
+                         f"{subject} — {cause.rationale}")
+        if len(ranking.causes) > TOP_CAUSES:
+            lines.append(f"and {_count(len(ranking.causes) - TOP_CAUSES, 'other candidate')}")
+        path = attribution.get("lineage_path", {}).get(ranking.causes[0].sha)
+        if path:
+            lines.append("Lineage: " + " → ".join(path))
+        lines.append(f"Ranked by {ranking.ranker}" + (f": {ranking.note}" if ranking.note else ""))
+    return Step("attribution", "Attribution", tuple(lines))
+
+
+def _attempts(details: dict[str, Any]) -> tuple[list[Verification], Verification | None]:
+    verification = details.get("verification") or {}
+    attempts = [verification_from_json(a) for a in verification.get("attempts", [])]
+    fix = verification.get("fix")
+    return attempts, verification_from_json(fix) if fix else None
+
+
+def _evidence(details: dict[str, Any]) -> Step | None:
+    """Row deltas of the verified fix, else of the leading candidate's revert."""
+    attempts, fix = _attempts(details)
+    shown = fix or (attempts[0] if attempts else None)
+    if shown is None or not shown.deltas:
+        return None
+    whose = "the verified revert" if fix else "the leading candidate's revert (not verified)"
+    lines = [f"Production with {short_sha(shown.sha)} vs {whose}:"]
+    for delta in shown.deltas:
+        lines.append(f"{delta.model} on {', '.join(delta.key)}: {delta.added} added, {delta.removed} removed, "
+                     f"{delta.changed} changed, {delta.unchanged} unchanged ({delta.match_score:.1%} of rows match)")
+        if delta.concentration:
+            lines.append(delta.concentration)
+        lines += [sample_line(sample) for sample in delta.samples[:MAX_SAMPLE_ROWS]]
+        if len(delta.samples) > MAX_SAMPLE_ROWS:
+            lines.append(f"{len(delta.samples) - MAX_SAMPLE_ROWS} more sample rows not shown.")
+    return Step("evidence", "Evidence", tuple(lines))
+
+
+def _verification(details: dict[str, Any]) -> Step | None:
+    attempts, fix = _attempts(details)
+    proof = fix or (attempts[-1] if attempts else None)
+    if proof is None:
+        return None
+    builds = details["verification"].get("builds", len(attempts))
+    in_band = "back inside the baseline band" if proof.verdict is Verdict.verified else "not back inside the band"
+    lines = [
+        f"Clone {proof.clone_id}: reverted {', '.join(map(short_sha, proof.reverted or (proof.sha,)))}; "
+        "production was not written",
+        f"dbt: {proof.dbt_command}",
+        f"{proof_phrase(proof.verdict.value, proof.clone_id, proof.before, proof.after)}, {in_band}",
+        *([proof.detail] if proof.detail else []),
+        f"Tests: {tests_line(proof.tests)}",
+        f"{_count(builds, 'build')} used" + (f"; took {sum(proof.durations.values()):.1f}s ("
+                                     + ", ".join(f"{phase} {sec:.1f}s" for phase, sec in proof.durations.items())
+                                     + ")" if proof.durations else ""),
+    ]
+    if len(attempts) > 1:
+        lines += [f"Attempt {i}: revert {', '.join(map(short_sha, a.reverted or (a.sha,)))} → {a.verdict.value}"
+                  for i, a in enumerate(attempts, start=1)]
+    title = STATUS_LABEL[IncidentStatus.verified if fix else IncidentStatus.not_verified]
+    return Step("verification", title, tuple(lines))
+
+
+def _decision(details: dict[str, Any]) -> Step | None:
+    decision = details.get("decision")
+    if decision is None:
+        return None
+    lines = [decision_phrase(decision), f"Mode: {decision['mode']}"]
+    if details.get("ranking"):
+        ranking = ranking_from_json(details["ranking"])
+        if ranking.top:
+            lines.append(f"Confidence after verification: {short_sha(ranking.top.sha)} "
+                         f"{ranking.top.confidence:.0%} ({ranking.ranker})")
+    return Step("decision", "Decision", tuple(lines))
+
+
+def _pull_request(pr: PullRequest | None) -> Step | None:
+    if pr is None:
+        return None
+    return Step("pr", STATUS_LABEL[IncidentStatus.pr_opened],
+                (pr_phrase(pr.number, pr.url, pr.branch, pr.state), pr.title,
+                 f"Branch {pr.branch} · head {short_sha(pr.head_sha)}"))
+
+
+def _outcome(incident: Incident, pr: PullRequest | None) -> list[Step]:
+    """How it ended, or why it stopped: a merge, then recovery; or a rejection, an error, a quiet resolution."""
+    details, status = incident.details, incident.status
+    steps = []
+    # Only a merged revert leads to `recovered` (detect.py), so a recovered incident was merged first.
+    if status in (IncidentStatus.merged, IncidentStatus.recovered) or (pr is not None and pr.state == "merged"):
+        by = (details.get("merge") or {}).get("by") or (
+            "Cairn (autonomous mode)" if (details.get("decision") or {}).get("action") == "auto_merge" else None)
+        merged = f"PR #{pr.number} merged at head {short_sha(pr.head_sha)}" if pr else "The revert was merged"
+        steps.append(Step("merged", STATUS_LABEL[IncidentStatus.merged],
+                          (merged + (f" by {by}" if by else ""), "The next observation confirms recovery")))
+    closed = f"{incident.resolved_at:%Y-%m-%d %H:%M} UTC" if incident.resolved_at else "Closed"
+    if status is IncidentStatus.recovered:
+        steps.append(Step("recovered", STATUS_LABEL[status],
+                          (f"{closed}: {incident.reason}", "The merged revert brought the metric back")))
+    elif status is IncidentStatus.resolved:
+        steps.append(Step("resolved", STATUS_LABEL[status],
+                          (f"{closed}: {incident.reason}", "It recovered without a merged fix")))
+    elif status is IncidentStatus.rejected:
+        rejection = details.get("rejection") or {}
+        by = f" by {rejection['by']}" if rejection.get("by") else ""
+        steps.append(Step("rejected", STATUS_LABEL[status],
+                          (f"Rejected{by}: {rejection.get('reason') or 'no reason given'}",)))
+    elif status is IncidentStatus.errored:
+        error = details.get("error") or {}
+        error_id = (f"Error ID {error['error_id']}: quote it when you report it",) if error.get("error_id") else ()
+        steps.append(Step("errored", STATUS_LABEL[status], (error.get("reason") or "no reason recorded", *error_id)))
+    return steps

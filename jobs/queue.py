@@ -1,0 +1,396 @@
+"""How the loop's jobs run: RQ workers over Redis in production, in-process without REDIS_URL.
+
+Every job takes IDs, never objects, and reads what it needs from the store, so a job can run in any
+worker and be retried. Which stage comes next is decided by the incident's status after a stage
+(`next_stage`): a retried or duplicated job finds the incident already past it and does nothing.
+After every stage the incident's Slack card and thread are refreshed by `bot.notify.notify_incident`,
+enqueued by dotted path (the engine never imports the chat surface) on its own queue, so a
+card update is not stuck behind a 10-minute clone build.
+
+Failures: a transient one (Slack 429/5xx, GitHub 5xx, a warehouse lock or timeout, a lost
+connection) is re-raised so RQ retries it with the configured backoff (RQ's scheduler runs the
+delayed retries: `cairn worker` starts it). A permanent one, or a transient one out of retries,
+marks the incident `errored` with the reason and an error ID, audits it once and refreshes the
+card, which says so in the thread. A worker killed mid-job (its work horse dies) is retried
+by RQ the same way; stages clean up what a killed predecessor left behind.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+from jobs.config import Config, load_config
+from jobs.errors import CairnError, TransientError
+from jobs.records import Incident, IncidentStatus
+
+log = logging.getLogger(__name__)
+
+NOTIFY = "bot.notify.notify_incident"  # by path: jobs never import bot
+TELL = "bot.notify.tell_user"
+STAGES = ("attribute", "verify", "propose")
+_NEXT = {IncidentStatus.detected: "attribute", IncidentStatus.attributing: "attribute",
+         IncidentStatus.verifying: "verify", IncidentStatus.verified: "propose",
+         IncidentStatus.not_verified: "propose"}
+
+
+def next_stage(incident: Incident) -> str | None:
+    """The stage an incident in this status waits for; None when the loop has nothing left to do."""
+    return _NEXT.get(incident.status)
+
+
+# --- what a job does, wherever it runs --------------------------------------------------------
+
+
+def perform_stage(rt, jobs: "Jobs", stage: str, incident_id: int, *, may_retry: bool) -> None:
+    """Run one stage, then enqueue the card refresh and the next stage; failures as described above."""
+    from jobs import stages
+
+    run = {"attribute": stages.attribute_stage, "verify": stages.verify_stage,
+           "propose": stages.propose_stage}[stage]
+    try:
+        run(rt, incident_id)
+    except Exception as exc:
+        if may_retry and is_transient(exc):
+            log.warning("incident %s: %s failed transiently, RQ retries it: %s", incident_id, stage, exc)
+            raise
+        mark_errored(rt.store, incident_id, stage, exc)
+        jobs.notify(incident_id)
+        return
+    jobs.notify(incident_id)
+    following = next_stage(rt.store.incident(incident_id))
+    if following is not None and following != stage:
+        jobs.stage(following, incident_id)
+
+
+def perform_check(rt, jobs: "Jobs", at: datetime | None = None, contracts=None) -> list:
+    """Observe and detect; every incident that moved gets its card refreshed, new ones are healed."""
+    from jobs.detect import Change, check
+
+    outcomes = check(rt, at or datetime.now(timezone.utc), contracts)
+    for outcome in outcomes:
+        if outcome.change is Change.none:
+            continue
+        jobs.notify(outcome.incident.id)
+        if outcome.change is Change.opened:
+            jobs.stage("attribute", outcome.incident.id)
+    return outcomes
+
+
+def perform_review(rt, jobs: "Jobs", action: str, incident_id: int, actor: str, arg: str,
+                   reply_to: str | None = None) -> None:
+    """Approve (arg: the head SHA shown) or reject (arg: the reason); a refusal is told to the actor."""
+    from jobs.review import ReviewRefused, approve, reject
+
+    try:
+        (approve if action == "approve" else reject)(rt, incident_id, arg, actor)
+    except ReviewRefused as exc:
+        if reply_to and actor.startswith("slack:"):
+            jobs.tell(reply_to, actor.removeprefix("slack:"), str(exc))
+    jobs.notify(incident_id)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: the same call may well succeed in a minute."""
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, CairnError):
+        return False  # our typed errors say what is wrong; retrying will not change it
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return True
+    status = _http_status(exc)
+    return status is not None and (status == 429 or status >= 500)
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The HTTP status of a Slack (SlackApiError.response) or GitHub (GithubException.status) error."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return status
+    response = getattr(exc, "response", None)
+    code = getattr(response, "status_code", None)
+    return code if isinstance(code, int) else None
+
+
+def mark_errored(store, incident_id: int, stage: str, exc: BaseException) -> None:
+    """The incident stops here, consistent and explained; the audit event is written once."""
+    error_id = uuid.uuid4().hex[:8]
+    reason = str(exc) if isinstance(exc, CairnError) else f"{type(exc).__name__}: {exc}"
+    reason = redact(reason)
+    log.error("incident %s: %s failed (error %s): %s", incident_id, stage, error_id, reason,
+              exc_info=(type(exc), exc, exc.__traceback__))
+    incident = store.incident(incident_id)
+    if incident.status is IncidentStatus.errored:
+        return
+    details = {**incident.details, "error": {"stage": stage, "reason": reason, "error_id": error_id,
+                                             "status_before": incident.status.value}}
+    store.update_incident(incident_id, status=IncidentStatus.errored, details=details)
+    store.audit("stage.failed", incident_id=incident_id,
+                data={"stage": stage, "reason": reason, "error_id": error_id},
+                dedup_key=f"incident:{incident_id}:stage.failed:{stage}")
+
+
+def redact(text: str) -> str:
+    """Secrets from the environment never reach the store, Slack or the logs through an error text."""
+    from jobs.config import Environment
+
+    for field, (variable, _) in Environment.VARIABLES.items():
+        value = os.environ.get(variable)
+        if value and len(value) >= 8 and field != "slack_api_url":
+            text = text.replace(value, f"<{variable}>")
+    from jobs.prbody import redact as redact_urls
+
+    return redact_urls(text)
+
+
+# --- where jobs run ---------------------------------------------------------------------------
+
+
+class Jobs(ABC):
+    """Enqueue the loop's jobs; each call returns at once with the work queued."""
+
+    @abstractmethod
+    def stage(self, stage: str, incident_id: int) -> None: ...
+
+    @abstractmethod
+    def notify(self, incident_id: int) -> None: ...
+
+    @abstractmethod
+    def check(self, contract_ids: list[str] | None = None) -> None: ...
+
+    @abstractmethod
+    def review(self, action: str, incident_id: int, actor: str, arg: str, reply_to: str | None = None) -> None: ...
+
+    @abstractmethod
+    def tell(self, channel: str, user: str, text: str) -> None:
+        """An ephemeral message to one person in a channel (a refusal they should see)."""
+
+    @abstractmethod
+    def health(self) -> dict[str, Any]: ...
+
+
+class InlineJobs(Jobs):
+    """No Redis: jobs run in this process, one at a time, in the order they were enqueued.
+
+    A job enqueued by a running job waits for it to finish (a FIFO, not recursion), so the loop
+    runs exactly as the workers would run it, without retries. `background=True` runs them on
+    one daemon thread instead (`cairn serve` without Redis: a listener must return at once).
+    """
+
+    def __init__(self, rt, *, background: bool = False):
+        self.rt = rt
+        self._pending: deque[Callable[[], None]] = deque()
+        self._running = False
+        self._lock = threading.Lock()
+        self._wake = threading.Event() if background else None
+        self.errors: list[str] = []
+        if background:
+            threading.Thread(target=self._serve, name="cairn-jobs", daemon=True).start()
+
+    def stage(self, stage: str, incident_id: int) -> None:
+        self._submit(lambda: perform_stage(self.rt, self, stage, incident_id, may_retry=False))
+
+    def notify(self, incident_id: int) -> None:
+        self._submit(lambda: self._notify(incident_id))
+
+    def _notify(self, incident_id: int) -> None:
+        # Without a queue there is no retry: a chat outage must not stop the loop, only be logged.
+        try:
+            _import(NOTIFY)(incident_id, rt=self.rt)
+        except Exception:
+            log.exception("incident %s: the card could not be refreshed", incident_id)
+
+    def check(self, contract_ids: list[str] | None = None) -> None:
+        self._submit(lambda: perform_check(self.rt, self, None, _contracts(self.rt, contract_ids)))
+
+    def review(self, action: str, incident_id: int, actor: str, arg: str, reply_to: str | None = None) -> None:
+        self._submit(lambda: perform_review(self.rt, self, action, incident_id, actor, arg, reply_to))
+
+    def tell(self, channel: str, user: str, text: str) -> None:
+        self._submit(lambda: _import(TELL)(channel, user, text, rt=self.rt))
+
+    def health(self) -> dict[str, Any]:
+        return {"backend": "in-process", "queued": len(self._pending), "failed": len(self.errors)}
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            self._pending.append(job)
+            if self._wake is not None:
+                self._wake.set()
+                return
+            if self._running:
+                return
+            self._running = True
+        try:
+            self._drain()
+        finally:
+            with self._lock:
+                self._running = False
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    return
+                job = self._pending.popleft()
+            if self._wake is None:
+                job()  # in the foreground an error reaches the caller (the CLI prints it)
+                continue
+            try:
+                job()
+            except Exception as exc:  # the thread must survive; the stage already recorded it
+                error_id = uuid.uuid4().hex[:8]
+                log.exception("in-process job failed (error %s)", error_id)
+                self.errors.append(f"{error_id}: {redact(str(exc))}")
+
+    def _serve(self) -> None:
+        assert self._wake is not None
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            self._drain()
+
+
+class RQJobs(Jobs):
+    """Redis + RQ: stages on `queue.name`, card refreshes on `queue.name`-notify."""
+
+    def __init__(self, config: Config, connection=None):
+        from redis import Redis
+        from rq import Queue
+
+        self.config = config
+        self.settings = config.settings.queue
+        self.redis = connection or Redis.from_url(config.env.redis_url)
+        self.stages = Queue(self.settings.name, connection=self.redis)
+        self.notifications = Queue(f"{self.settings.name}-notify", connection=self.redis)
+
+    @property
+    def queues(self) -> list:
+        """Notifications first: a worker free to pick takes a card update before a clone build."""
+        return [self.notifications, self.stages]
+
+    def stage(self, stage: str, incident_id: int) -> None:
+        # One job per (stage, incident) at a time: a duplicate enqueue is refused by RQ itself.
+        self._enqueue(self.stages, "jobs.queue.stage_job", (stage, incident_id), stage,
+                      job_id=f"cairn-{stage}-{incident_id}")
+
+    def notify(self, incident_id: int) -> None:
+        # Many refreshes may queue; each re-reads the store, so the last one shows the latest state.
+        self._enqueue(self.notifications, NOTIFY, (incident_id,), "notify")
+
+    def check(self, contract_ids: list[str] | None = None) -> None:
+        self._enqueue(self.stages, "jobs.queue.check_job", (contract_ids,), "check")
+
+    def review(self, action: str, incident_id: int, actor: str, arg: str, reply_to: str | None = None) -> None:
+        self._enqueue(self.stages, "jobs.queue.review_job", (action, incident_id, actor, arg, reply_to), "propose")
+
+    def tell(self, channel: str, user: str, text: str) -> None:
+        self._enqueue(self.notifications, TELL, (channel, user, text), "notify")
+
+    def health(self) -> dict[str, Any]:
+        from rq import Worker
+
+        return {"backend": "rq", "queued": {q.name: q.count for q in self.queues},
+                "failed": {q.name: q.failed_job_registry.count for q in self.queues},
+                "workers": len(Worker.all(connection=self.redis))}
+
+    def _enqueue(self, queue, func: str, args: tuple, stage: str, job_id: str | None = None) -> None:
+        from rq import Callback, Retry
+        from rq.exceptions import DuplicateJobError
+
+        retry = Retry(max=self.settings.retries, interval=self.settings.backoff) if self.settings.retries else None
+        try:
+            queue.enqueue(func, *args, job_id=job_id, unique=job_id is not None, retry=retry,
+                          job_timeout=self.settings.timeout(stage), description=f"cairn {stage} {args}",
+                          on_failure=Callback(on_job_failure), failure_ttl=7 * 86400)
+        except DuplicateJobError:
+            log.info("%s already queued or running; not enqueued twice", job_id)
+
+
+# --- RQ entry points (run in a worker's work horse) ------------------------------------------
+
+
+def stage_job(stage: str, incident_id: int) -> None:
+    from rq import get_current_job
+
+    job = get_current_job()
+    if job is not None:
+        # Which process runs it: an operator (or a fault test) can find the work horse.
+        job.meta["pid"] = os.getpid()
+        job.save_meta()
+    with _job_runtime() as (rt, jobs):
+        perform_stage(rt, jobs, stage, incident_id, may_retry=_retries_left() > 0)
+
+
+def check_job(contract_ids: list[str] | None = None) -> None:
+    with _job_runtime() as (rt, jobs):
+        perform_check(rt, jobs, None, _contracts(rt, contract_ids))
+
+
+def review_job(action: str, incident_id: int, actor: str, arg: str, reply_to: str | None = None) -> None:
+    with _job_runtime() as (rt, jobs):
+        perform_review(rt, jobs, action, incident_id, actor, arg, reply_to)
+
+
+def on_job_failure(job, connection, exc_type, exc, tb) -> None:
+    """RQ gave up on a job (out of retries, or its worker died with none left): record it."""
+    if job.retries_left:
+        return  # RQ retries it; the incident stays where it is
+    if job.func_name != "jobs.queue.stage_job":
+        return  # a notify or check job has no incident state to repair
+    stage, incident_id = job.args
+    from jobs.runtime import Runtime
+
+    rt = Runtime(load_config())
+    try:
+        mark_errored(rt.store, incident_id, stage, exc or RuntimeError("the worker running it died"))
+        RQJobs(rt.config, connection).notify(incident_id)
+    finally:
+        rt.close()
+
+
+@contextmanager
+def _job_runtime() -> Iterator[tuple[Any, "RQJobs"]]:
+    """A Runtime and the RQ queues for one job, from $CAIRN_CONFIG (set by `cairn worker`)."""
+    from rq import get_current_job
+
+    from jobs.runtime import Runtime
+
+    rt = Runtime(load_config())
+    try:
+        job = get_current_job()
+        yield rt, RQJobs(rt.config, job.connection if job else None)
+    finally:
+        rt.close()
+
+
+def _retries_left() -> int:
+    from rq import get_current_job
+
+    job = get_current_job()
+    return (job.retries_left or 0) if job else 0
+
+
+def for_runtime(rt, *, background: bool = False) -> Jobs:
+    """RQ when REDIS_URL is set, else in-process."""
+    if rt.config.env.redis_url:
+        return RQJobs(rt.config)
+    return InlineJobs(rt, background=background)
+
+
+def _contracts(rt, contract_ids: list[str] | None) -> list | None:
+    return [rt.contract(c) for c in contract_ids] if contract_ids else None
+
+
+def _import(path: str) -> Callable[..., Any]:
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,421 @@
+"""Slack's incident card, its thread and the metric chart: Block Kit that Slack accepts, says what happened, and
+cannot be turned against the channel by repository text."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import struct
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from matplotlib.image import imread
+from slack_sdk.models.blocks import ActionsBlock, ButtonElement, ContextBlock, DividerBlock, HeaderBlock, SectionBlock
+
+from bot import ids
+from bot.cards import (BLOCKS_BUDGET, MAX_BLOCKS, SECTION_TEXT, Message, _fit, incident_card, reject_modal,
+                       thread_message)
+from bot.chart import metric_chart
+from bot.messages import STATUS_LABEL
+from bot.thread import render_terminal, thread_steps
+from jobs.records import (BaselineStats, Candidate, Incident, IncidentStatus, Observation, PullRequest, RankedCause,
+                          Ranking, RowDelta, Verdict, Verification)
+from jobs.report import to_json
+from policies.decide import Action, Decision, KillSwitch
+from policies.model import Mode
+
+AT = datetime(2026, 11, 23, 1, 0, tzinfo=timezone.utc)
+SHA = "5a20dc5" + "3" * 33
+ALT = "2b7a91d" + "1" * 33
+HEAD = "3d88ea8" + "b" * 33
+URL = "https://cairn.example/incidents/7/evidence?full=1&format=html"
+HOSTILE = "<!channel> <https://evil.example|click> & friends"
+
+CAUSE = Candidate(sha=SHA, author="Dana Analyst", authored_at=AT - timedelta(hours=15),
+                  message="Only count settled payment methods\n\nLong body", files=("models/int_order_payments.sql",),
+                  models=("model.shop.int_order_payments",), distance=2, touches_metric_columns=True)
+OTHERS = [dataclasses.replace(CAUSE, sha=f"{i:07x}" + "e" * 33, message=f"Tweak model {i}", intentional=False,
+                              files=(f"models/m{i}.sql",)) for i in range(1, 5)]
+RANKING = Ranking(causes=(RankedCause(SHA, 0.47, "2 hops upstream; 1 line of SQL logic changed"),
+                          *(RankedCause(c.sha, 0.1, "far from the metric") for c in OTHERS)),
+                  ranker="scorer", note="LLM ranking unavailable (timeout): the scorer's ranking is used")
+DELTA = RowDelta(model="int_order_payments", key=("order_id",), added=0, removed=3295, changed=1074, unchanged=8489,
+                 column_changes={"coupon_amount": 1074}, concentration="97% of changed rows have method = 'coupon'",
+                 samples=tuple({"kind": "changed", "key": {"order_id": 2026101900000 + i},
+                                "before": {"coupon_amount": 5.0, "email": "•••"},
+                                "after": {"coupon_amount": 0.0, "email": "•••"}} for i in range(7)))
+FIX = Verification(sha=SHA, verdict=Verdict.verified, clone_id="duckdb:incident-7-275f69",
+                   dbt_command="dbt build --select int_order_payments+,+fct_revenue --defer --favor-state",
+                   before=14265.37, after=19097.95, tests={"pass": 19, "fail": 0, "error": 0, "skip": 1},
+                   durations={"clone": 0.04, "build": 2.8}, detail="revenue.net_daily = 19,098 with the revert",
+                   reverted=(SHA,), deltas=(DELTA,))
+PR = PullRequest(incident_id=7, number=12, branch="cairn/incident-7", state="open", head_sha=HEAD,
+                 title="Revert 5a20dc5: Only count settled payment methods (revenue.net_daily -31.0%, Cairn #7)",
+                 url="https://github.com/acme/analytics/pull/12")
+ATTRIBUTION = {"candidates": to_json([CAUSE, *OTHERS]), "ranking": to_json(RANKING), "lineage_nodes": 14,
+               "lineage_path": {SHA: ["int_order_payments", "fct_orders", "fct_revenue"]}}
+VERIFIED = {"verification": {"attempts": to_json([FIX]), "builds": 1, "fix": to_json(FIX)}, "verdict": "verified"}
+DECIDED = {"decision": to_json(Decision(Action.open_pr, Mode.assisted, ("org mode is assisted", "verified revert"))),
+           "pr": to_json(PR), "ranking": to_json(dataclasses.replace(RANKING, causes=(RankedCause(SHA, 0.99, "r"),)))}
+INCIDENT = Incident(
+    id=7, contract_id="revenue.net_daily", status=IncidentStatus.detected, severity="high", detected_at=AT,
+    updated_at=AT, first_bad_at=AT, first_bad_sha=SHA, last_good_at=AT - timedelta(days=1), last_good_sha=ALT,
+    value=14265.37,
+    baseline=BaselineStats(median=20684.79, mad=576.6, n=4, lower=18120.3, upper=23249.3, seasonal=True),
+    change_pct=-31.03, reason="sum(net_revenue) 14,265 is 31.0% below its 28-day Sunday median 20,685",
+)
+
+
+def incident(status: IncidentStatus, **details) -> Incident:
+    return dataclasses.replace(INCIDENT, status=status, details=details)
+
+
+PR_OPENED = incident(IncidentStatus.pr_opened, attribution=ATTRIBUTION, **VERIFIED, **DECIDED)
+
+
+def serialized(message: Message) -> list[dict]:
+    """The blocks as Slack receives them; `to_dict` runs the SDK's validators and raises on a violation."""
+    assert message.text.strip()
+    assert len(message.blocks) <= MAX_BLOCKS
+    blocks = [block.to_dict() for block in message.blocks]
+    assert len(json.dumps(blocks)) <= BLOCKS_BUDGET
+    for block in message.blocks:
+        if isinstance(block, SectionBlock) and block.text:
+            assert len(block.text.text) <= SECTION_TEXT
+    return blocks
+
+
+def texts(blocks: list[dict]) -> list[str]:
+    """Every text string anywhere in the blocks."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("text"), str):
+                found.append(node["text"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(blocks)
+    return found
+
+
+def actions(message: Message) -> dict[str, dict]:
+    """The card's interactive elements by action ID."""
+    return {element["action_id"]: element for block in message.blocks if isinstance(block, ActionsBlock)
+            for element in block.to_dict()["elements"]}
+
+
+# -- the card ----------------------------------------------------------------------------------
+
+
+def test_detected_card_has_header_status_and_no_approve():
+    card = incident_card(incident(IncidentStatus.detected), None, Mode.assisted, None, baseline_days=28)
+    blocks = serialized(card)
+    assert isinstance(card.blocks[0], HeaderBlock)
+    assert card.blocks[0].text.text == "revenue.net_daily · high severity"
+    text = "\n".join(texts(blocks))
+    assert "*Detected* · -31.0% vs 28d baseline" in text and "31.0% below its 28-day Sunday median" in text
+    assert "not attributed yet" in text and "*Pull request*\nnone" in text
+    assert set(actions(card)) == {ids.REJECT, ids.MODE, ids.KILL}
+
+
+def test_verifying_card_shows_the_top_cause_before_any_verdict():
+    card = incident_card(incident(IncidentStatus.verifying, attribution=ATTRIBUTION), None, Mode.assisted, None)
+    text = "\n".join(texts(serialized(card)))
+    assert "Clone running" in text
+    assert "5a20dc5 · models/int_order_payments.sql (47%)" in text and "not verified yet" in text
+    assert ids.APPROVE not in actions(card)
+
+
+def test_pr_opened_card_binds_approve_to_the_head_it_shows():
+    card = incident_card(PR_OPENED, None, Mode.assisted, None, evidence_url=URL)
+    text = "\n".join(texts(serialized(card)))
+    assert "verified on duckdb:incident-7-275f69: 14,265 → 19,098" in text
+    assert "<https://github.com/acme/analytics/pull/12|#12 Revert 5a20dc5" in text
+    assert "<https://cairn.example/incidents/7/evidence?full=1&amp;format=html|full evidence>" in text
+    approve = actions(card)[ids.APPROVE]
+    assert approve["style"] == "primary" and ids.parse_value(approve["value"]) == (7, HEAD)
+    assert ids.parse_value(actions(card)[ids.REJECT]["value"]) == (7, None)
+    assert actions(card)[ids.REJECT]["style"] == "danger"
+    # The forge's current view wins over what the loop recorded: a closed PR cannot be approved.
+    closed = incident_card(PR_OPENED, dataclasses.replace(PR, state="closed"), Mode.assisted, None)
+    assert ids.APPROVE not in actions(closed)
+
+
+@pytest.mark.parametrize("status", [IncidentStatus.merged, IncidentStatus.recovered, IncidentStatus.rejected,
+                                    IncidentStatus.resolved])
+def test_decided_incidents_show_no_buttons(status):
+    card = incident_card(dataclasses.replace(PR_OPENED, status=status), dataclasses.replace(PR, state="merged"),
+                         Mode.assisted, None)
+    serialized(card)
+    assert not any(isinstance(block, ActionsBlock) for block in card.blocks)
+    assert STATUS_LABEL[status] in card.text
+
+
+def test_errored_card_shows_the_reason_and_error_id():
+    errored = incident(IncidentStatus.errored, attribution=ATTRIBUTION,
+                       error={"reason": "the warehouse clone could not be created: disk full", "error_id": "E7F3"})
+    card = incident_card(errored, None, Mode.assisted, None)
+    text = "\n".join(texts(serialized(card)))
+    assert ":warning: *Errored*" in text
+    assert "the warehouse clone could not be created: disk full" in text and "Error ID E7F3" in text
+    assert "Errored" in card.text
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_mode_select_starts_at_the_current_mode(mode):
+    select = actions(incident_card(PR_OPENED, None, mode, None))[ids.MODE]
+    assert select["type"] == "static_select"
+    assert select["initial_option"]["value"] == mode.value
+    assert [o["value"] for o in select["options"]] == ["observe", "assisted", "autonomous"]
+
+
+def test_kill_switch_asks_for_confirmation_and_unkill_replaces_it_once_pulled():
+    kill = actions(incident_card(PR_OPENED, None, Mode.assisted, None))[ids.KILL]
+    assert kill["style"] == "danger"
+    assert kill["confirm"]["title"]["text"] == "Pull the kill switch?" and kill["confirm"]["style"] == "danger"
+    assert "observe mode" in kill["confirm"]["text"]["text"]
+
+    pulled = KillSwitch(reason="quarter close", by="U0123ABCD")
+    card = incident_card(PR_OPENED, None, Mode.assisted, pulled)
+    assert ids.UNKILL in actions(card) and ids.KILL not in actions(card)
+    text = "\n".join(texts(serialized(card)))
+    assert "pulled for the whole org by U0123ABCD: quarter close" in text
+    scoped = incident_card(PR_OPENED, None, Mode.assisted, dataclasses.replace(pulled, selectors=("tag:finance",)))
+    assert "pulled for tag:finance" in "\n".join(texts(serialized(scoped)))
+
+
+@pytest.mark.parametrize("status", list(IncidentStatus))
+def test_fallback_text_names_the_metric_and_status(status):
+    card = incident_card(dataclasses.replace(PR_OPENED, status=status), None, Mode.observe, None)
+    serialized(card)
+    assert "revenue.net_daily" in card.text and STATUS_LABEL[status] in card.text and "#7" in card.text
+
+
+def test_hostile_commit_message_cannot_ping_or_link():
+    evil = dataclasses.replace(CAUSE, message=HOSTILE)
+    attribution = {**ATTRIBUTION, "candidates": to_json([evil, *OTHERS])}
+    hostile = dataclasses.replace(PR_OPENED, reason=HOSTILE, details={**PR_OPENED.details, "attribution": attribution})
+    messages = [incident_card(hostile, dataclasses.replace(PR, title=HOSTILE), Mode.assisted,
+                              KillSwitch(reason=HOSTILE, by="<@U1>")),
+                *(thread_message(step) for step in thread_steps(hostile, None))]
+    everything = [text for message in messages for text in texts(serialized(message))]
+    joined = "\n".join(everything)
+    assert "<!channel>" not in joined and "<https://evil" not in joined and "<@U1>" not in joined
+    assert "&lt;!channel&gt; &lt;https://evil.example|click&gt; &amp; friends" in joined
+    assert all("<!channel>" not in message.text for message in messages)
+    # The only link on the card is the PR's own, with the hostile title escaped as its label.
+    assert "<https://github.com/acme/analytics/pull/12|#12 &lt;!channel&gt;" in joined
+    for message in messages:  # Slack must not auto-link or auto-mention anything either
+        assert all(obj.get("verbatim") for obj in _mrkdwn_objects([b.to_dict() for b in message.blocks]))
+
+
+def _mrkdwn_objects(node) -> list[dict]:
+    if isinstance(node, dict):
+        own = [node] if node.get("type") == "mrkdwn" else []
+        return own + [o for value in node.values() for o in _mrkdwn_objects(value)]
+    if isinstance(node, list):
+        return [o for value in node for o in _mrkdwn_objects(value)]
+    return []
+
+
+# -- limits ------------------------------------------------------------------------------------
+
+
+def huge_bundle() -> Incident:
+    """Two hundred changed models with long sample values, and a dbt command no one should paste."""
+    wide = {"kind": "changed", "key": {"id": 1}, "before": {f"col{i}": "x" * 300 for i in range(12)},
+            "after": {f"col{i}": "<y>" * 100 for i in range(12)}}
+    deltas = tuple(dataclasses.replace(DELTA, model=f"model_{n}", samples=(wide,) * 9) for n in range(200))
+    fix = dataclasses.replace(FIX, deltas=deltas, dbt_command="dbt build --select " + " ".join(["a&b"] * 4000))
+    return incident(IncidentStatus.verified, attribution=ATTRIBUTION,
+                    verification={"attempts": to_json([fix]), "builds": 1, "fix": to_json(fix)}, verdict="verified")
+
+
+def test_huge_evidence_is_cut_to_slack_limits_with_a_link_to_the_rest():
+    steps = {step.key: step for step in thread_steps(huge_bundle(), None)}
+    evidence = thread_message(steps["evidence"], evidence_url=URL)
+    blocks = serialized(evidence)
+    assert sum(len(line) for line in steps["evidence"].lines) > 10 * BLOCKS_BUDGET  # it really was huge
+    assert isinstance(evidence.blocks[-1], ContextBlock)
+    assert "more sections not shown … full evidence: <https://cairn.example/incidents/7/evidence?full=1&amp;" \
+           "format=html|" in texts(blocks)[-1]
+
+    verification = thread_message(steps["verification"], evidence_url=URL)
+    command = next(t for t in texts(serialized(verification)) if "dbt: dbt build" in t)
+    assert len(command) <= SECTION_TEXT and "… full evidence: <https://cairn.example" in command
+    assert "a&amp;b a&amp;b" in command and not command.split("…")[0].endswith("&amp")  # no entity cut in half
+
+    without_url = thread_message(steps["evidence"])
+    assert texts(serialized(without_url))[-1].endswith("more sections not shown …")
+
+
+def test_a_card_with_huge_repository_text_keeps_its_buttons():
+    long = dataclasses.replace(PR_OPENED, reason="r" * 50_000, contract_id="c" * 400)
+    card = incident_card(long, dataclasses.replace(PR, title="t" * 5000), Mode.assisted, None, evidence_url=URL)
+    serialized(card)
+    assert len(card.blocks[0].text.text) <= 150
+    assert ids.APPROVE in actions(card) and len(card.text) <= 1000
+
+
+# -- the thread --------------------------------------------------------------------------------
+
+
+def test_thread_of_a_verified_incident_with_a_pr():
+    steps = thread_steps(PR_OPENED, None, baseline_days=28)
+    assert [s.key for s in steps] == ["detected", "attribution", "evidence", "verification", "decision", "pr"]
+    assert steps == thread_steps(PR_OPENED, None, baseline_days=28)  # stable: posted once per key
+    by_key = {s.key: s.lines for s in steps}
+    assert by_key["detected"] == (
+        INCIDENT.reason,
+        "-31.0% vs 28d baseline: 14,265 against a baseline median 20,685 over 4 points, band 18,120–23,249 "
+        "(same weekday)",
+        "First bad: 2026-11-23 01:00 at 5a20dc5",
+        "Last good: 2026-11-22 01:00 at 2b7a91d",
+    )
+    attribution = "\n".join(by_key["attribution"])
+    assert "1. 5a20dc5 · models/int_order_payments.sql (47%) “Only count settled payment methods” — 2 hops" \
+           in attribution
+    assert "3. " in attribution and "4. " not in attribution and "and 2 other candidates" in attribution
+    assert "Lineage: int_order_payments → fct_orders → fct_revenue" in attribution
+    assert "Ranked by scorer: LLM ranking unavailable (timeout)" in attribution and "Long body" not in attribution
+    evidence = by_key["evidence"]
+    assert evidence[1] == ("int_order_payments on order_id: 0 added, 3295 removed, 1074 changed, 8489 unchanged "
+                           "(66.0% of rows match)")
+    assert "97% of changed rows have method = 'coupon'" in evidence
+    samples = [line for line in evidence if line.startswith("- changed")]
+    assert len(samples) == 5 and "coupon_amount 5 → 0; email ••• → •••" in samples[0]  # masked stays masked
+    assert evidence[-1] == "2 more sample rows not shown."
+    verification = "\n".join(by_key["verification"])
+    for needed in ("Clone duckdb:incident-7-275f69: reverted 5a20dc5; production was not written",
+                   "dbt: dbt build --select int_order_payments+,+fct_revenue --defer --favor-state",
+                   "14,265 → 19,098, back inside the baseline band", "19 passed, 0 failed, 0 errors, 1 skipped",
+                   "1 build used; took 2.8s (clone 0.0s, build 2.8s)"):
+        assert needed in verification, needed
+    assert by_key["decision"] == ("open_pr (org mode is assisted; verified revert)", "Mode: assisted",
+                                  "Confidence after verification: 5a20dc5 99% (scorer)")
+    assert by_key["pr"][0] == "#12 https://github.com/acme/analytics/pull/12 (open)"
+    assert steps[4].title == "Decision" and steps[3].title == "Verified revert"
+
+    merged = dataclasses.replace(PR, state="merged")
+    recovered = dataclasses.replace(PR_OPENED, status=IncidentStatus.recovered, resolved_at=AT + timedelta(days=1),
+                                    reason="sum(net_revenue) 20,100 is within its band")
+    tail = thread_steps(recovered, merged)
+    assert [s.key for s in tail][-2:] == ["merged", "recovered"]
+    assert tail[-2].lines[0] == "PR #12 merged at head 3d88ea8"
+    assert tail[-1].lines[0] == "2026-11-24 01:00 UTC: sum(net_revenue) 20,100 is within its band"
+    assert "14,265" not in "\n".join(tail[0].lines)  # recovery overwrote the value: the detected step drops it
+
+
+def test_thread_of_an_incident_no_code_explains():
+    unexplained = incident(IncidentStatus.escalated, attribution={**ATTRIBUTION, "candidates": [],
+                                                                   "ranking": to_json(Ranking((), "scorer"))},
+                           verdict="no_code_cause")
+    steps = thread_steps(unexplained, None)
+    assert [s.key for s in steps] == ["detected", "attribution"]
+    assert "No code change in the suspect range explains this: look at the source data" in steps[1].lines
+
+    intended = dataclasses.replace(CAUSE, intentional=True)
+    intentional = incident(IncidentStatus.escalated, attribution={**ATTRIBUTION, "candidates": to_json([intended])},
+                           verdict="intentional")
+    lines = thread_steps(intentional, None)[1].lines
+    assert ("Commit 5a20dc5 marks this change as intentional: re-baseline with "
+            "`cairn rebaseline revenue.net_daily --reason ...`") in lines
+
+
+def test_thread_of_a_revert_that_did_not_verify():
+    failed = dataclasses.replace(FIX, verdict=Verdict.not_recovered, after=15000.0)
+    other = dataclasses.replace(failed, sha=ALT, reverted=(ALT,), deltas=())
+    not_verified = incident(IncidentStatus.not_verified, attribution=ATTRIBUTION, verdict="not_recovered",
+                            verification={"attempts": to_json([failed, other]), "builds": 2, "fix": None})
+    steps = {s.key: s for s in thread_steps(not_verified, None)}
+    assert steps["evidence"].lines[0] == "Production with 5a20dc5 vs the leading candidate's revert (not verified):"
+    assert steps["verification"].title == "Not verified"
+    assert "not_recovered on duckdb:incident-7-275f69: 14,265 → 15,000, not back inside the band" \
+           in steps["verification"].lines
+    assert steps["verification"].lines[-2:] == ("Attempt 1: revert 5a20dc5 → not_recovered",
+                                                "Attempt 2: revert 2b7a91d → not_recovered")
+    card = incident_card(not_verified, None, Mode.assisted, None)
+    assert "not_recovered on duckdb:incident-7-275f69" in "\n".join(texts(serialized(card)))
+
+
+def test_rejected_and_errored_steps_say_who_and_why():
+    rejected = incident(IncidentStatus.rejected, rejection={"by": "U0123ABCD", "reason": "a planned change"})
+    assert thread_steps(rejected, None)[-1].lines == ("Rejected by U0123ABCD: a planned change",)
+    errored = incident(IncidentStatus.errored)
+    assert thread_steps(errored, None)[-1].lines == ("no reason recorded",)
+
+
+def test_every_step_is_valid_block_kit():
+    for step in thread_steps(PR_OPENED, None):
+        message = thread_message(step, evidence_url=URL)
+        blocks = serialized(message)
+        assert texts(blocks)[0].startswith(f"*{step.title}*")
+        assert message.text.startswith(step.title)
+
+
+def test_render_terminal():
+    text = render_terminal(thread_steps(PR_OPENED, None, baseline_days=28))
+    lines = text.splitlines()
+    assert lines[0] == "  ● Detected" and lines[1] == f"      {INCIDENT.reason}"
+    assert "  ● Evidence" in lines and "  ● PR opened" in lines
+    assert "      #12 https://github.com/acme/analytics/pull/12 (open)" in lines
+
+
+# -- the modal and the IDs ---------------------------------------------------------------------
+
+
+def test_reject_modal_asks_for_a_required_reason():
+    view = reject_modal(7).to_dict()  # validates: title, submit and close fit Slack's 24 characters
+    assert view["type"] == "modal" and view["callback_id"] == ids.REJECT_MODAL and view["private_metadata"] == "7"
+    (field,) = [b for b in view["blocks"] if b["type"] == "input"]
+    assert field["block_id"] == ids.REJECT_REASON_BLOCK and field["optional"] is False
+    assert field["element"]["action_id"] == ids.REJECT_REASON_INPUT and field["element"]["type"] == "plain_text_input"
+
+
+def test_button_values_round_trip_and_refuse_anything_else():
+    assert ids.parse_value(ids.button_value(12, HEAD)) == (12, HEAD)
+    assert ids.parse_value(ids.button_value(12)) == (12, None)
+    for forged in ("", "abc", "12:", "12:XYZ", "0", "12:abc123:9", "-1"):
+        with pytest.raises(ValueError, match=repr(forged)):
+            ids.parse_value(forged)
+
+
+# -- the chart ---------------------------------------------------------------------------------
+
+
+def observations() -> list[Observation]:
+    start = datetime(2026, 10, 25, 1, 0, tzinfo=timezone.utc)
+    return [Observation("revenue.net_daily", start + timedelta(days=d), 14000.0 if d >= 28 else 20000.0 + 150 * (d % 7),
+                        window_start=start + timedelta(days=d - 1, hours=-1), sha=SHA if d >= 28 else ALT,
+                        anomalous=d >= 28, id=d) for d in range(30)]
+
+
+def test_chart_is_a_png_of_the_metric_with_its_anomalies_marked():
+    obs = observations()
+    png = metric_chart("revenue.net_daily", obs, INCIDENT.baseline, obs[28].observed_at)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = struct.unpack(">II", png[16:24])  # IHDR
+    assert (width, height) == (800, 320)
+    pixels = imread(io.BytesIO(png))
+    assert pixels.shape[:2] == (320, 800)
+    red = (pixels[..., 0] > 0.7) & (pixels[..., 1] < 0.35) & (pixels[..., 2] < 0.35)
+    assert red.sum() > 50  # the anomalous points and the first-bad annotation were drawn
+    assert png == metric_chart("revenue.net_daily", obs, INCIDENT.baseline, obs[28].observed_at)
+
+
+def test_chart_without_observations_or_baseline_still_draws():
+    png = metric_chart("orders.freshness", [], None, None)
+    assert png.startswith(b"\x89PNG") and struct.unpack(">II", png[16:24]) == (800, 320)
+
+
+def test_at_most_fifty_blocks_and_the_blocks_that_must_stay_are_kept():
+    keep = [ActionsBlock(elements=[ButtonElement(text="Reject", action_id=ids.REJECT, value="7")])]
+    fitted = _fit([DividerBlock() for _ in range(120)], "…", keep=keep)
+    assert len(fitted) == MAX_BLOCKS and fitted[-1] is keep[0]
+    assert fitted[-2].to_dict()["elements"][0]["text"] == "72 more sections not shown …"
