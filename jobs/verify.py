@@ -9,6 +9,7 @@ measured profile's reason in `detail`.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -24,7 +25,6 @@ from jobs.dbt import Dbt, InvocationResult, NodeResult
 from jobs.errors import CairnError, DbtError
 from jobs.measure import evaluate
 from jobs.records import BaselineStats, RowDelta, Verdict, Verification
-from jobs.relations import resolve
 from jobs.warehouse.duckdb import DuckDBWarehouse
 from jobs.warehouse.sandbox import ProductionModified, Sandbox
 from jobs.worktree import Worktree
@@ -98,23 +98,34 @@ def verify_revert(*, repo: Path, project_subdir: str, deployed_sha: str, shas: S
             return Verification(verdict=Verdict.build_failed, **record, detail=problems)
         with _timed(phases, "measure"), DuckDBWarehouse(sandbox.path) as warehouse:
             [observation] = evaluate(warehouse, manifest, [contract], at)
-        record["after"] = after = observation.value
+        record["after"] = observation.value
         if inspect is not None:
             with _timed(phases, "evidence"):
                 record["deltas"] = tuple(inspect(sandbox.path, manifest))
-        if contract.kind is Kind.distribution:
-            return Verification(verdict=Verdict.not_recovered, **record, detail=(
-                "distribution contracts are not verified on a clone yet: review the rebuilt "
-                f"profile by hand ({observation.profile})."))
-        if after is not None and band.contains(after):
-            return Verification(verdict=Verdict.verified, **record, detail=(
-                f"{contract.id} = {fmt_number(after)} with the revert, inside "
-                f"[{fmt_number(band.lower)}, {fmt_number(band.upper)}]."))
-        shown = "nothing to measure" if after is None else fmt_number(after)
-        return Verification(verdict=Verdict.not_recovered, **record, detail=(
-            f"{contract.id} = {shown} with the revert, still outside "
-            f"[{fmt_number(band.lower)}, {fmt_number(band.upper)}]."))
+        verdict, detail = recovery_verdict(contract, observation, band)
+        return Verification(verdict=verdict, **record, detail=detail)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def recovery_verdict(contract: Contract, observation, band: BaselineStats) -> tuple[Verdict, str]:
+    """Whether the metric measured on the clone is back where it belongs, and the sentence that says so."""
+    after = observation.value
+    if contract.kind is Kind.distribution:
+        return Verdict.not_recovered, ("distribution contracts are not verified on a clone yet: review the "
+                                       f"rebuilt profile by hand ({observation.profile}).")
+    if after is not None and band.contains(after):
+        return Verdict.verified, f"{contract.id} = {fmt_number(after)} with the revert, {band_phrase(band)}."
+    shown = "nothing to measure" if after is None else fmt_number(after)
+    return Verdict.not_recovered, f"{contract.id} = {shown} with the revert, not {band_phrase(band)}."
+
+
+def band_phrase(band: BaselineStats) -> str:
+    """'inside [9,100, 10,800]'; a one-sided band (drop- or rise-only contracts) reads as one bound."""
+    if math.isinf(band.upper) and not math.isinf(band.lower):
+        return f"at or above {fmt_number(band.lower)}"
+    if math.isinf(band.lower) and not math.isinf(band.upper):
+        return f"at or below {fmt_number(band.upper)}"
+    return f"inside [{fmt_number(band.lower)}, {fmt_number(band.upper)}]"
 
 
 def selector(models: Sequence[str], metric_model: str) -> str:

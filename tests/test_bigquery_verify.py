@@ -191,7 +191,7 @@ def test_a_revert_is_verified_through_the_bigquery_requests_that_would_do_it(sce
 def test_a_revert_that_does_not_recover_the_metric_is_not_verified(scenario, fake) -> None:
     _answer_metric(fake, REGRESSED)
     v = _verify(scenario, fake).verification
-    assert v.verdict is Verdict.not_recovered and "still outside" in v.detail
+    assert v.verdict is Verdict.not_recovered and "with the revert, not inside [" in v.detail
     assert fake.calls()[-1] == "datasets.delete"
 
 

@@ -19,14 +19,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from jobs.baseline import fmt_number
 from jobs.config import BigQuerySettings
-from jobs.contracts import Contract, Kind
+from jobs.contracts import Contract
 from jobs.dbt import Dbt, InvocationResult
 from jobs.errors import DbtError
 from jobs.measure import evaluate
 from jobs.records import BaselineStats, Verdict, Verification
-from jobs.verify import (BUILT, VerifyError, _name, _production_manifest, _profile_name, _timed,
+from jobs.verify import (BUILT, VerifyError, recovery_verdict, _name, _production_manifest, _profile_name, _timed,
                          build_problems, expected_nodes, selector, test_counts)
 from jobs.warehouse.bigquery import credentials_setting
 from jobs.warehouse.bigquery_sandbox import (BigQuerySandbox, check_relations, redirect_macros,
@@ -153,20 +152,10 @@ def verify_revert_bigquery(*, repo: Path, project_subdir: str, deployed_sha: str
         with _timed(phases, "measure"):
             [observation] = evaluate(warehouse, manifest, [contract], at)
         spent["billed_bytes"] = billed_by_dbt(work / "target") + warehouse.spend.billed
-        record["after"] = after = observation.value
+        record["after"] = observation.value
         notes = "".join(f" {c.target}: {c.note}." for c in clones if c.note)
-        if contract.kind is Kind.distribution:
-            return done(Verdict.not_recovered, (
-                "distribution contracts are not verified on a clone yet: review the rebuilt "
-                f"profile by hand ({observation.profile}).{notes}"))
-        if after is not None and band.contains(after):
-            return done(Verdict.verified, (
-                f"{contract.id} = {fmt_number(after)} with the revert, inside "
-                f"[{fmt_number(band.lower)}, {fmt_number(band.upper)}].{notes}"))
-        shown = "nothing to measure" if after is None else fmt_number(after)
-        return done(Verdict.not_recovered, (
-            f"{contract.id} = {shown} with the revert, still outside "
-            f"[{fmt_number(band.lower)}, {fmt_number(band.upper)}].{notes}"))
+        verdict, detail = recovery_verdict(contract, observation, band)
+        return done(verdict, detail + notes)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
