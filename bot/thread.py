@@ -171,6 +171,12 @@ def _evidence(details: dict[str, Any]) -> Step | None:
 
 
 def _verification(details: dict[str, Any]) -> Step | None:
+    refused = (details.get("verification") or {}).get("refused")
+    if refused:
+        estimate = refused.get("estimated_bytes")
+        return Step("verification", "Verification refused",
+                    (refused["reason"],) + ((f"Estimated {estimate:,} bytes against a budget of "
+                                             f"{refused.get('budget_bytes'):,}",) if estimate else ()))
     attempts, fix = _attempts(details)
     proof = fix or (attempts[-1] if attempts else None)
     if proof is None:

@@ -185,6 +185,7 @@ class Verdict(str, Enum):
     build_failed = "build_failed"
     no_code_cause = "no_code_cause"
     intentional = "intentional"
+    refused = "refused"  # a warehouse guard refused the build (over budget, or a write outside the sandbox)
 
 
 @dataclass(frozen=True)

@@ -66,20 +66,44 @@ def verify_stage(rt: Runtime, incident_id: int) -> None:
     band = recovery_band(contract, incident)
     deployed = rt.deployed_sha()
 
+    bigquery = rt.config.settings.bigquery
+
     def try_revert(group: list[Candidate]):
         models = tuple(dict.fromkeys(m for c in group for m in c.models))
-        result = verify_revert(
+        common = dict(
             repo=rt.config.repo_dir, project_subdir=rt.project_subdir, deployed_sha=deployed,
             shas=[c.sha for c in sorted(group, key=lambda c: c.authored_at, reverse=True)], models=models,
-            contract=contract, metric_model=contract.relation_name, prod_db=rt.production_db,
-            prod_state=rt.state_dir, band=band, before=incident.value, at=incident.first_bad_at,
-            incident_id=incident.id, sandboxes_root=rt.sandboxes_root,
-            inspect=lambda sandbox_db, manifest: clone_deltas(sandbox_db, rt.production_db, manifest, models))
-        rt.store.audit("verification.attempt", incident_id=incident.id, data=to_json(result),
-                       dedup_key=f"incident:{incident.id}:verification.attempt:{','.join(result.reverted)}")
+            contract=contract, metric_model=contract.relation_name, prod_state=rt.state_dir, band=band,
+            before=incident.value, at=incident.first_bad_at, incident_id=incident.id,
+            sandboxes_root=rt.sandboxes_root)
+        key = f"incident:{incident.id}:verification.attempt:{','.join(common['shas'])}"
+        if bigquery is not None:
+            from jobs.warehouse.bigquery import client_for
+            from jobs.warehouse.bigquery_verify import verify_revert_bigquery
+
+            # Clones hold production as of the last good observation: what the bad code then rewrote.
+            outcome = verify_revert_bigquery(**common, client=client_for(bigquery, rt.config.root),
+                                             settings=bigquery, snapshot_at=incident.last_good_at,
+                                             config_root=rt.config.root)
+            rt.store.audit("verification.cost", incident_id=incident.id, data=outcome.cost.audit_data(),
+                           dedup_key=key.replace("attempt", "cost"))
+            result = outcome.verification
+        else:
+            result = verify_revert(**common, prod_db=rt.production_db, inspect=lambda sandbox_db, manifest:
+                                   clone_deltas(sandbox_db, rt.production_db, manifest, models))
+        rt.store.audit("verification.attempt", incident_id=incident.id, data=to_json(result), dedup_key=key)
         return result
 
-    search = find_fix(ranked, try_revert, rt.config.settings.verification.max_builds)
+    try:
+        search = find_fix(ranked, try_revert, rt.config.settings.verification.max_builds)
+    except _refusals(bigquery) as refused:
+        # Over the org's byte budget, or a build that would write outside the sandbox: a person decides.
+        data = {"reason": str(refused), **refused.audit_data()} if hasattr(refused, "audit_data") \
+            else {"reason": str(refused)}
+        details = {"verification": {"attempts": [], "builds": 0, "fix": None, "refused": data},
+                   "verdict": Verdict.refused.value}
+        _move(rt, incident, IncidentStatus.escalated, "verification.refused", data, details)
+        return
     verdict = search.fix.verdict if search.fix else _worst(search)
     details = {"verification": {"attempts": to_json(search.attempts), "builds": search.builds,
                                 "fix": to_json(search.fix)}, "verdict": verdict.value}
@@ -122,6 +146,16 @@ def _ranked_candidates(incident: Incident) -> list[Candidate]:
     by_sha = {c["sha"]: candidate_from_json(c) for c in attribution.get("candidates", [])}
     ranked = [by_sha[c["sha"]] for c in attribution.get("ranking", {}).get("causes", []) if c["sha"] in by_sha]
     return [c for c in ranked if not c.intentional and not c.docs_only]
+
+
+def _refusals(bigquery) -> tuple[type[Exception], ...]:
+    """What the BigQuery guards raise before a build: turned into an escalation, not an error."""
+    if bigquery is None:
+        return ()
+    from jobs.warehouse.bigquery_sandbox import RelationOutsideSandbox
+    from jobs.warehouse.cost_guard import CostRefused
+
+    return (CostRefused, RelationOutsideSandbox)
 
 
 def _worst(search) -> Verdict:

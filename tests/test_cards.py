@@ -419,3 +419,14 @@ def test_at_most_fifty_blocks_and_the_blocks_that_must_stay_are_kept():
     fitted = _fit([DividerBlock() for _ in range(120)], "…", keep=keep)
     assert len(fitted) == MAX_BLOCKS and fitted[-1] is keep[0]
     assert fitted[-2].to_dict()["elements"][0]["text"] == "72 more sections not shown …"
+
+
+def test_a_refused_verification_says_why_in_the_thread() -> None:
+    refused = incident(IncidentStatus.escalated, verdict="refused", verification={
+        "attempts": [], "builds": 0, "fix": None,
+        "refused": {"reason": "estimated 3.2 TB exceeds the budget", "estimated_bytes": 3_200_000_000_000,
+                    "budget_bytes": 1_000_000_000_000}})
+    [step] = [s for s in thread_steps(refused, None) if s.key == "verification"]
+    assert step.title == "Verification refused"
+    assert step.lines == ("estimated 3.2 TB exceeds the budget",
+                          "Estimated 3,200,000,000,000 bytes against a budget of 1,000,000,000,000")
