@@ -1,9 +1,10 @@
 """Slack end to end: real Redis, real RQ workers (`cairn worker`), the real Bolt app under gunicorn
 (`cairn serve`), and a local server that answers like the Slack Web API (SLACK_API_URL).
 
-One deployment (the scenario baseline with a regressing commit landed and deployed) is checked
-once with `cairn check --at`; detection runs in that process and every later stage is a job on
-the workers. The first verification's work horse is killed mid-build: RQ retries the job, which
+One deployment (the scenario baseline with two regressing commits landed and deployed: PayPal
+payments fall out of revenue, plan prices are read in mills) is checked once with
+`cairn check --at`; detection runs in that process and every later stage is a job on the
+workers. Two incidents, two cards: one is approved, the other rejected. The first verification's work horse is killed mid-build: RQ retries the job, which
 removes the sandbox its predecessor left and finishes. The tests then read the Slack traffic
 and click the card's buttons with signed requests.
 """
@@ -31,7 +32,7 @@ from bot.demo import commit
 from examples.generate import add_day
 from tests.slack_server import SlackAPI, block_action_body, signed_headers, slash_command_body, view_submission_body
 from tests.deployment import at
-from tests.test_scenarios import CHECK, DAY, PAYPAL_FILTER, Case, deploy_copy, land, production_dbt
+from tests.test_scenarios import CHECK, DAY, PAYPAL_FILTER, Case, Commit, Edit, deploy_copy, land, production_dbt
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +40,10 @@ CHANNEL, APPROVER, GROUPIE, STRANGER, GROUP = "C0123456789", "U0APPROVER", "U0GR
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 TOKEN = "xoxb-cairn-test-token"
 REDIS_URL = os.environ.get("CAIRN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + "/14"
-REVENUE = "revenue.net_daily"
+REVENUE, MRR = "revenue.net_daily", "mrr.level"
+MILLS = Commit("Plan prices: convert mills to dollars", (Edit(
+    "models/staging/stg_plans.sql", "{{ cents_to_dollars('monthly_price_cents') }} as monthly_price",
+    "cast(monthly_price_cents / 1000 as decimal(18, 2)) as monthly_price"),), (MRR,))
 
 
 @dataclass
@@ -66,10 +70,23 @@ class Stack:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
-    def card(self) -> dict[str, Any]:
-        cards = [m for m in self.slack.messages(CHANNEL).values() if not m.get("thread_ts") or m["thread_ts"] == m["ts"]]
-        assert len(cards) == 1, cards
-        return cards[0]
+    def incident_id(self, contract: str) -> int:
+        store = self.store()
+        try:
+            return next(i.id for i in store.incidents() if i.contract_id == contract)
+        finally:
+            store.close()
+
+    def card(self, contract: str = REVENUE) -> dict[str, Any]:
+        store = self.store()
+        try:
+            posted = store.chat_message(self.incident_id(contract), "card")
+        finally:
+            store.close()
+        return self.slack.messages(CHANNEL)[posted.ts]
+
+    def cards(self) -> list[dict[str, Any]]:
+        return [m for m in self.slack.messages(CHANNEL).values() if m.get("thread_ts", m["ts"]) == m["ts"]]
 
 
 def free_port() -> int:
@@ -126,7 +143,8 @@ def kill_verification_horse(root: Path) -> tuple[int, Path]:
 
     sandboxes = root / ".cairn" / "sandboxes"
     leftover = wait_for("a verification sandbox", lambda: next(iter(sorted(sandboxes.glob("incident-*-*"))), None))
-    job = Job.fetch("cairn-verify-1", connection=Redis.from_url(REDIS_URL))
+    incident_id = leftover.name.split("-")[1]
+    job = Job.fetch(f"cairn-verify-{incident_id}", connection=Redis.from_url(REDIS_URL))
     pid = wait_for("the verify job's pid", lambda: job.get_meta(refresh=True).get("pid"))
     os.kill(pid, signal.SIGKILL)
     return pid, leftover
@@ -136,7 +154,7 @@ def kill_verification_horse(root: Path) -> tuple[int, Path]:
 def stack(scenario_baseline: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = deploy_copy(scenario_baseline, tmp_path_factory.mktemp("slack-e2e") / "shop")
     configure(root)
-    land(root, Case("slack", (PAYPAL_FILTER,)))
+    land(root, Case("slack", (PAYPAL_FILTER, MILLS)))
     add_day(root / "warehouse.duckdb", DAY)
     assert production_dbt(root).build().success
     flush_redis()
@@ -156,7 +174,8 @@ def stack(scenario_baseline: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             assert check.returncode == 0, check.stderr
             killed, leftover = kill_verification_horse(root)
             stack = Stack(root, slack, f"http://127.0.0.1:{port}/slack/events", env, worker, killed, leftover)
-            wait_for("the PR card", lambda: _status(stack) == "pr_opened" and _settled(stack), timeout=400)
+            wait_for("both PR cards", lambda: _statuses(stack) == {REVENUE: "pr_opened", MRR: "pr_opened"}
+                     and _settled(stack), timeout=600)
             yield stack
         finally:
             stop(web)
@@ -170,11 +189,10 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _status(stack: Stack) -> str | None:
+def _statuses(stack: Stack) -> dict[str, str]:
     store = stack.store()
     try:
-        found = [i for i in store.incidents() if i.contract_id == REVENUE]
-        return found[0].status.value if found else None
+        return {i.contract_id: i.status.value for i in store.incidents()}
     finally:
         store.close()
 
@@ -187,15 +205,16 @@ def _settled(stack: Stack) -> bool:
     redis = Redis.from_url(REDIS_URL)
     queues = [Queue("cairn", connection=redis), Queue("cairn-notify", connection=redis)]
     busy = any(q.count or q.started_job_registry.count or q.scheduled_job_registry.count for q in queues)
-    return not busy and bool(stack.slack.uploads)
+    return not busy and len(stack.slack.uploads) == 2
 
 
-def card_updates(stack: Stack) -> list[str]:
+def card_updates(stack: Stack, contract: str) -> list[str]:
     """The card's fallback text at its post and each update, in order."""
-    posts = [c for c in stack.slack.calls_to("chat.postMessage") if not c.params.get("thread_ts")]
-    card_ts = stack.card()["ts"]
-    updates = [c for c in stack.slack.calls_to("chat.update") if c.params.get("ts") == card_ts]
-    return [c.params["text"] for c in posts + updates]
+    card_ts = stack.card(contract)["ts"]
+    calls = [c for c in stack.slack.calls if c.method in ("chat.postMessage", "chat.update")
+             and (c.params.get("ts") == card_ts or (c.method == "chat.postMessage" and not c.params.get("thread_ts")
+                                                    and c.params["text"].split(": ", 1)[-1].startswith(contract)))]
+    return [c.params["text"] for c in calls]
 
 
 def settle(stack: Stack, what: str, condition: Callable[[], Any]) -> None:
@@ -205,37 +224,36 @@ def settle(stack: Stack, what: str, condition: Callable[[], Any]) -> None:
 # --- the loop on workers --------------------------------------------------------------------
 
 
-def test_one_card_posted_and_updated_in_place_through_the_loop(stack: Stack) -> None:
+def test_one_card_per_incident_posted_once_and_updated_in_place(stack: Stack) -> None:
     posts = [c for c in stack.slack.calls_to("chat.postMessage") if not c.params.get("thread_ts")]
-    assert len(posts) == 1 and posts[0].params["channel"] == CHANNEL
-    texts = card_updates(stack)
+    assert len(posts) == 2 and {p.params["channel"] for p in posts} == {CHANNEL}
+    assert len(stack.cards()) == 2
     order = ["Detected", "Clone running", "Verified revert", "PR opened"]
-    seen = [label for label in order if any(t.startswith(label) for t in texts)]
-    assert seen == order, texts
-    firsts = [next(i for i, t in enumerate(texts) if t.startswith(label)) for label in order]
-    assert firsts == sorted(firsts), texts
-    card = stack.card()
-    assert card["text"].startswith("PR opened") and REVENUE in card["text"]
-    action_ids = [e["action_id"] for b in card["blocks"] if b["type"] == "actions" for e in b["elements"]]
-    assert action_ids == ["cairn.approve", "cairn.reject", "cairn.mode", "cairn.kill"]
+    for contract in (REVENUE, MRR):
+        texts = card_updates(stack, contract)
+        firsts = [next((i for i, t in enumerate(texts) if t.startswith(label)), None) for label in order]
+        assert None not in firsts and firsts == sorted(firsts), (contract, texts)
+        card = stack.card(contract)
+        assert card["text"].startswith("PR opened") and contract in card["text"]
+        action_ids = [e["action_id"] for b in card["blocks"] if b["type"] == "actions" for e in b["elements"]]
+        assert action_ids == ["cairn.approve", "cairn.reject", "cairn.mode", "cairn.kill"]
 
 
 def test_the_story_is_threaded_under_the_card_with_a_chart(stack: Stack) -> None:
-    card_ts = stack.card()["ts"]
+    card_ts = stack.card(REVENUE)["ts"]
     replies = stack.slack.thread(CHANNEL, card_ts)
     texts = [r["text"] for r in replies if r.get("text") and not r.get("files")]
     titles = [t.split(":", 1)[0] for t in texts]
     assert titles == ["Detected", "Attribution", "Evidence", "Verified revert", "Decision", "PR opened"], texts
     store = stack.store()
     try:
-        incident = next(i for i in store.incidents() if i.contract_id == REVENUE)
-        fix = incident.details["verification"]["fix"]
+        fix = store.incident(stack.incident_id(REVENUE)).details["verification"]["fix"]
     finally:
         store.close()
     verification = next(r for r in replies if fix["clone_id"] in json.dumps(r.get("blocks", [])))
     assert "dbt build" in json.dumps(verification["blocks"]) and verification["text"].startswith("Verified revert")
-    [chart] = stack.slack.uploads
-    assert chart.completed and chart.thread_ts == card_ts and chart.channel_id == CHANNEL
+    [chart] = [u for u in stack.slack.uploads if u.thread_ts == card_ts]
+    assert chart.completed and chart.channel_id == CHANNEL and REVENUE in chart.title
     assert chart.content.startswith(b"\x89PNG\r\n\x1a\n")
     # Each step posted once, whatever refreshes ran.
     keys = [r["text"] for r in replies if r.get("text")]
@@ -246,19 +264,18 @@ def test_a_killed_worker_leaves_one_card_one_pr_and_no_sandbox(stack: Stack) -> 
     assert stack.killed_horse is not None and stack.leftover_seen is not None
     assert not stack.leftover_seen.exists(), "the retried verification removed its predecessor's sandbox"
     assert list((stack.root / ".cairn" / "sandboxes").glob("*")) == []
+    killed = int(stack.leftover_seen.name.split("-")[1])
     store = stack.store()
     try:
-        incident = next(i for i in store.incidents() if i.contract_id == REVENUE)
-        events = [e.name for e in store.audit_events(incident.id)]
-        assert store.pull_request_for(incident.id).number == 1
+        events = [e.name for e in store.audit_events(killed)]
+        assert store.pull_request_for(killed) is not None
+        assert sorted(pr.number for pr in map(store.pull_request_for, (1, 2))) == [1, 2]
     finally:
         store.close()
-    assert events.count("decision.made") == 1 and events.count("verification.finished") == 1, events
-    assert events.count("attribution.finished") == 1, events
+    for name in ("attribution.finished", "verification.finished", "decision.made"):
+        assert events.count(name) == 1, events
     assert stack.worker.poll() is None, "the worker survived its horse"
-    assert [c for c in stack.slack.calls_to("chat.postMessage") if not c.params.get("thread_ts")].__len__() == 1
-    prs = [b for b in stack.store().pull_request_row(incident.id)["reverted"]]
-    assert len(prs) == 1
+    assert len(stack.cards()) == 2
 
 
 # --- requests into the app ------------------------------------------------------------------
@@ -277,9 +294,9 @@ def test_forged_and_stale_signatures_are_rejected(stack: Stack) -> None:
 
 def test_slash_commands_answer_without_a_traceback(stack: Stack) -> None:
     status, reply = stack.post(slash_command_body("status", user_id=STRANGER, channel_id=CHANNEL))
-    assert status == 200 and "Mode:" in reply and "Open incidents:* 1" in reply and "RQ, 1 worker" in reply
-    status, reply = stack.post(slash_command_body("show 1", user_id=STRANGER, channel_id=CHANNEL))
-    assert status == 200 and "Incident #1" in reply
+    assert status == 200 and "Mode:" in reply and "Open incidents:* 2" in reply and "RQ, 1 worker" in reply
+    status, reply = stack.post(slash_command_body(f"show {_rev(stack)}", user_id=STRANGER, channel_id=CHANNEL))
+    assert status == 200 and f"Incident #{_rev(stack)} · {REVENUE}" in json.loads(reply)["text"]
     status, reply = stack.post(slash_command_body("frobnicate", user_id=STRANGER, channel_id=CHANNEL))
     assert "Unknown command" in reply and "`/cairn` commands" in reply
     status, reply = stack.post(slash_command_body("check no.such_contract", user_id=APPROVER, channel_id=CHANNEL))
@@ -291,7 +308,7 @@ def test_slash_commands_answer_without_a_traceback(stack: Stack) -> None:
 def test_a_non_approver_click_is_refused_and_audited(stack: Stack) -> None:
     head = _pr(stack).head_sha
     before = len(stack.slack.ephemerals)
-    status, _ = stack.post(block_action_body("cairn.approve", value=f"1:{head}", user_id=STRANGER,
+    status, _ = stack.post(block_action_body("cairn.approve", value=f"{_rev(stack)}:{head}", user_id=STRANGER,
                                              channel_id=CHANNEL, message_ts=stack.card()["ts"], action_ts="1.000001"))
     assert status == 200
     wait_for("the refusal", lambda: len(stack.slack.ephemerals) > before, timeout=10)
@@ -301,7 +318,7 @@ def test_a_non_approver_click_is_refused_and_audited(stack: Stack) -> None:
 
 
 def test_a_stale_approval_is_refused(stack: Stack) -> None:
-    status, _ = stack.post(block_action_body("cairn.approve", value="1:" + "0" * 40, user_id=APPROVER,
+    status, _ = stack.post(block_action_body("cairn.approve", value=f"{_rev(stack)}:" + "0" * 40, user_id=APPROVER,
                                              channel_id=CHANNEL, message_ts=stack.card()["ts"], action_ts="2.000001"))
     assert status == 200
     wait_for("the stale notice", lambda: "changed after this card" in (stack.slack.ephemerals or [{}])[-1].get("text", ""),
@@ -315,7 +332,7 @@ def test_mode_select_and_kill_switch_change_the_org_and_the_card(stack: Stack) -
                              action_ts="3.000001")
     assert stack.post(body)[0] == 200
     settle(stack, "mode on the card", lambda: "observe" in json.dumps(stack.card()["blocks"]))
-    assert stack.post(block_action_body("cairn.kill", value="1", user_id=APPROVER, channel_id=CHANNEL,
+    assert stack.post(block_action_body("cairn.kill", value=str(_rev(stack)), user_id=APPROVER, channel_id=CHANNEL,
                                         message_ts=stack.card()["ts"], action_ts="4.000001"))[0] == 200
     settle(stack, "kill switch on the card", lambda: "cairn.unkill" in json.dumps(stack.card()["blocks"]))
     store = stack.store()
@@ -325,8 +342,8 @@ def test_mode_select_and_kill_switch_change_the_org_and_the_card(stack: Stack) -
         store.close()
     # While the switch is on, an approval is refused by the job before it merges anything.
     head = _pr(stack).head_sha
-    stack.post(block_action_body("cairn.approve", value=f"1:{head}", user_id=APPROVER, channel_id=CHANNEL,
-                                 message_ts=stack.card()["ts"], action_ts="5.000001"))
+    stack.post(block_action_body("cairn.approve", value=f"{_rev(stack)}:{head}", user_id=APPROVER,
+                                 channel_id=CHANNEL, message_ts=stack.card()["ts"], action_ts="5.000001"))
     wait_for("the refused approval", lambda: "approval.refused" in _events(stack), timeout=60)
     wait_for("the refusal told", lambda: "kill switch is on" in stack.slack.ephemerals[-1]["text"], timeout=30)
     assert stack.slack.ephemerals[-1]["user"] == APPROVER and _pr(stack).state == "open"
@@ -341,18 +358,21 @@ def test_mode_select_and_kill_switch_change_the_org_and_the_card(stack: Stack) -
 def test_approve_merges_at_the_shown_head_once(stack: Stack) -> None:
     head = _pr(stack).head_sha
     requested = _events(stack).count("approval.requested")
-    body = block_action_body("cairn.approve", value=f"1:{head}", user_id=APPROVER, channel_id=CHANNEL,
-                             message_ts=stack.card()["ts"], action_ts="6.000001")
+    stack.slack.rate_limit("chat.update", times=1, retry_after=1)  # the merged card's update is throttled once
+    body = block_action_body("cairn.approve", value=f"{_rev(stack)}:{head}", user_id=APPROVER,
+                             channel_id=CHANNEL, message_ts=stack.card()["ts"], action_ts="6.000001")
     assert stack.post(body)[0] == 200
     assert stack.post(body)[0] == 200  # the same click delivered twice
     assert stack.post(body, retry_num=1)[0] == 200  # and Slack's retry of it
     settle(stack, "the merged card and its thread step",
            lambda: stack.card()["text"].startswith("Merged")
            and any(r["text"].startswith("Merged") for r in stack.slack.thread(CHANNEL, stack.card()["ts"])))
+    throttled = [c for c in stack.slack.calls_to("chat.update")][-3:]
+    assert any(c.params.get("text", "").startswith("Merged") for c in throttled)
     pr = _pr(stack)
     store = stack.store()
     try:
-        assert pr.state == "merged" and store.pull_request_row(1)["merged_by"] == f"slack:{APPROVER}"
+        assert pr.state == "merged" and store.pull_request_row(_rev(stack))["merged_by"] == f"slack:{APPROVER}"
     finally:
         store.close()
     events = _events(stack)
@@ -361,24 +381,46 @@ def test_approve_merges_at_the_shown_head_once(stack: Stack) -> None:
                    for e in b["elements"])
 
 
-def test_reject_opens_a_modal_and_records_the_reason(stack: Stack) -> None:
-    """After the merge there is nothing to reject: the button answers so, and the modal path is audited."""
-    before = len(stack.slack.ephemerals)
-    stack.post(block_action_body("cairn.reject", value="1", user_id=APPROVER, channel_id=CHANNEL,
-                                 message_ts=stack.card()["ts"], action_ts="7.000001"))
-    wait_for("the reject answer", lambda: len(stack.slack.ephemerals) > before, timeout=10)
-    assert "nothing to reject" in stack.slack.ephemerals[-1]["text"]
-    assert stack.slack.views == []
-    body = view_submission_body("cairn.reject_modal", private_metadata=f"1:{CHANNEL}",
-                                values={"reject_reason": {"reason": "not the cause"}}, user_id=STRANGER)
+def test_reject_asks_why_then_closes_the_pr_and_keeps_the_reason(stack: Stack) -> None:
+    mrr = stack.incident_id(MRR)
+    card = stack.card(MRR)
+    assert stack.post(block_action_body("cairn.reject", value=str(mrr), user_id=GROUPIE, channel_id=CHANNEL,
+                                        message_ts=card["ts"], action_ts="7.000001", trigger_id="trigger-7"))[0] == 200
+    [view] = wait_for("the reason modal", lambda: stack.slack.views, timeout=10)
+    assert view["callback_id"] == "cairn.reject_modal" and view["trigger_id"] == "trigger-7"
+    metadata = view["private_metadata"]
+    assert metadata == f"{mrr}:{CHANNEL}"
+    # A stranger's forged submission is refused and audited; the approver's goes through.
+    forged = view_submission_body("cairn.reject_modal", private_metadata=metadata,
+                                  values={"reject_reason": {"reason": "not the cause"}}, user_id=STRANGER)
+    assert stack.post(forged)[0] == 200
+    body = view_submission_body("cairn.reject_modal", private_metadata=metadata,
+                                values={"reject_reason": {"reason": "prices really are in mills now"}}, user_id=GROUPIE)
     assert stack.post(body)[0] == 200
-    wait_for("the refused submission", lambda: _events(stack).count("action.refused") >= 2, timeout=10)
+    settle(stack, "the rejected card", lambda: stack.card(MRR)["text"].startswith("Rejected"))
+    store = stack.store()
+    try:
+        incident = store.incident(mrr)
+        assert incident.status.value == "rejected" and store.pull_request_for(mrr).state == "closed"
+        assert incident.details["rejection"]["reason"] == "prices really are in mills now"
+        assert incident.details["rejection"]["by"] == f"slack:{GROUPIE}"
+        assert incident.details["rejection"]["blamed_sha"]
+        names = [e.name for e in store.audit_events(mrr)]
+    finally:
+        store.close()
+    assert names.count("incident.rejected") == 1 and "action.refused" in names
+    assert not [b for b in stack.card(MRR)["blocks"] if b["type"] == "actions"]
+    assert any(r["text"].startswith("Rejected") for r in stack.slack.thread(CHANNEL, card["ts"]))
+
+
+def _rev(stack: Stack) -> int:
+    return stack.incident_id(REVENUE)
 
 
 def _pr(stack: Stack):
     store = stack.store()
     try:
-        return store.pull_request_for(1)
+        return store.pull_request_for(_rev(stack))
     finally:
         store.close()
 
@@ -386,7 +428,7 @@ def _pr(stack: Stack):
 def _events(stack: Stack) -> list[str]:
     store = stack.store()
     try:
-        return [e.name for e in store.audit_events(1)]
+        return [e.name for e in store.audit_events(_rev(stack))]
     finally:
         store.close()
 
