@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 from jobs.forge import ForgeError
 from jobs.git import Git, GitError
+from jobs.worktree import Worktree
 
 CAIRN_AUTHOR = ("Cairn", "cairn@users.noreply.localhost")
 
@@ -44,14 +42,8 @@ def as_author(author: tuple[str, str]) -> tuple[str, ...]:
 @contextmanager
 def worktree(git: Git, commit: str) -> Iterator[Git]:
     """A detached worktree at `commit` in a temporary directory, removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="cairn-worktree-"))
-    try:
-        git.run("worktree", "add", "--detach", "--quiet", str(path), commit)
-        yield Git(path)
-    finally:
-        git.run("worktree", "remove", "--force", str(path), check=False)
-        shutil.rmtree(path, ignore_errors=True)
-        git.run("worktree", "prune", check=False)
+    with Worktree.create(git.repo, commit) as tree:
+        yield tree.git
 
 
 def resolve(git: Git, ref: str) -> str:
