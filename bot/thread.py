@@ -17,7 +17,7 @@ from typing import Any
 
 from bot.messages import STATUS_LABEL, regression, short_sha
 from jobs.baseline import fmt_number
-from jobs.evidence import _sample_line as sample_line
+from jobs.evidence import sample_line
 from jobs.prbody import MAX_SAMPLE_ROWS, tests_line
 from jobs.records import BaselineStats, Incident, IncidentStatus, PullRequest, Verdict, Verification
 from jobs.report import candidate_from_json, ranking_from_json, verification_from_json

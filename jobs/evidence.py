@@ -280,7 +280,7 @@ def _pct(fraction: float) -> str:
     return f"{min(max(pct, 1 if fraction > 0 else 0), 99 if fraction < 1 else 100)}%"
 
 
-def _sample_line(sample: Mapping[str, Any], limit: int = 6) -> str:
+def sample_line(sample: Mapping[str, Any], limit: int = 6) -> str:
     key = ", ".join(f"{k}={compact(v)}" for k, v in sample["key"].items())
     if sample["kind"] == "changed":
         pairs = [f"{c} {compact(b)} → {compact(sample['after'][c])}" for c, b in sample["before"].items()]
@@ -309,7 +309,7 @@ def render_delta(delta: RowDelta) -> str:
     if delta.samples:
         lines.append("Samples:")
     for i, sample in enumerate(delta.samples):
-        line = _sample_line(sample)
+        line = sample_line(sample)
         rest = f"- … {len(delta.samples) - i} more"
         if sum(len(x) + 1 for x in lines) + len(line) + len(rest) + 2 > RENDER_LIMIT:
             lines.append(rest)

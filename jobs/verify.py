@@ -49,7 +49,7 @@ def verify_revert(*, repo: Path, project_subdir: str, deployed_sha: str, shas: S
     """Revert `shas` at `deployed_sha`, build reverted models through `metric_model` on a sandbox."""
     if not shas or not models:
         raise VerifyError("verify_revert needs at least one commit to revert and one model it touches.")
-    if contract.model and contract.model != _name(metric_model).split(".")[0]:
+    if contract.model and contract.model != model_name(metric_model).split(".")[0]:
         raise VerifyError(f"contract {contract.id!r} reads {contract.model!r}, not {metric_model!r}; "
                           "pass the contract's own model as metric_model.")
     phases: dict[str, float] = {}
@@ -58,24 +58,24 @@ def verify_revert(*, repo: Path, project_subdir: str, deployed_sha: str, shas: S
     record = dict(sha=shas[0], clone_id="", dbt_command=f"dbt build --select {select} {' '.join(extra)}",
                   before=before, after=None, durations=phases, reverted=tuple(shas))
     with ExitStack() as cleanup:  # unwinds worktree and sandbox even when an exception escapes
-        with _timed(phases, "worktree"):
+        with timed(phases, "worktree"):
             tree = cleanup.enter_context(Worktree.create(repo, deployed_sha, sandboxes_root, label=str(incident_id)))
-        with _timed(phases, "revert"):
+        with timed(phases, "revert"):
             reverted = tree.revert(shas)
         if not reverted:
             return Verification(verdict=Verdict.conflict, **record, detail=(
                 f"reverting {tree.conflict[:7]} at {deployed_sha[:7]} conflicts in "
                 f"{', '.join(tree.conflict_files)}; a later commit changed the same lines."))
         project_dir = tree.path / project_subdir
-        production = _production_manifest(prod_state)
+        production = production_manifest(prod_state)
         _check_database(production, Path(prod_db))
-        with _timed(phases, "clone"):
+        with timed(phases, "clone"):
             sandbox = cleanup.enter_context(Sandbox.create(
-                prod_db, sandboxes_root, incident_id, profile=_profile_name(project_dir),
+                prod_db, sandboxes_root, incident_id, profile=profile_name(project_dir),
                 schema=_target_schema(production)))
         record["clone_id"] = sandbox.clone_id
         dbt = Dbt(project_dir, sandbox.profiles_dir, target=sandbox.target, target_path=sandbox.target_path)
-        with _timed(phases, "build"):
+        with timed(phases, "build"):
             try:
                 result: InvocationResult | None = dbt.build(select=select, extra=extra)
                 error = None
@@ -96,11 +96,11 @@ def verify_revert(*, repo: Path, project_subdir: str, deployed_sha: str, shas: S
         problems = build_problems(result, expected)
         if problems:
             return Verification(verdict=Verdict.build_failed, **record, detail=problems)
-        with _timed(phases, "measure"), DuckDBWarehouse(sandbox.path) as warehouse:
+        with timed(phases, "measure"), DuckDBWarehouse(sandbox.path) as warehouse:
             [observation] = evaluate(warehouse, manifest, [contract], at)
         record["after"] = observation.value
         if inspect is not None:
-            with _timed(phases, "evidence"):
+            with timed(phases, "evidence"):
                 record["deltas"] = tuple(inspect(sandbox.path, manifest))
         verdict, detail = recovery_verdict(contract, observation, band)
         return Verification(verdict=verdict, **record, detail=detail)
@@ -130,7 +130,7 @@ def band_phrase(band: BaselineStats) -> str:
 
 def selector(models: Sequence[str], metric_model: str) -> str:
     """Each reverted model through to the metric's model: `m1+,+metric m2+,+metric` (a union)."""
-    return " ".join(f"{_name(m)}+,+{_name(metric_model)}" for m in dict.fromkeys(models))
+    return " ".join(f"{model_name(m)}+,+{model_name(metric_model)}" for m in dict.fromkeys(models))
 
 
 def expected_nodes(manifest: Mapping[str, Any], models: Sequence[str], metric_model: str) -> set[str]:
@@ -174,7 +174,7 @@ def _check_production(sandbox: Sandbox, record: dict[str, Any]) -> None:
         raise ProductionModified(str(error), verification=failed) from error
 
 
-def _name(model: str) -> str:
+def model_name(model: str) -> str:
     """A selector for a model name or unique_id (`model.pkg.name[.v2]` -> `name[.v2]`)."""
     return ".".join(model.split(".")[2:]) if model.startswith("model.") else model
 
@@ -183,7 +183,7 @@ def _unique_id(manifest: Mapping[str, Any], model: str) -> str | None:
     if model in manifest["nodes"]:
         return model
     for uid, node in manifest["nodes"].items():
-        if node.get("resource_type") == "model" and model in (node["name"], _name(uid)):
+        if node.get("resource_type") == "model" and model in (node["name"], model_name(uid)):
             return uid
     return None
 
@@ -198,7 +198,7 @@ def _reach(edges: Mapping[str, Sequence[str]], starts: set[str]) -> set[str]:
     return seen
 
 
-def _production_manifest(prod_state: Path) -> dict[str, Any]:
+def production_manifest(prod_state: Path) -> dict[str, Any]:
     path = Path(prod_state) / "manifest.json"
     if not path.is_file():
         raise VerifyError(f"{path}: no production manifest; pass the directory of the deployed "
@@ -206,7 +206,7 @@ def _production_manifest(prod_state: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _profile_name(project_dir: Path) -> str:
+def profile_name(project_dir: Path) -> str:
     path = project_dir / "dbt_project.yml"
     if not path.is_file():
         raise VerifyError(f"{path}: no dbt project at the deployed SHA; check project_subdir.")
@@ -232,7 +232,7 @@ def _check_database(manifest: Mapping[str, Any], prod_db: Path) -> None:
 
 
 @contextmanager
-def _timed(phases: dict[str, float], name: str) -> Iterator[None]:
+def timed(phases: dict[str, float], name: str) -> Iterator[None]:
     start = time.perf_counter()
     try:
         yield

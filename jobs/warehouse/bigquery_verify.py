@@ -25,8 +25,8 @@ from jobs.dbt import Dbt, InvocationResult
 from jobs.errors import DbtError
 from jobs.measure import evaluate
 from jobs.records import BaselineStats, Verdict, Verification
-from jobs.verify import (BUILT, VerifyError, recovery_verdict, _name, _production_manifest, _profile_name, _timed,
-                         build_problems, expected_nodes, selector, test_counts)
+from jobs.verify import (BUILT, VerifyError, build_problems, expected_nodes, model_name, production_manifest,
+                         profile_name, recovery_verdict, selector, test_counts, timed)
 from jobs.warehouse.bigquery import credentials_setting
 from jobs.warehouse.bigquery_sandbox import (BigQuerySandbox, check_relations, redirect_macros,
                                              stateful_sources)
@@ -69,7 +69,7 @@ def verify_revert_bigquery(*, repo: Path, project_subdir: str, deployed_sha: str
     """
     if not shas or not models:
         raise VerifyError("verify_revert needs at least one commit to revert and one model it touches.")
-    if contract.model and contract.model != _name(metric_model).split(".")[0]:
+    if contract.model and contract.model != model_name(metric_model).split(".")[0]:
         raise VerifyError(f"contract {contract.id!r} reads {contract.model!r}, not {metric_model!r}; "
                           "pass the contract's own model as metric_model.")
     now = now or datetime.now(timezone.utc)
@@ -84,24 +84,24 @@ def verify_revert_bigquery(*, repo: Path, project_subdir: str, deployed_sha: str
         return BigQueryVerification(Verification(verdict=verdict, **record, detail=detail), Cost(**spent))
 
     with ExitStack() as cleanup:
-        with _timed(phases, "worktree"):
+        with timed(phases, "worktree"):
             tree = cleanup.enter_context(Worktree.create(repo, deployed_sha, sandboxes_root, label=str(incident_id)))
-        with _timed(phases, "revert"):
+        with timed(phases, "revert"):
             reverted = tree.revert(shas)
         if not reverted:
             return done(Verdict.conflict, (
                 f"reverting {tree.conflict[:7]} at {deployed_sha[:7]} conflicts in "
                 f"{', '.join(tree.conflict_files)}; a later commit changed the same lines."))
         project_dir = tree.path / project_subdir
-        production = _production_manifest(prod_state)
+        production = production_manifest(prod_state)
         work = Path(tempfile.mkdtemp(prefix=f"incident-{incident_id}-", dir=sandboxes_root))
         cleanup.callback(shutil.rmtree, work, ignore_errors=True)
-        with _timed(phases, "clone"):
+        with timed(phases, "clone"):
             sandbox = cleanup.enter_context(BigQuerySandbox.create(
                 client, incident_id=incident_id, location=settings.location, org=settings.org,
                 expiration=settings.sandbox_expiration))
             warehouse = sandbox.warehouse(settings.budget_bytes)
-            sandbox.write_profile(work, _profile_name(project_dir), production_project=settings.project,
+            sandbox.write_profile(work, profile_name(project_dir), production_project=settings.project,
                                   credentials=credentials_setting(settings, config_root),
                                   maximum_bytes_billed=settings.budget_bytes,
                                   api_endpoint=settings.api_endpoint)
@@ -125,7 +125,7 @@ def verify_revert_bigquery(*, repo: Path, project_subdir: str, deployed_sha: str
             spent["clones"] = tuple({"source": c.source, "target": c.target, "statement": c.statement,
                                      "snapshot": c.snapshot.isoformat() if c.snapshot else None,
                                      **({"note": c.note} if c.note else {})} for c in clones)
-        with _timed(phases, "estimate"):
+        with timed(phases, "estimate"):
             with guarded(sandbox.dataset):
                 compiled = _compile(dbt, select, extra)
             if compiled is None:
@@ -133,7 +133,7 @@ def verify_revert_bigquery(*, repo: Path, project_subdir: str, deployed_sha: str
             guess: Estimate = estimate(warehouse.dry_run, compiled, expected)
             spent["estimated_bytes"] = guess.total
             check_budget(guess, settings.budget_bytes, sandbox.clone_id)
-        with _timed(phases, "build"):
+        with timed(phases, "build"):
             try:
                 with guarded(sandbox.dataset):  # dbt's own requests: layer (a) for hooks and macros too
                     result: InvocationResult | None = dbt.build(select=select, extra=extra)
@@ -149,7 +149,7 @@ def verify_revert_bigquery(*, repo: Path, project_subdir: str, deployed_sha: str
         problems = build_problems(result, expected)
         if problems:
             return done(Verdict.build_failed, problems)
-        with _timed(phases, "measure"):
+        with timed(phases, "measure"):
             [observation] = evaluate(warehouse, manifest, [contract], at)
         spent["billed_bytes"] = billed_by_dbt(work / "target") + warehouse.spend.billed
         record["after"] = observation.value
