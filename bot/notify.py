@@ -22,7 +22,7 @@ from bot.chart import metric_chart
 from bot.slack import alert_channel, web_client
 from bot.thread import thread_steps
 from jobs import switches
-from jobs.errors import NotFound
+from jobs.errors import ConfigError
 from jobs.records import Incident, PullRequest
 from jobs.runtime import Runtime
 
@@ -115,7 +115,7 @@ def _upload_chart_once(rt: Runtime, client: WebClient, incident: Incident, chann
 def _baseline_days(rt: Runtime, incident: Incident) -> int | None:
     try:
         return rt.contract(incident.contract_id).baseline.days
-    except NotFound:  # a contract removed since: the card still renders, without the span
+    except ConfigError:  # a contract removed since (Runtime.contract names the known ones): the card still renders, without the span
         return None
 
 
