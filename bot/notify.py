@@ -115,7 +115,7 @@ def _upload_chart_once(rt: Runtime, client: WebClient, incident: Incident, chann
 def _baseline_days(rt: Runtime, incident: Incident) -> int | None:
     try:
         return rt.contract(incident.contract_id).baseline.days
-    except ConfigError:  # a contract removed since (Runtime.contract names the known ones): the card still renders, without the span
+    except ConfigError:  # the contract was removed since: the card still renders, without the span
         return None
 
 
