@@ -182,30 +182,59 @@ def scheduler(ctx: click.Context, once: bool) -> None:
     """The clock (Procfile `clock`): a check every `schedule.check_every`, and sandbox clean-up.
 
     With REDIS_URL the check is a job for the workers; without, it runs here with the whole loop.
+    Clean-up runs first and on its own: a check that fails (a warehouse outage) never leaves a
+    crashed worker's sandboxes behind, and the clock keeps ticking; with --once it exits 1.
     """
     import time
-    from datetime import timedelta
 
     from jobs.queue import for_runtime
     from jobs.runtime import Runtime
-    from jobs.warehouse.sandbox import gc_sandboxes
 
     config = load_config(ctx.obj["config_path"])
     every = config.settings.schedule.check_every.total_seconds()
     while True:
+        _remove_stale_sandboxes(config)
         rt = Runtime(config)
         try:
             for_runtime(rt).check()
-            # A crashed worker's sandboxes: older than the longest verification could run.
-            stale = config.settings.queue.timeouts["verify"] + timedelta(hours=1)
-            for removed in gc_sandboxes(rt.sandboxes_root, stale):
-                click.echo(f"removed stale sandbox {removed}")
+            failed = None
+        except CairnError as exc:
+            failed = str(exc)
         finally:
             rt.close()
-        click.echo(f"{_now(None):%Y-%m-%d %H:%M:%S} check {'queued' if config.env.redis_url else 'done'}")
+        stamp = f"{_now(None):%Y-%m-%d %H:%M:%S}"
+        if failed:
+            click.secho(f"{stamp} check failed: {failed}", err=True, fg="red")
+        else:
+            click.echo(f"{stamp} check {'queued' if config.env.redis_url else 'done'}")
         if once:
+            if failed:
+                sys.exit(1)
             return
         time.sleep(every)
+
+
+def _remove_stale_sandboxes(config) -> None:
+    """Worktrees and DuckDB sandboxes older than the longest verification; expired BigQuery datasets."""
+    from datetime import timedelta
+
+    from jobs.warehouse.sandbox import gc_sandboxes
+
+    stale = config.settings.queue.timeouts["verify"] + timedelta(hours=1)
+    for removed in gc_sandboxes(config.resolve(config.settings.verification.sandboxes), stale):
+        click.echo(f"removed stale sandbox {removed}")
+    bigquery = config.settings.bigquery
+    if bigquery is None:
+        return
+    from jobs.warehouse.bigquery import client_for
+    from jobs.warehouse.bigquery_sandbox import gc_sandboxes as gc_datasets
+
+    try:
+        client = client_for(bigquery, config.root)
+        for name in gc_datasets(client, org=bigquery.org, now=datetime.now(timezone.utc)):
+            click.echo(f"dropped expired sandbox dataset {name}")
+    except CairnError as exc:  # e.g. BigQuery unreachable: the next tick tries again
+        click.secho(f"sandbox clean-up on BigQuery failed: {exc}", err=True, fg="red")
 
 
 @cli.command()

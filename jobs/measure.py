@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from sqlglot import exp
@@ -83,13 +83,23 @@ def _column(name: str) -> exp.Column:
     return exp.Column(this=exp.to_identifier(name, quoted=True))
 
 
-def _instant(at: datetime, dialect: Profiler) -> exp.Expression:
-    text = at.astimezone(timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
-    return exp.cast(exp.Literal.string(text), exp.DataType.build(dialect.timestamp))
+def _instant(at: datetime, dialect: Profiler, column_type: exp.DataType | None = None) -> exp.Expression:
+    """`at` as a literal of the time column's own type, so the comparison needs no cast of the column.
+
+    BigQuery compares a DATE or DATETIME column with a TIMESTAMP only after a cast, and a cast of
+    the column would scan every partition; a DATETIME is read as UTC civil time, like the windows.
+    Without a known type the literal is the dialect's UTC instant.
+    """
+    utc = at.astimezone(timezone.utc).replace(tzinfo=None)
+    if column_type is not None and column_type.is_type(exp.DataType.Type.DATE):
+        return exp.cast(exp.Literal.string(utc.date().isoformat()), column_type.copy())
+    return exp.cast(exp.Literal.string(utc.isoformat(sep=" ")), column_type.copy() if column_type is not None
+                    else exp.DataType.build(dialect.timestamp))
 
 
 def _aggregates(
-    contract: Contract, condition: exp.Expression | None, at: datetime, dialect: str
+    contract: Contract, condition: exp.Expression | None, at: datetime, dialect: str,
+    column_type: exp.DataType | None = None,
 ) -> dict[str, exp.Expression]:
     """The named aggregate columns one contract needs, each filtered by `condition`."""
     parts = profiler(dialect)
@@ -107,7 +117,7 @@ def _aggregates(
     column = _column(contract.column or "")
     if contract.kind is Kind.freshness:
         # Bounded by `at`, so that a replay at a past time sees only the rows that existed then.
-        up_to_at = exp.LTE(this=column.copy(), expression=_instant(at, parts))
+        up_to_at = exp.LTE(this=column.copy(), expression=_instant(at, parts, column_type))
         return {"latest": _filter(exp.Max(this=column), _and(condition, up_to_at))}
     if contract.kind is Kind.null_rate:
         is_null = exp.Is(this=column, expression=exp.Null())
@@ -164,9 +174,14 @@ class ModelQuery:
 
 
 def compile_model_query(
-    relation: str, contracts: Sequence[Contract], at: datetime, dialect: str
+    relation: str, contracts: Sequence[Contract], at: datetime, dialect: str,
+    column_types: Mapping[str, exp.DataType] | None = None,
 ) -> ModelQuery:
-    """The one SELECT over `relation` measuring every contract as of `at` (aware, UTC)."""
+    """The one SELECT over `relation` measuring every contract as of `at` (aware, UTC).
+
+    `column_types` (lower-cased column name -> type, from the warehouse) types the time literals;
+    each contract's time column must then be among them and be a DATE, DATETIME or TIMESTAMP.
+    """
     if not contracts:
         raise ValueError("compile_model_query needs at least one contract")
     at, parts = _utc(at), profiler(dialect)
@@ -178,23 +193,56 @@ def compile_model_query(
     for i, contract in enumerate(contracts):
         condition = row_condition(contract, dialect)
         start = end = None
+        column_type = _time_column_type(contract, relation, column_types, dialect)
         # Freshness asks how old the newest row is: a window would hide exactly that.
         if contract.window and contract.time_column and contract.kind is not Kind.freshness:
             start, end = window_bounds(contract.window, at)
             ts = _column(contract.time_column)
             in_window = exp.and_(
-                exp.GTE(this=ts.copy(), expression=_instant(start, parts)),
-                exp.LT(this=ts.copy(), expression=_instant(end, parts)),
+                exp.GTE(this=ts.copy(), expression=_instant(start, parts, column_type)),
+                exp.LT(this=ts.copy(), expression=_instant(end, parts, column_type)),
             )
             condition = _and(condition, in_window)
         aliases = {}
-        for part, node in _aggregates(contract, condition, at, dialect).items():
+        for part, node in _aggregates(contract, condition, at, dialect, column_type).items():
             aliases[part] = f"c{i}_{part}"
             selects.append(exp.alias_(node, aliases[part], quoted=True))
         measures.append(Measure(contract, aliases, start, end))
     sql = exp.select(*selects).from_(table).sql(dialect=dialect, identify=True)
     columns = tuple(alias for m in measures for alias in m.columns.values())
     return ModelQuery(relation, sql, dialect, at, columns, tuple(measures))
+
+
+_T = exp.DataType.Type
+_TIME_TYPES = (_T.DATE, _T.DATETIME, _T.TIMESTAMP, _T.TIMESTAMPTZ, _T.TIMESTAMPLTZ, _T.TIMESTAMPNTZ)
+
+
+def time_column(contract: Contract) -> str | None:
+    """The column a contract's window (or, for freshness, its lag) is measured on."""
+    if contract.kind is Kind.freshness:
+        return contract.column
+    return contract.time_column if contract.window else None
+
+
+def _time_column_type(contract: Contract, relation: str, column_types: Mapping[str, exp.DataType] | None,
+                      dialect: str) -> exp.DataType | None:
+    name = time_column(contract)
+    if not column_types or not name:
+        return None
+    column_type = column_types.get(name.lower())
+    field = "column" if contract.kind is Kind.freshness else "time_column"
+    if column_type is None:
+        raise ContractError(f"contract {contract.id!r}: {field} {name!r} is not a column of {relation} "
+                            f"(it has {', '.join(sorted(column_types))}).")
+    if not column_type.is_type(*_TIME_TYPES):
+        raise ContractError(f"contract {contract.id!r}: {field} {name!r} of {relation} is "
+                            f"{column_type.sql(dialect=dialect)}; windows and lags are measured on DATE, DATETIME or "
+                            "TIMESTAMP columns.")
+    if column_type.is_type(_T.DATE) and contract.window is not None \
+            and contract.window.delta < timedelta(days=1):
+        raise ContractError(f"contract {contract.id!r}: time_column {name!r} of {relation} is a DATE; "
+                            f"an {contract.window.value} window needs a DATETIME or TIMESTAMP column.")
+    return column_type
 
 
 # ---------------------------------------------------------------- reading the row
@@ -273,6 +321,17 @@ _READERS: dict[Kind, Callable[[Contract, dict, datetime, Profiler], Reading]] = 
 # ---------------------------------------------------------------- evaluation
 
 
+def _column_types(warehouse: Warehouse, relation: str, contracts: Sequence[Contract]) -> dict[str, exp.DataType]:
+    """The relation's column types, looked up only when one of its contracts compares times."""
+    if not any(time_column(c) for c in contracts):
+        return {}
+    try:
+        return warehouse.column_types(relation)
+    except WarehouseError as error:
+        ids = ", ".join(c.id for c in contracts)
+        raise WarehouseError(f"reading the columns of {relation} for {ids} failed: {error}") from error
+
+
 def evaluate(
     warehouse: Warehouse, manifest: Mapping[str, Any], contracts: Sequence[Contract], at: datetime
 ) -> list[Observation]:
@@ -282,7 +341,8 @@ def evaluate(
         groups.setdefault(warehouse.relation_name(resolve(contract, manifest)), []).append(i)
     # Compile everything first: one bad contract fails the run before any query reaches the warehouse.
     queries = [
-        (indexes, compile_model_query(relation, [contracts[i] for i in indexes], at, warehouse.dialect))
+        (indexes, compile_model_query(relation, [contracts[i] for i in indexes], at, warehouse.dialect,
+                                      _column_types(warehouse, relation, [contracts[i] for i in indexes])))
         for relation, indexes in groups.items()
     ]
     observations: list[Observation] = [None] * len(contracts)  # type: ignore[list-item]

@@ -14,6 +14,7 @@ from jobs.baseline import fmt_duration, fmt_number
 from jobs.contracts import Contract, Kind
 from jobs.forge import CheckProof
 from jobs.records import Candidate, Incident, Ranking, RowDelta, Verdict, Verification
+from jobs.warehouse.cost_guard import bytes_text
 
 MAX_SAMPLE_ROWS = 5
 MAX_TITLE = 200  # GitHub allows 256; leave room for a prefix a reviewer adds
@@ -200,6 +201,9 @@ def _verification(contract: Contract, v: Verification) -> list[str]:
             ["Check", f"{v.verdict.value}: {tests_line(v.tests)}"]]
     if v.reverted and len(v.reverted) > 1:
         rows.append(["Reverted together", ", ".join(code(sha[:7]) for sha in v.reverted)])
+    if v.billed_bytes is not None:
+        rows.append(["Warehouse cost", f"{bytes_text(v.billed_bytes)} billed (dry-run estimate "
+                                       f"{bytes_text(v.estimated_bytes or 0)})"])
     lines = ["### Verification", "", *_table(["Step", "Result"], rows)]
     return lines + (["", plain(v.detail)] if v.detail else [])
 

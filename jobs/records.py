@@ -204,6 +204,9 @@ class Verification:
     reverted: tuple[str, ...] = ()  # SHAs reverted together (bisection reverts a range)
     deltas: tuple[RowDelta, ...] = ()  # sample-row deltas: production vs the reverted build
     built: tuple[str, ...] = ()  # unique_ids of the models, seeds and snapshots the build rebuilt
+    # What the warehouse charged (BigQuery; None on DuckDB): the dry-run estimate, the bytes billed.
+    estimated_bytes: int | None = None
+    billed_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 It keeps datasets and tables (schemas and metadata only: it never runs SQL), records every request,
 and answers queries from `answer(pattern, rows)`: the last pattern found in the SQL wins. DDL it
 recognises (`CREATE [OR REPLACE] TABLE|VIEW`, `DROP TABLE|VIEW`) creates or drops the table, so
-that tables.list and tables.get see what a build made, and DDL jobs carry `statementType`,
+that tables.list and tables.get see what a build made (a clone with its source's schema, other
+tables with the one `build_schema` gives), and DDL jobs carry `statementType`,
 `ddlOperationPerformed` and `ddlTargetTable` as BigQuery's do (dbt-bigquery reads them).
 """
 
@@ -29,6 +30,8 @@ _NAME = r"(`[^`]+`(?:\.`[^`]+`)*|[\w.-]+)"
 _CREATE = re.compile(
     r"^\s*create\s+(or\s+replace\s+)?(?:temp(?:orary)?\s+)?(table|view)\s+(?:if\s+not\s+exists\s+)?" + _NAME,
     re.I)
+_LEADING_COMMENTS = re.compile(r"^(?:\s*(?:/\*.*?\*/|--[^\n]*(?:\n|$)))*", re.S)
+_CLONE_SOURCE = re.compile(r"\bclone\s+" + _NAME, re.I)
 _DROP = re.compile(r"^\s*drop\s+(table|view)\s+(?:if\s+exists\s+)?" + _NAME, re.I)
 _TEST_QUERY = re.compile(r"\bshould_error\b", re.I)
 
@@ -76,6 +79,7 @@ class FakeBigQuery:
     answers: list[Answer] = field(default_factory=list)
     jobs: dict[str, dict] = field(default_factory=dict)
     granted: dict[tuple[str, str, str], set[str]] = field(default_factory=dict)  # testIamPermissions
+    built_schemas: dict[str, list[dict]] = field(default_factory=dict)  # table name -> columns
     default_bytes: int = 1_000_000
     now_ms: int | None = None  # creationTime of new datasets/tables; default: the clock
 
@@ -129,6 +133,11 @@ class FakeBigQuery:
             "creationTime": str(self._now_ms()), "location": self.datasets.get((project, dataset), {}).get("location", "US"),
         }
 
+    def build_schema(self, table: str, schema: list[dict]) -> None:
+        """The columns a build's `CREATE … AS SELECT` of `table` (any dataset) gives it: the fake
+        runs no SQL, so it cannot infer them. A clone copies its source's schema by itself."""
+        self.built_schemas[table] = schema
+
     # -- inspection --------------------------------------------------------------------------
 
     def calls(self) -> list[str]:
@@ -162,6 +171,13 @@ class FakeBigQuery:
         self.datasets[(ref["projectId"], ref["datasetId"])] = stored
         return stored
 
+    def _built_schema(self, sql: str, target: tuple[str, str, str]) -> list[dict]:
+        clone = _CLONE_SOURCE.search(sql)
+        source = _parts(clone.group(1), target[0]) if clone else None
+        if source in self.tables:
+            return self.tables[source]["schema"]["fields"]
+        return self.built_schemas.get(target[2], [])
+
     def _match(self, sql: str) -> Answer | None:
         for answer in reversed(self.answers):
             if answer.pattern.search(sql):
@@ -180,8 +196,9 @@ class FakeBigQuery:
         statistics = {"creationTime": str(self._now_ms()), "startTime": str(self._now_ms()),
                       "totalBytesProcessed": str(processed),
                       "query": {"totalBytesProcessed": str(processed), "cacheHit": False}}
-        ddl = _CREATE.match(sql) or _DROP.match(sql)
-        statistics["query"]["statementType"] = _statement_type(sql, ddl)
+        code = _LEADING_COMMENTS.sub("", sql, count=1)  # dbt puts its query comment first
+        ddl = _CREATE.match(code) or _DROP.match(code)
+        statistics["query"]["statementType"] = _statement_type(code, ddl)
         if dry_run:
             job["statistics"] = statistics
             return 200, job
@@ -201,7 +218,7 @@ class FakeBigQuery:
             existed = target in self.tables
             if created:
                 kind = "VIEW" if ddl.group(2).lower() == "view" else "TABLE"
-                self.add_table(*target, schema=[], kind=kind)
+                self.add_table(*target, schema=self._built_schema(sql, target), kind=kind)
                 statistics["query"]["ddlOperationPerformed"] = "REPLACE" if existed else "CREATE"
             else:
                 self.tables.pop(target, None)
@@ -219,6 +236,8 @@ class FakeBigQuery:
         destination = {"projectId": project, "datasetId": "_anon", "tableId": f"anon_{job_id}"}
         if not ddl:
             job["configuration"]["query"] = {**config, "destinationTable": destination}
+        elif statistics["query"]["statementType"] == "CREATE_TABLE_AS_SELECT":  # the table it made
+            job["configuration"]["query"] = {**config, "destinationTable": statistics["query"]["ddlTargetTable"]}
         self.jobs[job_id] = {"job": job, "rows": rows, "schema": schema}
         return 200, job
 
@@ -257,6 +276,11 @@ def _method_name(method: str, path: str) -> str:
 
 
 def _statement_type(sql: str, ddl: re.Match | None) -> str:
+    from sqlglot import tokenize
+    from sqlglot.tokens import TokenType
+
+    if any(t.token_type is TokenType.SEMICOLON for t in tokenize(sql, read="bigquery")[:-1]):
+        return "SCRIPT"  # BigQuery's type for a multi-statement query (dbt's insert_overwrite)
     if ddl is not None:
         if ddl.re is _DROP:
             return f"DROP_{ddl.group(1).upper()}"
@@ -420,6 +444,11 @@ class _Handler(BaseHTTPRequestHandler):
                 granted = fake.granted.get(key, set())
                 return 200, {"permissions": [p for p in body.get("permissions", []) if p in granted]}
             key = (project, rest[1], name)
+            stored = fake.jobs.get(name.removeprefix("anon_")) if rest[1] == "_anon" else None
+            if stored is not None and method == "GET":  # a query's anonymous result table
+                return 200, {"kind": "bigquery#table", "id": f"{project}:_anon.{name}", "type": "TABLE",
+                             "tableReference": {"projectId": project, "datasetId": "_anon", "tableId": name},
+                             "schema": {"fields": stored["schema"]}, "numRows": str(len(stored["rows"]))}
             if key not in fake.tables:
                 return 404, _error(404, "notFound", f"Not found: Table {project}:{rest[1]}.{name}")
             if method == "GET":

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bot.demo import commit
 from jobs.config import load_config
+from jobs.git import Git
 from jobs.runtime import Runtime
 from jobs.warehouse.bigquery import BigQueryWarehouse
 from tests.bigquery_server import FakeBigQuery
@@ -37,6 +39,8 @@ def deployment(tmp_path: Path, fake: FakeBigQuery) -> Path:
         "project": ".", "repo": ".", "store": f"sqlite:///{tmp_path}/cairn.db",
         "bigquery": {"project": "acme-prod", "sandbox_project": "acme-sbx", "location": "EU", "org": "acme",
                      "credentials": "anonymous", "api_endpoint": fake.endpoint}}))
+    Git(project).run("init", "-q", "-b", "main")
+    commit(project, "Shop analytics project", datetime(2026, 10, 1, tzinfo=timezone.utc))
     return config
 
 
@@ -90,3 +94,43 @@ def test_doctor_without_bigquery_says_what_it_needs(tmp_path: Path) -> None:
     config.write_text("branch: main\n")
     result = run_cli("--config", str(config), "sandbox", "gc")
     assert result.exit_code == 1 and f"{config}: no `bigquery:` section" in result.stderr
+
+
+def _expired_sandbox(fake: FakeBigQuery) -> None:
+    old = int((datetime.now(timezone.utc) - timedelta(days=3)).timestamp() * 1000)
+    fake.add_dataset("acme-sbx", "cairn_sbx_9_abcdef", labels={"cairn-org": "acme", "cairn-incident": "9"},
+                     created_ms=old, expiration_ms=86_400_000)
+
+
+def test_the_scheduler_drops_expired_sandboxes_and_checks_production_read_only(deployment: Path,
+                                                                               fake: FakeBigQuery) -> None:
+    time_columns = {"fct_orders": ("ordered_at", "TIMESTAMP"), "fct_payments": ("created_at", "TIMESTAMP"),
+                    "fct_mrr": ("date_day", "DATE")}
+    for table, (column, kind) in time_columns.items():
+        fake.add_table("acme-prod", "analytics", table,
+                       schema=[{"name": column, "type": kind}, {"name": "_loaded_at", "type": "TIMESTAMP"}])
+    # One row answering every model's measure: each reads only its own c<i>_<part> columns.
+    parts = {"value": 10.0, "rows": 10, "num": 1, "den": 10, "nulls": 0,
+             "latest": datetime(2026, 11, 23, tzinfo=timezone.utc), "profile": [{"value": "card", "count": 10}]}
+    fake.answer(r"`c0_", [{f"c{i}_{part}": value for i in range(3) for part, value in parts.items()}])
+    _expired_sandbox(fake)
+    result = run_cli("--config", str(deployment), "scheduler", "--once")
+    assert result.exit_code == 0, result.stderr
+    assert "dropped expired sandbox dataset acme-sbx.cairn_sbx_9_abcdef" in result.stdout
+    assert "check done" in result.stdout
+    assert ("acme-sbx", "cairn_sbx_9_abcdef") not in fake.datasets
+    measures = [q for q in fake.queries() if "`c0_" in q]
+    # the contracts declared beside the models: fct_payments, fct_orders and fct_mrr (a DATE day)
+    assert len(measures) == 3 and all("FROM `acme-prod`.`analytics`." in q for q in measures)
+    assert "`date_day` >= CAST('" in next(q for q in measures if "fct_mrr" in q)
+    assert {r.path for r in fake.requests if r.call == "jobs.insert"} == {"/projects/acme-sbx/jobs"}
+
+
+def test_a_failing_check_does_not_stop_the_clean_up(deployment: Path, fake: FakeBigQuery) -> None:
+    _expired_sandbox(fake)  # and fct_payments, among others, is missing from production
+    result = run_cli("--config", str(deployment), "scheduler", "--once")
+    assert result.exit_code == 1
+    assert "dropped expired sandbox dataset acme-sbx.cairn_sbx_9_abcdef" in result.stdout
+    assert ("check failed: reading the columns of `acme-prod`.`analytics`.`fct_payments` for "
+            "payments.daily_amount failed") in result.stderr
+    assert "Not found: Table acme-prod:analytics.fct_payments" in result.stderr

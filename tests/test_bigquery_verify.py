@@ -37,6 +37,7 @@ NOW = datetime(2026, 11, 23, 7, tzinfo=UTC)
 PAYMENTS_SQL = "shop/models/intermediate/int_order_payments.sql"
 SUCCEEDED = "      and payment_status = 'succeeded'\n"
 HEALTHY, REGRESSED = 14_500.0, 11_738.0
+REVENUE_COLUMNS = [{"name": "revenue_date", "type": "DATE"}, {"name": "net_revenue", "type": "NUMERIC"}]
 PROD_WRITE = re.compile(r"\b(create\s+(or\s+replace\s+)?(table|view)|insert\s+into|merge\s+into|delete\s+from|"
                         r"drop\s+(table|view)|truncate\s+table)\s+`acme-prod`", re.I)
 
@@ -108,6 +109,7 @@ def fake():
     with FakeBigQuery() as server:
         server.add_dataset("acme-prod", "analytics", location="EU")
         server.add_table("acme-prod", "analytics", "fct_orders")
+        server.build_schema("fct_revenue", REVENUE_COLUMNS)
         yield server
 
 
@@ -179,11 +181,17 @@ def test_a_revert_is_verified_through_the_bigquery_requests_that_would_do_it(sce
     # 5. the re-measure on the sandbox, capped like the build; 6. the sandbox dropped with its contents
     measure = next(r for r in requests if r.sql and "`c0_value`" in r.sql)
     assert f"FROM `acme-sbx`.`{dataset}`.`fct_revenue`" in measure.sql
+    # revenue_date is a DATE: the window is compared as dates, after reading the built table's schema
+    assert "`revenue_date` >= CAST('2026-11-22' AS DATE) AND `revenue_date` < CAST('2026-11-23' AS DATE)" in measure.sql
+    schema_read = requests.index(measure) - 1
+    assert requests[schema_read].call == "tables.get"
+    assert requests[schema_read].path == f"/projects/acme-sbx/datasets/{dataset}/tables/fct_revenue"
     assert measure.body["configuration"]["query"]["maximumBytesBilled"] == str(5 * 1024**3)
     assert requests.index(measure) > max(requests.index(r) for r in builds)
     assert calls[-1] == "datasets.delete" and requests[-1].query["deleteContents"] == ["true"]
     assert requests[-1].path == f"/projects/acme-sbx/datasets/{dataset}"
     assert result.cost.billed_bytes > 0 and ("acme-sbx", dataset) not in fake.datasets
+    assert (v.estimated_bytes, v.billed_bytes) == (result.cost.estimated_bytes, result.cost.billed_bytes)
     assert not any(scenario.sandboxes.iterdir())
 
 

@@ -10,7 +10,8 @@ import pytest
 import sqlglot
 
 from jobs.config import load_config
-from jobs.errors import ConfigError, WarehouseError
+from jobs.contracts import Contract
+from jobs.errors import ConfigError, ContractError, WarehouseError
 from jobs.measure import compile_model_query, evaluate
 from jobs.warehouse import Warehouse
 from jobs.warehouse.bigquery import BigQueryWarehouse, credentials_for, make_client
@@ -75,7 +76,13 @@ def test_relation_names_come_from_the_manifest(warehouse) -> None:
     assert warehouse.relation_name(node) == "`acme-sbx`.`shop`.`fct_orders`"  # the client's project
 
 
+ORDERS_SCHEMA = [{"name": "ts", "type": "TIMESTAMP"}, {"name": "amount", "type": "NUMERIC"},
+                 {"name": "status", "type": "STRING"}, {"name": "email", "type": "STRING"},
+                 {"name": "payment_method", "type": "STRING"}]
+
+
 def test_evaluate_sends_one_query_per_model_and_reads_bigquery_types(fake, warehouse) -> None:
+    fake.add_table("acme-prod", "shop", "fct_orders", schema=ORDERS_SCHEMA)
     fake.answer(r"FROM `acme-prod`\.`shop`\.`fct_orders`", [{
         "c0_value": 120.5, "c0_rows": 4, "c1_rows": 9, "c2_latest": datetime(2026, 1, 4, 3, tzinfo=UTC),
         "c3_num": 3, "c3_den": 4, "c3_rows": 4, "c4_rows": 9, "c4_nulls": 3,
@@ -93,7 +100,9 @@ def test_evaluate_sends_one_query_per_model_and_reads_bigquery_types(fake, wareh
     assert observed["orders.amounts"].profile["quantiles"]["0.5"] == 50.0
 
     [insert] = [r for r in fake.requests if r.call == "jobs.insert"]
-    assert fake.calls()[0] == "jobs.insert" and set(fake.calls()) == {"jobs.insert", "jobs.getQueryResults"}
+    # The time column's type first (metadata, free), then the one query.
+    assert fake.calls()[:2] == ["tables.get", "jobs.insert"]
+    assert set(fake.calls()) == {"tables.get", "jobs.insert", "jobs.getQueryResults"}
     assert insert.path == "/projects/acme-sbx/jobs"
     config = insert.body["configuration"]
     assert config["query"]["useLegacySql"] is False
@@ -177,3 +186,64 @@ def test_config_for_a_bigquery_org(tmp_path) -> None:
     path.write_text("bigquery: {project: p, location: EU, org: Acme Inc}\n")
     with pytest.raises(ConfigError, match=r"bigquery.org: 'Acme Inc' is not a BigQuery label value"):
         load_config(path, env={})
+
+
+@pytest.mark.parametrize("column_type, literal", [
+    ("DATE", "CAST('2026-01-03' AS DATE)"),
+    ("DATETIME", "CAST('2026-01-03 00:00:00' AS DATETIME)"),
+    ("TIMESTAMP", "CAST('2026-01-03 00:00:00' AS TIMESTAMP)"),
+])
+def test_window_literals_take_the_time_columns_own_type(fake, warehouse, column_type, literal) -> None:
+    """A DATE or DATETIME column compared with a TIMESTAMP fails on BigQuery, and casting the column
+    would scan every partition: the literal is written in the column's type instead."""
+    fake.add_table("acme-prod", "shop", "fct_orders", schema=[{"name": "TS", "type": column_type},
+                                                            {"name": "amount", "type": "NUMERIC"}])
+    fake.answer(r"fct_orders", [{"c0_value": 5.0, "c0_rows": 1}])
+    contract = next(c for c in SIX_KINDS if c.id == "orders.paid_amount")
+    [observed] = evaluate(warehouse, _manifest(), [contract], AT)
+    assert observed.value == 5.0
+    [sql] = fake.queries()
+    assert f"`ts` >= {literal}" in sqlglot.parse_one(sql, read="bigquery").sql("bigquery")
+    end = literal.replace("01-03", "01-04")
+    assert f"`ts` < {end}" in sqlglot.parse_one(sql, read="bigquery").sql("bigquery")
+
+
+def test_freshness_on_a_date_column_compares_with_the_date(fake, warehouse) -> None:
+    fake.add_table("acme-prod", "shop", "fct_orders", schema=[{"name": "ts", "type": "DATE"}])
+    fake.answer(r"fct_orders", [{"c0_latest": datetime(2026, 1, 4, tzinfo=UTC).date()}])
+    contract = next(c for c in SIX_KINDS if c.id == "orders.fresh")
+    [observed] = evaluate(warehouse, _manifest(), [contract], AT)
+    assert "IF(`ts` <= CAST('2026-01-04' AS DATE), `ts`, NULL)" in fake.queries()[0]
+    assert observed.value == 6 * 3600  # the newest day began 6 hours before the check
+
+
+@pytest.mark.parametrize("schema, message", [
+    ([{"name": "created", "type": "TIMESTAMP"}],
+     "contract 'orders.rows': time_column 'ts' is not a column of `acme-prod`.`shop`.`fct_orders` (it has created)"),
+    ([{"name": "ts", "type": "STRING"}],
+     "contract 'orders.rows': time_column 'ts' of `acme-prod`.`shop`.`fct_orders` is STRING; windows and lags"),
+])
+def test_a_time_column_that_is_missing_or_not_a_time_is_named_before_any_query(fake, warehouse, schema,
+                                                                              message) -> None:
+    fake.add_table("acme-prod", "shop", "fct_orders", schema=schema)
+    contract = next(c for c in SIX_KINDS if c.id == "orders.rows")
+    with pytest.raises(ContractError) as info:
+        evaluate(warehouse, _manifest(), [contract], AT)
+    assert message in str(info.value)
+    assert fake.calls() == ["tables.get"]
+
+
+def test_an_hourly_window_on_a_date_column_is_refused(fake, warehouse) -> None:
+    fake.add_table("acme-prod", "shop", "fct_orders", schema=[{"name": "ts", "type": "DATE"}])
+    contract = Contract(id="orders.hourly", kind="row_count", model="fct_orders", time_column="ts", window="hour")
+    with pytest.raises(ContractError, match="time_column 'ts' of `acme-prod`.`shop`.`fct_orders` is a DATE; "
+                                            "an hour window needs a DATETIME or TIMESTAMP column"):
+        evaluate(warehouse, _manifest(), [contract], AT)
+
+
+def test_a_missing_table_is_named_with_its_contracts(fake, warehouse) -> None:
+    contract = next(c for c in SIX_KINDS if c.id == "orders.rows")
+    with pytest.raises(WarehouseError) as info:
+        evaluate(warehouse, _manifest(), [contract], AT)
+    assert str(info.value) == ("reading the columns of `acme-prod`.`shop`.`fct_orders` for orders.rows failed: "
+                               "BigQuery table acme-prod.shop.fct_orders: Not found: Table acme-prod:shop.fct_orders")

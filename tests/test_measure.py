@@ -252,6 +252,9 @@ class CountingWarehouse:
     def relation_name(self, node):
         return self.inner.relation_name(node)
 
+    def column_types(self, relation):
+        return self.inner.column_types(relation)
+
     def close(self):
         self.inner.close()
 

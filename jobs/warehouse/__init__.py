@@ -21,6 +21,11 @@ class Warehouse(Protocol):
         """The fully qualified, quoted name of a dbt manifest node or source."""
         ...
 
+    def column_types(self, relation: str) -> dict[str, exp.DataType]:
+        """Lower-cased column name -> type of `relation`, where contract SQL must match the time
+        column's type; empty where the warehouse compares dates and timestamps by itself."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from jobs.warehouse.statement_guard import Dataset, check
 log = logging.getLogger(__name__)
 
 ADC, ANONYMOUS = "adc", "anonymous"
+_REQUEST = re.compile(r"^[A-Z]+ https?://\S+: ")  # google-api-core prefixes the method and URL
 
 
 def credentials_for(setting: str, source: str = "cairn.yml: bigquery.credentials") -> Any:
@@ -98,6 +100,7 @@ class BigQueryWarehouse:
         self.sandbox = sandbox
         self.labels = dict(labels or {})
         self.spend = Spend()
+        self._column_types: dict[str, dict[str, Any]] = {}
 
     def _config(self, dry_run: bool = False):
         from google.cloud import bigquery
@@ -143,6 +146,18 @@ class BigQueryWarehouse:
         return qualified_name(node.get("database") or self.project, node["schema"], identifier(node),
                               self.dialect)
 
+    def column_types(self, relation: str) -> dict[str, Any]:
+        """The relation's top-level columns and their types, from tables.get (metadata: free)."""
+        if relation not in self._column_types:
+            from sqlglot import exp
+
+            name = exp.to_table(relation, dialect=self.dialect)
+            table = self.table(name.catalog or self.project, name.db, name.name)
+            self._column_types[relation] = {
+                f.name.lower(): exp.DataType.build(f.field_type, dialect=self.dialect) for f in table.schema
+                if f.mode != "REPEATED" and f.field_type not in ("RECORD", "STRUCT")}
+        return self._column_types[relation]
+
     def table(self, project: str, dataset: str, table: str) -> Any:
         """A table's metadata (tables.get): schema, type, size, clone definition."""
         from google.api_core.exceptions import GoogleAPIError
@@ -165,4 +180,4 @@ class BigQueryWarehouse:
 def api_reason(error: Exception) -> str:
     """BigQuery's own message (what was refused and why), without request URLs or headers."""
     message = getattr(error, "message", None) or str(error)
-    return message.splitlines()[0]
+    return _REQUEST.sub("", message.splitlines()[0])

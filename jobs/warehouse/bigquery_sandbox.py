@@ -242,13 +242,17 @@ def gc_sandboxes(client: Any, *, org: str, now: datetime, dry_run: bool = False)
     for item in listed:
         if not item.dataset_id.startswith(PREFIX) or (item.labels or {}).get(LABEL_ORG) != org:
             continue
-        dataset = client.get_dataset(item.reference)
-        expiration = timedelta(milliseconds=dataset.default_table_expiration_ms or 0)
-        if dataset.created is None or dataset.created + expiration > now:
-            continue
-        if not dry_run:
-            client.delete_dataset(item.reference, delete_contents=True, not_found_ok=True)
-        removed.append(f"{item.project}.{item.dataset_id}")
+        name = f"{item.project}.{item.dataset_id}"
+        try:
+            dataset = client.get_dataset(item.reference)
+            expiration = timedelta(milliseconds=dataset.default_table_expiration_ms or 0)
+            if dataset.created is None or dataset.created + expiration > now:
+                continue
+            if not dry_run:
+                client.delete_dataset(item.reference, delete_contents=True, not_found_ok=True)
+        except GoogleAPIError as error:
+            raise WarehouseError(f"cannot drop expired sandbox {name}: {api_reason(error)}") from None
+        removed.append(name)
     return removed
 
 

@@ -81,7 +81,9 @@ def verify_revert_bigquery(*, repo: Path, project_subdir: str, deployed_sha: str
     spent: dict[str, Any] = {"estimated_bytes": 0, "billed_bytes": 0, "clones": ()}
 
     def done(verdict: Verdict, detail: str) -> BigQueryVerification:
-        return BigQueryVerification(Verification(verdict=verdict, **record, detail=detail), Cost(**spent))
+        verification = Verification(verdict=verdict, **record, detail=detail,
+                                    estimated_bytes=spent["estimated_bytes"], billed_bytes=spent["billed_bytes"])
+        return BigQueryVerification(verification, Cost(**spent))
 
     with ExitStack() as cleanup:
         with timed(phases, "worktree"):

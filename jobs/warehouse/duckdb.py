@@ -56,6 +56,9 @@ class DuckDBWarehouse:
             )
         return qualified_name(self.catalog, node["schema"], identifier(node), self.dialect)
 
+    def column_types(self, relation: str) -> dict:
+        return {}  # DuckDB compares DATE and TIMESTAMP(TZ) columns with a UTC TIMESTAMP literal as is
+
     def close(self) -> None:
         self._con.close()
 
