@@ -56,8 +56,8 @@ PRODUCTION_WRITES = [
     "CALL `acme-prod.analytics.cleanup`()",
     "BEGIN DROP TABLE `acme-prod.analytics.fct_revenue`; END",
     "EXPORT DATA OPTIONS (uri = 'gs://b/*.csv', format = 'CSV') AS SELECT 1 AS x",
-    "DECLARE x INT64 DEFAULT 1",
     "SET @@dataset_id = 'analytics'",
+    "DECLARE x INT64; SET @@dataset_project_id = 'acme-prod'",
     "ALTER SCHEMA analytics SET OPTIONS (description = 'x')",
     "CREATE SNAPSHOT TABLE `acme-prod.analytics.snap` CLONE `acme-prod.analytics.fct_revenue`",
     "CREATE TABLE `acme-sbx.cairn_sbx_12_a1b2c3.t` CLONE `acme-prod.analytics.t` FOR SYSTEM_TIME AS OF "
@@ -76,6 +76,10 @@ SANDBOX_WRITES = {
     "WHEN MATCHED THEN UPDATE SET x = S.x": ["MERGE ACME-SBX.cairn_sbx_12_a1b2c3.t"],
     "DROP SCHEMA `acme-sbx.cairn_sbx_12_a1b2c3` CASCADE": ["DROP SCHEMA acme-sbx.cairn_sbx_12_a1b2c3"],
     "CREATE TEMP TABLE x AS SELECT 1 AS y": ["CREATE TABLE x"],
+    "CREATE TEMP TABLE x AS SELECT 1 AS y; DROP TABLE IF EXISTS x": ["CREATE TABLE x", "DROP TABLE x"],
+    "DECLARE x INT64 DEFAULT 1": [],
+    "DECLARE n INT64; SET n = (SELECT COUNT(*) FROM `acme-prod.analytics.t`); SET (a, b) = (1, 2)": [],
+    "SELECT 1; -- a comment after the last semicolon\n": [],
     "SELECT * FROM `acme-prod.analytics.fct_revenue` FOR SYSTEM_TIME AS OF TIMESTAMP '2026-11-22'": [],
     "WITH a AS (SELECT 1 AS x) SELECT * FROM a UNION ALL SELECT 2": [],
 }
@@ -122,6 +126,160 @@ def test_unreadable_sql_is_refused() -> None:
         written_targets("SELECT 'unterminated", JOB_PROJECT)
 
 
+# --- scripts: dbt-bigquery's insert_overwrite builds -------------------------------------------
+
+# dbt-bigquery 1.11.3 (dbt-core 1.11.16) rendered these for an incremental model `events`
+# partitioned by `day`; tests/test_bigquery_scripts.py renders them afresh through real dbt and
+# compares. Only dbt's query comment, blank lines and trailing spaces are dropped, and the merge
+# target is left to fill in.
+# Dynamic partitions: the model's rows go to a real `__dbt_tmp` table beside the target.
+DYNAMIC_SCRIPT = """
+    -- generated script to merge partitions into `acme-sbx`.`cairn_sbx_12_a1b2c3`.`events`
+      declare dbt_partitions_for_replacement array<date>;
+       -- 1. create a temp table with model data
+        declare _dbt_max_partition date default (
+      select max(day) from `acme-sbx`.`cairn_sbx_12_a1b2c3`.`events`
+      where day is not null
+    );
+    create or replace table `acme-sbx`.`cairn_sbx_12_a1b2c3`.`events__dbt_tmp134123295387`
+    partition by day
+    OPTIONS(
+      expiration_timestamp=TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 12 hour)
+    )
+    as (
+select day, count(*) as n from `acme-prod`.`analytics`.`raw_events`
+where day >= _dbt_max_partition
+group by day
+    );
+      -- 2. define partitions to update
+      set (dbt_partitions_for_replacement) = (
+          select as struct
+              -- IGNORE NULLS: this needs to be aligned to _dbt_max_partition, which ignores null
+              array_agg(distinct date(day) IGNORE NULLS)
+          from `acme-sbx`.`cairn_sbx_12_a1b2c3`.`events__dbt_tmp134123295387`
+      );
+      -- 3. run the merge statement
+    merge into {target} as DBT_INTERNAL_DEST
+        using (
+        select
+        * from `acme-sbx`.`cairn_sbx_12_a1b2c3`.`events__dbt_tmp134123295387`
+      ) as DBT_INTERNAL_SOURCE
+        on FALSE
+    when not matched by source
+         and date(DBT_INTERNAL_DEST.day) in unnest(dbt_partitions_for_replacement)
+        then delete
+    when not matched then insert
+        (`day`, `n`)
+    values
+        (`day`, `n`)
+;
+      -- 4. clean up the temp table
+      drop table if exists `acme-sbx`.`cairn_sbx_12_a1b2c3`.`events__dbt_tmp134123295387`
+"""
+# Static `partitions=[...]` with on_schema_change set: the `__dbt_tmp` table was made by an earlier
+# job; note dbt's `;-- 2.`, which sqlglot reads as an empty statement holding a comment.
+STATIC_SCRIPT = """
+        -- 1. run the merge statement
+    merge into {target} as DBT_INTERNAL_DEST
+        using (
+      select
+        * from `acme-sbx`.`cairn_sbx_12_a1b2c3`.`events__dbt_tmp134123485165`
+  ) as DBT_INTERNAL_SOURCE
+        on FALSE
+    when not matched by source
+         and date(dbt_internal_dest.day) in (
+                current_date(), date_sub(current_date(), interval 1 day)
+            )
+        then delete
+    when not matched then insert
+        (`day`, `n`)
+    values
+        (`day`, `n`)
+;-- 2. clean up the temp table
+        drop table if exists `acme-sbx`.`cairn_sbx_12_a1b2c3`.`events__dbt_tmp134123485165`;
+"""
+# The shape older dbt-bigquery versions sent (and an overridden macro still may): a script temp table.
+TEMP_TABLE_SCRIPT = """
+-- generated script to merge partitions into `acme-sbx`.`cairn_sbx_12_a1b2c3`.`events`
+declare dbt_partitions_for_replacement array<date>;
+create temporary table `events__dbt_tmp` as (select day, count(*) as n from `acme-prod`.`analytics`.`raw_events` group by day);
+set (dbt_partitions_for_replacement) = (select as struct array_agg(distinct date(`day`) IGNORE NULLS) from `events__dbt_tmp`);
+merge into {target} as DBT_INTERNAL_DEST using (select * from `events__dbt_tmp`) as DBT_INTERNAL_SOURCE on FALSE
+  when not matched by source and date(DBT_INTERNAL_DEST.day) in unnest(dbt_partitions_for_replacement) then delete
+  when not matched then insert (`day`, `n`) values (`day`, `n`);
+drop table if exists `events__dbt_tmp`;
+"""
+SANDBOX_EVENTS = "`acme-sbx`.`cairn_sbx_12_a1b2c3`.`events`"
+TMP = "acme-sbx.cairn_sbx_12_a1b2c3.events__dbt_tmp"
+SCRIPTS = {
+    "dynamic": (DYNAMIC_SCRIPT, [f"CREATE TABLE {TMP}134123295387", "MERGE acme-sbx.cairn_sbx_12_a1b2c3.events",
+                                 f"DROP TABLE {TMP}134123295387"]),
+    "static": (STATIC_SCRIPT, ["MERGE acme-sbx.cairn_sbx_12_a1b2c3.events", f"DROP TABLE {TMP}134123485165"]),
+    "temp table": (TEMP_TABLE_SCRIPT, ["CREATE TABLE events__dbt_tmp", "MERGE acme-sbx.cairn_sbx_12_a1b2c3.events",
+                                       "DROP TABLE events__dbt_tmp"]),
+}
+PRODUCTION_EVENTS = {  # the merge target in production, spelled every way BigQuery reads it
+    "`acme-prod`.`analytics`.`events`": "acme-prod.analytics.events",
+    "`acme-prod.analytics.events`": "acme-prod.analytics.events",
+    "acme-prod.analytics.events": "acme-prod.analytics.events",
+    "`acme-prod`.analytics.events": "acme-prod.analytics.events",
+    "analytics.events": "acme-sbx.analytics.events",  # the job's project: still not the sandbox dataset
+    "`acme-prod.cairn_sbx_12_a1b2c3.events`": "acme-prod.cairn_sbx_12_a1b2c3.events",
+}
+UNREADABLE = {  # statements the guard cannot see into, each put into an otherwise allowed script
+    "EXECUTE": "EXECUTE IMMEDIATE 'DROP TABLE `acme-prod.analytics.events`';",
+    "CALL": "CALL `acme-sbx.cairn_sbx_12_a1b2c3.cleanup`();",
+    "BEGIN": "BEGIN\n  SELECT 1;\nEND;",
+    "IF": "IF TRUE THEN\n  SELECT 1;\nEND IF;",
+    "LOOP": "LOOP\n  LEAVE;\nEND LOOP;",
+    "EXPORT": "EXPORT DATA OPTIONS (uri = 'gs://b/*.csv', format = 'CSV') AS SELECT 1 AS x;",
+    "SET": "SET @@dataset_id = 'analytics';",
+}
+
+
+@pytest.mark.parametrize("script, targets", SCRIPTS.values(), ids=SCRIPTS)
+def test_insert_overwrite_scripts_into_the_sandbox_pass(script, targets) -> None:
+    found = check(script.format(target=SANDBOX_EVENTS), default_project=JOB_PROJECT, sandbox=SANDBOX)
+    assert [f"{t.statement} {t}" for t in found] == targets
+
+
+@pytest.mark.parametrize("target", PRODUCTION_EVENTS)
+@pytest.mark.parametrize("script", [s for s, _ in SCRIPTS.values()], ids=SCRIPTS)
+def test_insert_overwrite_scripts_merging_into_production_are_refused(script, target) -> None:
+    with pytest.raises(ProductionWriteRefused) as info:
+        check(script.format(target=target), default_project=JOB_PROJECT, sandbox=SANDBOX)
+    assert f"MERGE {PRODUCTION_EVENTS[target]} writes outside sandbox dataset" in str(info.value)
+
+
+def test_an_insert_overwrite_script_writes_nothing_on_a_read_only_connection() -> None:
+    with pytest.raises(ProductionWriteRefused, match="no dataset"):
+        check(DYNAMIC_SCRIPT.format(target=SANDBOX_EVENTS), default_project=JOB_PROJECT, sandbox=None)
+
+
+@pytest.mark.parametrize("verb, statement", UNREADABLE.items(), ids=UNREADABLE)
+def test_one_unreadable_statement_refuses_the_whole_script(verb, statement) -> None:
+    script = DYNAMIC_SCRIPT.format(target=SANDBOX_EVENTS).replace("array<date>;", f"array<date>;\n{statement}", 1)
+    with pytest.raises(ProductionWriteRefused) as info:
+        check(script, default_project=JOB_PROJECT, sandbox=SANDBOX)
+    assert f"Cairn does not send {verb} statements" in str(info.value)
+    assert "Nothing in this request was sent" in str(info.value)
+
+
+@pytest.mark.parametrize("sql", [
+    "DROP TABLE IF EXISTS events__dbt_tmp",  # no temp table of that name
+    "DROP TEMP TABLE events__dbt_tmp",  # saying TEMP does not make it one
+    "DROP TABLE events__dbt_tmp; CREATE TEMP TABLE events__dbt_tmp AS SELECT 1 AS x",  # not yet created
+    "CREATE TABLE `acme-sbx.cairn_sbx_12_a1b2c3.events__dbt_tmp` AS SELECT 1 AS x; DROP TABLE events__dbt_tmp",
+    "CREATE TEMP TABLE t AS SELECT 1 AS x; DROP TABLE t; DROP TABLE IF EXISTS t",  # already dropped
+    "CREATE TEMP TABLE t AS SELECT 1 AS x; DROP VIEW t",
+    "CREATE TEMP FUNCTION t() AS (1); DROP TABLE t",
+    "CREATE TEMP TABLE t AS SELECT 1 AS x; INSERT INTO t SELECT 2",  # only its DROP is let through
+])
+def test_a_bare_name_the_script_did_not_create_as_a_temp_table_is_checked_like_any_name(sql) -> None:
+    with pytest.raises(ProductionWriteRefused, match="is not a dataset-qualified name"):
+        check(sql, default_project=JOB_PROJECT, sandbox=SANDBOX)
+
+
 # --- the same guard under every API request a sandbox build makes (dbt-bigquery's included) -----
 
 API = "https://bigquery.googleapis.com/bigquery/v2/projects"
@@ -152,6 +310,7 @@ REQUESTS_REFUSED = [
     ("POST", f"{API}/acme-prod/datasets/analytics/tables/fct_revenue:setIamPolicy", {"policy": {}}),
     ("POST", f"{API}/acme-sbx/jobs", b"not json"),
     ("POST", f"{API}/acme-sbx/routines", {}),
+    ("POST", f"{API}/acme-sbx/jobs", _job(DYNAMIC_SCRIPT.format(target="`acme-prod`.`analytics`.`events`"))),
 ]
 
 REQUESTS_ALLOWED = [
@@ -163,6 +322,7 @@ REQUESTS_ALLOWED = [
     ("POST", f"{API}/acme-sbx/datasets", {"datasetReference": {"projectId": "acme-sbx", "datasetId": "cairn_sbx_12_a1b2c3"}}),
     ("DELETE", f"{SBX}/tables/fct_orders__dbt_tmp", None),
     ("POST", f"{API}/acme-prod/datasets/analytics/tables/fct_revenue:testIamPermissions", {"permissions": []}),
+    ("POST", f"{API}/acme-sbx/jobs", _job(DYNAMIC_SCRIPT.format(target=SANDBOX_EVENTS))),
     ("POST", f"{API}/acme-sbx/jobs/abc/cancel", None),
     ("PUT", "https://bigquery.googleapis.com/upload/bigquery/v2/projects/acme-sbx/jobs?uploadType=resumable&upload_id=x", b"1,2"),
     ("POST", "https://slack.com/api/chat.postMessage", {"text": "not BigQuery"}),

@@ -2,10 +2,20 @@
 
 A statement leaves the process only if each table or dataset it writes lies inside the one
 dataset it may write (the incident's sandbox), or, with no sandbox, if it writes nothing at all.
-The guard fails closed: a statement it cannot read (scripting, EXECUTE IMMEDIATE, CALL, EXPORT
-DATA, anything sqlglot falls back to a generic command for) is refused, except the one form
-sqlglot cannot parse and Cairn needs, `CREATE TABLE … CLONE … FOR SYSTEM_TIME AS OF …`, whose
-time-travel clause is cut off and the rest parsed and checked like any other statement.
+The guard fails closed: a statement it cannot read (EXECUTE IMMEDIATE, CALL, IF/LOOP/BEGIN…END
+blocks, EXPORT DATA, anything sqlglot falls back to a generic command for) is refused, and so is
+a script holding one. The exception is the one form sqlglot cannot parse and Cairn needs,
+`CREATE TABLE … CLONE … FOR SYSTEM_TIME AS OF …`, whose time-travel clause is cut off and the rest
+parsed and checked like any other statement.
+
+A script (dbt-bigquery sends each `insert_overwrite` incremental build as one) passes only if
+every statement in it does. Besides queries and checkable DDL/DML, a script may hold statements
+that write no dataset: DECLARE, SET of script variables (never of `@@` system variables:
+`@@dataset_id` would redirect unqualified names), and temp tables, which BigQuery keeps in the
+script's own anonymous dataset. `CREATE TEMP TABLE` takes a one-part name; a one-part `DROP TABLE`
+names that temp table only while it exists, so it passes only after the same script created the
+name as a temp table and has not dropped it yet. Any other one-part name is refused: it would
+resolve against a default dataset Cairn never sets.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from sqlglot.tokens import TokenType
 
 from jobs.errors import CairnError
 
-_READS = (exp.Query,)
+_NO_WRITES = (exp.Query, exp.Semicolon)  # a Semicolon is an empty statement: a comment before `;`
 _WRITES = (exp.Create, exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.TruncateTable, exp.Drop,
            exp.Alter, exp.LoadData)
 _DATASET_KINDS = {"SCHEMA", "DATABASE"}
@@ -79,18 +89,59 @@ def written_targets(sql: str, default_project: str) -> list[Target]:
             f"refused before sending: the statement is not BigQuery SQL Cairn can read "
             f"({str(error).splitlines()[0]}); nothing was sent.") from None
     targets: list[Target] = []
+    temp_tables: set[str] = set()  # this script's temp tables so far: the only droppable bare names
     for statement in statements:
         if isinstance(statement, exp.Command):
             statement = _clone_at(statement)
-        if isinstance(statement, _READS):
+        if isinstance(statement, _NO_WRITES) or _sets_variables(statement):
             continue
         if not isinstance(statement, _WRITES):
-            text = statement.sql("bigquery")[:80]
             raise ProductionWriteRefused(
-                f"refused before sending: Cairn does not send {type(statement).__name__} statements "
-                f"({text!r}); only queries and DDL/DML whose targets it can check.")
-        targets += _targets(statement, default_project)
+                f"refused before sending: Cairn does not send {_verb(statement)} statements "
+                f"({statement.sql('bigquery')[:80]!r}), alone or in a script: it sends queries, DDL/DML "
+                "whose targets it can check, and DECLARE or SET of script variables. Nothing in this "
+                "request was sent.")
+        found = _targets(statement, default_project, temp_tables)
+        _track_temp_tables(found, temp_tables)
+        targets += found
     return targets
+
+
+def _sets_variables(statement: exp.Expression) -> bool:
+    """DECLARE, or SET of script variables only: neither writes a table."""
+    if isinstance(statement, exp.Declare):
+        return True
+    if not isinstance(statement, exp.Set) or statement.args.get("unset") or statement.args.get("tag"):
+        return False
+    return all(_assigns_script_variables(item) for item in statement.expressions)
+
+
+def _assigns_script_variables(item: exp.Expression) -> bool:
+    """`x = …` or `(x, y) = …`; not `@@dataset_id = …`, which would redirect unqualified names."""
+    assignment = item.this if isinstance(item, exp.SetItem) and not item.args.get("kind") else None
+    if not isinstance(assignment, exp.EQ):
+        return False
+    left = assignment.this.unnest()  # dbt-bigquery writes `SET (one_variable) = (SELECT AS STRUCT …)`
+    names = left.expressions if isinstance(left, exp.Tuple) else [left]
+    return all(isinstance(name, exp.Column) and not name.table for name in names)
+
+
+def _verb(statement: exp.Expression) -> str:
+    """What a refusal calls the statement."""
+    if isinstance(statement, exp.Command):
+        return str(statement.this).upper()  # EXECUTE, CALL, BEGIN, IF, LOOP, …
+    return type(statement).__name__.upper()
+
+
+def _track_temp_tables(found: list[Target], temp_tables: set[str]) -> None:
+    """Remember the temp tables a script creates and forget those it drops, in statement order."""
+    for target in found:
+        if target.project or target.dataset:
+            continue
+        if target.statement == "CREATE TABLE":
+            temp_tables.add(target.name)
+        elif target.statement == "DROP TABLE":
+            temp_tables.discard(target.name)
 
 
 def _inside(target: Target, sandbox: Dataset | None) -> bool:
@@ -101,17 +152,18 @@ def _inside(target: Target, sandbox: Dataset | None) -> bool:
     return target.project.lower() == sandbox.project.lower() and target.dataset == sandbox.dataset
 
 
-def _targets(statement: exp.Expression, default_project: str) -> list[Target]:
+def _targets(statement: exp.Expression, default_project: str, temp_tables: set[str]) -> list[Target]:
     if isinstance(statement, exp.Drop):
         nodes = statement.args.get("tables") or [statement.this]
     elif isinstance(statement, exp.TruncateTable):
         nodes = statement.expressions
     else:
         nodes = [statement.this]
-    return [_target(statement, node, default_project) for node in nodes]
+    return [_target(statement, node, default_project, temp_tables) for node in nodes]
 
 
-def _target(statement: exp.Expression, node: exp.Expression | None, default_project: str) -> Target:
+def _target(statement: exp.Expression, node: exp.Expression | None, default_project: str,
+            temp_tables: set[str]) -> Target:
     kind = _kind(statement)
     while isinstance(node, (exp.Schema, exp.UserDefinedFunction)):
         node = node.this
@@ -127,7 +179,7 @@ def _target(statement: exp.Expression, node: exp.Expression | None, default_proj
         return Target(parts[0], parts[1], parts[2], kind)
     elif len(parts) == 2:
         return Target(default_project, parts[0], parts[1], kind)
-    elif len(parts) == 1 and _temporary(statement):
+    elif len(parts) == 1 and _temporary(statement, parts[0], temp_tables):
         return Target("", "", parts[0], kind)
     # An unqualified name resolves against a default dataset Cairn never sets: refuse it.
     raise ProductionWriteRefused(
@@ -144,9 +196,11 @@ def _kind(statement: exp.Expression) -> str:
     return f"{name} {kind.upper()}" if isinstance(kind, str) else name
 
 
-def _temporary(statement: exp.Expression) -> bool:
-    if statement.args.get("temporary") is True:  # DROP TEMP TABLE
-        return True
+def _temporary(statement: exp.Expression, name: str, temp_tables: set[str]) -> bool:
+    """A CREATE TEMP …, or a DROP TABLE of a temp table this script created and has not dropped."""
+    if isinstance(statement, exp.Drop):
+        # Otherwise the bare name resolves against a default dataset, whatever `DROP TEMP` claims.
+        return statement.args.get("kind") == "TABLE" and name in temp_tables
     properties = statement.args.get("properties")
     return bool(properties and properties.find(exp.TemporaryProperty))
 
