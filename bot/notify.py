@@ -5,7 +5,9 @@ action. It re-reads the incident and renders everything from the store, so any n
 converge on the same card: the card is posted once and then updated in place with `chat.update`
 on the stored channel and `ts` (never `response_url`, which expires after 30 minutes); each
 thread step and the chart are posted once. "Once" is held by a claim in the store taken before
-posting (`jobs.store_chat`), so two workers refreshing the same incident never post twice.
+posting (`jobs.store_chat`), so two workers refreshing the same incident never post twice; and
+each job re-renders after its own card update and updates again if the store moved meanwhile, so
+an older render landing last never leaves the card behind.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 CARD, CHART = "card", "chart"
 CHART_DAYS = 42  # six weeks: the 28-day baseline and the incident after it
+MAX_CARD_REFRESHES = 3  # the store rarely moves more than once during one update; the next job follows
 
 
 def notify_incident(incident_id: int, rt: Runtime | None = None) -> None:
@@ -45,6 +48,7 @@ def notify_incident(incident_id: int, rt: Runtime | None = None) -> None:
         card_ts = _post_once(rt, client, incident_id, CARD, channel, card, update=True)
         if card_ts is None:
             return  # another job is posting the card right now; its run posts the thread too
+        incident, pr = _settle_card(rt, client, incident_id, card)
         days = _baseline_days(rt, incident)
         for step in thread_steps(incident, pr, baseline_days=days):
             _post_once(rt, client, incident_id, f"step:{step.key}", channel,
@@ -65,6 +69,30 @@ def render_card(rt: Runtime, incident: Incident, pr: PullRequest | None) -> Mess
     mode = switches.org_mode(rt.store) or rt.policy.mode
     return incident_card(incident, pr, mode, switches.kill_switch(rt.store),
                          evidence_url=pr.url if pr else None, baseline_days=_baseline_days(rt, incident))
+
+
+def _settle_card(rt: Runtime, client: WebClient, incident_id: int,
+                 sent: Message) -> tuple[Incident, PullRequest | None]:
+    """Update the card until it shows the store as it is now; the incident and PR it shows.
+
+    Two notify jobs on different workers render at different moments, and the older render's
+    `chat.update` can land last. Re-rendering after our own update and sending again when the
+    store moved on means the last job to write leaves the newest card, whatever the order.
+    """
+    for _ in range(MAX_CARD_REFRESHES):
+        incident, pr = rt.store.incident(incident_id), rt.store.pull_request_for(incident_id)
+        current = render_card(rt, incident, pr)
+        if _same(current, sent):
+            break
+        posted = rt.store.chat_message(incident_id, CARD)
+        client.chat_update(channel=posted.channel, ts=posted.ts, text=current.text,
+                           blocks=[b.to_dict() for b in current.blocks])
+        sent = current
+    return incident, pr
+
+
+def _same(a: Message, b: Message) -> bool:
+    return a.text == b.text and [x.to_dict() for x in a.blocks] == [y.to_dict() for y in b.blocks]
 
 
 def _post_once(rt: Runtime, client: WebClient, incident_id: int, key: str, channel: str, message: Message,

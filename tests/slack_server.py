@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 TEAM_ID = "T0CAIRN01"
@@ -129,6 +129,7 @@ class SlackAPI:
         self._users: dict[str, dict[str, Any]] = {}
         self._uploads: dict[str, Upload] = {}
         self._faults: dict[str, deque[_Fault]] = {}
+        self._before: dict[str, deque[Callable[[], None]]] = {}
         self._not_in: set[str] = set()
         self._used_triggers: set[str] = set()
         self._ts_counter = itertools.count(1)
@@ -188,6 +189,12 @@ class SlackAPI:
         with self._lock:
             self._faults.setdefault(method, deque()).append(_Fault("error", times, error=error))
 
+    def before_next(self, method: str, action: Callable[[], None]) -> None:
+        """Run `action` once, when the next `method` call arrives and before it is answered: what
+        another process did while this request was in flight."""
+        with self._lock:
+            self._before.setdefault(method, deque()).append(action)
+
     def not_in_channel(self, channel: str) -> None:
         """The bot is no member of `channel`: chat.postMessage answers not_in_channel, is_member is false."""
         with self._lock:
@@ -245,6 +252,8 @@ class SlackAPI:
         """(HTTP status, JSON body, extra response headers) for one Web API call."""
         with self._lock:
             self._calls.append(Call(method, params, headers, time.monotonic()))
+            if self._before.get(method):
+                self._before[method].popleft()()
             try:
                 self._authenticate(params, headers)
                 self._inject_fault(method)

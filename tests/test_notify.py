@@ -1,0 +1,76 @@
+"""The notify job against a local Slack Web API: the card ends as the store is, whatever order updates land in."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bot.messages import STATUS_LABEL
+from bot.notify import notify_incident
+from jobs.config import load_config
+from jobs.records import IncidentStatus, Observation
+from jobs.runtime import Runtime
+from jobs.store import Store
+from tests.conftest import SHOP, copy_shop
+from tests.slack_server import ALERT_CHANNEL, SlackAPI
+
+T0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def deployment(tmp_path: Path):
+    """The shop with Slack pointed at the local API, one open revenue incident; (runtime, api, incident id)."""
+    project = copy_shop(tmp_path / "shop")
+    settings = yaml.safe_load((SHOP / "cairn.yml").read_text())
+    store_url = f"sqlite:///{tmp_path / 'cairn.db'}"
+    settings.update(store=store_url, slack={"channel": ALERT_CHANNEL})
+    (project / "cairn.yml").write_text(yaml.safe_dump(settings))
+    with SlackAPI() as api:
+        rt = Runtime(load_config(project / "cairn.yml", env={"SLACK_BOT_TOKEN": api.token,
+                                                            "SLACK_API_URL": api.base_url}))
+        bad = rt.store.add_observation(Observation("revenue.net_daily", T0 + timedelta(hours=1), 80.0,
+                                                   T0 - timedelta(days=1), T0, "b" * 40))
+        incident = rt.store.open_incident("revenue.net_daily", severity="high", first_bad=bad, last_good=None,
+                                          value=80.0, baseline=None, change_pct=-20.0, reason="down 20%")
+        try:
+            yield rt, api, incident.id, store_url
+        finally:
+            rt.close()
+
+
+def _card(api: SlackAPI) -> dict:
+    top = [m for m in api.messages(ALERT_CHANNEL).values() if not m.get("thread_ts") or m["thread_ts"] == m["ts"]]
+    assert len(top) == 1, top
+    return top[0]
+
+
+def test_an_older_render_landing_last_is_corrected_by_its_own_job(deployment) -> None:
+    rt, api, incident_id, store_url = deployment
+    notify_incident(incident_id, rt)
+    assert _card(api)["text"].startswith(STATUS_LABEL[IncidentStatus.detected])
+
+    rt.store.update_incident(incident_id, status=IncidentStatus.attributing)
+    other_worker = Store.open(store_url)
+
+    def stage_finishes_meanwhile() -> None:  # another worker moves the incident on while our update is in flight
+        other_worker.update_incident(incident_id, status=IncidentStatus.verifying)
+
+    api.before_next("chat.update", stage_finishes_meanwhile)
+    updates = len(api.calls_to("chat.update"))
+    notify_incident(incident_id, rt)
+    other_worker.close()
+
+    sent = [c.params["text"] for c in api.calls_to("chat.update")[updates:]]
+    assert [text.split(":")[0] for text in sent] == [STATUS_LABEL[IncidentStatus.attributing],
+                                                     STATUS_LABEL[IncidentStatus.verifying]]
+    assert _card(api)["text"].startswith(STATUS_LABEL[IncidentStatus.verifying])
+
+
+def test_a_card_already_current_is_updated_once(deployment) -> None:
+    rt, api, incident_id, _ = deployment
+    notify_incident(incident_id, rt)
+    notify_incident(incident_id, rt)
+    assert len(api.calls_to("chat.postMessage")) >= 1 and len(api.calls_to("chat.update")) == 1
