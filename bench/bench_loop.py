@@ -109,6 +109,9 @@ def test_builds_and_wall_time_per_incident(benchmark, baseline: Path, tmp_path: 
     }
     benchmark.extra_info.update(info)
     print(f"\nloop n={n}: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    by_sha = {c["sha"]: c for c in incident.details["attribution"]["candidates"]}
+    for cause in incident.details["attribution"]["ranking"]["causes"][:info["culprit_rank"]]:
+        print(f"  {cause['confidence']:.3f} {by_sha[cause['sha']]['message'][:40]:40} {cause['rationale']}")
     assert info["candidates"] == n
     assert info["builds"] <= info["build_budget"], info
     assert incident.details["verdict"] == "verified" and verification["fix"]["reverted"] == [culprit]

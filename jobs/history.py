@@ -24,6 +24,12 @@ _JINJA_COMMENT = re.compile(r"{#.*?#}", re.S)
 _JINJA = re.compile(r"{{|{%")
 # A changed line that reshapes rows changes every column a model passes on.
 _ROW_SHAPING = re.compile(r"\b(where|join|group\s+by|having|qualify|union|distinct|limit|on|using)\b", re.I)
+# A line opening a SQL clause; the ones _ROW_SHAPING matches filter, join, group or limit rows.
+_CLAUSE = re.compile(r"^\s*(select|from|where|having|qualify|group\s+by|order\s+by|limit|union|"
+                     r"(?:(?:left|right|full|inner|cross)\s+)?(?:outer\s+)?join|on)\b", re.I)
+# `expr as alias,` alone on a line: one output column of a select list.
+_SELECT_ITEM = re.compile(r"^\s*(?!(?:where|and|or|on|having|when)\b)\S.*?\s+as\s+(?P<alias>\"\w+\"|`\w+`|\w+)\s*,?\s*$",
+                          re.I)
 _FIELD, _RECORD = "\x1f", "\x1e"
 
 
@@ -205,35 +211,63 @@ def same_sql(old: str, new: str, dialect: str | None = None) -> bool:
         return strip(old) == strip(new)
 
 
-def _changed_lines(patch: str, path: str) -> list[str]:
-    lines, inside = [], False
+def _changed_lines(patch: str, path: str) -> list[tuple[str, str | None]]:
+    """Each added or removed line of `path` with the SQL clause it sits in, as far as the hunk shows
+    (the nearest clause keyword above it, context lines included; None when the hunk shows none)."""
+    lines, inside, clause = [], False, None
     for line in patch.splitlines():
         if line.startswith("diff --git"):
             inside = f" b/{path}" in line or f"a/{path} " in line
-        elif inside and line[:1] in "+-" and not line.startswith(("+++", "---")):
-            lines.append(line[1:])
+        elif not inside or line.startswith(("+++", "---")):
+            continue
+        elif line.startswith("@@"):
+            clause = None
+        elif line[:1] in "+- ":
+            body = line[1:]
+            keyword = _CLAUSE.match(body)
+            if keyword:
+                clause = re.sub(r"\s+", " ", keyword.group(1).lower())
+                clause = "join" if clause.endswith("join") else clause
+            elif body.lstrip().startswith(")"):
+                clause = None  # the end of a CTE or subquery: its clause no longer applies
+            if line[:1] != " ":
+                lines.append((body, clause))
     return lines
 
 
 def _touches_columns(lineage: Lineage, changes: list[FileChange], patch: str, subdir: str) -> bool | None:
-    """Heuristic: a changed line of a model's SQL names one of its (or its inputs') narrowed columns,
-    or reshapes rows (where/join/group by ...) of a model that feeds the metric. None when a touched
-    node has no narrowed columns or the change is not model SQL (a macro, YAML, project config)."""
+    """Heuristic: a changed line of a model's SQL sits in a clause that reshapes rows (where, join,
+    group by…), or names one of the model's (or its inputs') narrowed columns. None when that cannot
+    be told: a touched node has no narrowed columns, or the change is not model SQL (a macro, YAML,
+    project config)."""
     unresolved = False
     for change in changes:
         path = _in_project(change.path, subdir) or _in_project(change.old_path, subdir) or ""
         lines = _changed_lines(patch, change.path)
         for uid in lineage.nodes_for_file(path):
+            if path != lineage.defined_in.get(uid) or not path.endswith(".sql"):
+                unresolved = True  # macros, YAML and config change columns in ways the text does not show
+                continue
+            # A line under where/join/group by… changes which rows reach the metric, whatever its columns.
+            if any(clause is not None and _ROW_SHAPING.fullmatch(clause) for _, clause in lines):
+                return True
             own = lineage.columns(uid)
             inputs = [lineage.columns(p) for p, d in lineage.edges if d == uid]
             if own is None or any(c is None for c in inputs):
                 unresolved = True
                 continue
             names = own.union(*inputs)
-            if path != lineage.defined_in.get(uid) or not path.endswith(".sql"):
-                unresolved = True  # macros, YAML and config change columns in ways the text does not show
-                continue
             words = re.compile(r"\b(" + "|".join(map(re.escape, sorted(names))) + r")\b", re.I) if names else None
-            if own and any((words and words.search(l)) or _ROW_SHAPING.search(l) for l in lines):
+            if own and any(_line_touches(line, own, words) for line, _ in lines):
                 return True
     return None if unresolved else False
+
+
+def _line_touches(line: str, own: set[str], words: re.Pattern | None) -> bool:
+    """One changed line outside a row-shaping clause: a select-list column only if its output feeds
+    the metric (an added alias of a feeding column does not); any other line if it reshapes rows
+    or names such a column."""
+    item = _SELECT_ITEM.match(line)
+    if item:
+        return item["alias"].strip('"`').lower() in {c.lower() for c in own}
+    return bool((words and words.search(line)) or _ROW_SHAPING.search(line))

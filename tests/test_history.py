@@ -151,6 +151,27 @@ def test_touches_metric_columns_false_for_a_column_that_does_not_feed_the_metric
     assert cand.touches_metric_columns is False
 
 
+def test_a_new_alias_of_a_feeding_column_does_not_touch_the_metric(repo, lineage):
+    """`order_id as noop` names a column the metric needs, but adds an output nothing reads."""
+    repo.edit(PAYMENTS, "status as payment_status,", "status as payment_status,\n        payment_id as payment_ref,")
+    alias = repo.commit("Expose payment_id as payment_ref")
+    repo.edit(PAYMENTS, "status as payment_status,", "lower(status) as payment_status,")
+    changed = repo.commit("Lower-case payment status")
+    found = {c.sha: c for c in candidates(Git(repo.root), lineage, repo.base, changed)}
+    assert found[alias].touches_metric_columns is False
+    assert found[changed].touches_metric_columns is True  # the feeding column's own definition
+
+
+def test_a_condition_added_under_where_reshapes_rows(repo, lineage):
+    """The changed line names no feeding column and no keyword: its clause, from the hunk, does."""
+    path = "models/intermediate/int_order_payments.sql"
+    repo.edit(path, "      and payment_status = 'succeeded'\n",
+              "      and payment_status = 'succeeded'\n      and amount_cents > 0\n")
+    sha = repo.commit("Only positive payments")
+    (cand,) = candidates(Git(repo.root), lineage, repo.base, sha)
+    assert cand.touches_metric_columns is True
+
+
 def test_the_intentional_marker(repo, lineage):
     git = Git(repo.root)
     repo.edit(PAYMENTS, AMOUNT, "{{ cents_to_dollars('amount_cents', scale=3) }} as amount,")
