@@ -187,14 +187,19 @@ def scheduler(ctx: click.Context, once: bool) -> None:
     """
     import time
 
+    from jobs.cleanup import remove_stale_sandboxes
     from jobs.queue import for_runtime
     from jobs.runtime import Runtime
 
     config = load_config(ctx.obj["config_path"])
     every = config.settings.schedule.check_every.total_seconds()
     while True:
-        _remove_stale_sandboxes(config)
         rt = Runtime(config)
+        try:
+            for line in remove_stale_sandboxes(rt, datetime.now(timezone.utc)):
+                click.echo(line)
+        except CairnError as exc:  # e.g. BigQuery unreachable: the next tick tries again
+            click.secho(f"sandbox clean-up failed: {exc}", err=True, fg="red")
         try:
             for_runtime(rt).check()
             failed = None
@@ -212,29 +217,6 @@ def scheduler(ctx: click.Context, once: bool) -> None:
                 sys.exit(1)
             return
         time.sleep(every)
-
-
-def _remove_stale_sandboxes(config) -> None:
-    """Worktrees and DuckDB sandboxes older than the longest verification; expired BigQuery datasets."""
-    from datetime import timedelta
-
-    from jobs.warehouse.sandbox import gc_sandboxes
-
-    stale = config.settings.queue.timeouts["verify"] + timedelta(hours=1)
-    for removed in gc_sandboxes(config.resolve(config.settings.verification.sandboxes), stale):
-        click.echo(f"removed stale sandbox {removed}")
-    bigquery = config.settings.bigquery
-    if bigquery is None:
-        return
-    from jobs.warehouse.bigquery import client_for
-    from jobs.warehouse.bigquery_sandbox import gc_sandboxes as gc_datasets
-
-    try:
-        client = client_for(bigquery, config.root)
-        for name in gc_datasets(client, org=bigquery.org, now=datetime.now(timezone.utc)):
-            click.echo(f"dropped expired sandbox dataset {name}")
-    except CairnError as exc:  # e.g. BigQuery unreachable: the next tick tries again
-        click.secho(f"sandbox clean-up on BigQuery failed: {exc}", err=True, fg="red")
 
 
 @cli.command()

@@ -27,6 +27,7 @@ from jobs import switches
 from jobs.errors import ConfigError
 from jobs.records import Incident, PullRequest
 from jobs.runtime import Runtime
+from jobs.store_chat import ChatMessage
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,14 @@ def _settle_card(rt: Runtime, client: WebClient, incident_id: int,
         current = render_card(rt, incident, pr)
         if _same(current, sent):
             break
-        posted = rt.store.chat_message(incident_id, CARD)
-        client.chat_update(channel=posted.channel, ts=posted.ts, text=current.text,
-                           blocks=[b.to_dict() for b in current.blocks])
+        _update(client, rt.store.chat_message(incident_id, CARD), current)
         sent = current
     return incident, pr
+
+
+def _update(client: WebClient, posted: ChatMessage, message: Message) -> None:
+    client.chat_update(channel=posted.channel, ts=posted.ts, text=message.text,
+                       blocks=[b.to_dict() for b in message.blocks])
 
 
 def _same(a: Message, b: Message) -> bool:
@@ -102,8 +106,7 @@ def _post_once(rt: Runtime, client: WebClient, incident_id: int, key: str, chann
     posted = store.chat_message(incident_id, key)
     if posted is not None:
         if update:
-            client.chat_update(channel=posted.channel, ts=posted.ts, text=message.text,
-                               blocks=[b.to_dict() for b in message.blocks])
+            _update(client, posted, message)
         return posted.ts
     token = store.claim_chat_message(incident_id, key)
     if token is None:

@@ -107,8 +107,6 @@ def verify_stage(rt: Runtime, incident_id: int) -> None:
     verdict = search.fix.verdict if search.fix else _worst(search)
     details = {"verification": {"attempts": to_json(search.attempts), "builds": search.builds,
                                 "fix": to_json(search.fix)}, "verdict": verdict.value}
-    if bigquery is not None:  # what this incident's verification cost, all attempts together
-        details["verification"]["billed_bytes"] = sum(a.billed_bytes or 0 for a in search.attempts)
     status = IncidentStatus.verified if search.fix else IncidentStatus.not_verified
     _move(rt, incident, status, "verification.finished", {"verdict": verdict.value, "builds": search.builds},
           details)

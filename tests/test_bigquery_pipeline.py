@@ -20,6 +20,7 @@ import yaml
 from bot.demo import REGRESSION, commit
 from bot.thread import render_terminal, thread_steps
 from jobs.config import load_config
+from jobs.git import Git
 from jobs.records import IncidentStatus, Observation
 from jobs.runtime import Runtime
 from jobs.stages import check_and_heal
@@ -50,8 +51,6 @@ def _deploy(root: Path, endpoint: str, budget_bytes: int) -> tuple[Runtime, dict
         "project": "acme-prod", "sandbox_project": "acme-sbx", "location": "EU", "credentials": "anonymous",
         "api_endpoint": endpoint, "org": "acme", "budget_bytes": budget_bytes})
     (root / "cairn.yml").write_text(yaml.safe_dump(settings, sort_keys=False))
-    from jobs.git import Git
-
     Git(root).run("init", "-q", "-b", "main")
     sha = {"base": commit(root, "Shop analytics project", AT - timedelta(days=60))}
     REGRESSION.apply(root)
@@ -116,7 +115,7 @@ def test_a_bigquery_org_gets_a_revert_verified_on_a_sandbox_and_a_pr_with_the_co
 
     # The cost is on the record, in the audit trail and in the PR's evidence.
     assert fix["estimated_bytes"] == 3 * fake.default_bytes
-    assert fix["billed_bytes"] > 0 and verification["billed_bytes"] == fix["billed_bytes"]
+    assert fix["billed_bytes"] > 0 and [a["billed_bytes"] for a in verification["attempts"]] == [fix["billed_bytes"]]
     assert events.count("verification.cost") == 1 and "verification.finished" in events
     body = pr_row["body"]
     assert f"`bigquery:acme-sbx.{dataset}@" in body
