@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.clock import Clock
 from jobs.config import load_config
 from jobs.detect import Change
 from jobs.runtime import Runtime
@@ -71,12 +72,12 @@ def test_builds_and_wall_time_per_incident(benchmark, baseline: Path, tmp_path: 
         result = production_dbt(root).build()  # one plain dbt build of the same project
         deployed["build_s"] = time.perf_counter() - started
         assert result.success and not result.failures, result.failures
-        return (Runtime(load_config(root / "cairn.yml", env={})),), {}
+        return (Runtime(load_config(root / "cairn.yml", env={}), Clock(CHECK)),), {}
 
     def loop(rt: Runtime) -> list:
         started = time.perf_counter()
         try:
-            return check_and_heal(rt, CHECK)
+            return check_and_heal(rt)
         finally:
             rt.close()
             deployed["loop_s"] = time.perf_counter() - started

@@ -37,10 +37,6 @@ AT = click.option("--at", type=Timestamp(), default=None,
                   help="Evaluate as of this time (ISO 8601, UTC by default) to replay history.")
 
 
-def _now(at: datetime | None) -> datetime:
-    return (at or datetime.now(timezone.utc)).astimezone(timezone.utc)
-
-
 @click.group()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="cairn.yml (default: ./cairn.yml or $CAIRN_CONFIG).")
@@ -50,10 +46,12 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     ctx.obj = {"config_path": config_path}
 
 
-def runtime(ctx: click.Context):
+def runtime(ctx: click.Context, at: datetime | None = None):
+    """The Runtime of this command; `--at` pins its clock, so every stage runs at that time."""
+    from jobs.clock import Clock
     from jobs.runtime import Runtime
 
-    rt = Runtime(load_config(ctx.obj["config_path"]))
+    rt = Runtime(load_config(ctx.obj["config_path"]), Clock(at))
     ctx.call_on_close(rt.close)
     return rt
 
@@ -65,8 +63,8 @@ def observe(ctx: click.Context, at: datetime | None) -> None:
     """Evaluate every contract and record the observations."""
     from jobs.detect import observe as run_observe
 
-    rt = runtime(ctx)
-    for obs in run_observe(rt, _now(at)):
+    rt = runtime(ctx, at)
+    for obs in run_observe(rt, rt.clock.now()):
         click.echo(render.observation_line(obs))
 
 
@@ -78,9 +76,9 @@ def check(ctx: click.Context, at: datetime | None, contract_id: str | None) -> N
     """Observe, detect, open/update/resolve incidents, and heal the new ones."""
     from jobs.stages import check_and_heal
 
-    rt = runtime(ctx)
+    rt = runtime(ctx, at)
     contracts = [rt.contract(contract_id)] if contract_id else None
-    for outcome in check_and_heal(rt, _now(at), contracts):
+    for outcome in check_and_heal(rt, contracts):
         click.echo(render.outcome_line(outcome))
         if outcome.change.value == "opened":
             click.echo(render.incident_detail(rt.store.incident(outcome.incident.id),
@@ -95,10 +93,10 @@ def backfill(ctx: click.Context, days: int, at: datetime | None) -> None:
     """Give windowed contracts a baseline from the current tables."""
     from jobs.backfill import backfill as run_backfill
 
-    rt = runtime(ctx)
+    rt = runtime(ctx, at)
     click.echo(messages.BACKFILL_CAVEAT)
     with render.progress("Backfilling windows") as tick:
-        report = run_backfill(rt, _now(at), days, progress=tick)
+        report = run_backfill(rt, rt.clock.now(), days, progress=tick)
     click.echo(f"{report.observations} observations over {report.windows} windows; "
                f"{report.anomalous} anomalous kept out of baselines.")
     if report.skipped:
@@ -157,7 +155,7 @@ def rebaseline(ctx: click.Context, contract_id: str, since: datetime | None, rea
     """Forget a contract's baseline before SINCE: the change was intentional."""
     rt = runtime(ctx)
     rt.contract(contract_id)
-    since = _now(since)
+    since = (since or rt.clock.now()).astimezone(timezone.utc)
     rt.store.rebaseline(contract_id, since, actor="cli", reason=reason)
     rt.store.audit("contract.rebaselined", actor="cli",
                    data={"contract": contract_id, "since": since.isoformat(), "reason": reason})
@@ -196,7 +194,7 @@ def scheduler(ctx: click.Context, once: bool) -> None:
     while True:
         rt = Runtime(config)
         try:
-            for line in remove_stale_sandboxes(rt, datetime.now(timezone.utc)):
+            for line in remove_stale_sandboxes(rt):
                 click.echo(line)
         except CairnError as exc:  # e.g. BigQuery unreachable: the next tick tries again
             click.secho(f"sandbox clean-up failed: {exc}", err=True, fg="red")
@@ -206,8 +204,8 @@ def scheduler(ctx: click.Context, once: bool) -> None:
         except CairnError as exc:
             failed = str(exc)
         finally:
+            stamp = f"{rt.clock.now():%Y-%m-%d %H:%M:%S}"
             rt.close()
-        stamp = f"{_now(None):%Y-%m-%d %H:%M:%S}"
         if failed:
             click.secho(f"{stamp} check failed: {failed}", err=True, fg="red")
         else:
@@ -353,13 +351,14 @@ def sandbox() -> None:
 @click.pass_context
 def sandbox_gc(ctx: click.Context, dry_run: bool) -> None:
     """Drop Cairn-labelled sandbox datasets past their expiry (a crashed worker's)."""
+    from jobs.clock import Clock
     from jobs.warehouse.bigquery import client_for
     from jobs.warehouse.bigquery_sandbox import gc_sandboxes
 
     config = load_config(ctx.obj["config_path"])
     settings = _bigquery_settings(config)
     client = client_for(settings, config.root)
-    removed = gc_sandboxes(client, org=settings.org, now=datetime.now(timezone.utc), dry_run=dry_run)
+    removed = gc_sandboxes(client, org=settings.org, now=Clock().now(), dry_run=dry_run)
     verb = "would drop" if dry_run else "dropped"
     for name in removed:
         click.echo(f"{verb} {name}")

@@ -82,6 +82,7 @@ def _os_env() -> dict[str, str]:
 def run_demo(workdir: Path, days: int) -> None:
     from examples import generate
     from jobs.backfill import backfill
+    from jobs.clock import Clock
     from jobs.config import load_config
     from jobs.dbt import Dbt
     from jobs.detect import Change, check
@@ -110,13 +111,13 @@ def run_demo(workdir: Path, days: int) -> None:
 
     config = load_config(workdir / "cairn.yml", env={})
     morning = _at(yesterday, 1)
-    rt = Runtime(config)
+    rt = Runtime(config, Clock(morning))
     try:
         with step("Backfilling 28 days of baselines"):
             report = backfill(rt, morning, 28)
         click.echo(f"    {report.observations} observations; anomalous ones kept out of baselines")
         with step(f"Yesterday's check ({morning:%Y-%m-%d %H:%M} UTC)"):
-            outcomes = check(rt, morning)
+            outcomes = check(rt)
         for outcome in outcomes:
             click.echo("    " + render.outcome_line(outcome))
     finally:
@@ -131,10 +132,10 @@ def run_demo(workdir: Path, days: int) -> None:
         _build(dbt)
 
     now = _at(today, 1)
-    rt = Runtime(config)
+    rt = Runtime(config, Clock(now))
     try:
         with step(f"Today's check ({now:%Y-%m-%d %H:%M} UTC): detect, attribute, verify on a clone, propose"):
-            outcomes = check_and_heal(rt, now)
+            outcomes = check_and_heal(rt)
         for outcome in outcomes:
             click.echo("    " + render.outcome_line(outcome))
         opened = [rt.store.incident(o.incident.id) for o in outcomes if o.change is Change.opened]

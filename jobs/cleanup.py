@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from jobs.runtime import Runtime
 
 
-def remove_stale_sandboxes(rt: Runtime, now: datetime) -> Iterator[str]:
+def remove_stale_sandboxes(rt: Runtime) -> Iterator[str]:
     """Remove, and name one by one, stale local sandboxes then expired BigQuery sandbox datasets.
 
     Local ones are older than the longest verification could run; BigQuery's are past their
@@ -17,8 +17,9 @@ def remove_stale_sandboxes(rt: Runtime, now: datetime) -> Iterator[str]:
     """
     from jobs.warehouse.sandbox import gc_sandboxes
 
+    now = rt.clock.now()
     stale = rt.config.settings.queue.timeouts["verify"] + timedelta(hours=1)
-    for removed in gc_sandboxes(rt.sandboxes_root, stale):
+    for removed in gc_sandboxes(rt.sandboxes_root, stale, now):
         yield f"removed stale sandbox {removed}"
     bigquery = rt.config.settings.bigquery
     if bigquery is None:

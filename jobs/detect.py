@@ -44,10 +44,10 @@ def observe(rt: Runtime, at: datetime, contracts: Sequence[Contract] | None = No
     return [rt.store.add_observation(replace(obs, sha=sha, backfilled=backfilled)) for obs in measured]
 
 
-def check(rt: Runtime, at: datetime, contracts: Sequence[Contract] | None = None) -> list[Outcome]:
-    """Observe, then judge each observation and move its contract's incident."""
+def check(rt: Runtime, contracts: Sequence[Contract] | None = None) -> list[Outcome]:
+    """Observe at the Runtime's clock, then judge each observation and move its contract's incident."""
     contracts = list(rt.contracts if contracts is None else contracts)
-    observations = observe(rt, at, contracts)
+    observations = observe(rt, rt.clock.now(), contracts)
     return [detect(rt, contract, obs) for contract, obs in zip(contracts, observations)]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from jobs import switches
@@ -42,7 +41,7 @@ def propose(rt: Runtime, incident: Incident, contract: Contract, fix: Verificati
     # Mode and kill switch are read now, immediately before the side effect, never earlier.
     facts = Facts(verified=verified, confidence=confidence,
                   models=tuple(model_refs(rt.manifest, cause.models)) if cause and cause.models else (),
-                  blast_radius=_blast_radius(fix), now=datetime.now(timezone.utc),
+                  blast_radius=_blast_radius(fix), now=rt.clock.now(),
                   org_mode=switches.org_mode(rt.store), kill_switch=switches.kill_switch(rt.store))
     decision = decide(rt.policy, facts)
     status = _STATUS[decision.action] or incident.status

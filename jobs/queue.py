@@ -26,9 +26,10 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
+from jobs.clock import Clock
 from jobs.config import Config, load_config
 from jobs.errors import CairnError, TransientError
 from jobs.records import Incident, IncidentStatus
@@ -72,11 +73,12 @@ def perform_stage(rt, jobs: "Jobs", stage: str, incident_id: int, *, may_retry: 
         jobs.stage(following, incident_id)
 
 
-def perform_check(rt, jobs: "Jobs", at: datetime | None = None, contracts=None) -> list:
-    """Observe and detect; every incident that moved gets its card refreshed, new ones are healed."""
+def perform_check(rt, jobs: "Jobs", contracts=None) -> list:
+    """Observe and detect at the Runtime's clock; every incident that moved gets its card refreshed,
+    new ones are healed."""
     from jobs.detect import Change, check
 
-    outcomes = check(rt, at or datetime.now(timezone.utc), contracts)
+    outcomes = check(rt, contracts)
     for outcome in outcomes:
         if outcome.change is Change.none:
             continue
@@ -210,7 +212,7 @@ class InlineJobs(Jobs):
             log.exception("incident %s: the card could not be refreshed", incident_id)
 
     def check(self, contract_ids: list[str] | None = None) -> None:
-        self._submit(lambda: perform_check(self.rt, self, None, _contracts(self.rt, contract_ids)))
+        self._submit(lambda: perform_check(self.rt, self, _contracts(self.rt, contract_ids)))
 
     def review(self, action: str, incident_id: int, actor: str, arg: str, reply_to: str | None = None) -> None:
         self._submit(lambda: perform_review(self.rt, self, action, incident_id, actor, arg, reply_to))
@@ -261,13 +263,18 @@ class InlineJobs(Jobs):
 
 
 class RQJobs(Jobs):
-    """Redis + RQ: stages on `queue.name`, card refreshes on `queue.name`-notify."""
+    """Redis + RQ: stages on `queue.name`, card refreshes on `queue.name`-notify.
 
-    def __init__(self, config: Config, connection=None):
+    A pinned clock travels with every job (`at`), so a worker runs a replayed check's stages at
+    the check's time; with the wall clock, each job reads the wall where it runs.
+    """
+
+    def __init__(self, config: Config, connection=None, clock: Clock | None = None):
         from redis import Redis
         from rq import Queue
 
         self.config = config
+        self.clock = clock or Clock()
         self.settings = config.settings.queue
         self.redis = connection or Redis.from_url(config.env.redis_url)
         self.stages = Queue(self.settings.name, connection=self.redis)
@@ -308,8 +315,10 @@ class RQJobs(Jobs):
         from rq.exceptions import DuplicateJobError
 
         retry = Retry(max=self.settings.retries, interval=self.settings.backoff) if self.settings.retries else None
+        pinned = self.clock.pinned
+        kwargs = {"at": pinned.isoformat()} if pinned is not None and func.startswith("jobs.queue.") else {}
         try:
-            queue.enqueue(func, *args, job_id=job_id, unique=job_id is not None, retry=retry,
+            queue.enqueue(func, *args, **kwargs, job_id=job_id, unique=job_id is not None, retry=retry,
                           job_timeout=self.settings.timeout(stage), description=f"cairn {stage} {args}",
                           on_failure=Callback(on_job_failure), failure_ttl=7 * 86400)
         except DuplicateJobError:
@@ -319,7 +328,7 @@ class RQJobs(Jobs):
 # --- RQ entry points (run in a worker's work horse) ------------------------------------------
 
 
-def stage_job(stage: str, incident_id: int) -> None:
+def stage_job(stage: str, incident_id: int, at: str | None = None) -> None:
     from rq import get_current_job
 
     job = get_current_job()
@@ -327,17 +336,18 @@ def stage_job(stage: str, incident_id: int) -> None:
         # Which process runs it: an operator (or a fault test) can find the work horse.
         job.meta["pid"] = os.getpid()
         job.save_meta()
-    with _job_runtime() as (rt, jobs):
+    with _job_runtime(at) as (rt, jobs):
         perform_stage(rt, jobs, stage, incident_id, may_retry=_retries_left() > 0)
 
 
-def check_job(contract_ids: list[str] | None = None) -> None:
-    with _job_runtime() as (rt, jobs):
-        perform_check(rt, jobs, None, _contracts(rt, contract_ids))
+def check_job(contract_ids: list[str] | None = None, at: str | None = None) -> None:
+    with _job_runtime(at) as (rt, jobs):
+        perform_check(rt, jobs, _contracts(rt, contract_ids))
 
 
-def review_job(action: str, incident_id: int, actor: str, arg: str, reply_to: str | None = None) -> None:
-    with _job_runtime() as (rt, jobs):
+def review_job(action: str, incident_id: int, actor: str, arg: str, reply_to: str | None = None,
+               at: str | None = None) -> None:
+    with _job_runtime(at) as (rt, jobs):
         perform_review(rt, jobs, action, incident_id, actor, arg, reply_to)
 
 
@@ -350,27 +360,32 @@ def on_job_failure(job, connection, exc_type, exc, tb) -> None:
     stage, incident_id = job.args
     from jobs.runtime import Runtime
 
-    rt = Runtime(load_config())
+    rt = Runtime(load_config(), _clock(job.kwargs.get("at")))
     try:
         mark_errored(rt.store, incident_id, stage, exc or RuntimeError("the worker running it died"))
-        RQJobs(rt.config, connection).notify(incident_id)
+        RQJobs(rt.config, connection, rt.clock).notify(incident_id)
     finally:
         rt.close()
 
 
 @contextmanager
-def _job_runtime() -> Iterator[tuple[Any, "RQJobs"]]:
+def _job_runtime(at: str | None) -> Iterator[tuple[Any, "RQJobs"]]:
     """A Runtime and the RQ queues for one job, from $CAIRN_CONFIG (set by `cairn worker`)."""
     from rq import get_current_job
 
     from jobs.runtime import Runtime
 
-    rt = Runtime(load_config())
+    rt = Runtime(load_config(), _clock(at))
     try:
         job = get_current_job()
-        yield rt, RQJobs(rt.config, job.connection if job else None)
+        yield rt, RQJobs(rt.config, job.connection if job else None, rt.clock)
     finally:
         rt.close()
+
+
+def _clock(at: str | None) -> Clock:
+    """The clock a job runs on: the pinned instant it carries, else the wall."""
+    return Clock(datetime.fromisoformat(at)) if at else Clock()
 
 
 def _retries_left() -> int:
@@ -383,7 +398,7 @@ def _retries_left() -> int:
 def for_runtime(rt, *, background: bool = False) -> Jobs:
     """RQ when REDIS_URL is set, else in-process."""
     if rt.config.env.redis_url:
-        return RQJobs(rt.config)
+        return RQJobs(rt.config, clock=rt.clock)
     return InlineJobs(rt, background=background)
 
 

@@ -6,6 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from jobs.clock import Clock
 from jobs.config import Config
 from jobs.contracts import Contract
 from jobs.dbt import Dbt
@@ -16,14 +17,15 @@ from jobs.git import Git
 class Runtime:
     """One process's view of a Cairn deployment; shared state lives in the store, never here."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, clock: Clock | None = None):
         self.config = config
+        self.clock = clock or Clock()  # the check's time: every stage and store timestamp reads it
 
     @cached_property
     def store(self):  # -> jobs.store.Store
         from jobs.store import Store
 
-        return Store.open(self.config.store_url)
+        return Store.open(self.config.store_url, clock=self.clock)
 
     @cached_property
     def dbt(self) -> Dbt:

@@ -84,7 +84,7 @@ def verify_stage(rt: Runtime, incident_id: int) -> None:
             # Clones hold production as of the last good observation: what the bad code then rewrote.
             outcome = verify_revert_bigquery(**common, client=client_for(bigquery, rt.config.root),
                                              settings=bigquery, snapshot_at=incident.last_good_at,
-                                             config_root=rt.config.root)
+                                             now=rt.clock.now(), config_root=rt.config.root)
             rt.store.audit("verification.cost", incident_id=incident.id, data=outcome.cost.audit_data(),
                            dedup_key=key.replace("attempt", "cost"))
             result = outcome.verification
@@ -178,11 +178,12 @@ def _move(rt: Runtime, incident: Incident, status: IncidentStatus, event: str, d
                    dedup_key=f"incident:{incident.id}:{event}")
 
 
-def check_and_heal(rt: Runtime, at, contracts=None) -> list:
-    """`cairn check`: observe and detect, then the loop for every incident this check opened.
+def check_and_heal(rt: Runtime, contracts=None) -> list:
+    """`cairn check` at the Runtime's clock: observe and detect, then the loop for every incident
+    this check opened.
 
     With REDIS_URL the loop's stages go to the workers; without, they run here before this returns.
     """
     from jobs.queue import for_runtime, perform_check
 
-    return perform_check(rt, for_runtime(rt), at, contracts)
+    return perform_check(rt, for_runtime(rt), contracts)

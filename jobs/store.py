@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from jobs.clock import Clock
 from jobs.database import alembic_config, audit_events, create_engine, incidents, observations, org_state, rebaselines
 from jobs.errors import NotFound, StoreError
 from jobs.records import AuditEvent, BaselineStats, Incident, IncidentStatus, Observation
@@ -22,22 +23,19 @@ from jobs.store_prs import PullRequestStore
 _INCIDENT_FIELDS = {"status", "severity", "value", "baseline", "change_pct", "reason", "details", "resolved_at"}
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 # Pull requests and chat messages are mixins so this module stays one concept's size.
 class Store(PullRequestStore, ChatMessageStore):
     """Every read and write Cairn makes to its own database; each method is one transaction."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, clock: Clock | None = None) -> None:
         self.engine = create_engine(url)
+        self.clock = clock or Clock()  # every timestamp the store writes comes from it
         self.url = self.engine.url.render_as_string(hide_password=True)
 
     @classmethod
-    def open(cls, url: str, migrate: bool = True) -> Store:
+    def open(cls, url: str, migrate: bool = True, clock: Clock | None = None) -> Store:
         """A store ready to use: migrated to head, or checked to be at head when `migrate` is false."""
-        store = cls(url)
+        store = cls(url, clock)
         if migrate:
             store.migrate()
         else:
@@ -140,7 +138,7 @@ class Store(PullRequestStore, ChatMessageStore):
         The database holds at most one open incident per contract, so two workers racing to open
         one both get the same incident. Compare `first_bad_observation_id` to tell which won.
         """
-        now = _now()
+        now = self.clock.now()
         row = dict(
             contract_id=contract_id,
             status=IncidentStatus(status).value,
@@ -187,7 +185,7 @@ class Store(PullRequestStore, ChatMessageStore):
         unknown = set(fields) - _INCIDENT_FIELDS
         if unknown:
             raise TypeError(f"update_incident() cannot change {', '.join(sorted(unknown))}")
-        values = dict(fields, updated_at=_now())
+        values = dict(fields, updated_at=self.clock.now())
         if "status" in fields:
             status = IncidentStatus(fields["status"])
             values.update(status=status.value, open=status.is_open)
@@ -238,7 +236,7 @@ class Store(PullRequestStore, ChatMessageStore):
         dedup_key: str | None = None,
     ) -> AuditEvent | None:
         """Append an event; return None, writing nothing, if an event with `dedup_key` exists."""
-        event = AuditEvent(name=name, at=_now(), actor=actor, incident_id=incident_id, data=dict(data or {}))
+        event = AuditEvent(name=name, at=self.clock.now(), actor=actor, incident_id=incident_id, data=dict(data or {}))
         row = dict(dataclasses.asdict(event), dedup_key=dedup_key)
         del row["id"]
         try:
@@ -270,7 +268,7 @@ class Store(PullRequestStore, ChatMessageStore):
 
     def rebaseline(self, contract_id: str, since: datetime, actor: str, reason: str) -> None:
         """Record that the contract's baseline starts at `since`; the latest recorded rebaseline wins."""
-        row = dict(contract_id=contract_id, since=since, actor=actor, reason=reason, at=_now())
+        row = dict(contract_id=contract_id, since=since, actor=actor, reason=reason, at=self.clock.now())
         with self._transaction(write=True) as conn:
             conn.execute(rebaselines.insert().values(row))
 
@@ -292,7 +290,7 @@ class Store(PullRequestStore, ChatMessageStore):
     def set_state(self, key: str, value: Any, actor: str) -> None:
         """Set a shared value (JSON) that every worker sees on its next read."""
         insert = (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(org_state)
-        now = _now()
+        now = self.clock.now()
         query = insert.values(key=key, value=value, updated_at=now, updated_by=actor).on_conflict_do_update(
             index_elements=[org_state.c.key], set_=dict(value=insert.excluded.value, updated_at=now, updated_by=actor)
         )

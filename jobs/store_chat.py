@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -48,7 +48,7 @@ class ChatMessageStore:
 
     def claim_chat_message(self, incident_id: int, key: str, *, now: datetime | None = None) -> str | None:
         """A token that entitles the caller to post `key`, or None: already posted or being posted."""
-        now = now or datetime.now(timezone.utc)
+        now = now or self.clock.now()
         token = uuid.uuid4().hex
         try:
             with self._transaction(write=True) as conn:

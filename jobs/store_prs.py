@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -40,7 +40,7 @@ class PullRequestStore:
 
         Without `number` the PR takes the forge's next number (the local forge numbers its own).
         """
-        now = datetime.now(timezone.utc)
+        now = self.clock.now()
         row = dict(
             incident_id=incident_id, forge=forge, branch=branch, base_branch=base_branch, title=title,
             body=body, labels=list(labels), reverted=list(reverted), state=_state(state), head_sha=head_sha,
@@ -86,7 +86,7 @@ class PullRequestStore:
         unknown = set(fields) - _PR_FIELDS
         if unknown:
             raise TypeError(f"update_pull_request() cannot change {', '.join(sorted(unknown))}")
-        values = dict(fields, updated_at=datetime.now(timezone.utc))
+        values = dict(fields, updated_at=self.clock.now())
         if "state" in fields:
             values["state"] = _state(fields["state"])
         if "labels" in fields:

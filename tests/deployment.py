@@ -27,6 +27,14 @@ def at(day: date, hour: int = 1) -> datetime:
     return datetime.combine(day, time(hour), tzinfo=timezone.utc)
 
 
+def check_at(rt: Runtime, when: datetime, contracts=None) -> list:
+    """`jobs.detect.check` with the Runtime's clock pinned at `when`, as `cairn check --at` runs it."""
+    from jobs.detect import check
+
+    rt.clock.set(when)
+    return check(rt, contracts)
+
+
 @dataclass(frozen=True)
 class CliResult:
     exit_code: int

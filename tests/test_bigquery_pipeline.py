@@ -19,6 +19,7 @@ import yaml
 
 from bot.demo import REGRESSION, commit
 from bot.thread import render_terminal, thread_steps
+from jobs.clock import Clock
 from jobs.config import load_config
 from jobs.git import Git
 from jobs.records import IncidentStatus, Observation
@@ -55,7 +56,7 @@ def _deploy(root: Path, endpoint: str, budget_bytes: int) -> tuple[Runtime, dict
     sha = {"base": commit(root, "Shop analytics project", AT - timedelta(days=60))}
     REGRESSION.apply(root)
     sha["regression"] = commit(root, REGRESSION.message, AT - timedelta(hours=20))
-    rt = Runtime(load_config(root / "cairn.yml", env={}))
+    rt = Runtime(load_config(root / "cairn.yml", env={}), Clock(AT))
     # Four healthy weeks measured at the base SHA: the baseline the check compares against.
     for days_ago in range(28, 0, -1):
         end = AT.replace(hour=0) - timedelta(days=days_ago)
@@ -77,11 +78,12 @@ def fake():
 
 
 def _check(rt: Runtime):
-    [outcome] = check_and_heal(rt, AT, [rt.contract(CONTRACT)])
+    [outcome] = check_and_heal(rt, [rt.contract(CONTRACT)])
     return rt.store.incident(outcome.incident.id)
 
 
 @pytest.mark.slow
+@pytest.mark.dates
 def test_a_bigquery_org_gets_a_revert_verified_on_a_sandbox_and_a_pr_with_the_cost(tmp_path, fake) -> None:
     rt, sha = _deploy(tmp_path / "deploy", fake.endpoint, budget_bytes=5 * GIB)
     try:
@@ -124,6 +126,7 @@ def test_a_bigquery_org_gets_a_revert_verified_on_a_sandbox_and_a_pr_with_the_co
 
 
 @pytest.mark.slow
+@pytest.mark.dates
 def test_a_verification_over_budget_escalates_with_the_estimate(tmp_path, fake) -> None:
     rt, _ = _deploy(tmp_path / "deploy", fake.endpoint, budget_bytes=5 * GIB)
     fake.default_bytes = 3 * GIB  # three models' dry runs: 9 GiB against 5 GiB

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from jobs.backfill import backfill
-from jobs.detect import Change, Outcome, check
+from jobs.detect import Change, Outcome
 from jobs.records import AssessmentStatus, IncidentStatus
 from jobs.runtime import Runtime
 from jobs.store import Store
 from tests.conftest import SHOP_START
-from tests.deployment import Deployment, at, deploy_shop, sqlite_url
+from tests.deployment import Deployment, at, check_at, deploy_shop, sqlite_url
 
 REVENUE = "revenue.net_daily"
 # built_shop holds 2026-09-01 … 2026-10-05; the regression lands on the last day, a Monday.
@@ -100,13 +100,13 @@ def story(shop: Shop, tmp_path_factory: pytest.TempPathFactory) -> Story:
     store = shop.store_with_baselines(tmp_path_factory.mktemp("story"))
     steps = {}
     with shop.deployed(shop.clean, store) as rt:
-        steps["clean 10-03"] = check(rt, CLEAN_CHECKS[0])
-        steps["clean 10-04"] = check(rt, CLEAN_CHECKS[1])
+        steps["clean 10-03"] = check_at(rt, CLEAN_CHECKS[0])
+        steps["clean 10-04"] = check_at(rt, CLEAN_CHECKS[1])
     with shop.deployed(shop.regressed, store) as rt:
-        steps["regressed"] = check(rt, FIRST_BAD)
-        steps["regressed, an hour later"] = check(rt, at(date(2026, 10, 6), 2))
+        steps["regressed"] = check_at(rt, FIRST_BAD)
+        steps["regressed, an hour later"] = check_at(rt, at(date(2026, 10, 6), 2))
     with shop.deployed(shop.reverted, store) as rt:
-        steps["reverted"] = check(rt, at(date(2026, 10, 6), 3))
+        steps["reverted"] = check_at(rt, at(date(2026, 10, 6), 3))
     return Story(steps, sqlite_url(store))
 
 
@@ -200,7 +200,7 @@ def test_every_transition_is_audited_and_nothing_else(shop: Shop, story: Story, 
 
 def test_learning_does_nothing(shop: Shop, tmp_path: Path, store_of) -> None:
     with shop.deployed(shop.regressed, tmp_path / "cairn.db") as rt:
-        outcomes = check(rt, FIRST_BAD)  # the regressed day, but no history to judge it by
+        outcomes = check_at(rt, FIRST_BAD)  # the regressed day, but no history to judge it by
     [revenue] = [o for o in outcomes if o.contract.id == REVENUE]
     assert revenue.assessment.status is AssessmentStatus.learning
     assert revenue.assessment.reason == "learning: 0 of 4 Monday baseline points"
@@ -219,7 +219,7 @@ def test_rebaseline_since_makes_the_old_level_irrelevant(shop: Shop, tmp_path: P
     store.rebaseline(REVENUE, since, actor="dana", reason="coupons and PayPal settle in a later release")
 
     with shop.deployed(shop.regressed, path) as rt:
-        outcomes = {o.contract.id: o for o in check(rt, FIRST_BAD)}
+        outcomes = {o.contract.id: o for o in check_at(rt, FIRST_BAD)}
     revenue = outcomes[REVENUE]
     assert revenue.assessment.status is AssessmentStatus.learning
     assert revenue.assessment.reason == "learning: 0 of 4 Monday baseline points"

@@ -17,11 +17,10 @@ import pytest
 
 from examples.generate import load
 from jobs.dbt import Dbt
-from jobs.detect import check
 from jobs.records import AuditEvent, Incident
 from jobs.store import Store
 from tests.conftest import copy_shop
-from tests.deployment import DOCS_EDIT, Deployment, at, deploy_shop, sqlite_url
+from tests.deployment import DOCS_EDIT, Deployment, at, check_at, deploy_shop, sqlite_url
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +66,7 @@ def replay(deployment: Deployment, store_url: str, first: date, last: date,
                 rt.close()
                 deploys[day]()
                 rt = deployment.runtime(store_url)
-            statuses[day] = {o.contract.id: o.assessment.status.value for o in check(rt, at(day))}
+            statuses[day] = {o.contract.id: o.assessment.status.value for o in check_at(rt, at(day))}
             day += timedelta(days=1)
     finally:
         rt.close()

@@ -23,6 +23,7 @@ import pytest
 from bot.demo import commit
 from examples.generate import add_day, drop_source_rows, load
 from jobs.backfill import backfill
+from jobs.clock import Clock
 from jobs.config import load_config
 from jobs.dbt import Dbt, InvocationResult
 from jobs.detect import Change, check
@@ -202,10 +203,10 @@ def build_baseline(root: Path) -> Path:
     load(root / "warehouse.duckdb", START, DAYS)
     result = production_dbt(root).build()
     assert result.success and not result.failures, result.failures
-    rt = Runtime(load_config(cairn_yml, env={}))
+    rt = Runtime(load_config(cairn_yml, env={}), Clock(MORNING))
     try:
         backfill(rt, MORNING, 28)
-        outcomes = check(rt, MORNING)
+        outcomes = check(rt)
         assert not [o.contract.id for o in outcomes if o.change is Change.opened], "the baseline must be quiet"
     finally:
         rt.close()
@@ -270,9 +271,9 @@ def run_case(baseline: Path, case: Case, root: Path) -> Run:
         assert drop_source_rows(root / "warehouse.duckdb", DAY, "payments", 0.5) > 0
     build = production_dbt(root).build()
     culprit_of = {contract: shas[c.message] for c in case.commits for contract in c.breaks}
-    rt = Runtime(load_config(root / "cairn.yml", env={}))
+    rt = Runtime(load_config(root / "cairn.yml", env={}), Clock(CHECK))
     try:
-        outcomes = check_and_heal(rt, CHECK)
+        outcomes = check_and_heal(rt)
         assert_parsed_from_copy(rt.manifest, case)
         found = {}
         for o in outcomes:

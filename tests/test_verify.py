@@ -6,7 +6,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -284,14 +283,14 @@ def test_sandbox_is_removed_on_exception(small_prod, tmp_path) -> None:
 
 def test_gc_removes_only_stale_sandboxes(tmp_path) -> None:
     stale, fresh, other = tmp_path / "incident-1-aaaaaa", tmp_path / "incident-2-bbbbbb", tmp_path / "keep"
-    for directory in (stale, fresh, other):
+    now = datetime(2026, 11, 23, 6, tzinfo=timezone.utc)
+    for directory, age in ((stale, 2), (fresh, 0.5), (other, 2)):
         directory.mkdir()
-    old = time.time() - 7200
-    os.utime(stale, (old, old))
-    os.utime(other, (old, old))
-    assert gc_sandboxes(tmp_path, older_than=timedelta(hours=1)) == [stale]
+        made = (now - timedelta(hours=age)).timestamp()
+        os.utime(directory, (made, made))
+    assert gc_sandboxes(tmp_path, older_than=timedelta(hours=1), now=now) == [stale]
     assert not stale.exists() and fresh.exists() and other.exists()
-    assert gc_sandboxes(tmp_path / "missing", older_than=timedelta(0)) == []
+    assert gc_sandboxes(tmp_path / "missing", older_than=timedelta(0), now=now) == []
 
 
 @pytest.mark.slow

@@ -10,7 +10,6 @@ for the incident returns the closed PR rather than opening a second.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
 
 from jobs.forge import DEFAULT_LABELS, CheckProof, ForgeError, StaleApproval, branch_name
 from jobs.forge.revert import CAIRN_AUTHOR, as_author, build_reverts, resolve, worktree
@@ -82,7 +81,7 @@ class LocalForge:
         target = head if self._is_ancestor(base_sha, head) else self._merge_commit(pr, base_sha, actor)
         self._advance(base, base_sha, target)
         return self.store.update_pull_request(
-            incident_id, state="merged", merged_at=datetime.now(timezone.utc), merged_by=actor
+            incident_id, state="merged", merged_at=self.store.clock.now(), merged_by=actor
         )
 
     def close(self, incident_id: int, reason: str, actor: str) -> PullRequest:

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ def verify_revert_bigquery(*, repo: Path, project_subdir: str, deployed_sha: str
                            models: Sequence[str], contract: Contract, metric_model: str, prod_state: Path,
                            band: BaselineStats, before: float | None, at: datetime, incident_id: int,
                            sandboxes_root: Path, client: Any, settings: BigQuerySettings,
-                           snapshot_at: datetime | None, now: datetime | None = None,
+                           snapshot_at: datetime | None, now: datetime,
                            config_root: Path | None = None) -> BigQueryVerification:
     """Revert `shas` at `deployed_sha` and build through `metric_model` in a BigQuery sandbox.
 
@@ -72,7 +72,6 @@ def verify_revert_bigquery(*, repo: Path, project_subdir: str, deployed_sha: str
     if contract.model and contract.model != model_name(metric_model).split(".")[0]:
         raise VerifyError(f"contract {contract.id!r} reads {contract.model!r}, not {metric_model!r}; "
                           "pass the contract's own model as metric_model.")
-    now = now or datetime.now(timezone.utc)
     phases: dict[str, float] = {}
     select = selector(models, metric_model)
     extra = ("--defer", "--state", str(prod_state), "--favor-state")

@@ -22,10 +22,9 @@ import hashlib
 import logging
 import os
 import shutil
-import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -126,15 +125,16 @@ class Sandbox:
         self.remove()
 
 
-def gc_sandboxes(root: Path, older_than: timedelta) -> list[Path]:
-    """Remove sandbox and worktree directories older than `older_than` (a crashed worker's).
+def gc_sandboxes(root: Path, older_than: timedelta, now: datetime) -> list[Path]:
+    """Remove sandbox and worktree directories older than `older_than` at `now` (a crashed worker's).
 
-    A removed worktree stays registered in the repository until `git worktree prune`.
+    A removed worktree stays registered in the repository until `git worktree prune`. A clock
+    pinned before the directories were made removes nothing: the safe direction.
     """
     root = Path(root)
     if not root.is_dir():
         return []
-    cutoff = time.time() - older_than.total_seconds()
+    cutoff = (now - older_than).timestamp()
     removed = []
     from jobs.worktree import WORKTREE_PREFIX
 
