@@ -1,4 +1,5 @@
-"""A PNG of a metric over time: its observations, its baseline band, the anomalous points, the first bad one."""
+"""A PNG of a metric over time: its observations, each day's band as the baseline saw it, the anomalous
+points, the first bad one."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from bot.messages import short_sha
-from jobs.baseline import fmt_number
+from jobs.formatting import fmt_number
 from jobs.records import BaselineStats, Observation
 
 SIZE_INCHES, DPI = (8.0, 3.2), 100  # 800 × 320 px: legible in a Slack thread without expanding it
@@ -43,12 +44,19 @@ def _draw(axes, points: list[tuple[datetime, Observation]], baseline: BaselineSt
           first_bad_at: datetime | None) -> None:
     times = [when for when, _ in points]
     values = [obs.value for _, obs in points]
-    if baseline is not None:
-        # A one-sided recovery band has an infinite edge: shade to the edge of the plot instead.
-        lower = baseline.lower if math.isfinite(baseline.lower) else min(values + [baseline.median])
-        upper = baseline.upper if math.isfinite(baseline.upper) else max(values + [baseline.median])
+    if any(obs.expected is not None for _, obs in points):
+        # Each day against the band its own baseline drew (a Sunday's is not a Monday's), not today's.
+        lower, upper, expected = zip(*day_bands([obs for _, obs in points]))
+        axes.fill_between(times, lower, upper, color=BAND, alpha=0.3, linewidth=0, step="mid",
+                          label="expected band")
+        axes.plot(times, expected, color=BAND, linestyle="--", linewidth=1, drawstyle="steps-mid",
+                  label="expected")
+    elif baseline is not None:
+        # Observations from before bands were kept: today's band, across the chart.
+        lower = baseline.lower if math.isfinite(baseline.lower) else min(values + [baseline.expected])
+        upper = baseline.upper if math.isfinite(baseline.upper) else max(values + [baseline.expected])
         axes.axhspan(lower, upper, color=BAND, alpha=0.3, linewidth=0, label="baseline band")
-        axes.axhline(baseline.median, color=BAND, linestyle="--", linewidth=1, label="baseline median")
+        axes.axhline(baseline.expected, color=BAND, linestyle="--", linewidth=1, label="expected")
     axes.plot(times, values, color=LINE, marker="o", markersize=3, linewidth=1.5, label="observed")
     bad = [(when, obs.value) for when, obs in points if obs.anomalous]
     if bad:
@@ -65,6 +73,22 @@ def _draw(axes, points: list[tuple[datetime, Observation]], baseline: BaselineSt
     axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: fmt_number(value)))
     axes.legend(loc="best", fontsize=8, frameon=False)
+
+
+def day_bands(observations: Sequence[Observation]) -> list[tuple[float, float, float]]:
+    """(lower, upper, expected) of each observation as its baseline saw it; NaN where it was not scored.
+
+    A one-sided band's open edge shades to the edge of the data.
+    """
+    values = [o.value for o in observations if o.value is not None]
+    low, high = min(values, default=0.0), max(values, default=0.0)
+    return [(_edge(o.lower, low), _edge(o.upper, high), o.expected) if o.expected is not None
+            else (math.nan, math.nan, math.nan) for o in observations]
+
+
+def _edge(value: float | None, open_side: float) -> float:
+    """A one-sided band's open edge (stored as none) shades to the edge of the data instead."""
+    return open_side if value is None or not math.isfinite(value) else value
 
 
 def _first_bad(points: list[tuple[datetime, Observation]], first_bad_at: datetime | None):

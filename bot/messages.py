@@ -43,3 +43,20 @@ def regression(incident: Incident, baseline_days: int | None = None) -> str:
 
 def short_sha(sha: str | None) -> str:
     return sha[:7] if sha else "unknown"
+
+
+def chain_lines(incident: Incident) -> list[str]:
+    """How an incident relates to the contract's other open ones: what it follows, what followed it."""
+    from jobs.formatting import fmt_number
+
+    lines = []
+    follows = incident.details.get("follows")
+    if incident.follows_id is not None and follows:
+        lines.append(f"Follows incident #{incident.follows_id}, still open: the deploy of "
+                     f"{short_sha(incident.first_bad_sha)} took the metric from {fmt_number(follows['level'])} to "
+                     f"{fmt_number(incident.value or 0.0)}, so its own commits are the suspects and the fix must bring "
+                     f"it back to {fmt_number(follows['level'])}, not to the baseline.")
+    if incident.details.get("followed_by"):
+        lines.append(f"A later deploy made it worse: incident #{incident.details['followed_by']} has that deploy's "
+                     "commits as suspects.")
+    return lines

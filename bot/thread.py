@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bot.messages import STATUS_LABEL, regression, short_sha
-from jobs.baseline import fmt_number
+from bot.messages import STATUS_LABEL, chain_lines, regression, short_sha
+from jobs.formatting import fmt_number
 from jobs.evidence import sample_line
 from jobs.prbody import MAX_SAMPLE_ROWS, tests_line
 from jobs.records import BaselineStats, Incident, IncidentStatus, PullRequest, Verdict, Verification
@@ -74,9 +74,9 @@ def moment(at: datetime | None, sha: str | None) -> str:
 
 
 def baseline_phrase(baseline: BaselineStats) -> str:
-    """'median 14,446 over 4 points, band 13,001–15,891 (same weekday)'."""
-    return (f"median {_number(baseline.median)} over {baseline.n} points, band {_number(baseline.lower)}–"
-            f"{_number(baseline.upper)}{' (same weekday)' if baseline.seasonal else ''}")
+    """'forecast 14,446 from 28 points, band 13,001–15,891 (weekly pattern)'."""
+    return (f"forecast {_number(baseline.expected)} from {baseline.n} points, band {_number(baseline.lower)}–"
+            f"{_number(baseline.upper)}{' (weekly pattern)' if baseline.seasonal else ''}")
 
 
 def cause_phrase(sha: str, files: Sequence[str], confidence: float) -> str:
@@ -110,8 +110,9 @@ def _detected(incident: Incident, baseline_days: int | None) -> Step:
              f"Last good: {moment(incident.last_good_at, incident.last_good_sha)}"]
     # Recovery overwrites value and reason with the healthy measurement: show those under the outcome.
     if incident.status not in (IncidentStatus.recovered, IncidentStatus.resolved):
-        versus = f" against a baseline {baseline_phrase(incident.baseline)}" if incident.baseline else ""
-        lines[:0] = [incident.reason, f"{regression(incident, baseline_days)}: {_number(incident.value)}{versus}"]
+        versus = f" against the {baseline_phrase(incident.baseline)}" if incident.baseline else ""
+        lines[:0] = [incident.reason, f"{regression(incident, baseline_days)}: {_number(incident.value)}{versus}",
+                     *chain_lines(incident)]
     return Step("detected", STATUS_LABEL[IncidentStatus.detected], tuple(lines))
 
 

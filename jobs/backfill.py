@@ -40,9 +40,8 @@ def backfill(rt: Runtime, now: datetime, days: int,
             history = rt.store.observations(contract.id)
             verdict = assess(contract, obs, history, since=rt.store.baseline_since(contract.id))
             # Past anomalies stay out of future baselines, exactly as if they had been detected live.
-            if verdict.status is AssessmentStatus.anomalous:
-                rt.store.mark_anomalous(obs.id)
-                anomalous += 1
+            rt.store.record_judgement(obs.id, verdict.status is AssessmentStatus.anomalous, verdict.baseline)
+            anomalous += verdict.status is AssessmentStatus.anomalous
         if progress:
             progress(i, len(steps))
     return BackfillReport(len(steps), made, anomalous, skipped)

@@ -59,20 +59,21 @@ class BaselineSpec(_Strict):
     min_points: int = Field(
         7, ge=1, description="Healthy observations needed before the contract may alert."
     )
-    seasonality: Literal["none", "weekly"] = Field(
-        "none", description="'weekly' compares a window only with the same weekday."
+    seasonality: Literal["auto", "none", "weekly"] = Field(
+        "auto", description="'auto' finds a weekday pattern in the data; 'weekly' or 'none' overrides it."
     )
     min_points_per_weekday: int = Field(
-        4, ge=1, description="With weekly seasonality: same-weekday observations needed."
+        2, ge=1, description="With seasonality 'weekly': observations needed on the checked weekday."
     )
 
 
 class ThresholdSpec(_Strict):
     """When a deviation from the baseline becomes an anomaly; every floor must be crossed."""
 
-    z: float = Field(3.0, gt=0, description="Robust z-score (|value-median| / (1.4826*MAD)).")
-    relative: float = Field(0.10, ge=0, description="Minimum relative change vs the median.")
-    absolute: float = Field(0.0, ge=0, description="Minimum absolute change vs the median.")
+    z: float = Field(3.5, gt=0, description="Distance from the forecast in predictive standard deviations "
+                                            "(business and sampling noise; t-widened for short histories).")
+    relative: float = Field(0.05, ge=0, description="Minimum relative change vs the expected value.")
+    absolute: float = Field(0.0, ge=0, description="Minimum absolute change vs the expected value.")
     psi: float = Field(0.2, gt=0, description="distribution (categorical): PSI above this alerts.")
     quantile_shift: float = Field(
         0.5,

@@ -55,6 +55,10 @@ observations = sa.Table(
     sa.Column("profile", sa.JSON, nullable=True),
     sa.Column("backfilled", sa.Boolean, nullable=False, default=False),
     sa.Column("anomalous", sa.Boolean, nullable=False, default=False),
+    sa.Column("count", sa.BigInteger, nullable=True),  # rows in the window, or a rate's denominator
+    sa.Column("expected", sa.Float, nullable=True),  # the band it was judged against, for the chart
+    sa.Column("lower", sa.Float, nullable=True),
+    sa.Column("upper", sa.Float, nullable=True),
     sa.Index(None, "contract_id", "window_start"),
     sa.Index(None, "contract_id", "observed_at"),
 )
@@ -82,14 +86,28 @@ incidents = sa.Table(
     sa.Column("change_pct", sa.Float, nullable=True),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("details", sa.JSON, nullable=False),
+    # A later deploy that made an open incident worse opens one that follows it (jobs.detect).
+    sa.Column("follows_id", sa.Integer, sa.ForeignKey("incidents.id"), nullable=True),
+    # Incidents one culprit caused on several contracts: the leader's ID, on the leader too.
+    sa.Column("group_id", sa.Integer, nullable=True),
     sa.Index(None, "status"),
+    sa.Index(None, "group_id"),
 )
+# Held by the database even when workers race: one open incident per contract that follows nothing,
+# and at most one open incident following any incident (so the open ones form a single chain).
 sa.Index(
-    "uq_incidents_one_open_per_contract",
+    "uq_incidents_one_open_root_per_contract",
     incidents.c.contract_id,
     unique=True,
-    sqlite_where=incidents.c.open,
-    postgresql_where=incidents.c.open,
+    sqlite_where=incidents.c.open & incidents.c.follows_id.is_(None),
+    postgresql_where=incidents.c.open & incidents.c.follows_id.is_(None),
+)
+sa.Index(
+    "uq_incidents_one_open_follower",
+    incidents.c.follows_id,
+    unique=True,
+    sqlite_where=incidents.c.open & incidents.c.follows_id.is_not(None),
+    postgresql_where=incidents.c.open & incidents.c.follows_id.is_not(None),
 )
 
 audit_events = sa.Table(

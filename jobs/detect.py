@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 
 from jobs.baseline import REACH_BACK, assess
+from jobs.recovery import around, recovery_band
 from jobs.contracts import Contract
 from jobs.records import Assessment, AssessmentStatus, Incident, IncidentStatus, Observation
 from jobs.runtime import Runtime
@@ -24,13 +25,14 @@ class Change(str, Enum):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one check did for one contract."""
+    """What one check did for one contract; `others` are the contract's incidents it also moved."""
 
     contract: Contract
     observation: Observation
     assessment: Assessment
     change: Change
     incident: Incident | None = None
+    others: tuple[Incident, ...] = ()
 
 
 def observe(rt: Runtime, at: datetime, contracts: Sequence[Contract] | None = None,
@@ -52,40 +54,61 @@ def check(rt: Runtime, contracts: Sequence[Contract] | None = None) -> list[Outc
 
 
 def detect(rt: Runtime, contract: Contract, observation: Observation) -> Outcome:
+    """Judge one observation and move the contract's open incidents (see `docs/detection.md`)."""
     store = rt.store
     history = store.observations(contract.id, since=observation.observed_at - _lookback(contract))
     assessment = assess(contract, observation, history, since=store.baseline_since(contract.id))
-    incident = store.open_incident_for(contract.id)
+    chain = store.open_incidents_for(contract.id)
+    observation = store.record_judgement(observation.id, assessment.status is AssessmentStatus.anomalous,
+                                         assessment.baseline)
+    previous = _previous(history, observation)
     if assessment.status is AssessmentStatus.anomalous:
-        store.mark_anomalous(observation.id)
-        if incident is None:
-            incident = _open(rt, contract, observation, assessment, history)
+        if not chain:
+            incident = _open(rt, contract, observation, assessment, _last_good(history, observation))
             return Outcome(contract, observation, assessment, Change.opened, incident)
-        incident = store.update_incident(incident.id, value=assessment.value,
-                                         change_pct=assessment.change_pct, reason=assessment.reason,
-                                         baseline=assessment.baseline)
-        store.audit("incident.updated", incident_id=incident.id, data=_event_data(observation, assessment))
-        return Outcome(contract, observation, assessment, Change.updated, incident)
-    if assessment.status is AssessmentStatus.healthy and incident is not None \
-            and recovered(incident, observation, history):
-        incident = store.update_incident(incident.id, status=_resolved_status(incident),
-                                         resolved_at=observation.observed_at, value=assessment.value,
-                                         change_pct=assessment.change_pct, reason=assessment.reason)
-        store.audit("incident.resolved", incident_id=incident.id, data=_event_data(observation, assessment))
-        return Outcome(contract, observation, assessment, Change.resolved, incident)
-    return Outcome(contract, observation, assessment, Change.none, incident)
+        head = chain[-1]
+        if previous is not None and previous.sha != observation.sha and worse(head, assessment):
+            return _follow(rt, contract, observation, assessment, head, previous)
+        if len(chain) > 1 and observation.sha != head.first_bad_sha \
+                and recovery_band(contract, head).contains(assessment.value):
+            return _undo(rt, contract, observation, assessment, chain)
+        return Outcome(contract, observation, assessment, Change.updated, _update(rt, head, observation, assessment))
+    if assessment.status is AssessmentStatus.healthy and chain and recovered(chain, observation, history):
+        closed = [_resolve(rt, incident, observation, assessment) for incident in reversed(chain)]
+        return Outcome(contract, observation, assessment, Change.resolved, closed[0], tuple(closed[1:]))
+    return Outcome(contract, observation, assessment, Change.none, chain[-1] if chain else None)
+
+
+def worse(head: Incident, assessment: Assessment) -> bool:
+    """The contract is anomalous the other way, or further the same way by more than its band's width.
+
+    Measured from the open incident's latest level, with the band around it as wide as today's band
+    (widths scale with the level): a regression on top of a regression is a step of its own.
+    """
+    if head.value is None or assessment.value is None or assessment.baseline is None:
+        return False
+    band = around(assessment.baseline, head.value)
+    before, now = head.change_pct or 0.0, assessment.change_pct or 0.0
+    if before * now < 0:
+        return True
+    if now < 0:
+        return assessment.value < band.lower
+    return assessment.value > band.upper
 
 
 RESOLVE_AFTER = 3  # healthy observations in a row that close an incident while its code stays deployed
+UNEXPLAINED = ("no_code_cause", "intentional")  # verdicts with no code of ours to blame
 
 
-def recovered(incident: Incident, current: Observation, history: Sequence[Observation]) -> bool:
+def recovered(chain: Sequence[Incident], current: Observation, history: Sequence[Observation]) -> bool:
     """A healthy observation closes the incident when the deployed code changed since the first bad
-    one (a revert or a fix shipped); otherwise only RESOLVE_AFTER healthy ones in a row do. A lasting
-    regression that noise lifts into the band for a day (a quiet Sunday, when most revenue is
-    subscriptions the bug does not touch) must not close, and then reopen as a new incident whose
-    suspect range no longer holds the culprit."""
-    if current.sha != incident.first_bad_sha:
+    one (a revert or a fix shipped), or when no code was to blame (a data problem that went away);
+    otherwise only RESOLVE_AFTER healthy ones in a row do. A lasting regression that noise lifts
+    into the band for a day (a quiet Sunday, when most revenue is subscriptions the bug does not
+    touch) must not close, and then reopen as a new incident whose suspect range no longer holds
+    the culprit. An incident and those that follow it close together, judged by the latest."""
+    latest = chain[-1]
+    if current.sha != latest.first_bad_sha or all(i.details.get("verdict") in UNEXPLAINED for i in chain):
         return True
     # The first bad observation is anomalous, so the walk back stops at it at the latest.
     earlier = sorted((o for o in history if o.id != current.id and _when(o) < _when(current)), key=_when)
@@ -98,14 +121,61 @@ def recovered(incident: Incident, current: Observation, history: Sequence[Observ
 
 
 def _open(rt: Runtime, contract: Contract, observation: Observation, assessment: Assessment,
-          history: Sequence[Observation]) -> Incident:
-    last_good = _last_good(history, observation)
+          last_good: Observation | None, *, follows: Incident | None = None, details: dict | None = None) -> Incident:
     incident = rt.store.open_incident(
         contract.id, severity=contract.severity, first_bad=observation, last_good=last_good,
         value=assessment.value, baseline=assessment.baseline, change_pct=assessment.change_pct,
-        reason=assessment.reason)
-    rt.store.audit("incident.opened", incident_id=incident.id, data=_event_data(observation, assessment))
+        reason=assessment.reason, follows=follows, details=details)
+    data = _event_data(observation, assessment)
+    if follows is not None:
+        data["follows"] = follows.id
+    rt.store.audit("incident.opened", incident_id=incident.id, data=data)
     return incident
+
+
+def _follow(rt: Runtime, contract: Contract, observation: Observation, assessment: Assessment, head: Incident,
+            previous: Observation) -> Outcome:
+    """A new deploy made an open incident worse: an incident of its own, its suspect range that deploy."""
+    follows = {"incident": head.id, "level": head.value, "sha": previous.sha,
+               "at": previous.observed_at.isoformat()}
+    incident = _open(rt, contract, observation, assessment, previous, follows=head, details={"follows": follows})
+    head = rt.store.update_incident(head.id, details={"followed_by": incident.id})
+    rt.store.audit("incident.followed", incident_id=head.id,
+                   data={"by": incident.id, "sha": observation.sha, "value": assessment.value},
+                   dedup_key=f"incident:{head.id}:followed_by:{incident.id}")
+    return Outcome(contract, observation, assessment, Change.opened, incident, (head,))
+
+
+def _undo(rt: Runtime, contract: Contract, observation: Observation, assessment: Assessment,
+          chain: Sequence[Incident]) -> Outcome:
+    """The latest deploy's damage is undone (its fix shipped) while the earlier incident's remains."""
+    closed = _resolve(rt, chain[-1], observation, assessment)
+    earlier = _update(rt, chain[-2], observation, assessment)
+    return Outcome(contract, observation, assessment, Change.resolved, closed, (earlier,))
+
+
+def _update(rt: Runtime, incident: Incident, observation: Observation, assessment: Assessment) -> Incident:
+    incident = rt.store.update_incident(incident.id, value=assessment.value, change_pct=assessment.change_pct,
+                                        reason=assessment.reason, baseline=assessment.baseline)
+    rt.store.audit("incident.updated", incident_id=incident.id, data=_event_data(observation, assessment))
+    return incident
+
+
+def _resolve(rt: Runtime, incident: Incident, observation: Observation, assessment: Assessment) -> Incident:
+    incident = rt.store.update_incident(incident.id, status=_resolved_status(incident),
+                                        resolved_at=observation.observed_at, value=assessment.value,
+                                        change_pct=assessment.change_pct, reason=assessment.reason)
+    rt.store.audit("incident.resolved", incident_id=incident.id, data=_event_data(observation, assessment))
+    return incident
+
+
+def _previous(history: Sequence[Observation], current: Observation) -> Observation | None:
+    """The observation just before this one (any verdict): a deploy between the two is this check's news."""
+    earlier = [o for o in history if o.id != current.id and _when(o) < _when(current)]
+    return max(earlier, key=lambda o: (_when(o), o.observed_at), default=None)
+
+
+
 
 
 def _last_good(history: Sequence[Observation], current: Observation) -> Observation | None:

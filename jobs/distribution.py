@@ -139,7 +139,7 @@ def assess_profiles(
     # Each baseline day scored against the baseline it belongs to (in-sample): what a normal day scores.
     usual = [d.value for p in profiles if (d := divergence(p, profiles, numeric))]
     mid = median(usual)
-    stats = BaselineStats(mid, median(abs(u - mid) for u in usual), len(profiles), 0.0, limit, seasonal)
+    stats = BaselineStats(expected=mid, lower=0.0, upper=limit, n=len(profiles), seasonal=seasonal)
     measure = f"shift {found.value:.2f} IQR" if numeric else f"PSI {found.value:.2f}"
     shifted = found.value > limit
     reason = (

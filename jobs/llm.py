@@ -114,7 +114,7 @@ def evidence_bundle(incident: Incident, contract: Contract, candidates: Sequence
         "contract": contract.model_dump(mode="json", exclude_none=True),
         "regression": {
             "value": incident.value, "change_pct": incident.change_pct, "reason": incident.reason,
-            "severity": incident.severity, "baseline_median": baseline.median if baseline else None,
+            "severity": incident.severity, "baseline_expected": baseline.expected if baseline else None,
             "baseline_band": [baseline.lower, baseline.upper] if baseline else None,
             "last_good": {"at": iso(incident.last_good_at), "sha": incident.last_good_sha},
             "first_bad": {"at": iso(incident.first_bad_at), "sha": incident.first_bad_sha},

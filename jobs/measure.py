@@ -169,6 +169,7 @@ class ModelQuery:
             observations.append(Observation(
                 contract_id=m.contract.id, observed_at=self.at, value=value,
                 window_start=m.window_start, window_end=m.window_end, profile=profile,
+                count=sample_size(m.contract, profile),
             ))
         return observations
 
@@ -306,6 +307,21 @@ def _read_distribution(contract: Contract, values: dict, at: datetime, parts: Pr
     else:
         profile["categories"] = {} if measured is None else _categories(measured)
     return None, profile  # detection turns the profile into a divergence against the baseline
+
+
+def sample_size(contract: Contract, profile: Mapping[str, Any] | None) -> int | None:
+    """The count behind a value, for count-aware noise: the window's rows, or a ratio's denominator.
+
+    A ratio counts only when it is a share of counts (integral numerator at most its integral
+    denominator): a ratio of sums has no binomial sampling noise to speak of.
+    """
+    if not profile or contract.kind in (Kind.freshness, Kind.distribution):
+        return None
+    if contract.kind is Kind.ratio:
+        num, den = profile.get("numerator"), profile.get("denominator")
+        shares = num is not None and den is not None and float(num).is_integer() and float(den).is_integer()
+        return int(den) if shares and 0 <= num <= den else None
+    return int(profile["rows"])
 
 
 _READERS: dict[Kind, Callable[[Contract, dict, datetime, Profiler], Reading]] = {

@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from jobs.baseline import fmt_duration, fmt_number
+from jobs.formatting import fmt_duration, fmt_number
 from jobs.contracts import Contract, Kind
 from jobs.forge import CheckProof
 from jobs.records import Candidate, Incident, Ranking, RowDelta, Verdict, Verification
@@ -149,10 +149,10 @@ def _contract(contract: Contract) -> list[str]:
 
 
 def _regression(incident: Incident, contract: Contract) -> list[str]:
-    median = incident.baseline.median if incident.baseline else None
-    row = [metric_value(contract, incident.value), metric_value(contract, median), _change(incident),
+    expected = incident.baseline.expected if incident.baseline else None
+    row = [metric_value(contract, incident.value), metric_value(contract, expected), _change(incident),
            incident.first_bad_at.strftime("%Y-%m-%d %H:%M UTC"), code((incident.first_bad_sha or "unknown")[:7])]
-    header = ["Observed", "Baseline median", "Change", "First bad", "Deployed at"]
+    header = ["Observed", "Expected", "Change", "First bad", "Deployed at"]
     return ["### Regression", "", *_table(header, [row]), "", plain(incident.reason)]
 
 

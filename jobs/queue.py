@@ -82,7 +82,8 @@ def perform_check(rt, jobs: "Jobs", contracts=None) -> list:
     for outcome in outcomes:
         if outcome.change is Change.none:
             continue
-        jobs.notify(outcome.incident.id)
+        for incident in (outcome.incident, *outcome.others):
+            jobs.notify(incident.id)
         if outcome.change is Change.opened:
             jobs.stage("attribute", outcome.incident.id)
     return outcomes

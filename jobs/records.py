@@ -22,21 +22,35 @@ class Observation:
     backfilled: bool = False
     anomalous: bool = False
     id: int | None = None
+    # The sample behind the value: rows in the window, or a rate's denominator (count-aware noise).
+    count: int | None = None
+    # The band this observation was judged against, as the baseline saw it then (for the chart).
+    expected: float | None = None
+    lower: float | None = None
+    upper: float | None = None
 
 
 @dataclass(frozen=True)
 class BaselineStats:
-    """The robust summary of a contract's healthy history and the band it implies."""
+    """Where the baseline expects a value, and the band around it (jobs.band)."""
 
-    median: float
-    mad: float
-    n: int
+    expected: float
     lower: float
     upper: float
-    seasonal: bool = False
+    n: int
+    seasonal: bool = False  # weekday effects are in the model
+    trend: float = 0.0  # per day: relative growth (amounts, counts) or absolute change (rates)
 
     def contains(self, value: float) -> bool:
         return self.lower <= value <= self.upper
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "BaselineStats":
+        """From its stored JSON, including the median-and-MAD shape stored before forecasts."""
+        if "median" in data:
+            data = {"expected": data["median"], "lower": data["lower"], "upper": data["upper"], "n": data["n"],
+                    "seasonal": data.get("seasonal", False)}
+        return cls(**data)
 
 
 class AssessmentStatus(str, Enum):
@@ -99,6 +113,8 @@ class Incident:
     last_good_observation_id: int | None = None
     resolved_at: datetime | None = None
     details: dict[str, Any] = field(default_factory=dict)  # later stages: attribution, verdict, PR
+    follows_id: int | None = None  # the open incident a later deploy made worse (jobs.detect)
+    group_id: int | None = None  # the leader of the incidents one culprit caused
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ def iso(value: datetime | None) -> str | None:
 def baseline_json(stats: BaselineStats | None) -> dict[str, Any] | None:
     if stats is None:
         return None
-    return {"median": stats.median, "mad": stats.mad, "n": stats.n, "lower": stats.lower,
-            "upper": stats.upper, "seasonal": stats.seasonal}
+    # `median` and `mad` were the baseline before forecasts; the JSON never drops a field.
+    return {"expected": stats.expected, "lower": stats.lower, "upper": stats.upper, "n": stats.n,
+            "seasonal": stats.seasonal, "trend": stats.trend, "median": stats.expected, "mad": None}
 
 
 def incident_json(incident: Incident) -> dict[str, Any]:

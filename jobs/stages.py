@@ -8,15 +8,13 @@ retried or duplicated job is harmless.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import replace
 
 from jobs.attribute import attribute
 from jobs.bisect import find_fix
-from jobs.contracts import Contract, Direction, Kind
 from jobs.evidence import clone_deltas
 from jobs.propose import propose
-from jobs.records import BaselineStats, Candidate, Incident, IncidentStatus, Verdict
+from jobs.recovery import recovery_band
+from jobs.records import Candidate, Incident, IncidentStatus, Verdict
 from jobs.report import candidate_from_json, to_json, verification_from_json
 from jobs.runtime import Runtime
 from jobs.warehouse.sandbox import remove_incident_sandboxes
@@ -122,22 +120,6 @@ def propose_stage(rt: Runtime, incident_id: int) -> None:
                       _ranked_candidates(incident))
     _move(rt, incident, outcome.status, "decision.made", to_json(outcome.decision),
           {"decision": to_json(outcome.decision), "pr": to_json(outcome.pr), "ranking": to_json(outcome.ranking)})
-
-
-def recovery_band(contract: Contract, incident: Incident) -> BaselineStats:
-    """What "recovered" means: back in the baseline band; for freshness, back under max_lag."""
-    if contract.kind is Kind.freshness and contract.max_lag is not None:
-        limit = contract.max_lag.total_seconds()
-        return BaselineStats(median=limit / 2, mad=0.0, n=0, lower=0.0, upper=limit)
-    if incident.baseline is None:
-        raise ValueError(f"incident {incident.id} has no baseline to recover into")
-    # One-sided, like detection: a growing metric's revert may land above a band it never alerts on.
-    direction = contract.effective_direction
-    if direction is Direction.drop:
-        return replace(incident.baseline, upper=math.inf)
-    if direction is Direction.rise:
-        return replace(incident.baseline, lower=-math.inf)
-    return incident.baseline
 
 
 def _ranked_candidates(incident: Incident) -> list[Candidate]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -20,7 +21,8 @@ from jobs.records import AuditEvent, BaselineStats, Incident, IncidentStatus, Ob
 from jobs.store_chat import ChatMessageStore
 from jobs.store_prs import PullRequestStore
 
-_INCIDENT_FIELDS = {"status", "severity", "value", "baseline", "change_pct", "reason", "details", "resolved_at"}
+_INCIDENT_FIELDS = {"status", "severity", "value", "baseline", "change_pct", "reason", "details", "resolved_at",
+                    "group_id"}
 
 
 # Pull requests and chat messages are mixins so this module stays one concept's size.
@@ -113,7 +115,18 @@ class Store(PullRequestStore, ChatMessageStore):
         return _observation(row) if row else None
 
     def mark_anomalous(self, observation_id: int, anomalous: bool = True) -> None:
-        query = observations.update().where(observations.c.id == observation_id).values(anomalous=anomalous)
+        self._update_observation(observation_id, anomalous=anomalous)
+
+    def record_judgement(self, observation_id: int, anomalous: bool, band: BaselineStats | None) -> Observation:
+        """What detection made of an observation: anomalous or not, and the band it was judged against."""
+        self._update_observation(observation_id, anomalous=anomalous, expected=band.expected if band else None,
+                                 lower=_finite(band.lower) if band else None,
+                                 upper=_finite(band.upper) if band else None)
+        with self._transaction() as conn:
+            return _observation(conn.execute(observations.select().where(observations.c.id == observation_id)).one())
+
+    def _update_observation(self, observation_id: int, **values: Any) -> None:
+        query = observations.update().where(observations.c.id == observation_id).values(values)
         with self._transaction(write=True) as conn:
             if conn.execute(query).rowcount == 0:
                 raise NotFound(f"observation {observation_id} does not exist in the store")
@@ -132,11 +145,15 @@ class Store(PullRequestStore, ChatMessageStore):
         change_pct: float | None,
         reason: str,
         status: IncidentStatus = IncidentStatus.detected,
+        follows: Incident | None = None,
+        details: dict[str, Any] | None = None,
     ) -> Incident:
-        """Open an incident for the contract; if one is already open, return that one unchanged.
+        """Open an incident for the contract, or one that `follows` an open one; if it is already open,
+        return that one unchanged.
 
-        The database holds at most one open incident per contract, so two workers racing to open
-        one both get the same incident. Compare `first_bad_observation_id` to tell which won.
+        The database holds at most one open incident per contract that follows nothing, and one open
+        follower per incident, so two workers racing to open one both get the same incident. Compare
+        `first_bad_observation_id` to tell which won.
         """
         now = self.clock.now()
         row = dict(
@@ -156,7 +173,8 @@ class Store(PullRequestStore, ChatMessageStore):
             baseline=dataclasses.asdict(baseline) if baseline else None,
             change_pct=change_pct,
             reason=reason,
-            details={},
+            details=dict(details or {}),
+            follows_id=follows.id if follows else None,
         )
         for _attempt in range(3):  # the open incident may close between our conflict and our read
             try:
@@ -165,17 +183,27 @@ class Store(PullRequestStore, ChatMessageStore):
                 return self.incident(new_id)
             except IntegrityError as exc:
                 error = exc
-                existing = self.open_incident_for(contract_id)
+                chain = self.open_incidents_for(contract_id)
+                existing = next((i for i in chain if i.follows_id == (follows.id if follows else None)), None)
                 if existing is not None:
                     return existing
         raise StoreError(f"could not open an incident for {contract_id}: {_reason(error)}") from error
 
-    def open_incident_for(self, contract_id: str) -> Incident | None:
-        """The contract's open incident, if it has one."""
-        query = incidents.select().where(incidents.c.contract_id == contract_id, incidents.c.open.is_(True))
+    def open_incidents_for(self, contract_id: str) -> list[Incident]:
+        """The contract's open incidents, oldest first: one that follows nothing, then each that follows the last."""
+        query = (incidents.select().where(incidents.c.contract_id == contract_id, incidents.c.open.is_(True))
+                 .order_by(incidents.c.id))
         with self._transaction() as conn:
-            row = conn.execute(query).first()
-        return _incident(row) if row else None
+            found = [_incident(row) for row in conn.execute(query)]
+        chain = [i for i in found if i.follows_id is None or i.follows_id not in {f.id for f in found}]
+        while chain and (after := next((i for i in found if i.follows_id == chain[-1].id), None)):
+            chain.append(after)
+        return chain
+
+    def open_incident_for(self, contract_id: str) -> Incident | None:
+        """The contract's latest open incident (the end of its chain), if it has one."""
+        chain = self.open_incidents_for(contract_id)
+        return chain[-1] if chain else None
 
     def update_incident(self, incident_id: int, **fields: Any) -> Incident:
         """Change an incident's fields; `details` is merged key by key into the existing details.
@@ -337,6 +365,11 @@ def _reason(exc: DBAPIError) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _finite(value: float) -> float | None:
+    """A one-sided band's open edge is stored as no edge: JSON and some databases refuse infinity."""
+    return value if math.isfinite(value) else None
+
+
 def _observation(row: sa.Row) -> Observation:
     return Observation(**{f.name: getattr(row, f.name) for f in dataclasses.fields(Observation)})
 
@@ -344,6 +377,6 @@ def _observation(row: sa.Row) -> Observation:
 def _incident(row: sa.Row) -> Incident:
     values = {f.name: getattr(row, f.name) for f in dataclasses.fields(Incident)}
     values["status"] = IncidentStatus(row.status)
-    values["baseline"] = BaselineStats(**row.baseline) if row.baseline is not None else None
+    values["baseline"] = BaselineStats.from_json(row.baseline) if row.baseline is not None else None
     values["details"] = dict(row.details or {})
     return Incident(**values)

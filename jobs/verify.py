@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from jobs.baseline import fmt_number
+from jobs.formatting import fmt_number
 from jobs.contracts import Contract, Kind
 from jobs.dbt import Dbt, InvocationResult, NodeResult
 from jobs.errors import CairnError, DbtError

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from statistics import median
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -16,7 +17,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.baseline import band_stats
 from jobs.config import BigQuerySettings
 from jobs.contracts import Contract
 from jobs.dbt import Dbt
@@ -99,7 +99,9 @@ def scenario(tmp_path_factory) -> Scenario:
 
     declared = yaml.safe_load((SHOP / "cairn.yml").read_text())["contracts"]
     contract = Contract.model_validate(next(c for c in declared if c["id"] == "revenue.net_daily"))
-    band = band_stats([14_210.0, 14_446.0, 14_800.0, 14_390.0], contract.threshold, seasonal=True)
+    healthy_days = [14_210.0, 14_446.0, 14_800.0, 14_390.0]
+    band = BaselineStats(expected=median(healthy_days), lower=0.9 * min(healthy_days), upper=1.1 * max(healthy_days),
+                         n=4, seasonal=True)
     assert band.contains(HEALTHY) and not band.contains(REGRESSED)
     return Scenario(repo, root / "prod-state", root / "sandboxes", sha, contract, band)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import struct
 from datetime import datetime, timedelta, timezone
 
@@ -16,7 +17,7 @@ from slack_sdk.models.blocks import ActionsBlock, ButtonElement, ContextBlock, D
 from bot import ids
 from bot.cards import (BLOCKS_BUDGET, MAX_BLOCKS, SECTION_TEXT, Message, _fit, incident_card, reject_modal,
                        thread_message)
-from bot.chart import metric_chart
+from bot.chart import day_bands, metric_chart
 from bot.messages import STATUS_LABEL
 from bot.thread import render_terminal, thread_steps
 from jobs.records import (BaselineStats, Candidate, Incident, IncidentStatus, Observation, PullRequest, RankedCause,
@@ -62,7 +63,7 @@ INCIDENT = Incident(
     id=7, contract_id="revenue.net_daily", status=IncidentStatus.detected, severity="high", detected_at=AT,
     updated_at=AT, first_bad_at=AT, first_bad_sha=SHA, last_good_at=AT - timedelta(days=1), last_good_sha=ALT,
     value=14265.37,
-    baseline=BaselineStats(median=20684.79, mad=576.6, n=4, lower=18120.3, upper=23249.3, seasonal=True),
+    baseline=BaselineStats(expected=20684.79, lower=18120.3, upper=23249.3, n=28, seasonal=True),
     change_pct=-31.03, reason="sum(net_revenue) 14,265 is 31.0% below its 28-day Sunday median 20,685",
 )
 
@@ -122,6 +123,20 @@ def test_detected_card_has_header_status_and_no_approve():
     assert "*Detected* · -31.0% vs 28d baseline" in text and "31.0% below its 28-day Sunday median" in text
     assert "not attributed yet" in text and "*Pull request*\nnone" in text
     assert set(actions(card)) == {ids.REJECT, ids.MODE, ids.KILL}
+
+
+def test_an_incident_that_follows_another_says_so_on_its_card_and_in_its_thread():
+    root = incident(IncidentStatus.escalated, verdict="no_code_cause", followed_by=8)
+    follower = dataclasses.replace(incident(IncidentStatus.detected, follows={"incident": 7, "level": 14_265.37,
+                                                                              "sha": ALT}),
+                                   id=8, follows_id=7, value=7020.0)
+    card = " ".join(texts(serialized(incident_card(follower, None, Mode.assisted, None))))
+    assert "Follows incident #7, still open" in card and "from 14,265 to 7,020" in card
+    assert "back to 14,265, not to the baseline" in card
+    detected = {s.key: s.lines for s in thread_steps(follower, None)}["detected"]
+    assert any(line.startswith("Follows incident #7") for line in detected)
+    assert "A later deploy made it worse: incident #8" in " ".join(texts(serialized(
+        incident_card(dataclasses.replace(root, status=IncidentStatus.detected), None, Mode.assisted, None))))
 
 
 def test_verifying_card_shows_the_top_cause_before_any_verdict():
@@ -273,8 +288,8 @@ def test_thread_of_a_verified_incident_with_a_pr():
     by_key = {s.key: s.lines for s in steps}
     assert by_key["detected"] == (
         INCIDENT.reason,
-        "-31.0% vs 28d baseline: 14,265 against a baseline median 20,685 over 4 points, band 18,120–23,249 "
-        "(same weekday)",
+        "-31.0% vs 28d baseline: 14,265 against the forecast 20,685 from 28 points, band 18,120–23,249 "
+        "(weekly pattern)",
         "First bad: 2026-11-23 01:00 at 5a20dc5",
         "Last good: 2026-11-22 01:00 at 2b7a91d",
     )
@@ -407,6 +422,22 @@ def test_chart_is_a_png_of_the_metric_with_its_anomalies_marked():
     red = (pixels[..., 0] > 0.7) & (pixels[..., 1] < 0.35) & (pixels[..., 2] < 0.35)
     assert red.sum() > 50  # the anomalous points and the first-bad annotation were drawn
     assert png == metric_chart("revenue.net_daily", obs, INCIDENT.baseline, obs[28].observed_at)
+
+
+def test_each_day_is_drawn_against_the_band_its_own_baseline_drew():
+    """A weekly metric: Sundays are low and their band is low; today's band is not smeared over five weeks."""
+    start = datetime(2026, 10, 19, 1, tzinfo=timezone.utc)  # a Monday morning
+    obs = [Observation("revenue.net_daily", start + timedelta(days=d), level, window_start=start + timedelta(days=d - 1),
+                       expected=level, lower=0.9 * level, upper=1.1 * level, id=d)
+           for d in range(35) for level in [11000.0 if (start + timedelta(days=d - 1)).weekday() == 6 else 20000.0]]
+    obs.append(Observation("revenue.net_daily", start + timedelta(days=35), 9000.0, window_start=start + timedelta(days=34),
+                           anomalous=True, expected=20000.0, lower=18000.0, upper=None, id=35))
+    bands = day_bands(obs)
+    assert all(lower <= o.value <= upper for (lower, upper, _), o in zip(bands[:35], obs))
+    assert {round(expected) for _, _, expected in bands} == {11000, 20000}
+    assert bands[-1] == (18000.0, 20000.0, 20000.0)  # a drop-only band: its open upper edge goes to the data's top
+    assert all(math.isnan(x) for x in day_bands([obs[0], dataclasses.replace(obs[1], expected=None)])[1])  # unscored: a gap
+    assert metric_chart("revenue.net_daily", obs, INCIDENT.baseline, obs[35].observed_at).startswith(b"\x89PNG")
 
 
 def test_chart_without_observations_or_baseline_still_draws():

@@ -147,8 +147,8 @@ def test_an_anomalous_observation_opens_an_incident_with_last_good_and_first_bad
     assert (incident.last_good_at, incident.last_good_sha) == (CLEAN_CHECKS[1], shop.clean)
     assert incident.last_good_observation_id == last_good.id
     assert incident.value == opened.observation.value
-    assert incident.baseline.seasonal and incident.baseline.n == 4  # the four Mondays before
-    assert incident.baseline.median * 0.9 > incident.value
+    assert incident.baseline.seasonal and incident.baseline.n == 28  # four weeks, Mondays their own effect
+    assert incident.baseline.expected * 0.9 > incident.value
 
     store = store_of(story.store_url)
     flagged = {o.id: o.anomalous for o in store.observations(REVENUE)}
@@ -203,7 +203,7 @@ def test_learning_does_nothing(shop: Shop, tmp_path: Path, store_of) -> None:
         outcomes = check_at(rt, FIRST_BAD)  # the regressed day, but no history to judge it by
     [revenue] = [o for o in outcomes if o.contract.id == REVENUE]
     assert revenue.assessment.status is AssessmentStatus.learning
-    assert revenue.assessment.reason == "learning: 0 of 4 Monday baseline points"
+    assert revenue.assessment.reason == "learning: 0 of 14 baseline points"
     assert {o.change for o in outcomes} == {Change.none}
     assert {o.incident for o in outcomes} == {None}
 
@@ -222,9 +222,9 @@ def test_rebaseline_since_makes_the_old_level_irrelevant(shop: Shop, tmp_path: P
         outcomes = {o.contract.id: o for o in check_at(rt, FIRST_BAD)}
     revenue = outcomes[REVENUE]
     assert revenue.assessment.status is AssessmentStatus.learning
-    assert revenue.assessment.reason == "learning: 0 of 4 Monday baseline points"
+    assert revenue.assessment.reason == "learning: 0 of 14 baseline points"
     assert revenue.change is Change.none and revenue.incident is None
-    # A rebaseline is per contract: the payments total keeps its four Mondays of history.
+    # A rebaseline is per contract: the payments total keeps its four weeks of history.
     assert outcomes["payments.daily_amount"].assessment.status is AssessmentStatus.healthy
-    assert outcomes["payments.daily_amount"].assessment.baseline.n == 4
+    assert outcomes["payments.daily_amount"].assessment.baseline.n > 20
     assert store.incidents() == [] and store.audit_events() == []

@@ -35,7 +35,7 @@ CONTRACT = Contract.model_validate({"id": "revenue_daily", "kind": "volume", "mo
 AT = datetime(2026, 10, 2, 6, tzinfo=timezone.utc)
 INCIDENT = Incident(id=1, contract_id="revenue_daily", status=IncidentStatus.attributing, severity="high",
                     detected_at=AT, updated_at=AT, first_bad_at=AT, first_bad_sha=C,
-                    last_good_at=AT - timedelta(days=1), last_good_sha="0" * 40, value=812.0, baseline=BaselineStats(1040.0, 20.0, 28, 980.0, 1100.0),
+                    last_good_at=AT - timedelta(days=1), last_good_sha="0" * 40, value=812.0, baseline=BaselineStats(1040.0, 980.0, 1100.0, 28),
                     change_pct=-21.9, reason="below the band")
 SCORER = score(CANDIDATES)
 BUNDLE = evidence_bundle(INCIDENT, CONTRACT, CANDIDATES, SCORER, DELTAS)
@@ -69,7 +69,7 @@ def test_the_request_forces_the_tool_and_fences_repository_data() -> None:
     data = json.loads(inside)  # escaped, the data is still JSON that says exactly what the commit says
     assert data["candidates"][1]["message"] == HOSTILE
     assert data["contract"]["id"] == "revenue_daily" and data["regression"]["change_pct"] == -21.9
-    assert data["regression"]["baseline_median"] == 1040.0 and data["contract"]["expr"] == "sum(amount)"
+    assert data["regression"]["baseline_expected"] == 1040.0 and data["contract"]["expr"] == "sum(amount)"
     assert "payment_method = 'coupon'" in data["candidates"][2]["row_delta"]
     assert data["candidates"][0]["scorer_confidence"] == SCORER.causes[0].confidence
     assert data["candidates"][0]["diff"].endswith("+select a > b\n")

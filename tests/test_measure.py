@@ -152,6 +152,17 @@ def test_each_kind_matches_python(warehouse):
     assert {o.observed_at for o in observed.values()} == {AT}
 
 
+def test_each_observation_records_the_count_behind_its_value(warehouse):
+    """Rows for amounts, counts and null rates; a share's denominator; nothing for freshness or mixes."""
+    day = [r for r in ORDERS if _in_day(r)]
+    share_of_sums = _day(id="orders.avg_share", kind="ratio", numerator="sum(amount * 0.37)", denominator="sum(amount)")
+    observed = {o.contract_id: o.count for o in evaluate(warehouse, _manifest(), [*SIX_KINDS, share_of_sums], AT)}
+    assert observed == {"orders.paid_amount": sum(r[2] == "paid" for r in day), "orders.rows": len(day),
+                        "orders.fresh": None, "orders.email_share": sum(r[1] > 10 for r in day),
+                        "orders.email_nulls": len(day), "orders.methods": None, "orders.amounts": None,
+                        "orders.avg_share": None}  # a ratio of sums is no binomial share
+
+
 def test_where_or_and_an_own_filter_stay_inside_the_window(warehouse):
     contract = _day(id="orders.settled_emails", kind="volume", expr="count(email) filter (where amount > 10)",
                     where="status = 'paid' or status = 'refunded'")

@@ -24,7 +24,7 @@ CONTRACT = Contract(id="orders.revenue", kind="volume", model="fct_orders", expr
 INCIDENT = Incident(
     id=7, contract_id="orders.revenue", status=IncidentStatus.verified, severity="high", detected_at=AT,
     updated_at=AT, first_bad_at=AT, first_bad_sha=SHA, last_good_at=None, last_good_sha=None, value=81600.0,
-    baseline=BaselineStats(median=100000.0, mad=1500.0, n=28, lower=93330.0, upper=106670.0),
+    baseline=BaselineStats(expected=100000.0, lower=93330.0, upper=106670.0, n=28),
     change_pct=-18.4, reason="orders.revenue 81,600 is below its 28-day median 100,000",
 )
 CAUSE = Candidate(

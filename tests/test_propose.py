@@ -45,7 +45,7 @@ def rt(tmp_path: Path):
 def incident(rt: Runtime):
     bad = rt.store.add_observation(Observation("revenue.net_daily", NOW, 80.0, sha=rt.deployed_sha()))
     return rt.store.open_incident("revenue.net_daily", severity="high", first_bad=bad, last_good=None, value=80.0,
-                                  baseline=BaselineStats(100.0, 2.0, 28, 90.0, 110.0), change_pct=-20.0,
+                                  baseline=BaselineStats(100.0, 90.0, 110.0, 28), change_pct=-20.0,
                                   reason="down")
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 import threading
 import traceback
@@ -83,7 +85,7 @@ def open_for(store: Store, contract_id: str, first_bad: Observation, last_good: 
         first_bad=first_bad,
         last_good=last_good,
         value=first_bad.value,
-        baseline=BaselineStats(median=100.0, mad=2.0, n=28, lower=94.0, upper=106.0),
+        baseline=BaselineStats(expected=100.0, lower=94.0, upper=106.0, n=28),
         change_pct=-50.0,
         reason="volume dropped 50%",
     )
@@ -165,13 +167,24 @@ def test_mark_anomalous(store):
         store.mark_anomalous(999999)
 
 
+def test_an_observation_keeps_its_count_and_the_band_it_was_judged_against(store):
+    saved = store.add_observation(dataclasses.replace(obs(0), count=4210))
+    judged = store.record_judgement(saved.id, True, BaselineStats(expected=120.0, lower=100.0, upper=math.inf, n=28))
+    assert (judged.anomalous, judged.count, judged.expected, judged.lower, judged.upper) == (True, 4210, 120.0, 100.0,
+                                                                                              None)
+    assert store.latest_observation("orders.revenue") == judged  # an open edge is stored as no edge
+    assert store.record_judgement(saved.id, False, None).expected is None
+    with pytest.raises(NotFound, match="observation 999999"):
+        store.record_judgement(999999, False, None)
+
+
 def test_one_open_incident_per_contract(store):
     good, bad, worse = (store.add_observation(obs(d, v)) for d, v in ((0, 100.0), (1, 50.0), (2, 40.0)))
     first = open_for(store, "orders.revenue", bad, good)
     assert first.status is IncidentStatus.detected
     assert (first.first_bad_sha, first.last_good_sha) == ("sha1", "sha0")
     assert (first.first_bad_observation_id, first.last_good_observation_id) == (bad.id, good.id)
-    assert first.baseline == BaselineStats(median=100.0, mad=2.0, n=28, lower=94.0, upper=106.0)
+    assert first.baseline == BaselineStats(expected=100.0, lower=94.0, upper=106.0, n=28)
     assert first.detected_at.tzinfo is not None and first.resolved_at is None
 
     assert open_for(store, "orders.revenue", worse, good) == first
