@@ -18,7 +18,7 @@ from slack_sdk.models.blocks import (ActionsBlock, Block, ButtonElement, Confirm
 from slack_sdk.models.views import View
 
 from bot import ids
-from bot.messages import STATUS_LABEL, chain_lines, regression
+from bot.messages import STATUS_LABEL, TRIAGE_LABEL, chain_lines, regression
 from bot.thread import Step, cause_phrase, decision_phrase, incident_pr, moment, proof_phrase, thread_steps
 from jobs.records import Incident, IncidentStatus, PullRequest
 from jobs.report import loop_json
@@ -173,7 +173,9 @@ def _facts(incident: Incident, pr: PullRequest | None, mode: Mode, kill: KillSwi
     cause = escape(cause_phrase(top["sha"], top["files"], top["confidence"])) if top else "not attributed yet"
     verdict = (escape(proof_phrase(loop["verdict"], loop["clone_id"], loop["before"], loop["after"]))
                if loop["verdict"] else "not verified yet")
-    facts = [("Top cause", cause), ("Verdict", verdict)]
+    found = incident.details.get("triage")
+    facts = [("Triage", escape(f"{TRIAGE_LABEL[found['class']]}: {found['evidence'][0]}") if found else "not yet"),
+             ("Top cause", cause), ("Verdict", verdict)]
     if loop["decision"]:
         facts.append(("Decision", escape(decision_phrase(loop["decision"]))))
     facts += [("Pull request", _pr_text(pr)), ("Mode", MODE_LABEL[mode]), ("Kill switch", _kill_text(kill))]

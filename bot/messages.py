@@ -19,6 +19,9 @@ STATUS_LABEL = {
     IncidentStatus.resolved: "Resolved",
 }
 
+TRIAGE_LABEL = {"code_change": "code change", "data_change": "data change", "intentional": "intentional",
+                "unknown": "unknown"}
+
 NO_INCIDENTS = "No open incidents. Every contract is inside its baseline band."
 UNEXPECTED_ERROR = "Unexpected error {error_id}: {error}. It was logged with its traceback; quote the ID when you report it."
 NOT_AN_APPROVER = ("Only approvers can do that (slack.approvers in cairn.yml lists their user or user-group IDs). "

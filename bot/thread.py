@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bot.messages import STATUS_LABEL, chain_lines, regression, short_sha
+from bot.messages import STATUS_LABEL, TRIAGE_LABEL, chain_lines, regression, short_sha
 from jobs.formatting import fmt_number
 from jobs.evidence import sample_line
 from jobs.prbody import MAX_SAMPLE_ROWS, tests_line
@@ -42,6 +42,7 @@ def thread_steps(incident: Incident, pr: PullRequest | None, *, baseline_days: i
         _attribution(incident),
         _evidence(details),
         _verification(details),
+        _triage(details),
         _decision(details),
         _pull_request(pr),
     ]
@@ -200,6 +201,15 @@ def _verification(details: dict[str, Any]) -> Step | None:
                   for i, a in enumerate(attempts, start=1)]
     title = STATUS_LABEL[IncidentStatus.verified if fix else IncidentStatus.not_verified]
     return Step("verification", title, tuple(lines))
+
+
+def _triage(details: dict[str, Any]) -> Step | None:
+    """The class the incident was given and why; a new step when verification changes the verdict."""
+    found = details.get("triage")
+    if not found:
+        return None
+    return Step(f"triage-{found.get('stage', 'attribution')}", f"Triage: {TRIAGE_LABEL[found['class']]}",
+                tuple(found["evidence"]))
 
 
 def _decision(details: dict[str, Any]) -> Step | None:

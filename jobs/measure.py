@@ -83,7 +83,7 @@ def _column(name: str) -> exp.Column:
     return exp.Column(this=exp.to_identifier(name, quoted=True))
 
 
-def _instant(at: datetime, dialect: Profiler, column_type: exp.DataType | None = None) -> exp.Expression:
+def instant(at: datetime, dialect: Profiler, column_type: exp.DataType | None = None) -> exp.Expression:
     """`at` as a literal of the time column's own type, so the comparison needs no cast of the column.
 
     BigQuery compares a DATE or DATETIME column with a TIMESTAMP only after a cast, and a cast of
@@ -117,7 +117,7 @@ def _aggregates(
     column = _column(contract.column or "")
     if contract.kind is Kind.freshness:
         # Bounded by `at`, so that a replay at a past time sees only the rows that existed then.
-        up_to_at = exp.LTE(this=column.copy(), expression=_instant(at, parts, column_type))
+        up_to_at = exp.LTE(this=column.copy(), expression=instant(at, parts, column_type))
         return {"latest": _filter(exp.Max(this=column), _and(condition, up_to_at))}
     if contract.kind is Kind.null_rate:
         is_null = exp.Is(this=column, expression=exp.Null())
@@ -200,8 +200,8 @@ def compile_model_query(
             start, end = window_bounds(contract.window, at)
             ts = _column(contract.time_column)
             in_window = exp.and_(
-                exp.GTE(this=ts.copy(), expression=_instant(start, parts, column_type)),
-                exp.LT(this=ts.copy(), expression=_instant(end, parts, column_type)),
+                exp.GTE(this=ts.copy(), expression=instant(start, parts, column_type)),
+                exp.LT(this=ts.copy(), expression=instant(end, parts, column_type)),
             )
             condition = _and(condition, in_window)
         aliases = {}

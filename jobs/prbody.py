@@ -121,6 +121,7 @@ def pr_body(
         _summary(incident, contract, candidate, verification),
         _contract(contract),
         _regression(incident, contract),
+        _triage(incident),
         _attribution(lineage_path),
         _suspect(candidate, ranking),
         _alternates(ranking, candidates, candidate.sha),
@@ -154,6 +155,15 @@ def _regression(incident: Incident, contract: Contract) -> list[str]:
            incident.first_bad_at.strftime("%Y-%m-%d %H:%M UTC"), code((incident.first_bad_sha or "unknown")[:7])]
     header = ["Observed", "Expected", "Change", "First bad", "Deployed at"]
     return ["### Regression", "", *_table(header, [row]), "", plain(incident.reason)]
+
+
+def _triage(incident: Incident) -> list[str]:
+    found = incident.details.get("triage")
+    if not found:
+        return ["### Triage", "", "Not triaged."]
+    label = found["class"].replace("_", " ").capitalize()
+    return ["### Triage", "", f"**{label}**", "",
+            *(f"- {plain(line)}" for line in found["evidence"])]
 
 
 def _attribution(path: Sequence[str]) -> list[str]:

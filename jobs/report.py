@@ -41,6 +41,8 @@ def incident_json(incident: Incident) -> dict[str, Any]:
                       "observation_id": incident.last_good_observation_id},
         "first_bad": {"at": iso(incident.first_bad_at), "sha": incident.first_bad_sha,
                       "observation_id": incident.first_bad_observation_id},
+        "follows": incident.follows_id,
+        "group": incident.group_id,
         **loop_json(incident.details),
     }
 
@@ -64,6 +66,7 @@ def loop_json(details: dict[str, Any]) -> dict[str, Any]:
         "before": proof.get("before"),
         "after": proof.get("after"),
         "decision": details.get("decision"),
+        "triage": details.get("triage"),
         "pr": {"number": pr["number"], "url": pr.get("url"), "branch": pr["branch"], "state": pr["state"]}
         if pr else None,
     }

@@ -8,8 +8,12 @@ retried or duplicated job is harmless.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
+from jobs import triage
 from jobs.attribute import attribute
+from jobs.errors import CairnError
+from jobs.formatting import fmt_number
 from jobs.bisect import find_fix
 from jobs.evidence import clone_deltas
 from jobs.propose import propose
@@ -37,6 +41,9 @@ def attribute_stage(rt: Runtime, incident_id: int) -> None:
     if not found.revertable:
         verdict = Verdict.intentional if found.intentional else Verdict.no_code_cause
         details["verdict"] = verdict.value
+        facts = () if found.intentional else upstream_of(rt, incident, contract)
+        details["triage"] = triage.after_attribution(intentional=[_line(c) for c in found.intentional],
+                                                     revertable=(), upstream=facts).to_json()
         reason = (f"commit {found.intentional[0].short_sha} marks this change as intentional: re-baseline with "
                   f"`cairn rebaseline {contract.id} --reason ...`" if found.intentional else
                   "no code change in the suspect range explains this: look at the source data")
@@ -44,6 +51,8 @@ def attribute_stage(rt: Runtime, incident_id: int) -> None:
               {"verdict": verdict.value, "candidates": len(found.candidates), "reason": reason}, details)
         return
     top = found.ranking.top
+    details["triage"] = triage.after_attribution(intentional=(), revertable=[_line(c) for c in found.revertable],
+                                                 upstream=()).to_json()
     _move(rt, incident, IncidentStatus.verifying, "attribution.finished",
           {"candidates": len(found.candidates), "top": top.sha if top else None, "ranker": found.ranking.ranker,
            "note": found.ranking.note}, details)
@@ -103,8 +112,14 @@ def verify_stage(rt: Runtime, incident_id: int) -> None:
         _move(rt, incident, IncidentStatus.escalated, "verification.refused", data, details)
         return
     verdict = search.fix.verdict if search.fix else _worst(search)
+    fix = search.fix
+    proof = (f"reverting {', '.join(s[:7] for s in fix.reverted)} brings {contract.id} from "
+             f"{_number(fix.before)} to {_number(fix.after)} on clone {fix.clone_id}" if fix else None)
+    tried = list(dict.fromkeys(s[:7] for a in search.attempts for s in a.reverted))
     details = {"verification": {"attempts": to_json(search.attempts), "builds": search.builds,
-                                "fix": to_json(search.fix)}, "verdict": verdict.value}
+                                "fix": to_json(search.fix)}, "verdict": verdict.value,
+               "triage": triage.after_verification(verified=proof, tried=tried, upstream=() if fix else
+                                                   upstream_of(rt, incident, contract)).to_json()}
     status = IncidentStatus.verified if search.fix else IncidentStatus.not_verified
     _move(rt, incident, status, "verification.finished", {"verdict": verdict.value, "builds": search.builds},
           details)
@@ -120,6 +135,33 @@ def propose_stage(rt: Runtime, incident_id: int) -> None:
                       _ranked_candidates(incident))
     _move(rt, incident, outcome.status, "decision.made", to_json(outcome.decision),
           {"decision": to_json(outcome.decision), "pr": to_json(outcome.pr), "ranking": to_json(outcome.ranking)})
+
+
+def upstream_of(rt: Runtime, incident: Incident, contract) -> tuple:
+    """The sources under the metric, measured over the first bad window; nothing when they cannot be."""
+    from jobs.lineage import upstream
+    from jobs.upstream import upstream_facts
+
+    first_bad = rt.store.observation(incident.first_bad_observation_id) if incident.first_bad_observation_id \
+        else None
+    if first_bad is not None and first_bad.window_start and first_bad.window_end:
+        window = (first_bad.window_start, first_bad.window_end)
+    else:  # a whole-table contract: the day before it was found
+        window = (incident.first_bad_at - timedelta(days=1), incident.first_bad_at)
+    try:
+        sources = [uid for uid in upstream(rt.manifest, contract.relation_name).names if uid.startswith("source.")]
+        return tuple(upstream_facts(rt.warehouse, rt.manifest, sources, window))
+    except CairnError as error:  # the facts inform the triage; their absence must not stop the loop
+        log.warning("incident %s: sources upstream not measured: %s", incident.id, error)
+        return ()
+
+
+def _line(candidate: Candidate) -> str:
+    return f"{candidate.short_sha} ({candidate.message})"
+
+
+def _number(value: float | None) -> str:
+    return "no value" if value is None else fmt_number(value)
 
 
 def _ranked_candidates(incident: Incident) -> list[Candidate]:

@@ -101,6 +101,13 @@ class Store(PullRequestStore, ChatMessageStore):
         with self._transaction() as conn:
             return [_observation(row) for row in conn.execute(query)]
 
+    def observation(self, observation_id: int) -> Observation:
+        with self._transaction() as conn:
+            row = conn.execute(observations.select().where(observations.c.id == observation_id)).first()
+        if row is None:
+            raise NotFound(f"observation {observation_id} does not exist in the store")
+        return _observation(row)
+
     def latest_observation(self, contract_id: str) -> Observation | None:
         """The last observation in the order of `observations()`."""
         at = sa.func.coalesce(observations.c.window_start, observations.c.observed_at)
@@ -122,8 +129,7 @@ class Store(PullRequestStore, ChatMessageStore):
         self._update_observation(observation_id, anomalous=anomalous, expected=band.expected if band else None,
                                  lower=_finite(band.lower) if band else None,
                                  upper=_finite(band.upper) if band else None)
-        with self._transaction() as conn:
-            return _observation(conn.execute(observations.select().where(observations.c.id == observation_id)).one())
+        return self.observation(observation_id)
 
     def _update_observation(self, observation_id: int, **values: Any) -> None:
         query = observations.update().where(observations.c.id == observation_id).values(values)

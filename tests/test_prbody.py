@@ -25,7 +25,9 @@ INCIDENT = Incident(
     id=7, contract_id="orders.revenue", status=IncidentStatus.verified, severity="high", detected_at=AT,
     updated_at=AT, first_bad_at=AT, first_bad_sha=SHA, last_good_at=None, last_good_sha=None, value=81600.0,
     baseline=BaselineStats(expected=100000.0, lower=93330.0, upper=106670.0, n=28),
-    change_pct=-18.4, reason="orders.revenue 81,600 is below its 28-day median 100,000",
+    change_pct=-18.4, reason="orders.revenue 81,600 is below its 28-day forecast 100,000",
+    details={"triage": {"class": "code_change", "stage": "verification", "upstream": [], "evidence": [
+        "proven: reverting 8f31c2a brings orders.revenue from 81,600 to 100,240 on clone cairn_clone_7_8f31c2a"]}},
 )
 CAUSE = Candidate(
     sha=SHA, author="Dana Analyst", authored_at=AT, message="Exclude coupon payments from revenue\n\nLong body",
