@@ -148,8 +148,9 @@ FAMILIES: dict[str, Callable[[np.random.Generator, int], Series]] = {
 }
 
 
-def anchor_band(values: np.ndarray, day: int, flagged: np.ndarray, weekday: bool) -> tuple[float, float] | None:
-    """Elementary-style: mean ± 3 standard deviations of the last 14 points (of that weekday)."""
+def anchor_band(values: np.ndarray, day: int, flagged: np.ndarray, weekday: bool,
+                k: float = 3.0) -> tuple[float, float] | None:
+    """Elementary-style: mean ± k (3) standard deviations of the last 14 points (of that weekday)."""
     days = np.arange(day)
     keep = ~flagged[:day]
     if weekday:
@@ -158,4 +159,4 @@ def anchor_band(values: np.ndarray, day: int, flagged: np.ndarray, weekday: bool
     if len(history) < 14:
         return None
     mean, sd = float(history.mean()), float(history.std(ddof=1))
-    return mean - 3 * sd, mean + 3 * sd
+    return mean - k * sd, mean + k * sd

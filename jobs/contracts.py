@@ -70,7 +70,7 @@ class BaselineSpec(_Strict):
 class ThresholdSpec(_Strict):
     """When a deviation from the baseline becomes an anomaly; every floor must be crossed."""
 
-    z: float = Field(3.5, gt=0, description="Distance from the forecast in predictive standard deviations "
+    z: float = Field(3.7, gt=0, description="Distance from the forecast in predictive standard deviations "
                                             "(business and sampling noise; t-widened for short histories).")
     relative: float = Field(0.05, ge=0, description="Minimum relative change vs the expected value.")
     absolute: float = Field(0.0, ge=0, description="Minimum absolute change vs the expected value.")

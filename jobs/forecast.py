@@ -15,11 +15,11 @@ in the metric's own units.
   pages on every quiet weekend, while one kept for nothing only widens the band by about a tenth.
   `weekly` forces them (one point per weekday is then enough to fit), `none` leaves them out.
 - Robust, then exact: a holiday or an unflagged outage in the history would pull a least-squares
-  fit and inflate its noise, so points more than OUTLIER_Z robust scales from the Huber fit are
-  left out first (three in four weeks at most, one per weekday). On the rest, least squares is fully efficient and
-  its t interval exact under normal noise; a robust scale alone (a MAD of residuals) is neither:
-  it is not corrected for the 8 parameters fitted and read ~15% narrow, 5 false alarms per 1,000
-  days in the benchmark, and Huber weights alone left holidays inflating the band.
+  fit and inflate its noise, so outliers are left out first (`_inliers`: three in four weeks at
+  most, one per weekday). On the rest, least squares is fully efficient and its t interval exact
+  under normal noise; a robust scale alone (a MAD of residuals) is neither: it is not corrected
+  for the 8 parameters fitted and read ~15% narrow, 5 false alarms per 1,000 days in the
+  benchmark, and Huber weights alone left holidays inflating the band.
 - Honest with few points: `param_var` (the variance of the fitted value itself, from the
   parameter covariance) and `df` (residual degrees of freedom, for t quantiles) widen the band
   when history is short, instead of a z from the spread of a handful of points.
@@ -37,8 +37,8 @@ SEASONAL_P = 0.01  # F-test p-value below which a weekday pattern is kept
 MIN_PER_WEEKDAY = 2  # auto-detection needs each weekday at least this often
 MIN_FOR_SEASONAL = 14  # ... and at least this many points in all
 TOLERANCE = 1e-5  # RLM convergence: far below any band width, ~2x fewer iterations than the default
-OUTLIER_Z = 5.0  # robust scales from the robust fit: a point further out is left out of the forecast
-MAX_OUTLIERS = 0.12  # ... but never more than this share of the history (3 of 28 days)
+OUTLIER_P = 0.01  # share of ordinary histories that would lose a good day to the outlier test
+MAX_OUTLIERS = 0.12  # at most this share of the history is suspected (3 of 28 days)
 
 Seasonality = Literal["auto", "none", "weekly"]
 
@@ -94,59 +94,58 @@ def _may_be_seasonal(weekdays: np.ndarray, n: int, seasonality: Seasonality) -> 
 
 
 def _inliers(values: np.ndarray, design: np.ndarray) -> np.ndarray:
-    """The points a robust fit does not call outliers: a holiday or an unflagged outage in the history.
+    """The points that are not outliers: a holiday or an unflagged outage in the history.
 
-    An outlier is more than OUTLIER_Z robust scales from a robust fit. They go one at a time,
-    worst first, refitting after each (a big holiday inflates the scale enough to hide a smaller
-    one until it is gone), at most MAX_OUTLIERS of the points, so a noisy history is never
-    thinned to its calmest days. With weekday effects, at most one point of each weekday goes:
-    when two of four Sundays are "outliers", which two is a guess, and a weekday left without
-    points has no effect to fit.
+    The suspects are the points furthest from a robust fit, at most MAX_OUTLIERS of them (and one
+    per weekday with weekday effects: when two of four Sundays look off, which two is a guess). Each
+    is then judged against a least-squares fit of all the other points, suspects left out, the way
+    today's value is judged: its prediction t-statistic. It is an outlier when that t is past the
+    level at which a normal history would lose a point in only OUTLIER_P of windows. Judged against
+    a fit without any suspect, two holidays cannot hide each other (a fit with one of them in calls
+    the other ordinary); judged by least squares rather than a robust scale, ordinary tail days stay
+    in (a MAD of 28 residuals swings widely, and a low one threw good days out and narrowed the band).
     """
     keep = np.ones(len(values), dtype=bool)
-    if np.ptp(values) == 0 or len(values) <= design.shape[1] + 2:
+    room = int(MAX_OUTLIERS * len(values))
+    if room < 1 or np.ptp(values) == 0 or len(values) - room <= design.shape[1] + 2:
+        return keep
+    robust = _robust(values, design)
+    if robust is None:
         return keep
     weekdays = _weekday_of(design)
-    dropped: set[int] = set()
-    params = None
-    for _ in range(max(1, int(MAX_OUTLIERS * len(values)))):
-        robust = _robust(values[keep], design[keep], params)
-        if robust is None:
+    suspects: list[int] = []
+    for i in np.argsort(-np.abs(np.asarray(robust.resid))):
+        if len(suspects) == room:
             break
-        params = robust.params
-        # The MAD of residuals ignores the parameters fitted: correct it, or it reads narrow on 28 points.
-        scale = robust.scale * np.sqrt(keep.sum() / max(keep.sum() - design.shape[1], 1))
-        distance = np.full(len(values), -1.0)
-        distance[keep] = np.abs(np.asarray(robust.resid)) / scale
-        if weekdays is not None:
-            distance[np.isin(weekdays, list(dropped))] = -1.0
-        worst = int(np.argmax(distance))
-        if distance[worst] <= OUTLIER_Z:
-            break
-        keep[worst] = False
-        if weekdays is not None:
-            dropped.add(int(weekdays[worst]))
+        if weekdays is None or weekdays[i] not in {weekdays[j] for j in suspects}:
+            suspects.append(int(i))
+    rest = np.ones(len(values), dtype=bool)
+    rest[suspects] = False
+    clean = _ols(values[rest], design[rest])
+    if clean is None:
+        return keep
+    from scipy import stats
+
+    limit = stats.t.isf(OUTLIER_P / 2 / len(values), clean.df_resid)
+    cov = np.asarray(clean.cov_params()) / clean.scale  # (X'X)^-1 of the clean fit
+    for i in suspects:
+        row = design[i]
+        spread = np.sqrt(clean.scale * (1 + row @ cov @ row))
+        if abs(values[i] - row @ np.asarray(clean.params)) > limit * spread:
+            keep[i] = False
     return keep
 
 
-def _robust(values: np.ndarray, design: np.ndarray, start: np.ndarray | None):
-    """Tukey's biweight fit, started from Huber's, with a MAD scale; None when it cannot be had.
-
-    Tukey's biweight gives a holiday no weight at all, so the fit does not lean towards it and its
-    residual shows its full size (Huber's still half-absorbs it). The MAD ignores the holidays'
-    size altogether (Huber's proposal-2 scale read twice the noise with two holidays in 28 days,
-    and then found no outlier at all).
-    """
+def _robust(values: np.ndarray, design: np.ndarray):
+    """Tukey's biweight fit, started from Huber's: it gives a holiday no weight, so its residual shows
+    its full size (Huber's still half-absorbs it). None when it cannot be had."""
     from statsmodels.robust.norms import HuberT, TukeyBiweight
     from statsmodels.robust.robust_linear_model import RLM
 
-    if np.ptp(values) == 0 or len(values) <= design.shape[1] + 2:
-        return None
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         try:
-            if start is None:
-                start = RLM(values, design, M=HuberT()).fit(tol=TOLERANCE).params
+            start = RLM(values, design, M=HuberT()).fit(tol=TOLERANCE).params
             result = RLM(values, design, M=TukeyBiweight()).fit(start_params=start, tol=TOLERANCE)
         except (ValueError, ZeroDivisionError, np.linalg.LinAlgError):
             return None

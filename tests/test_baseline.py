@@ -118,7 +118,7 @@ CASES = [
     ("auto finds the weekly pattern", contract(), before(SUNDAY, [SUNDAY_LOW] * 28), obs(SUNDAY, 510), None,
      HEALTHY, "within"),
     ("no seasonality: low Sundays widen the band", contract(baseline={"seasonality": "none"}),
-     before(SUNDAY, [SUNDAY_LOW] * 28), obs(SUNDAY, 510), None, HEALTHY, "its 28-day band 3"),
+     before(SUNDAY, [SUNDAY_LOW] * 28), obs(SUNDAY, 510), None, HEALTHY, "its 28-day band 4"),
     ("weekly waits for enough same weekdays", weekly(), before(SUNDAY, NOISE[:10]), obs(SUNDAY, 700), None,
      LEARNING, "learning: 1 of 2 Sunday baseline points"),
     ("zero rows page", contract("row_count"), before(MONDAY, NOISE), obs(MONDAY, 0), None, ANOMALOUS,
