@@ -15,7 +15,7 @@ class Clock:
     """UTC wall time, or a pinned instant that only `set` moves."""
 
     def __init__(self, pinned: datetime | None = None) -> None:
-        self._pinned = _utc(pinned) if pinned is not None else None
+        self._pinned = utc(pinned) if pinned is not None else None
 
     @property
     def pinned(self) -> datetime | None:
@@ -27,13 +27,14 @@ class Clock:
 
     def set(self, at: datetime) -> None:
         """Move a pinned clock (a replay steps it day by day)."""
-        self._pinned = _utc(at)
+        self._pinned = utc(at)
 
     def __repr__(self) -> str:
         return f"Clock({self._pinned.isoformat()})" if self._pinned else "Clock(wall)"
 
 
-def _utc(at: datetime) -> datetime:
+def utc(at: datetime) -> datetime:
+    """`at` in UTC; a naive time is refused, never guessed."""
     if at.tzinfo is None:
         raise ValueError(f"{at!r} has no time zone; pass an aware UTC datetime")
     return at.astimezone(timezone.utc)

@@ -10,6 +10,7 @@ from typing import Any
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
+from jobs.clock import utc
 from jobs.contracts import Contract, Kind, window_bounds
 from jobs.errors import ContractError, WarehouseError
 from jobs.fragments import aggregate, row_condition
@@ -126,12 +127,6 @@ def _aggregates(
     return {"rows": rows, "profile": _filter(build(column), condition)}
 
 
-def _utc(at: datetime) -> datetime:
-    if at.tzinfo is None:
-        raise ValueError(f"{at!r} has no time zone; pass an aware UTC datetime")
-    return at.astimezone(timezone.utc)
-
-
 @dataclass(frozen=True)
 class Measure:
     """Where one contract's aggregates sit in the result row, and the window they cover."""
@@ -185,7 +180,7 @@ def compile_model_query(
     """
     if not contracts:
         raise ValueError("compile_model_query needs at least one contract")
-    at, parts = _utc(at), profiler(dialect)
+    at, parts = utc(at), profiler(dialect)
     try:
         table = exp.to_table(relation, dialect=dialect)
     except (ParseError, TokenError) as error:
