@@ -226,11 +226,13 @@ def test_detection_beats_the_anchor_on_every_family(benchmark) -> None:
         six = recall(cairn, noise_ratio=6)
         assert six is None or six >= 0.99, (family, six)
         caught = recall(cairn, 0.2) or 0
-        # Fewer false alarms than the anchor as shipped, always; more drops caught than it, or, where its
-        # 3 sd buys recall with 10-50x the false alarms (a steady ratio), more than the anchor held to the
-        # same false-alarm target (at equal recall, 100% on a stock, neither can be better).
+        # No more false alarms than the anchor as shipped and strictly better on one axis; as many drops
+        # caught, or, where its 3 sd buys recall with 10-50x the false alarms (a steady ratio), more than the
+        # anchor held to the same false-alarm target (at 100% recall on a stock, neither can do better).
         matched = [recall(by[name], 0.2) or 0 for name in STRICTER if false_alarms(by[name]) <= FALSE_ALARM_TARGET]
         for anchor in ANCHORS:
-            assert false_alarms(cairn) < false_alarms(by[anchor]) or false_alarms(by[anchor]) == 0, (family, anchor)
-            assert caught >= (recall(by[anchor], 0.2) or 0) or caught > max(matched, default=0), (family, anchor)
+            theirs = recall(by[anchor], 0.2) or 0
+            assert false_alarms(cairn) <= false_alarms(by[anchor]), (family, anchor)
+            assert caught >= theirs or caught > max(matched, default=0), (family, anchor)
+            assert false_alarms(cairn) < false_alarms(by[anchor]) or caught > theirs or theirs == 1, (family, anchor)
         assert caught >= max(matched, default=0), family
