@@ -60,3 +60,36 @@ def chain_lines(incident: Incident) -> list[str]:
         lines.append(f"A later deploy made it worse: incident #{incident.details['followed_by']} has that deploy's "
                      "commits as suspects.")
     return lines
+
+
+LEFT_GROUP = {
+    "unexplained": ("Left group #{group}: no commit in the suspect range touches this metric's lineage, so no "
+                    "revert of the group can bring it back."),
+    "not_recovered": ("Left group #{group}: the group's revert of {fix} did not bring this metric back, so it runs "
+                      "its own attribution, verification and PR."),
+    "dissolved": "Its group #{group} dissolved: the others need fixes of their own, so it goes on alone.",
+}
+GROUP_PR = ("The group's PR, opened by incident #{leader}: Approve or Reject on this card acts on it for every "
+            "incident of the group.")
+
+
+def group_lines(incident: Incident) -> list[str]:
+    """Which incidents share its culprit, verification and PR."""
+    members = (incident.details.get("group") or {}).get("members") or []
+    others = [f"#{m}" for m in members if m != incident.id]
+    if incident.group_id is None or not others:
+        return []
+    if incident.group_id == incident.id:
+        return [f"Grouped with {', '.join(others)}: one deploy broke them together, so they get one culprit, one "
+                "verification and one PR, run from this incident."]
+    rest = [m for m in others if m != f"#{incident.group_id}"]
+    return [f"Grouped with #{incident.group_id}{' and ' + ', '.join(rest) if rest else ''}: one culprit, one "
+            f"verification and one PR for all of them, run from #{incident.group_id}."]
+
+
+def left_group_line(incident: Incident) -> str | None:
+    """Why it left the group it was in, if it did."""
+    left = incident.details.get("left_group")
+    if not left or left.get("why") not in LEFT_GROUP:
+        return None
+    return LEFT_GROUP[left["why"]].format(group=left["group"], fix=short_sha(left.get("fix")))
