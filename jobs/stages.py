@@ -46,7 +46,7 @@ def attribute_stage(rt: Runtime, incident_id: int) -> list[int]:
     # The leader (the lowest ID left) keeps the group's ranking, which verification and the PR work from.
     carry = {"group_attribution": groups.group_attribution({m.id: found[m.id] for m in stay})} if len(stay) > 1 else {}
     leader = min((m.id for m in stay), default=None)
-    for member in stay:
+    for member in _last(stay, incident_id):
         ranking = ranking_from_json(carry["group_attribution"]["ranking"]) if carry else found[member.id].ranking
         top = ranking.top
         _move(rt, member, IncidentStatus.verifying, "attribution.finished",
@@ -129,7 +129,7 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
             else {"reason": str(refused)}
         details = {"verification": {"attempts": [], "builds": 0, "fix": None, "refused": data},
                    "verdict": Verdict.refused.value}
-        for member in group:
+        for member in _last(group, incident_id):
             _move(rt, member, IncidentStatus.escalated, "verification.refused", data, details)
         return _others(group, incident_id)
     fix, stay = search.fix, group
@@ -137,13 +137,13 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
         # The best single revert brings back only some members: they keep it, the others try alone.
         back = {m.incident_id for m in partial.members if m.verdict is Verdict.verified}
         fix, stay = groups.restrict(partial, back), [m for m in group if m.id in back]
-        for member in group:
+        for member in _last(group, incident_id):
             if member.id not in back:
                 groups.leave(rt.store, member, groups.NOT_RECOVERED, fix=partial.sha)
         groups.regroup(rt.store, stay, {k: v for k, v in incident.details.items() if k == "group_attribution"})
     verdict = fix.verdict if fix else _worst(search)
     status = IncidentStatus.verified if fix else IncidentStatus.not_verified
-    for member in stay:
+    for member in _last(stay, incident_id):
         details = {"verification": {"attempts": [to_json(groups.view(a, member)) for a in search.attempts],
                                     "builds": search.builds, "fix": to_json(groups.view(fix, member)) if fix else None},
                    "verdict": verdict.value}
@@ -161,7 +161,7 @@ def propose_stage(rt: Runtime, incident_id: int) -> list[int]:
     fix = incident.details.get("verification", {}).get("fix")
     outcome = propose(rt, incident, contract, verification_from_json(fix) if fix else None,
                       _ranked_candidates(incident), group=[(m, rt.contract(m.contract_id)) for m in group[1:]])
-    for member in group:
+    for member in _last(group, incident_id):
         _move(rt, member, outcome.status, "decision.made", to_json(outcome.decision),
               {"decision": to_json(outcome.decision), "pr": to_json(outcome.pr), "ranking": to_json(outcome.ranking)})
     return _others(group, incident_id)
@@ -217,6 +217,12 @@ def _move(rt: Runtime, incident: Incident, status: IncidentStatus, event: str, d
 def _scope(incident: Incident) -> str:
     """Dedup keys of a group's moves name the group: a member that leaves it runs its own stages afresh."""
     return f"incident:{incident.id}" + (f":group:{incident.group_id}" if incident.group_id is not None else "")
+
+
+def _last(group: list[Incident], incident_id: int) -> list[Incident]:
+    """The running incident last: if its job dies half-way, the retry finds it where it was and redoes the
+    stage for the members still waiting with it."""
+    return sorted(group, key=lambda m: m.id == incident_id)
 
 
 def _others(group: list[Incident], incident_id: int) -> list[int]:
