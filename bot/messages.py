@@ -65,9 +65,11 @@ def chain_lines(incident: Incident) -> list[str]:
 LEFT_GROUP = {
     "unexplained": ("Left group #{group}: no commit in the suspect range touches this metric's lineage, so no "
                     "revert of the group can bring it back."),
-    "not_recovered": ("Left group #{group}: the group's revert of {fix} did not bring this metric back, so it runs "
-                      "its own attribution, verification and PR."),
-    "dissolved": "Its group #{group} dissolved: the others need fixes of their own, so it goes on alone.",
+    "not_recovered": ("Left group #{group}: no revert the group tried on its clone brought this metric back (the "
+                      "best, {fix}, brought back others), so it runs its own attribution, verification and PR."),
+    "split": ("Group #{group} split: no one revert brings all its incidents back, so this one goes on with the "
+              "revert of {fix}, which brought it back on the group's clone."),
+    "split_alone": "Group #{group} split: no commit in the range explains the others, so this one goes on alone.",
 }
 GROUP_PR = ("The group's PR, opened by incident #{leader}: Approve or Reject on this card acts on it for every "
             "incident of the group.")
@@ -89,7 +91,8 @@ def group_lines(incident: Incident) -> list[str]:
 
 def left_group_line(incident: Incident) -> str | None:
     """Why it left the group it was in, if it did."""
-    left = incident.details.get("left_group")
-    if not left or left.get("why") not in LEFT_GROUP:
+    left = incident.details.get("left_group") or {}
+    why = "split_alone" if left.get("why") == "split" and not left.get("fix") else left.get("why")
+    if why not in LEFT_GROUP:
         return None
-    return LEFT_GROUP[left["why"]].format(group=left["group"], fix=short_sha(left.get("fix")))
+    return LEFT_GROUP[why].format(group=left["group"], fix=short_sha(left.get("fix")))

@@ -17,7 +17,7 @@ from typing import Any
 
 from bot.messages import GROUP_PR, STATUS_LABEL, chain_lines, group_lines, left_group_line, regression, short_sha
 from jobs.formatting import fmt_number
-from jobs.groups import NOT_RECOVERED
+from jobs.groups import NOT_RECOVERED, SPLIT
 from jobs.evidence import sample_line
 from jobs.prbody import MAX_SAMPLE_ROWS, tests_line
 from jobs.records import BaselineStats, Incident, IncidentStatus, PullRequest, Verdict, Verification
@@ -49,8 +49,8 @@ def thread_steps(incident: Incident, pr: PullRequest | None, *, baseline_days: i
     if (details.get("left_group") or {}).get("why") == NOT_RECOVERED:
         # Its own loop after the group's: new keys, so the notifier posts these steps under the group's.
         loop = [replace(step, key=f"{step.key}:own") if step else None for step in loop]
-    steps = [_detected(incident, baseline_days), Step("left_group", "Left its group", (left,)) if left else None,
-             *loop]
+    parted = "Group split" if (details.get("left_group") or {}).get("why") == SPLIT else "Left its group"
+    steps = [_detected(incident, baseline_days), Step("left_group", parted, (left,)) if left else None, *loop]
     return [step for step in steps if step is not None] + _outcome(incident, pr)
 
 

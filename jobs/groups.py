@@ -8,9 +8,11 @@ for the group (a commit that may explain several members ranks higher), verify e
 by measuring every member's contract on the same sandbox (verified when each is back in its own
 recovery band), open one PR that names every incident it recovers, and move every member's status
 with the leader's, so no card looks stuck. A member no commit in the range touches leaves the
-group and escalates; members the best single revert does not bring back leave it and run their
-own loop, while the others keep that revert. Approve or Reject on any member's card acts on the
-group's PR; a merge marks every member merged, and each recovers through detection as usual.
+group and escalates. When no revert brings every member back, the group splits without building
+again: the members one tried revert brought back go on with it (the revert that brought back the
+most first, then the best for the rest), and members none brought back leave to run their own
+loop. Approve or Reject on any member's card acts on the group's PR; a merge marks every member
+merged, and each recovers through detection as usual.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ if TYPE_CHECKING:
 
 GROUPED, LEFT = "incident.grouped", "incident.ungrouped"
 # Why a member left (bot/messages.py says it): nothing in the range reaches its metric, so it escalates;
-# the group's fix does not bring it back, so it runs its own loop; every other member left.
-UNEXPLAINED, NOT_RECOVERED, DISSOLVED = "unexplained", "not_recovered", "dissolved"
+# no revert the group tried brings it back, so it runs its own loop; the group split, its members
+# needing different fixes, and it goes on with its own (`fix`) or alone.
+UNEXPLAINED, NOT_RECOVERED, SPLIT = "unexplained", "not_recovered", "split"
 # What a member's own loop recomputes after it leaves: its card must not show the group's results meanwhile.
 _GROUP_RESULTS = ("attribution", "verification", "verdict", "decision", "pr", "ranking", "group_attribution")
 
@@ -104,10 +107,11 @@ def suspects(incident: Incident) -> dict[str, Any]:
     return incident.details.get("group_attribution") or incident.details.get("attribution") or {}
 
 
-def regroup(store, stay: Sequence[Incident], carry: Mapping[str, Any]) -> list[Incident]:
+def regroup(store, stay: Sequence[Incident], carry: Mapping[str, Any], fix: str | None = None) -> list[Incident]:
     """What is left of a group after members left: led by its lowest ID, or no group at all for one.
 
-    `carry` (the group's attribution) goes to the leader, which may be a new one.
+    `carry` (the group's attribution) goes to the leader, which may be a new one; `fix` is the revert
+    they go on with, if verification chose one.
     """
     if len(stay) > 1:
         joined = join(store, stay)
@@ -116,8 +120,20 @@ def regroup(store, stay: Sequence[Incident], carry: Mapping[str, Any]) -> list[I
         return joined
     [alone] = stay
     if alone.group_id is not None:
-        alone = leave(store, alone, DISSOLVED)
+        alone = leave(store, alone, SPLIT, fix)
     return [store.update_incident(alone.id, details=dict(carry))] if carry else [alone]
+
+
+def split(store, group: Sequence[Incident], parts: Sequence[tuple[Verification, Sequence[int]]],
+          carry: Mapping[str, Any]) -> None:
+    """No revert brought every member back: each part goes on with the revert that brought it back, and
+    members in no part leave to run their own loop (in `group`'s order: the running incident last)."""
+    placed = {i for _, ids in parts for i in ids}
+    for member in group:
+        if member.id not in placed:
+            leave(store, member, NOT_RECOVERED, parts[0][0].sha)
+    for fix, ids in parts:
+        regroup(store, [m for m in group if m.id in ids], carry, fix.sha)
 
 
 # -- attribution and verification of a group --------------------------------------------------
@@ -146,13 +162,23 @@ def group_attribution(found: Mapping[int, "Attribution"]) -> dict[str, Any]:
     return {"candidates": to_json(list(candidates.values())), "ranking": to_json(ranking), "lineage_path": paths}
 
 
-def best_partial(attempts: Sequence[Verification]) -> Verification | None:
-    """The single-commit revert that brought back the most members (at least one), earliest on a tie."""
-    def recovered(v: Verification) -> int:
-        return sum(m.verdict is Verdict.verified for m in v.members)
+def partition(attempts: Sequence[Verification], incident_ids: Sequence[int]) -> list[tuple[Verification, list[int]]]:
+    """The members each tried single-commit revert brought back, as that revert restricted to them: the
+    one that brought back the most first (the earlier on a tie), then the best for the others, and so
+    on. Members no revert brought back are in no part."""
+    singles = [a for a in attempts if len(a.reverted) == 1]
+    waiting, parts = set(incident_ids), []
+    while waiting:
+        def back(v: Verification) -> set[int]:
+            return {m.incident_id for m in v.members if m.verdict is Verdict.verified and m.incident_id in waiting}
 
-    singles = [a for a in attempts if len(a.reverted) == 1 and recovered(a)]
-    return max(singles, key=recovered, default=None)
+        best = max(singles, key=lambda v: len(back(v)), default=None)
+        if best is None or not back(best):
+            break
+        ids = sorted(back(best))
+        parts.append((restrict(best, ids), ids))
+        waiting -= set(ids)
+    return parts
 
 
 def restrict(verification: Verification, incident_ids: Collection[int]) -> Verification:

@@ -132,23 +132,22 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
         for member in _last(group, incident_id):
             _move(rt, member, IncidentStatus.escalated, "verification.refused", data, details)
         return _others(group, incident_id)
-    fix, stay = search.fix, group
-    if fix is None and (partial := groups.best_partial(search.attempts)) is not None:
-        # The best single revert brings back only some members: they keep it, the others try alone.
-        back = {m.incident_id for m in partial.members if m.verdict is Verdict.verified}
-        fix, stay = groups.restrict(partial, back), [m for m in group if m.id in back]
-        for member in _last(group, incident_id):
-            if member.id not in back:
-                groups.leave(rt.store, member, groups.NOT_RECOVERED, fix=partial.sha)
-        groups.regroup(rt.store, stay, {k: v for k, v in incident.details.items() if k == "group_attribution"})
-    verdict = fix.verdict if fix else _worst(search)
-    status = IncidentStatus.verified if fix else IncidentStatus.not_verified
-    for member in _last(stay, incident_id):
+    ids = [m.id for m in group]
+    parts = [(search.fix, ids)] if search.fix else groups.partition(search.attempts, ids)
+    if search.fix is None and parts:
+        # No revert brought every member back: those one revert brought back go on with it (the most
+        # first), and verify nothing again; members none brought back leave to run their own loop.
+        groups.split(rt.store, _last(group, incident_id), parts,
+                     {k: v for k, v in incident.details.items() if k == "group_attribution"})
+    fixes = {i: fix for fix, part in parts for i in part}
+    for member in _last([m for m in group if m.id in fixes] or group, incident_id):
+        fix = fixes.get(member.id)
+        verdict = fix.verdict if fix else _worst(search)
         details = {"verification": {"attempts": [to_json(groups.view(a, member)) for a in search.attempts],
                                     "builds": search.builds, "fix": to_json(groups.view(fix, member)) if fix else None},
                    "verdict": verdict.value}
-        _move(rt, member, status, "verification.finished", {"verdict": verdict.value, "builds": search.builds},
-              details)
+        _move(rt, member, IncidentStatus.verified if fix else IncidentStatus.not_verified, "verification.finished",
+              {"verdict": verdict.value, "builds": search.builds}, details)
     return _others(group, incident_id)
 
 

@@ -321,8 +321,8 @@ def test_grouped_cards_say_which_incident_runs_the_one_loop_and_share_its_pr():
 def test_a_member_that_left_its_group_says_why_and_threads_its_own_loop_apart():
     left = dataclasses.replace(incident(IncidentStatus.verifying, attribution=ATTRIBUTION,
                                         left_group={"group": 7, "why": "not_recovered", "fix": SHA}), id=8)
-    note = ("Left group #7: the group's revert of 5a20dc5 did not bring this metric back, so it runs its own "
-            "attribution, verification and PR.")
+    note = ("Left group #7: no revert the group tried on its clone brought this metric back (the best, 5a20dc5, "
+            "brought back others), so it runs its own attribution, verification and PR.")
     assert note in " ".join(texts(serialized(incident_card(left, None, Mode.assisted, None))))
     steps = thread_steps(left, None)
     # Its own steps get their own keys: the group's attribution and verification were posted under the others.
@@ -333,6 +333,14 @@ def test_a_member_that_left_its_group_says_why_and_threads_its_own_loop_apart():
         "attribution": {**ATTRIBUTION, "candidates": [], "ranking": to_json(Ranking((), "scorer"))}})
     assert [s.key for s in thread_steps(unexplained, None)] == ["detected", "left_group", "attribution"]
     assert "no commit in the suspect range touches this metric's lineage" in thread_steps(unexplained, None)[1].lines[0]
+    # A split group: each part goes on with the revert that brought it back, verifying nothing again.
+    split = dataclasses.replace(left, status=IncidentStatus.verified, details={
+        "left_group": {"group": 7, "why": "split", "fix": SHA}, "attribution": ATTRIBUTION, **VERIFIED})
+    steps = thread_steps(split, None)
+    assert [s.key for s in steps] == ["detected", "left_group", "attribution", "evidence", "verification"]
+    assert steps[1].title == "Group split" and steps[1].lines == (
+        "Group #7 split: no one revert brings all its incidents back, so this one goes on with the revert of "
+        "5a20dc5, which brought it back on the group's clone.",)
 
 
 # -- the thread --------------------------------------------------------------------------------

@@ -192,16 +192,18 @@ def attempt(sha: str, *results: tuple[int, Verdict], reverted: tuple[str, ...] |
                         members=members)
 
 
-def test_the_best_single_revert_is_kept_by_the_members_it_recovers() -> None:
+def test_the_members_a_tried_revert_brought_back_go_on_with_it_the_most_first() -> None:
     v, n = Verdict.verified, Verdict.not_recovered
-    tried = [attempt("a", (1, n), (2, v), (3, n)), attempt("r", (1, v), (2, v), (3, v), reverted=("r", "s")),
-             attempt("b", (1, n), (2, v), (3, v)), attempt("c", (1, v), (2, n), (3, v))]
-    best = groups.best_partial(tried)
-    assert best.sha == "b"  # two members back; a range revert never counts, the earlier of a tie wins
-    kept = groups.restrict(best, {2, 3})
-    assert kept.verdict is Verdict.verified and [m.incident_id for m in kept.members] == [2, 3]
+    tried = [attempt("a", (1, n), (2, v), (3, n), (4, n)),
+             attempt("r", (1, v), (2, v), (3, v), (4, n), reverted=("r", "s")),
+             attempt("b", (1, n), (2, v), (3, v), (4, n)), attempt("c", (1, v), (2, n), (3, v), (4, n))]
+    parts = groups.partition(tried, [1, 2, 3, 4])
+    # b brings back two (a range revert never counts; c ties and is later); then c the one left it can.
+    assert [(fix.sha, ids) for fix, ids in parts] == [("b", [2, 3]), ("c", [1])]
+    kept, alone = parts[0][0], parts[1][0]
+    assert kept.verdict is alone.verdict is Verdict.verified and [m.incident_id for m in kept.members] == [2, 3]
     assert (kept.before, kept.after) == (10.0, 20.0)
-    assert groups.best_partial([attempt("d", (1, n), (2, n))]) is None
+    assert groups.partition([attempt("d", (1, n), (2, n))], [1, 2]) == []
 
 
 def test_a_member_the_fix_does_not_recover_leaves_and_runs_its_own_loop(shop: Shop) -> None:
@@ -215,13 +217,15 @@ def test_a_member_the_fix_does_not_recover_leaves_and_runs_its_own_loop(shop: Sh
     assert "attribution" not in left.details and "group" not in left.details  # its own loop recomputes them
     assert left.details["left_group"] == {"group": revenue.id, "why": "not_recovered", "fix": bad}
     assert groups.run_label(left) == f"own{revenue.id}"
-    [alone] = groups.regroup(store, [store.incident(orders.id)], {"group_attribution": {"ranking": "the group's"}})
+    [alone] = groups.regroup(store, [store.incident(orders.id)], {"group_attribution": {"ranking": "the group's"}},
+                             fix=bad)
     # A group of one is no group: the last member goes on alone, with the attribution its fix came from.
     assert alone.group_id is None and alone.status is IncidentStatus.verifying
-    assert alone.details["left_group"]["why"] == "dissolved" and groups.run_label(alone) == ""
+    assert alone.details["left_group"] == {"group": revenue.id, "why": "split", "fix": bad}
+    assert groups.run_label(alone) == ""  # it verifies nothing again: its next job is its own propose
     assert alone.details["group_attribution"] == {"ranking": "the group's"}
     events = [(e.incident_id, e.data["why"]) for e in store.audit_events() if e.name == groups.LEFT]
-    assert events == [(revenue.id, "not_recovered"), (orders.id, "dissolved")]
+    assert events == [(revenue.id, "not_recovered"), (orders.id, "split")]
 
 
 def test_when_the_leader_leaves_the_lowest_remaining_member_leads(shop: Shop) -> None:

@@ -153,14 +153,17 @@ def one_group(case: "Case", run: "Run", root: Path) -> None:
 
 
 def split_group(case: "Case", run: "Run", root: Path) -> None:
-    """The join's revert recovers orders and completed orders, not revenue: revenue leaves and goes alone."""
+    """No one revert brings all three back: the join's revert keeps orders and completed orders together,
+    revenue goes on with the PayPal filter's, both verified on the group's builds, none built again."""
     revenue, orders, completed = run.found[REVENUE], run.found[ORDERS], run.found[COMPLETED]
-    assert revenue.group is None and revenue.left_group["why"] == "not_recovered"
-    assert revenue.left_group["fix"] == run.shas[INNER_JOIN.message]
+    leader = min(f.incident for f in run.found.values())
+    assert revenue.group is None and revenue.left_group["why"] == "split"
+    assert revenue.left_group["fix"] == run.shas[PAYPAL_FILTER.message]
     assert orders.group == completed.group == min(orders.incident, completed.incident)
     assert orders.pr == completed.pr != revenue.pr and run.prs == 2
     assert revenue.fixed_by == [run.shas[PAYPAL_FILTER.message]]
     assert orders.fixed_by == completed.fixed_by == [run.shas[INNER_JOIN.message]]
+    assert list(run.attempts) == [leader] and {f.builds for f in run.found.values()} == {run.attempts[leader]}
 
 
 def window(*culprits: Commit) -> tuple[Commit, ...]:
@@ -217,7 +220,7 @@ CASES = (
         "filter (where payment_method != 'coupon')", "filter (where payment_method = 'coupon')", (UNPAID,))),
         {UNPAID: V}),
     # Together they also drop PayPal-paid completed orders from fct_orders: the join is what reverts that.
-    # One deploy, so one group at first: the join's revert brings back two of three, revenue tries alone.
+    # One deploy, so one group at first; no one revert brings all three back, so it splits in two.
     Case("two_regressions", window(PAYPAL_FILTER, Commit(INNER_JOIN.message, INNER_JOIN.edits, (ORDERS, COMPLETED))),
          {REVENUE: V, ORDERS: V, COMPLETED: V}, prs=2, then=split_group),
     Case("culprit_then_innocent_same_file", window(PAYPAL_FILTER, change(
