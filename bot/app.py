@@ -23,6 +23,7 @@ from bot import ids, messages
 from bot.approvers import Approvers
 from bot.cards import reject_modal
 from bot.commands import Invocation, pull_kill_switch, release_kill_switch, run_command, set_mode
+from jobs import groups
 from jobs.errors import CairnError, NotFound
 from jobs.queue import Jobs
 from jobs.records import IncidentStatus
@@ -92,7 +93,7 @@ def create_app(rt: Runtime, jobs: Jobs, client: WebClient, *, signing_secret: st
 
     def approve(body, act, actor) -> str | None:
         incident_id, head_sha = ids.parse_value(act["value"])
-        pr = rt.store.pull_request_for(incident_id)
+        pr = groups.pull_request(rt.store, rt.store.incident(incident_id))  # a member's is its group's
         if pr is None or head_sha is None:
             return f"Incident #{incident_id} has no pull request to approve."
         if pr.head_sha != head_sha:

@@ -87,6 +87,7 @@ def run_demo(workdir: Path, days: int) -> None:
     from jobs.dbt import Dbt
     from jobs.detect import Change, check
     from bot.notify import render_card
+    from jobs import groups
     from bot.thread import render_terminal, thread_steps
     from jobs.stages import check_and_heal
     from jobs.git import Git
@@ -140,13 +141,13 @@ def run_demo(workdir: Path, days: int) -> None:
             click.echo("    " + render.outcome_line(outcome))
         opened = [rt.store.incident(o.incident.id) for o in outcomes if o.change is Change.opened]
         for incident in opened:
-            pr = rt.store.pull_request_for(incident.id)
+            pr = groups.pull_request(rt.store, incident)
             card = render_card(rt, incident, pr)
             click.echo("\n──── the Slack card and its thread, as the terminal shows them ────\n")
             click.echo(f"[{card.text}]\n")
             click.echo(render_terminal(thread_steps(incident, pr, baseline_days=rt.contract(
                 incident.contract_id).baseline.days)))
-            if pr is not None:
+            if pr is not None and pr.incident_id == incident.id:  # a group's PR is shown once, with its leader
                 click.echo(f"\n──── pull request #{pr.number} on branch {pr.branch} (local forge) ────\n")
                 click.echo(f"# {pr.title}\n")
                 click.echo(rt.store.pull_request_row(incident.id)["body"])

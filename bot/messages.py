@@ -63,3 +63,39 @@ def chain_lines(incident: Incident) -> list[str]:
         lines.append(f"A later deploy made it worse: incident #{incident.details['followed_by']} has that deploy's "
                      "commits as suspects.")
     return lines
+
+
+LEFT_GROUP = {
+    "unexplained": ("Left group #{group}: no commit in the suspect range touches this metric's lineage, so no "
+                    "revert of the group can bring it back."),
+    "not_recovered": ("Left group #{group}: no revert the group tried on its clone brought this metric back (the "
+                      "best, {fix}, brought back others), so it runs its own attribution, verification and PR."),
+    "split": ("Group #{group} split: no one revert brings all its incidents back, so this one goes on with the "
+              "revert of {fix}, which brought it back on the group's clone."),
+    "split_alone": "Group #{group} split: no commit in the range explains the others, so this one goes on alone.",
+}
+GROUP_PR = ("The group's PR, opened by incident #{leader}: Approve or Reject on this card acts on it for every "
+            "incident of the group.")
+
+
+def group_lines(incident: Incident) -> list[str]:
+    """Which incidents share its culprit, verification and PR."""
+    members = (incident.details.get("group") or {}).get("members") or []
+    others = [f"#{m}" for m in members if m != incident.id]
+    if incident.group_id is None or not others:
+        return []
+    if incident.group_id == incident.id:
+        return [f"Grouped with {', '.join(others)}: one deploy broke them together, so they get one culprit, one "
+                "verification and one PR, run from this incident."]
+    rest = [m for m in others if m != f"#{incident.group_id}"]
+    return [f"Grouped with #{incident.group_id}{' and ' + ', '.join(rest) if rest else ''}: one culprit, one "
+            f"verification and one PR for all of them, run from #{incident.group_id}."]
+
+
+def left_group_line(incident: Incident) -> str | None:
+    """Why it left the group it was in, if it did."""
+    left = incident.details.get("left_group") or {}
+    why = "split_alone" if left.get("why") == "split" and not left.get("fix") else left.get("why")
+    if why not in LEFT_GROUP:
+        return None
+    return LEFT_GROUP[why].format(group=left["group"], fix=short_sha(left.get("fix")))

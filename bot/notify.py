@@ -23,7 +23,7 @@ from bot.cards import Message, incident_card, thread_message
 from bot.chart import metric_chart
 from bot.slack import alert_channel, web_client
 from bot.thread import thread_steps
-from jobs import switches
+from jobs import groups, switches
 from jobs.errors import ConfigError
 from jobs.records import Incident, PullRequest
 from jobs.runtime import Runtime
@@ -43,7 +43,7 @@ def notify_incident(incident_id: int, rt: Runtime | None = None) -> None:
         if client is None:
             return  # no Slack configured: the CLI and the terminal are the surface
         incident = rt.store.incident(incident_id)
-        pr = rt.store.pull_request_for(incident_id)
+        pr = groups.pull_request(rt.store, incident)
         channel = alert_channel(rt.config)
         card = render_card(rt, incident, pr)
         card_ts = _post_once(rt, client, incident_id, CARD, channel, card, update=True)
@@ -81,7 +81,8 @@ def _settle_card(rt: Runtime, client: WebClient, incident_id: int,
     store moved on means the last job to write leaves the newest card, whatever the order.
     """
     for _ in range(MAX_CARD_REFRESHES):
-        incident, pr = rt.store.incident(incident_id), rt.store.pull_request_for(incident_id)
+        incident = rt.store.incident(incident_id)
+        pr = groups.pull_request(rt.store, incident)
         current = render_card(rt, incident, pr)
         if _same(current, sent):
             break

@@ -11,12 +11,14 @@ steps read: `rejection` {by, reason}, `merge` {by} and `error` {reason, error_id
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from bot.messages import STATUS_LABEL, TRIAGE_LABEL, chain_lines, regression, short_sha
+from bot.messages import (GROUP_PR, STATUS_LABEL, TRIAGE_LABEL, chain_lines, group_lines, left_group_line, regression,
+                          short_sha)
 from jobs.formatting import fmt_number
+from jobs.groups import NOT_RECOVERED, SPLIT
 from jobs.evidence import sample_line
 from jobs.prbody import MAX_SAMPLE_ROWS, tests_line
 from jobs.records import BaselineStats, Incident, IncidentStatus, PullRequest, Verdict, Verification
@@ -37,15 +39,20 @@ def thread_steps(incident: Incident, pr: PullRequest | None, *, baseline_days: i
     """Every stage the incident has been through, in order; `pr` (the forge's current view) wins over details."""
     details = incident.details
     pr = incident_pr(incident, pr)
-    steps = [
-        _detected(incident, baseline_days),
+    loop = [
         _attribution(incident),
         _evidence(details),
         _verification(details),
         _triage(details),
         _decision(details),
-        _pull_request(pr),
+        _pull_request(incident, pr),
     ]
+    left = left_group_line(incident)
+    if (details.get("left_group") or {}).get("why") == NOT_RECOVERED:
+        # Its own loop after the group's: new keys, so the notifier posts these steps under the group's.
+        loop = [replace(step, key=f"{step.key}:own") if step else None for step in loop]
+    parted = "Group split" if (details.get("left_group") or {}).get("why") == SPLIT else "Left its group"
+    steps = [_detected(incident, baseline_days), Step("left_group", parted, (left,)) if left else None, *loop]
     return [step for step in steps if step is not None] + _outcome(incident, pr)
 
 
@@ -113,7 +120,7 @@ def _detected(incident: Incident, baseline_days: int | None) -> Step:
     if incident.status not in (IncidentStatus.recovered, IncidentStatus.resolved):
         versus = f" against the {baseline_phrase(incident.baseline)}" if incident.baseline else ""
         lines[:0] = [incident.reason, f"{regression(incident, baseline_days)}: {_number(incident.value)}{versus}",
-                     *chain_lines(incident)]
+                     *chain_lines(incident), *group_lines(incident)]
     return Step("detected", STATUS_LABEL[IncidentStatus.detected], tuple(lines))
 
 
@@ -192,9 +199,13 @@ def _verification(details: dict[str, Any]) -> Step | None:
         f"{proof_phrase(proof.verdict.value, proof.clone_id, proof.before, proof.after)}, {in_band}",
         *([proof.detail] if proof.detail else []),
         f"Tests: {tests_line(proof.tests)}",
-        f"{_count(builds, 'build')} used" + (f"; took {sum(proof.durations.values()):.1f}s ("
-                                     + ", ".join(f"{phase} {sec:.1f}s" for phase, sec in proof.durations.items())
-                                     + ")" if proof.durations else ""),
+        *(f"#{m.incident_id} {m.contract_id}: {_number(m.before)} → {_number(m.after)}, {m.verdict.value}"
+          for m in proof.members),
+        f"{_count(builds, 'build')} used" + (f" for the group's {len(proof.members)} incidents" if proof.members
+                                             else "")
+        + (f"; took {sum(proof.durations.values()):.1f}s ("
+           + ", ".join(f"{phase} {sec:.1f}s" for phase, sec in proof.durations.items())
+           + ")" if proof.durations else ""),
     ]
     if len(attempts) > 1:
         lines += [f"Attempt {i}: revert {', '.join(map(short_sha, a.reverted or (a.sha,)))} → {a.verdict.value}"
@@ -225,12 +236,13 @@ def _decision(details: dict[str, Any]) -> Step | None:
     return Step("decision", "Decision", tuple(lines))
 
 
-def _pull_request(pr: PullRequest | None) -> Step | None:
+def _pull_request(incident: Incident, pr: PullRequest | None) -> Step | None:
     if pr is None:
         return None
+    shared = (GROUP_PR.format(leader=pr.incident_id),) if pr.incident_id != incident.id else ()
     return Step("pr", STATUS_LABEL[IncidentStatus.pr_opened],
                 (pr_phrase(pr.number, pr.url, pr.branch, pr.state), pr.title,
-                 f"Branch {pr.branch} · head {short_sha(pr.head_sha)}"))
+                 f"Branch {pr.branch} · head {short_sha(pr.head_sha)}", *shared))
 
 
 def _outcome(incident: Incident, pr: PullRequest | None) -> list[Step]:

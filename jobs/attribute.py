@@ -30,6 +30,11 @@ class Attribution:
     def candidate(self, sha: str) -> Candidate:
         return next(c for c in self.candidates if c.sha == sha)
 
+    def lineage_path(self, sha: str) -> list[str]:
+        """Model names from the first model the commit touches to the metric's (empty: it touches none)."""
+        models = self.candidate(sha).models
+        return [self.lineage.names.get(m, m) for m in self.lineage.path_to(models[0])] if models else []
+
     @property
     def revertable(self) -> tuple[Candidate, ...]:
         """Ranked order, without intentional or docs-only commits: those are never reverted."""

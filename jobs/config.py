@@ -97,7 +97,7 @@ class AttributionSettings(_Section):
 
 
 class VerificationSettings(_Section):
-    max_builds: int = Field(8, ge=1, description="Most sandbox builds per incident (bisection keeps it ~log2 n).")
+    max_builds: int = Field(8, ge=1, description="Most sandbox builds per incident or group (bisection: ~log2 n).")
     sandboxes: Path = Field(Path(".cairn/sandboxes"), description="Where incident sandboxes are made.")
 
 

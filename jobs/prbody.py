@@ -94,9 +94,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 # -- the PR ------------------------------------------------------------------------------------
 
-def pr_title(incident: Incident, contract: Contract, cause: Candidate) -> str:
-    """'Revert 8f31c2a: <subject> (orders.revenue -18.4%, Cairn #7)' — plain text, one line."""
-    suffix = f" ({redact(contract.id)} {_change(incident)}, Cairn #{incident.id})"
+def pr_title(incident: Incident, contract: Contract, cause: Candidate, others: int = 0) -> str:
+    """'Revert 8f31c2a: <subject> (orders.revenue -18.4%, Cairn #7)' — plain text, one line; a group's
+    names how many other contracts it recovers ('… -18.4% and 5 more, …')."""
+    more = f" and {others} more" if others else ""
+    suffix = f" ({redact(contract.id)} {_change(incident)}{more}, Cairn #{incident.id})"
     subject = redact(_first_line(cause.message))
     room = MAX_TITLE - len(suffix) - len(f"Revert {cause.short_sha}: ")
     if len(subject) > room:
@@ -115,10 +117,15 @@ def pr_body(
     deltas: Sequence[RowDelta],
     lineage_path: Sequence[str],
     mode: str,
+    group: Sequence[tuple[Incident, Contract]] = (),
 ) -> str:
-    """The PR body: the evidence a reviewer needs to decide, in the order they need it."""
+    """The PR body: the evidence a reviewer needs to decide, in the order they need it.
+
+    `group`: the other incidents one culprit caused, whose contracts the same build measured.
+    """
     sections = [
-        _summary(incident, contract, candidate, verification),
+        _summary(incident, contract, candidate, verification, len(group)),
+        *([_group(incident, contract, verification, group)] if group else []),
         _contract(contract),
         _regression(incident, contract),
         _triage(incident),
@@ -127,19 +134,38 @@ def pr_body(
         _alternates(ranking, candidates, candidate.sha),
         _verification(contract, verification),
         _deltas(deltas),
-        _footer(incident, verification, mode),
+        _footer([incident, *(member for member, _ in group)], verification, mode),
     ]
     return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
 
 
-def _summary(incident: Incident, contract: Contract, cause: Candidate, v: Verification) -> list[str]:
+def _summary(incident: Incident, contract: Contract, cause: Candidate, v: Verification, others: int) -> list[str]:
+    also = f", and {others} more contract{'s' * (others > 1)} of the incidents grouped with it (below)," \
+        if others else ""
     return [
         f"## Cairn incident #{incident.id}: {code(contract.id)} {_change(incident)}",
         "",
         f"Reverting {code(cause.short_sha)} brings {code(contract.id)} from "
-        f"**{metric_value(contract, v.before)}** back to **{metric_value(contract, v.after)}** "
+        f"**{metric_value(contract, v.before)}** back to **{metric_value(contract, v.after)}**{also} "
         f"on a warehouse clone (verdict: **{v.verdict.value}**).",
     ]
+
+
+def _group(incident: Incident, contract: Contract, v: Verification,
+           group: Sequence[tuple[Incident, Contract]]) -> list[str]:
+    """Every incident of the group and its contract, before and after the revert on the same build."""
+    results = {m.incident_id: m for m in v.members}
+    rows = []
+    for member, member_contract in [(incident, contract), *group]:
+        result = results.get(member.id)
+        rows.append([f"#{member.id}", code(member_contract.id), _change(member),
+                     metric_value(member_contract, result.before if result else member.value),
+                     metric_value(member_contract, result.after if result else None),
+                     result.verdict.value if result else "—"])
+    return ["### Incidents this revert recovers", "",
+            f"One commit broke {len(rows)} contracts in one deploy: Cairn verified one revert for all of them, "
+            "each measured on the same build.", "",
+            *_table(["Incident", "Contract", "Change", "Before", "After (reverted)", "Verdict"], rows)]
 
 
 def _contract(contract: Contract) -> list[str]:
@@ -238,9 +264,11 @@ def _deltas(deltas: Sequence[RowDelta]) -> list[str]:
     return lines
 
 
-def _footer(incident: Incident, v: Verification, mode: str) -> list[str]:
+def _footer(incidents: Sequence[Incident], v: Verification, mode: str) -> list[str]:
+    which = f"incident #{incidents[0].id}" if len(incidents) == 1 else \
+        "incidents " + ", ".join(f"#{i.id}" for i in incidents)
     return ["---", f"Verified on warehouse clone {code(v.clone_id)}; production was not written. "
-                   f"Opened by Cairn in **{plain(mode)}** mode for incident #{incident.id}."]
+                   f"Opened by Cairn in **{plain(mode)}** mode for {which}."]
 
 
 # -- the check run -----------------------------------------------------------------------------
@@ -248,8 +276,7 @@ def _footer(incident: Incident, v: Verification, mode: str) -> list[str]:
 def check_summary(verification: Verification) -> str:
     """The check run's Markdown summary: what was built, where, and what the metric did."""
     v = verification
-    before = "no value" if v.before is None else fmt_number(v.before)
-    after = "no value" if v.after is None else fmt_number(v.after)
+    before, after = _number(v.before), _number(v.after)
     reverted = ", ".join(code(sha[:7]) for sha in (v.reverted or (v.sha,)))
     return "\n".join([
         f"**{v.verdict.value}**: metric {before} → {after} with {reverted} reverted.",
@@ -257,7 +284,13 @@ def check_summary(verification: Verification) -> str:
         f"- Clone: {code(v.clone_id)} (production was not written)",
         f"- dbt: {code(v.dbt_command)}",
         f"- Tests: {tests_line(v.tests)}",
+        *(f"- {code(m.contract_id)} (incident #{m.incident_id}): {_number(m.before)} → {_number(m.after)}, "
+          f"{m.verdict.value}" for m in v.members),
     ])
+
+
+def _number(value: float | None) -> str:
+    return "no value" if value is None else fmt_number(value)
 
 
 def check_proof(contract: Contract, verification: Verification) -> CheckProof:

@@ -9,6 +9,7 @@ from typing import Any
 from jobs import switches
 from jobs.contracts import Contract
 from jobs.errors import CairnError
+from jobs.groups import suspects
 from jobs.prbody import check_proof, pr_body, pr_title
 from jobs.ranking import score
 from jobs.records import Candidate, Incident, IncidentStatus, PullRequest, Ranking, Verdict, Verification
@@ -33,7 +34,8 @@ class Proposal:
 
 
 def propose(rt: Runtime, incident: Incident, contract: Contract, fix: Verification | None,
-            ranked: Sequence[Candidate]) -> Proposal:
+            ranked: Sequence[Candidate], group: Sequence[tuple[Incident, Contract]] = ()) -> Proposal:
+    """The decision for the incident and the other incidents of its `group`, and the one PR they share."""
     verified = fix is not None and fix.verdict is Verdict.verified
     cause = next((c for c in ranked if fix and c.sha == fix.sha), None)
     ranking = score(ranked, verified={fix.sha: True} if verified else {})
@@ -48,23 +50,27 @@ def propose(rt: Runtime, incident: Incident, contract: Contract, fix: Verificati
     if decision.action not in (Action.open_pr, Action.auto_merge):
         return Proposal(decision, status, None, ranking)
     assert fix is not None and cause is not None
-    pr = open_verified_pr(rt, incident, contract, cause, fix, ranking, ranked, decision)
+    pr = open_verified_pr(rt, incident, contract, cause, fix, ranking, ranked, decision, group)
     if decision.action is Action.auto_merge:
         pr = rt.forge.merge(incident.id, pr.head_sha, actor="cairn (autonomous mode)")
     return Proposal(decision, status, pr, ranking)
 
 
 def open_verified_pr(rt: Runtime, incident: Incident, contract: Contract, cause: Candidate, fix: Verification,
-                     ranking: Ranking, ranked: Sequence[Candidate], decision: Decision) -> PullRequest:
-    """The only place Cairn opens a PR, and it refuses anything but a verified single-commit revert."""
-    if fix.verdict is not Verdict.verified or fix.reverted != (cause.sha,):
+                     ranking: Ranking, ranked: Sequence[Candidate], decision: Decision,
+                     group: Sequence[tuple[Incident, Contract]] = ()) -> PullRequest:
+    """The only place Cairn opens a PR, and it refuses anything but a verified single-commit revert
+    (for a group: one that brought every member back)."""
+    behind = [f"#{m.incident_id}" for m in fix.members if m.verdict is not Verdict.verified]
+    if fix.verdict is not Verdict.verified or fix.reverted != (cause.sha,) or behind:
         raise UnverifiedRevert(f"incident {incident.id}: revert of {cause.short_sha} is {fix.verdict.value}, "
-                               "not verified on a clone; no pull request is opened")
-    path = incident.details.get("attribution", {}).get("lineage_path", {}).get(cause.sha, [])
+                               f"not verified on a clone{' for ' + ', '.join(behind) if behind else ''}; "
+                               "no pull request is opened")
+    path = suspects(incident).get("lineage_path", {}).get(cause.sha, [])
     body = pr_body(incident=incident, contract=contract, candidate=cause, ranking=ranking, candidates=ranked,
-                   verification=fix, deltas=fix.deltas, lineage_path=path, mode=decision.mode.value)
+                   verification=fix, deltas=fix.deltas, lineage_path=path, mode=decision.mode.value, group=group)
     return rt.forge.open_revert_pr(incident.id, rt.config.settings.branch, [cause.sha],
-                                   pr_title(incident, contract, cause), body,
+                                   pr_title(incident, contract, cause, others=len(group)), body,
                                    proof=check_proof(contract, fix))
 
 

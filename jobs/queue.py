@@ -10,9 +10,13 @@ card update is not stuck behind a 10-minute clone build.
 Failures: a transient one (Slack 429/5xx, GitHub 5xx, a warehouse lock or timeout, a lost
 connection) is re-raised so RQ retries it with the configured backoff (RQ's scheduler runs the
 delayed retries: `cairn worker` starts it). A permanent one, or a transient one out of retries,
-marks the incident `errored` with the reason and an error ID, audits it once and refreshes the
-card, which says so in the thread. A worker killed mid-job (its work horse dies) is retried
-by RQ the same way; stages clean up what a killed predecessor left behind.
+marks the incident (and the group it leads) `errored` with the reason and an error ID
+(`jobs.failures`), audits it once and refreshes the card, which says so in the thread. A worker
+killed mid-job (its work horse dies) is retried by RQ the same way; stages clean up what a killed
+predecessor left behind.
+
+Groups (`jobs.groups`): incidents one check opens over the same suspect range are grouped; only the
+leader's stages are enqueued, and each stage names the members it moved, whose cards are refreshed.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+from jobs import groups
 from jobs.clock import Clock
 from jobs.config import Config, load_config
-from jobs.errors import CairnError, TransientError
+from jobs.failures import is_transient, mark_errored, redact
 from jobs.records import Incident, IncidentStatus
 
 log = logging.getLogger(__name__)
@@ -59,18 +64,21 @@ def perform_stage(rt, jobs: "Jobs", stage: str, incident_id: int, *, may_retry: 
     run = {"attribute": stages.attribute_stage, "verify": stages.verify_stage,
            "propose": stages.propose_stage}[stage]
     try:
-        run(rt, incident_id)
+        moved = [incident_id, *run(rt, incident_id)]  # a group's leader moves its members too
     except Exception as exc:
         if may_retry and is_transient(exc):
             log.warning("incident %s: %s failed transiently, RQ retries it: %s", incident_id, stage, exc)
             raise
-        mark_errored(rt.store, incident_id, stage, exc)
-        jobs.notify(incident_id)
+        for stopped in dict.fromkeys([incident_id, *mark_errored(rt.store, incident_id, stage, exc)]):
+            jobs.notify(stopped)
         return
-    jobs.notify(incident_id)
-    following = next_stage(rt.store.incident(incident_id))
-    if following is not None and following != stage:
-        jobs.stage(following, incident_id)
+    for moved_id in moved:
+        jobs.notify(moved_id)
+    for moved_id in moved:
+        incident = rt.store.incident(moved_id)
+        following = next_stage(incident) if groups.leads(incident) else None
+        if following is not None and (moved_id, following) != (incident_id, stage):
+            jobs.stage(following, moved_id, run=groups.run_label(incident))
 
 
 def perform_check(rt, jobs: "Jobs", contracts=None) -> list:
@@ -79,13 +87,16 @@ def perform_check(rt, jobs: "Jobs", contracts=None) -> list:
     from jobs.detect import Change, check
 
     outcomes = check(rt, contracts)
+    opened = [o.incident for o in outcomes if o.change is Change.opened]
+    leaders = groups.form(rt.store, opened)  # one culprit's incidents: only the leader's loop runs
     for outcome in outcomes:
         if outcome.change is Change.none:
             continue
         for incident in (outcome.incident, *outcome.others):
             jobs.notify(incident.id)
-        if outcome.change is Change.opened:
-            jobs.stage("attribute", outcome.incident.id)
+    for incident in opened:
+        if leaders.get(incident.id, incident.id) == incident.id:
+            jobs.stage("attribute", incident.id)
     return outcomes
 
 
@@ -94,65 +105,14 @@ def perform_review(rt, jobs: "Jobs", action: str, incident_id: int, actor: str, 
     """Approve (arg: the head SHA shown) or reject (arg: the reason); a refusal is told to the actor."""
     from jobs.review import ReviewRefused, approve, reject
 
+    moved: list[int] = []
     try:
-        (approve if action == "approve" else reject)(rt, incident_id, arg, actor)
+        moved = (approve if action == "approve" else reject)(rt, incident_id, arg, actor)
     except ReviewRefused as exc:
         if reply_to and actor.startswith("slack:"):
             jobs.tell(reply_to, actor.removeprefix("slack:"), str(exc))
-    jobs.notify(incident_id)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: the same call may well succeed in a minute."""
-    if isinstance(exc, TransientError):
-        return True
-    if isinstance(exc, CairnError):
-        return False  # our typed errors say what is wrong; retrying will not change it
-    if isinstance(exc, (TimeoutError, ConnectionError)):
-        return True
-    status = _http_status(exc)
-    return status is not None and (status == 429 or status >= 500)
-
-
-def _http_status(exc: BaseException) -> int | None:
-    """The HTTP status of a Slack (SlackApiError.response) or GitHub (GithubException.status) error."""
-    status = getattr(exc, "status", None)
-    if isinstance(status, int):
-        return status
-    response = getattr(exc, "response", None)
-    code = getattr(response, "status_code", None)
-    return code if isinstance(code, int) else None
-
-
-def mark_errored(store, incident_id: int, stage: str, exc: BaseException) -> None:
-    """The incident stops here, consistent and explained; the audit event is written once."""
-    error_id = uuid.uuid4().hex[:8]
-    reason = str(exc) if isinstance(exc, CairnError) else f"{type(exc).__name__}: {exc}"
-    reason = redact(reason)
-    log.error("incident %s: %s failed (error %s): %s", incident_id, stage, error_id, reason,
-              exc_info=(type(exc), exc, exc.__traceback__))
-    incident = store.incident(incident_id)
-    if incident.status is IncidentStatus.errored:
-        return
-    details = {**incident.details, "error": {"stage": stage, "reason": reason, "error_id": error_id,
-                                             "status_before": incident.status.value}}
-    store.update_incident(incident_id, status=IncidentStatus.errored, details=details)
-    store.audit("stage.failed", incident_id=incident_id,
-                data={"stage": stage, "reason": reason, "error_id": error_id},
-                dedup_key=f"incident:{incident_id}:stage.failed:{stage}")
-
-
-def redact(text: str) -> str:
-    """Secrets from the environment never reach the store, Slack or the logs through an error text."""
-    from jobs.config import Environment
-
-    for field, (variable, _) in Environment.VARIABLES.items():
-        value = os.environ.get(variable)
-        if value and len(value) >= 8 and field != "slack_api_url":
-            text = text.replace(value, f"<{variable}>")
-    from jobs.prbody import redact as redact_urls
-
-    return redact_urls(text)
+    for changed in dict.fromkeys([incident_id, *moved]):  # a group's PR: every member's card
+        jobs.notify(changed)
 
 
 # --- where jobs run ---------------------------------------------------------------------------
@@ -162,7 +122,8 @@ class Jobs(ABC):
     """Enqueue the loop's jobs; each call returns at once with the work queued."""
 
     @abstractmethod
-    def stage(self, stage: str, incident_id: int) -> None: ...
+    def stage(self, stage: str, incident_id: int, run: str = "") -> None:
+        """`run` tells a second loop of the same incident (its own, after it left a group) from the first."""
 
     @abstractmethod
     def notify(self, incident_id: int) -> None: ...
@@ -199,7 +160,7 @@ class InlineJobs(Jobs):
         if background:
             threading.Thread(target=self._serve, name="cairn-jobs", daemon=True).start()
 
-    def stage(self, stage: str, incident_id: int) -> None:
+    def stage(self, stage: str, incident_id: int, run: str = "") -> None:
         self._submit(lambda: perform_stage(self.rt, self, stage, incident_id, may_retry=False))
 
     def notify(self, incident_id: int) -> None:
@@ -286,10 +247,10 @@ class RQJobs(Jobs):
         """Notifications first: a worker free to pick takes a card update before a clone build."""
         return [self.notifications, self.stages]
 
-    def stage(self, stage: str, incident_id: int) -> None:
-        # One job per (stage, incident) at a time: a duplicate enqueue is refused by RQ itself.
+    def stage(self, stage: str, incident_id: int, run: str = "") -> None:
+        # One job per (stage, incident, run) at a time: a duplicate enqueue is refused by RQ itself.
         self._enqueue(self.stages, "jobs.queue.stage_job", (stage, incident_id), stage,
-                      job_id=f"cairn-{stage}-{incident_id}")
+                      job_id=f"cairn-{stage}-{incident_id}" + (f"-{run}" if run else ""))
 
     def notify(self, incident_id: int) -> None:
         # Many refreshes may queue; each re-reads the store, so the last one shows the latest state.
@@ -363,8 +324,10 @@ def on_job_failure(job, connection, exc_type, exc, tb) -> None:
 
     rt = Runtime(load_config(), _clock(job.kwargs.get("at")))
     try:
-        mark_errored(rt.store, incident_id, stage, exc or RuntimeError("the worker running it died"))
-        RQJobs(rt.config, connection, rt.clock).notify(incident_id)
+        stopped = mark_errored(rt.store, incident_id, stage, exc or RuntimeError("the worker running it died"))
+        jobs = RQJobs(rt.config, connection, rt.clock)
+        for changed in dict.fromkeys([incident_id, *stopped]):
+            jobs.notify(changed)
     finally:
         rt.close()
 

@@ -142,3 +142,27 @@ def order(causes: Sequence[RankedCause], candidates: Sequence[Candidate]) -> tup
     """Most confident first, but never an intentional commit ahead of one that may be reverted."""
     intentional = {c.sha for c in candidates if c.intentional}
     return tuple(sorted(causes, key=lambda cause: (cause.sha in intentional, -cause.confidence)))
+
+
+def rank_group(rankings: Mapping[int, Ranking], candidates: Sequence[Candidate]) -> Ranking:
+    """One ranking for a group's incidents (by ID): a commit weighs the sum of its confidences over them.
+
+    So a commit that may explain several of them ranks above one that explains a single one a bit
+    better; its confidence is the highest it has for any one incident. Intentional commits rank last.
+    """
+    total: dict[str, float] = {}
+    best: dict[str, RankedCause] = {}
+    reach: dict[str, int] = {}
+    for ranking in rankings.values():
+        for cause in ranking.causes:
+            total[cause.sha] = total.get(cause.sha, 0.0) + cause.confidence
+            reach[cause.sha] = reach.get(cause.sha, 0) + 1
+            if cause.sha not in best or cause.confidence > best[cause.sha].confidence:
+                best[cause.sha] = cause
+    intentional = {c.sha for c in candidates if c.intentional}
+    causes = [RankedCause(sha, best[sha].confidence, f"It touches the lineage of {reach[sha]} of the group's "
+                                                     f"{len(rankings)} metrics. {best[sha].rationale}")
+              for sha in sorted(total, key=lambda sha: (sha in intentional, -total[sha]))]
+    rankers = "+".join(sorted({r.ranker for r in rankings.values()})) or "scorer"
+    notes = "; ".join(dict.fromkeys(r.note for r in rankings.values() if r.note))
+    return Ranking(causes=tuple(causes), ranker=rankers, note=notes)

@@ -205,8 +205,20 @@ class Verdict(str, Enum):
 
 
 @dataclass(frozen=True)
+class MemberResult:
+    """One grouped incident's contract, measured on the build its group's revert made."""
+
+    incident_id: int
+    contract_id: str
+    verdict: Verdict
+    before: float | None
+    after: float | None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class Verification:
-    """One revert built on a clone and the contract re-measured there."""
+    """One revert built on a clone and the contract re-measured there (a group's: every member's)."""
 
     sha: str
     verdict: Verdict
@@ -223,6 +235,9 @@ class Verification:
     # What the warehouse charged (BigQuery; None on DuckDB): the dry-run estimate, the bytes billed.
     estimated_bytes: int | None = None
     billed_bytes: int | None = None
+    # A group's build: each member's contract measured on it, the incident that runs the loop first.
+    # The verdict above is the group's: verified only when every member is.
+    members: tuple[MemberResult, ...] = ()
 
 
 @dataclass(frozen=True)

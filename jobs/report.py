@@ -7,8 +7,8 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from jobs.records import (BaselineStats, Candidate, Incident, RankedCause, Ranking, RowDelta, Verdict,
-                          Verification)
+from jobs.records import (BaselineStats, Candidate, Incident, MemberResult, RankedCause, Ranking, RowDelta,
+                          Verdict, Verification)
 
 
 def iso(value: datetime | None) -> str | None:
@@ -95,8 +95,9 @@ def candidate_from_json(data: dict[str, Any]) -> Candidate:
 def verification_from_json(data: dict[str, Any]) -> Verification:
     deltas = tuple(RowDelta(**{**d, "key": tuple(d["key"]), "samples": tuple(d["samples"])})
                    for d in data.get("deltas", ()))
+    members = tuple(MemberResult(**{**m, "verdict": Verdict(m["verdict"])}) for m in data.get("members", ()))
     return Verification(**{**data, "verdict": Verdict(data["verdict"]), "reverted": tuple(data["reverted"]),
-                           "deltas": deltas, "built": tuple(data.get("built", ()))})
+                           "deltas": deltas, "built": tuple(data.get("built", ())), "members": members})
 
 
 def ranking_from_json(data: dict[str, Any]) -> Ranking:

@@ -3,12 +3,13 @@
 These run as jobs (a merge is git/forge work, never done in a Slack listener). Both re-read the
 kill switch and the PR immediately before acting; a refusal is recorded, never silently dropped.
 A rejection is kept as feedback on attribution: which commit Cairn blamed, and why a person
-disagreed.
+disagreed. A grouped incident's PR is its group's: acting on any member's card acts on that PR, and
+a merge or a rejection moves every member.
 """
 
 from __future__ import annotations
 
-from jobs import switches
+from jobs import groups, switches
 from jobs.errors import CairnError
 from jobs.forge import StaleApproval
 from jobs.records import IncidentStatus
@@ -19,10 +20,12 @@ class ReviewRefused(CairnError):
     """The approval or rejection cannot be carried out; the message says why and what to do."""
 
 
-def approve(rt: Runtime, incident_id: int, head_sha: str, actor: str) -> None:
-    """Merge the incident's PR if its head is still `head_sha`, the SHA the approver was shown."""
+def approve(rt: Runtime, incident_id: int, head_sha: str, actor: str) -> list[int]:
+    """Merge the incident's PR (its group's, shared by every member) if its head is still `head_sha`, the
+    SHA the approver was shown; the incidents marked merged."""
     incident = rt.store.incident(incident_id)
-    pr = rt.store.pull_request_for(incident_id)
+    owner = groups.leader_id(incident)
+    pr = rt.store.pull_request_for(owner)
     refusal = None
     kill = switches.kill_switch(rt.store)
     if kill is not None:
@@ -30,39 +33,46 @@ def approve(rt: Runtime, incident_id: int, head_sha: str, actor: str) -> None:
     elif pr is None:
         refusal = f"incident {incident_id} has no pull request to approve"
     elif pr.state == "merged":
-        return  # a repeated click on an approval that already merged
+        return []  # a repeated click on an approval that already merged
     elif incident.status is not IncidentStatus.pr_opened or pr.state != "open":
         refusal = f"incident {incident_id} is {incident.status.value} and its PR is {pr.state}: nothing to approve"
     if refusal is None:
         try:
-            rt.forge.merge(incident_id, head_sha, actor=actor)
+            rt.forge.merge(owner, head_sha, actor=actor)
         except StaleApproval as exc:
             refusal = str(exc)
     if refusal is not None:
         rt.store.audit("approval.refused", incident_id=incident_id, actor=actor,
                        data={"head_sha": head_sha, "reason": refusal})
         raise ReviewRefused(refusal)
-    rt.store.update_incident(incident_id, status=IncidentStatus.merged,
-                             details={**incident.details, "merge": {"by": actor, "head_sha": head_sha}})
-    rt.store.audit("pr.merged", incident_id=incident_id, actor=actor,
-                   data={"number": pr.number, "head_sha": head_sha},
-                   dedup_key=f"incident:{incident_id}:pr.merged")
+    merged = [m for m in groups.members(rt.store, incident) if m.status is IncidentStatus.pr_opened]
+    for member in merged:
+        rt.store.update_incident(member.id, status=IncidentStatus.merged,
+                                 details={"merge": {"by": actor, "head_sha": head_sha}})
+        rt.store.audit("pr.merged", incident_id=member.id, actor=actor,
+                       data={"number": pr.number, "head_sha": head_sha},
+                       dedup_key=f"incident:{member.id}:pr.merged")
+    return [m.id for m in merged]
 
 
-def reject(rt: Runtime, incident_id: int, reason: str, actor: str) -> None:
-    """Close the PR (if any) and close the incident as rejected, keeping the reason as feedback."""
+def reject(rt: Runtime, incident_id: int, reason: str, actor: str) -> list[int]:
+    """Close the PR (if any) and close the incident as rejected, keeping the reason as feedback; a grouped
+    incident's revert is its whole group's, so every member is rejected. The incidents rejected."""
     incident = rt.store.incident(incident_id)
     if incident.status is IncidentStatus.rejected:
-        return
+        return []
     if not incident.status.is_open or incident.status is IncidentStatus.merged:
         raise ReviewRefused(f"incident {incident_id} is {incident.status.value}: it can no longer be rejected")
-    pr = rt.store.pull_request_for(incident_id)
+    owner = groups.leader_id(incident)
+    pr = rt.store.pull_request_for(owner)
     if pr is not None and pr.state == "open":
-        rt.forge.close(incident_id, reason, actor=actor)
+        rt.forge.close(owner, reason, actor=actor)
     blamed = (incident.details.get("ranking") or incident.details.get("attribution", {}).get("ranking") or {})
     top = (blamed.get("causes") or [{}])[0].get("sha")
     feedback = {"by": actor, "reason": reason, "blamed_sha": top, "verdict": incident.details.get("verdict")}
-    rt.store.update_incident(incident_id, status=IncidentStatus.rejected,
-                             details={**incident.details, "rejection": feedback})
-    rt.store.audit("incident.rejected", incident_id=incident_id, actor=actor, data=feedback,
-                   dedup_key=f"incident:{incident_id}:incident.rejected")
+    rejected = [m for m in groups.members(rt.store, incident) if m.status is not IncidentStatus.merged]
+    for member in rejected:
+        rt.store.update_incident(member.id, status=IncidentStatus.rejected, details={"rejection": feedback})
+        rt.store.audit("incident.rejected", incident_id=member.id, actor=actor, data=feedback,
+                       dedup_key=f"incident:{member.id}:incident.rejected")
+    return [m.id for m in rejected]

@@ -212,7 +212,8 @@ class Store(PullRequestStore, ChatMessageStore):
         return chain[-1] if chain else None
 
     def update_incident(self, incident_id: int, **fields: Any) -> Incident:
-        """Change an incident's fields; `details` is merged key by key into the existing details.
+        """Change an incident's fields; `details` is merged key by key into the existing details (a key
+        given None is removed).
 
         Moving to a closed status sets `resolved_at` to now, to an open one clears it, unless it is given.
         """
@@ -233,7 +234,8 @@ class Store(PullRequestStore, ChatMessageStore):
                 if row is None:
                     raise NotFound(f"incident {incident_id} does not exist in the store")
                 if "details" in fields:
-                    values["details"] = {**row.details, **(fields["details"] or {})}
+                    merged = {**row.details, **(fields["details"] or {})}
+                    values["details"] = {key: value for key, value in merged.items() if value is not None}
                 conn.execute(incidents.update().where(incidents.c.id == incident_id).values(values))
         except IntegrityError as exc:
             raise StoreError(
@@ -248,13 +250,16 @@ class Store(PullRequestStore, ChatMessageStore):
             raise NotFound(f"incident {incident_id} does not exist in the store")
         return _incident(row)
 
-    def incidents(self, *, status: IncidentStatus | str | None = None, open_only: bool = False) -> list[Incident]:
-        """Incidents, oldest first, optionally of one status or only the open ones."""
+    def incidents(self, *, status: IncidentStatus | str | None = None, open_only: bool = False,
+                  group_id: int | None = None) -> list[Incident]:
+        """Incidents, oldest first, optionally of one status, only the open ones, or one group's."""
         query = incidents.select().order_by(incidents.c.detected_at, incidents.c.id)
         if status is not None:
             query = query.where(incidents.c.status == IncidentStatus(status).value)
         if open_only:
             query = query.where(incidents.c.open.is_(True))
+        if group_id is not None:
+            query = query.where(incidents.c.group_id == group_id)
         with self._transaction() as conn:
             return [_incident(row) for row in conn.execute(query)]
 

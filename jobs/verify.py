@@ -1,6 +1,8 @@
 """Verification: revert candidate commits in a worktree, build them on a sandbox copy, re-measure.
 
 Verified iff the build and its tests pass and the contract's value returns into its baseline
+band. A group's build (one culprit, several broken contracts) runs through every member's metric
+model and measures each on the same sandbox: verified only when every member is back in its own
 band. Distribution contracts are never verified here: their value is a divergence from the
 baseline profiles, which this stage does not hold, so they come back `not_recovered` with the
 measured profile's reason in `detail`.
@@ -13,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from jobs.contracts import Contract, Kind
 from jobs.dbt import Dbt, InvocationResult, NodeResult
 from jobs.errors import CairnError, DbtError
 from jobs.measure import evaluate
-from jobs.records import BaselineStats, RowDelta, Verdict, Verification
+from jobs.records import BaselineStats, MemberResult, RowDelta, Verdict, Verification
 from jobs.warehouse.duckdb import DuckDBWarehouse
 from jobs.warehouse.sandbox import ProductionModified, Sandbox
 from jobs.worktree import Worktree
@@ -42,18 +45,27 @@ class VerifyError(CairnError):
     """Verification could not be attempted; the message says which input to fix."""
 
 
+@dataclass(frozen=True)
+class Target:
+    """Another grouped incident's contract that the same build must bring back into its own band."""
+
+    incident_id: int
+    contract: Contract
+    band: BaselineStats
+    before: float | None
+
+
 def verify_revert(*, repo: Path, project_subdir: str, deployed_sha: str, shas: Sequence[str],
                   models: Sequence[str], contract: Contract, metric_model: str, prod_db: Path,
                   prod_state: Path, band: BaselineStats, before: float | None, at: datetime,
-                  incident_id: int, sandboxes_root: Path, inspect: Inspect | None = None) -> Verification:
-    """Revert `shas` at `deployed_sha`, build reverted models through `metric_model` on a sandbox."""
-    if not shas or not models:
-        raise VerifyError("verify_revert needs at least one commit to revert and one model it touches.")
-    if contract.model and contract.model != model_name(metric_model).split(".")[0]:
-        raise VerifyError(f"contract {contract.id!r} reads {contract.model!r}, not {metric_model!r}; "
-                          "pass the contract's own model as metric_model.")
+                  incident_id: int, sandboxes_root: Path, inspect: Inspect | None = None,
+                  also: Sequence[Target] = ()) -> Verification:
+    """Revert `shas` at `deployed_sha`, build reverted models through `metric_model` (and the metric
+    models of `also`, the incident's group) on a sandbox."""
+    check_inputs(shas, models, contract, metric_model)
     phases: dict[str, float] = {}
-    select = selector(models, metric_model)
+    targets, metrics = group_targets(incident_id, contract, band, before, metric_model, also)
+    select = selector(models, *metrics)
     extra = ("--defer", "--state", str(prod_state), "--favor-state")
     record = dict(sha=shas[0], clone_id="", dbt_command=f"dbt build --select {select} {' '.join(extra)}",
                   before=before, after=None, durations=phases, reverted=tuple(shas))
@@ -88,23 +100,73 @@ def verify_revert(*, repo: Path, project_subdir: str, deployed_sha: str, shas: S
         record.update(dbt_command=result.command, tests=test_counts(result.nodes),
                       built=tuple(n.unique_id for n in result.nodes if n.unique_id.startswith(BUILT)))
         manifest = json.loads((sandbox.target_path / "manifest.json").read_text())
-        expected = expected_nodes(manifest, models, metric_model)
+        reach = [expected_nodes(manifest, models, metric) for metric in metrics]
+        expected = set().union(*reach)
         if not expected:
-            return Verification(verdict=Verdict.not_recovered, **record, detail=(
-                f"none of {', '.join(models)} feeds {metric_model} at the reverted SHA: the revert "
-                "cannot change the metric, and dbt built nothing."))
+            return Verification(verdict=Verdict.not_recovered, **record, detail=unreached(models, metrics))
         problems = build_problems(result, expected)
         if problems:
             return Verification(verdict=Verdict.build_failed, **record, detail=problems)
         with timed(phases, "measure"), DuckDBWarehouse(sandbox.path) as warehouse:
-            [observation] = evaluate(warehouse, manifest, [contract], at)
-        record["after"] = observation.value
+            verdict, detail = judge(warehouse, manifest, targets, reach, at, record)
         if inspect is not None:
             with timed(phases, "evidence"):
                 record["deltas"] = tuple(inspect(sandbox.path, manifest))
-        verdict, detail = recovery_verdict(contract, observation, band)
         return Verification(verdict=verdict, **record, detail=detail)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def check_inputs(shas: Sequence[str], models: Sequence[str], contract: Contract, metric_model: str) -> None:
+    if not shas or not models:
+        raise VerifyError("verify_revert needs at least one commit to revert and one model it touches.")
+    if contract.model and contract.model != model_name(metric_model).split(".")[0]:
+        raise VerifyError(f"contract {contract.id!r} reads {contract.model!r}, not {metric_model!r}; "
+                          "pass the contract's own model as metric_model.")
+
+
+def group_targets(incident_id: int, contract: Contract, band: BaselineStats, before: float | None,
+                  metric_model: str, also: Sequence[Target]) -> tuple[list[Target], list[str]]:
+    """Every contract the build must bring back, the incident's own first, and their metric models."""
+    targets = [Target(incident_id, contract, band, before), *also]
+    return targets, [metric_model, *(t.contract.relation_name for t in also)]
+
+
+def unreached(models: Sequence[str], metrics: Sequence[str]) -> str:
+    return (f"none of {', '.join(models)} feeds {', '.join(metrics)} at the reverted SHA: the revert "
+            "cannot change the metric, and dbt built nothing.")
+
+
+def judge(warehouse, manifest: Mapping[str, Any], targets: Sequence[Target], reach: Sequence[set[str]],
+          at: datetime, record: dict[str, Any]) -> tuple[Verdict, str]:
+    """Measure each target on the sandbox and judge it against its own band; the verdict of them all.
+
+    A target whose model the revert does not reach is not measured (on BigQuery its model is not
+    even in the sandbox): the revert cannot have changed it. Sets `after` (the first target's) and,
+    for a group, `members` in `record`.
+    """
+    measured = [t for t, nodes in zip(targets, reach) if nodes]
+    observations = dict(zip((t.incident_id for t in measured),
+                            evaluate(warehouse, manifest, [t.contract for t in measured], at) if measured else ()))
+    results = []
+    for target in targets:
+        observation = observations.get(target.incident_id)
+        if observation is None:
+            verdict, detail = Verdict.not_recovered, (f"the revert does not reach {target.contract.relation_name}: "
+                                                      f"it cannot change {target.contract.id}.")
+        else:
+            verdict, detail = recovery_verdict(target.contract, observation, target.band)
+        results.append(MemberResult(target.incident_id, target.contract.id, verdict, target.before,
+                                    observation.value if observation else None, detail))
+    own = results[0]
+    record["after"] = own.after
+    if len(results) == 1:
+        return own.verdict, own.detail
+    record["members"] = tuple(results)
+    recovered = sum(r.verdict is Verdict.verified for r in results)
+    if recovered == len(results):
+        return Verdict.verified, own.detail
+    tally = f" {recovered} of the group's {len(results)} contracts recovered."
+    return (Verdict.not_recovered if own.verdict is Verdict.verified else own.verdict), own.detail + tally
 
 
 def recovery_verdict(contract: Contract, observation, band: BaselineStats) -> tuple[Verdict, str]:
@@ -128,9 +190,10 @@ def band_phrase(band: BaselineStats) -> str:
     return f"inside [{fmt_number(band.lower)}, {fmt_number(band.upper)}]"
 
 
-def selector(models: Sequence[str], metric_model: str) -> str:
-    """Each reverted model through to the metric's model: `m1+,+metric m2+,+metric` (a union)."""
-    return " ".join(f"{model_name(m)}+,+{model_name(metric_model)}" for m in dict.fromkeys(models))
+def selector(models: Sequence[str], *metric_models: str) -> str:
+    """Each reverted model through to each metric's model: `m1+,+metric m2+,+metric` (a union)."""
+    return " ".join(f"{model_name(m)}+,+{model_name(metric)}" for metric in dict.fromkeys(metric_models)
+                    for m in dict.fromkeys(models))
 
 
 def expected_nodes(manifest: Mapping[str, Any], models: Sequence[str], metric_model: str) -> set[str]:

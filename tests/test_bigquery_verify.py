@@ -7,6 +7,7 @@ settings, and that the verdict follows the metric BigQuery reports.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from statistics import median
@@ -22,11 +23,13 @@ from jobs.contracts import Contract
 from jobs.dbt import Dbt
 from jobs.git import Git
 from jobs.records import BaselineStats, Verdict
+from jobs.verify import Target
 from jobs.warehouse.bigquery_sandbox import RelationOutsideSandbox
 from jobs.warehouse.bigquery_verify import BigQueryVerification, verify_revert_bigquery
 from jobs.warehouse.cost_guard import CostRefused
 from tests.bigquery_server import FakeBigQuery
 from tests.conftest import SHOP, copy_shop
+from tests.test_verify import MRR_LEVEL, ORDERS_COUNT
 
 os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
 
@@ -116,7 +119,7 @@ def fake():
 
 
 def _verify(s: Scenario, fake: FakeBigQuery, deployed: str = "regression", snapshot_at: datetime = LAST_GOOD,
-            **settings) -> BigQueryVerification:
+            also: tuple[Target, ...] = (), **settings) -> BigQueryVerification:
     config = BigQuerySettings(project="acme-prod", sandbox_project="acme-sbx", location="EU",
                               credentials="anonymous", api_endpoint=fake.endpoint, org="acme",
                               **{"budget_bytes": 5 * 1024**3, **settings})
@@ -125,7 +128,7 @@ def _verify(s: Scenario, fake: FakeBigQuery, deployed: str = "regression", snaps
         models=["model.shop.int_order_payments"], contract=s.contract, metric_model="fct_revenue",
         prod_state=s.prod_state, band=s.band, before=REGRESSED, at=AT, incident_id=12,
         sandboxes_root=s.sandboxes, client=fake.client("acme-sbx", "EU"), settings=config,
-        snapshot_at=snapshot_at, now=NOW)
+        snapshot_at=snapshot_at, now=NOW, also=also)
 
 
 def _answer_metric(fake: FakeBigQuery, value: float) -> None:
@@ -195,6 +198,27 @@ def test_a_revert_is_verified_through_the_bigquery_requests_that_would_do_it(sce
     assert result.cost.billed_bytes > 0 and ("acme-sbx", dataset) not in fake.datasets
     assert (v.estimated_bytes, v.billed_bytes) == (result.cost.estimated_bytes, result.cost.billed_bytes)
     assert not any(scenario.sandboxes.iterdir())
+
+
+@pytest.mark.slow
+def test_a_groups_contracts_are_all_measured_in_the_one_sandbox(scenario, fake) -> None:
+    """One culprit broke revenue, orders and MRR: one sandbox, one build, each contract judged in its own band."""
+    _answer_metric(fake, HEALTHY)
+    fake.answer(r"`c0_rows`.*FROM `acme-sbx`\.`cairn_sbx_12_[0-9a-f]{6}`\.`fct_orders`", [{"c0_rows": 480}])
+    orders, mrr = ORDERS_COUNT, MRR_LEVEL
+    band = BaselineStats(expected=470.0, lower=420.0, upper=math.inf, n=4)
+    v = _verify(scenario, fake, also=(Target(13, orders, band, 300.0),)).verification
+    assert v.verdict is Verdict.verified, v.detail
+    assert [(m.incident_id, m.verdict, m.before, m.after) for m in v.members] == [
+        (12, Verdict.verified, REGRESSED, HEALTHY), (13, Verdict.verified, 300.0, 480)]
+    assert "int_order_payments+,+fct_revenue int_order_payments+,+fct_orders" in v.dbt_command
+    assert fake.calls().count("datasets.insert") == 1 and fake.calls()[-1] == "datasets.delete"
+
+    # A member the revert cannot reach is not measured (its model is not in the sandbox) and is not recovered.
+    group = _verify(scenario, fake, also=(Target(13, orders, band, 300.0), Target(14, mrr, band, 1.0))).verification
+    assert group.verdict is Verdict.not_recovered and group.members[2].after is None
+    assert "does not reach fct_mrr" in group.members[2].detail
+    assert not [q for q in fake.queries() if "fct_mrr" in q]
 
 
 @pytest.mark.slow

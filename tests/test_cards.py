@@ -20,8 +20,8 @@ from bot.cards import (BLOCKS_BUDGET, MAX_BLOCKS, SECTION_TEXT, Message, _fit, i
 from bot.chart import day_bands, metric_chart
 from bot.messages import STATUS_LABEL
 from bot.thread import render_terminal, thread_steps
-from jobs.records import (BaselineStats, Candidate, Incident, IncidentStatus, Observation, PullRequest, RankedCause,
-                          Ranking, RowDelta, Verdict, Verification)
+from jobs.records import (BaselineStats, Candidate, Incident, IncidentStatus, MemberResult, Observation, PullRequest,
+                          RankedCause, Ranking, RowDelta, Verdict, Verification)
 from jobs.report import to_json
 from policies.decide import Action, Decision, KillSwitch
 from policies.model import Mode
@@ -276,6 +276,71 @@ def test_a_card_with_huge_repository_text_keeps_its_buttons():
     serialized(card)
     assert len(card.blocks[0].text.text) <= 150
     assert ids.APPROVE in actions(card) and len(card.text) <= 1000
+
+
+def grouped(incident_id: int, status: IncidentStatus, **details) -> Incident:
+    """A member of the group #7 leads: #7, #8 and #9 broke in one deploy; the PR is #7's."""
+    return dataclasses.replace(incident(status, group={"leader": 7, "members": [7, 8, 9]}, **details),
+                               id=incident_id, group_id=7)
+
+
+GROUP_FIX = dataclasses.replace(FIX, members=(
+    MemberResult(7, "revenue.net_daily", Verdict.verified, 14265.37, 19097.95, "back"),
+    MemberResult(8, "orders.daily_count", Verdict.verified, 300.0, 480.0, "back"),
+    MemberResult(9, "payments.daily_amount", Verdict.verified, 9000.0, 15000.0, "back")))
+
+
+def test_grouped_cards_say_which_incident_runs_the_one_loop_and_share_its_pr():
+    leader = grouped(7, IncidentStatus.verifying, attribution=ATTRIBUTION)
+    assert ("Grouped with #8, #9: one deploy broke them together, so they get one culprit, one verification and "
+            "one PR, run from this incident.") in " ".join(texts(serialized(incident_card(leader, None, Mode.assisted,
+                                                                                          None))))
+    verified = {"verification": {"attempts": to_json([GROUP_FIX]), "builds": 1, "fix": to_json(GROUP_FIX)},
+                "verdict": "verified"}
+    member = grouped(8, IncidentStatus.pr_opened, attribution=ATTRIBUTION, **verified, **DECIDED)
+    card = incident_card(member, PR, Mode.assisted, None)
+    text = " ".join(texts(serialized(card)))
+    assert ("Grouped with #7 and #9: one culprit, one verification and one PR for all of them, run from #7."
+            in text)
+    assert "<https://github.com/acme/analytics/pull/12|#12 Revert 5a20dc5" in text  # the group's PR, linked
+    # Approve on a member's card binds the member and the head it shows: the review acts on the group's PR.
+    assert ids.parse_value(actions(card)[ids.APPROVE]["value"]) == (8, HEAD)
+    steps = {s.key: s.lines for s in thread_steps(member, PR)}
+    assert any(line.startswith("Grouped with #7 and #9") for line in steps["detected"])
+    assert steps["pr"][-1] == ("The group's PR, opened by incident #7: Approve or Reject on this card acts on it "
+                               "for every incident of the group.")
+    verification = "\n".join(steps["verification"])
+    assert "#8 orders.daily_count: 300 → 480, verified" in verification
+    assert "#9 payments.daily_amount: 9,000 → 15,000, verified" in verification
+    assert "1 build used for the group's 3 incidents" in verification
+    assert "pr" in {s.key for s in thread_steps(dataclasses.replace(member, id=7), PR)}  # the leader's own: no note
+    assert not any(line.startswith("The group's PR") for line in
+                   {s.key: s.lines for s in thread_steps(dataclasses.replace(member, id=7), PR)}["pr"])
+
+
+def test_a_member_that_left_its_group_says_why_and_threads_its_own_loop_apart():
+    left = dataclasses.replace(incident(IncidentStatus.verifying, attribution=ATTRIBUTION,
+                                        left_group={"group": 7, "why": "not_recovered", "fix": SHA}), id=8)
+    note = ("Left group #7: no revert the group tried on its clone brought this metric back (the best, 5a20dc5, "
+            "brought back others), so it runs its own attribution, verification and PR.")
+    assert note in " ".join(texts(serialized(incident_card(left, None, Mode.assisted, None))))
+    steps = thread_steps(left, None)
+    # Its own steps get their own keys: the group's attribution and verification were posted under the others.
+    assert [s.key for s in steps] == ["detected", "left_group", "attribution:own"]
+    assert steps[1].lines == (note,)
+    unexplained = dataclasses.replace(left, status=IncidentStatus.escalated, details={
+        "left_group": {"group": 7, "why": "unexplained", "fix": None}, "verdict": "no_code_cause",
+        "attribution": {**ATTRIBUTION, "candidates": [], "ranking": to_json(Ranking((), "scorer"))}})
+    assert [s.key for s in thread_steps(unexplained, None)] == ["detected", "left_group", "attribution"]
+    assert "no commit in the suspect range touches this metric's lineage" in thread_steps(unexplained, None)[1].lines[0]
+    # A split group: each part goes on with the revert that brought it back, verifying nothing again.
+    split = dataclasses.replace(left, status=IncidentStatus.verified, details={
+        "left_group": {"group": 7, "why": "split", "fix": SHA}, "attribution": ATTRIBUTION, **VERIFIED})
+    steps = thread_steps(split, None)
+    assert [s.key for s in steps] == ["detected", "left_group", "attribution", "evidence", "verification"]
+    assert steps[1].title == "Group split" and steps[1].lines == (
+        "Group #7 split: no one revert brings all its incidents back, so this one goes on with the revert of "
+        "5a20dc5, which brought it back on the group's clone.",)
 
 
 # -- the thread --------------------------------------------------------------------------------

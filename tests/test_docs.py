@@ -9,6 +9,7 @@ import jobs.baseline
 import jobs.detect
 import jobs.distribution
 import jobs.forecast
+import jobs.groups
 import jobs.recovery
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_detection_doc_is_the_modules_docstrings() -> None:
     doc = (ROOT / "docs" / "detection.md").read_text()
-    for module in (jobs.baseline, jobs.forecast, jobs.band, jobs.distribution, jobs.recovery):
+    for module in (jobs.baseline, jobs.forecast, jobs.band, jobs.distribution, jobs.recovery, jobs.groups):
         assert module.__doc__.strip() in doc, f"docs/detection.md is stale: paste {module.__name__}'s docstring"
     assert inspect.cleandoc(jobs.detect.recovered.__doc__) in doc, "docs/detection.md is stale: paste recovered()"
     assert f"RESOLVE_AFTER = {jobs.detect.RESOLVE_AFTER}" in doc

@@ -26,14 +26,20 @@ def git(repo: Path, *args: str) -> str:
                           check=True, capture_output=True, text=True).stdout.strip()
 
 
-@pytest.fixture
-def rt(tmp_path: Path):
+def base_repo(tmp_path: Path) -> Path:
+    """A git repository with one model at its first commit."""
     repo = tmp_path / "repo"
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
     (repo / "model.sql").write_text("select 1 as amount\n")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "base")
+    return repo
+
+
+@pytest.fixture
+def rt(tmp_path: Path):
+    repo = base_repo(tmp_path)
     (repo / "model.sql").write_text("select 1 / 100 as amount\n")
     git(repo, "commit", "-qam", "Divide amounts by 100")
     (tmp_path / "cairn.yml").write_text(f"repo: {repo}\nproject: {repo}\nstore: sqlite:///{tmp_path}/cairn.db\n")

@@ -18,7 +18,8 @@ from bot.commands import USAGE, Invocation, Refused, run_command
 from jobs import switches
 from jobs.config import load_config
 from jobs.errors import ConfigError, TransientError, WarehouseBusy
-from jobs.queue import InlineJobs, is_transient, mark_errored, next_stage
+from jobs.failures import is_transient, mark_errored
+from jobs.queue import InlineJobs, next_stage
 from jobs.records import IncidentStatus, Observation
 from jobs.runtime import Runtime
 from jobs.store import Store

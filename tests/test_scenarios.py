@@ -10,9 +10,12 @@ and the verified-recovery rate over the positive cases (tests/.scenario-report.j
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -21,7 +24,9 @@ from typing import Any
 import pytest
 
 from bot.demo import commit
+from bot.notify import render_card
 from examples.generate import add_day, drop_source_rows, load
+from jobs import groups
 from jobs.backfill import backfill
 from jobs.clock import Clock
 from jobs.config import load_config
@@ -93,6 +98,8 @@ class Case:
     expect: dict[str, str] = field(default_factory=dict)  # contract -> verdict of its incident
     build_ok: bool = True  # whether the deploy's own dbt build passes
     drop_payments: bool = False  # half of the day's raw payments never arrive
+    prs: int | None = None  # PRs the loop opens; one culprit's incidents share one (jobs.groups)
+    then: Callable[["Case", "Run", Path], None] | None = None  # further checks on the run
 
     @property
     def positive(self) -> bool:
@@ -117,6 +124,46 @@ DOWNSTREAM = change("Flag repeat customers", "models/marts/dim_customers.sql",
                     "        coalesce(orders.order_count, 0) as order_count,\n",
                     "        coalesce(orders.order_count, 0) as order_count,\n"
                     "        coalesce(orders.order_count, 0) > 1 as is_repeat_customer,\n")
+
+
+# Checks a case runs after the common ones (Case.then).
+
+
+def one_group(case: "Case", run: "Run", root: Path) -> None:
+    """One culprit's incidents are one group: its builds ran once, for the leader; every card shows the one PR."""
+    found = list(run.found.values())
+    leader = min(f.incident for f in found)
+    assert {f.group for f in found} == {leader}  # nobody left the group
+    assert {f.pr for f in found} == {found[0].pr} and found[0].pr is not None and run.prs == 1
+    # The verification builds ran once, for the group, under its leader; every member reads the same count.
+    assert list(run.attempts) == [leader] and run.attempts[leader] == found[0].builds >= 1
+    assert {f.builds for f in found} == {run.attempts[leader]}
+    assert {tuple(f.fixed_by) for f in found} == {(run.shas[next(c.message for c in case.commits if c.breaks)],)}
+    pr_body_incidents = [f"| #{f.incident} | `{f.contract}` |" for f in found]
+    rt = Runtime(load_config(root / "cairn.yml", env={}), Clock(CHECK))
+    try:
+        body = rt.store.pull_request_row(leader)["body"]
+        cards = [render_card(rt, rt.store.incident(f.incident), groups.pull_request(rt.store, rt.store.incident(
+            f.incident))) for f in found]
+    finally:
+        rt.close()
+    assert all(row in body for row in pr_body_incidents), body
+    # Every member's card links the group's PR (the local forge shows its branch).
+    assert all(f"cairn/incident-{leader}" in json.dumps([b.to_dict() for b in card.blocks]) for card in cards)
+
+
+def split_group(case: "Case", run: "Run", root: Path) -> None:
+    """No one revert brings all three back: the join's revert keeps orders and completed orders together,
+    revenue goes on with the PayPal filter's, both verified on the group's builds, none built again."""
+    revenue, orders, completed = run.found[REVENUE], run.found[ORDERS], run.found[COMPLETED]
+    leader = min(f.incident for f in run.found.values())
+    assert revenue.group is None and revenue.left_group["why"] == "split"
+    assert revenue.left_group["fix"] == run.shas[PAYPAL_FILTER.message]
+    assert orders.group == completed.group == min(orders.incident, completed.incident)
+    assert orders.pr == completed.pr != revenue.pr and run.prs == 2
+    assert revenue.fixed_by == [run.shas[PAYPAL_FILTER.message]]
+    assert orders.fixed_by == completed.fixed_by == [run.shas[INNER_JOIN.message]]
+    assert list(run.attempts) == [leader] and {f.builds for f in run.found.values()} == {run.attempts[leader]}
 
 
 def window(*culprits: Commit) -> tuple[Commit, ...]:
@@ -148,7 +195,8 @@ CASES = (
         "    select *\n    from source\n    qualify row_number() over (partition by payment_id order by _loaded_at desc) = 1\n",
         "    select *\n    from source\n", (REVENUE, PAYMENTS, ORDERS, FRESHNESS, COMPLETED, COUPONS))),
         # unique_stg_payments_payment_id fails, dbt skips every mart downstream: the day goes missing.
-        {REVENUE: V, PAYMENTS: V, ORDERS: V, FRESHNESS: V, COMPLETED: V, COUPONS: V}, build_ok=False),
+        {REVENUE: V, PAYMENTS: V, ORDERS: V, FRESHNESS: V, COMPLETED: V, COUPONS: V}, build_ok=False, prs=1,
+        then=one_group),
     Case("case_mapping_change", window(change(
         "Shipped orders are not complete until delivered", "models/staging/stg_orders.sql",
         "            when 'shipped' then 'completed'\n", "            when 'shipped' then 'pending'\n",
@@ -156,7 +204,7 @@ CASES = (
     Case("macro_change", window(change(
         "cents_to_dollars: amounts arrive in mills", "macros/cents_to_dollars.sql",
         "cast({{ column }} / 100 as", "cast({{ column }} / 1000 as", (REVENUE, PAYMENTS, MRR, COUPONS))),
-        {REVENUE: V, PAYMENTS: V, MRR: V, COUPONS: V}),
+        {REVENUE: V, PAYMENTS: V, MRR: V, COUPONS: V}, prs=1, then=one_group),
     Case("jinja_list_change", window(change(
         "Pivot payment methods as the processor spells them", "models/intermediate/int_order_payments.sql",
         "{% set payment_methods = ['card', 'coupon', 'bank_transfer', 'paypal'] %}",
@@ -172,8 +220,9 @@ CASES = (
         "filter (where payment_method != 'coupon')", "filter (where payment_method = 'coupon')", (UNPAID,))),
         {UNPAID: V}),
     # Together they also drop PayPal-paid completed orders from fct_orders: the join is what reverts that.
+    # One deploy, so one group at first; no one revert brings all three back, so it splits in two.
     Case("two_regressions", window(PAYPAL_FILTER, Commit(INNER_JOIN.message, INNER_JOIN.edits, (ORDERS, COMPLETED))),
-         {REVENUE: V, ORDERS: V, COMPLETED: V}),
+         {REVENUE: V, ORDERS: V, COMPLETED: V}, prs=2, then=split_group),
     Case("culprit_then_innocent_same_file", window(PAYPAL_FILTER, change(
         "Keep the last payment time per order", "models/intermediate/int_order_payments.sql",
         "        min(created_at) as paid_at,\n",
@@ -238,6 +287,9 @@ class Found:
     fixed_by: list[str] | None
     pr: int | None
     pr_message: str = ""
+    incident: int = 0
+    group: int | None = None  # the group it ended in
+    left_group: dict[str, Any] | None = None
 
 
 @dataclass
@@ -246,6 +298,8 @@ class Run:
     build: InvocationResult
     found: dict[str, Found]
     seconds: float
+    attempts: dict[int, int] = field(default_factory=dict)  # verification.attempt events (builds) by incident
+    prs: int = 0  # pull requests recorded
 
 
 def land(root: Path, case: Case) -> dict[str, str]:
@@ -280,12 +334,16 @@ def run_case(baseline: Path, case: Case, root: Path) -> Run:
             if o.change is not Change.opened:
                 continue
             incident = rt.store.incident(o.incident.id)
-            pr = rt.store.pull_request_for(incident.id)
-            found[o.contract.id] = summarize(incident.details, o.contract.id, culprit_of.get(o.contract.id), pr,
-                                             rt.git)
+            pr = groups.pull_request(rt.store, incident)  # a grouped incident's PR is its group's
+            found[o.contract.id] = dataclasses.replace(
+                summarize(incident.details, o.contract.id, culprit_of.get(o.contract.id), pr, rt.git),
+                incident=incident.id, group=incident.group_id, left_group=incident.details.get("left_group"))
+        events = rt.store.audit_events()
+        attempts = Counter(e.incident_id for e in events if e.name == "verification.attempt")
+        prs = len({groups.pull_request(rt.store, rt.store.incident(f.incident)) for f in found.values()} - {None})
     finally:
         rt.close()
-    return Run(shas, build, found, time.monotonic() - started)
+    return Run(shas, build, found, time.monotonic() - started, dict(attempts), prs)
 
 
 def assert_parsed_from_copy(manifest: dict[str, Any], case: Case) -> None:
@@ -335,6 +393,11 @@ def test_scenario(case: Case, scenario_baseline: Path, tmp_path: Path) -> None:
         assert got.culprit in got.pr_message, (contract, got.pr_message)
     decoys = {run.shas[c.message] for c in case.commits if not c.breaks}
     assert not decoys & {f.fixed_by[0] for f in run.found.values() if f.fixed_by}
+    if case.prs is not None:
+        assert run.prs == case.prs, {k: (v.pr, v.group) for k, v in run.found.items()}
+        assert len({f.pr for f in run.found.values()}) == case.prs
+    if case.then is not None:
+        case.then(case, run, tmp_path / "shop")
 
 
 def test_attribution_accuracy_report() -> None:

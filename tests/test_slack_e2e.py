@@ -4,7 +4,8 @@
 One deployment (the scenario baseline with two regressing commits landed and deployed: PayPal
 payments fall out of revenue, plan prices are read in mills) is checked once with
 `cairn check --at`; detection runs in that process and every later stage is a job on the
-workers. Two incidents, two cards: one is approved, the other rejected. The first verification's work horse is killed mid-build: RQ retries the job, which
+workers. Two incidents, two cards: one deploy broke both, so they start as one group, which splits
+when each revert brings back only its own; one is approved, the other rejected. The first verification's work horse is killed mid-build: RQ retries the job, which
 removes the sandbox its predecessor left and finishes. The tests then read the Slack traffic
 and click the card's buttons with signed requests.
 """
@@ -244,7 +245,8 @@ def test_the_story_is_threaded_under_the_card_with_a_chart(stack: Stack) -> None
     replies = stack.slack.thread(CHANNEL, card_ts)
     texts = [r["text"] for r in replies if r.get("text") and not r.get("files")]
     titles = [t.split(":", 1)[0] for t in texts]
-    assert titles == ["Detected", "Attribution", "Evidence", "Verified revert", "Decision", "PR opened"], texts
+    assert titles == ["Detected", "Attribution", "Group split", "Evidence", "Verified revert", "Decision",
+                      "PR opened"], texts
     store = stack.store()
     try:
         fix = store.incident(stack.incident_id(REVENUE)).details["verification"]["fix"]

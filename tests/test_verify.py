@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 import shutil
 import subprocess
@@ -20,7 +22,7 @@ from jobs.dbt import Dbt
 from jobs.git import Git
 from jobs.measure import evaluate
 from jobs.records import BaselineStats, Verdict, Verification
-from jobs.verify import VerifyError, selector, verify_revert
+from jobs.verify import Target, VerifyError, selector, verify_revert
 from jobs.warehouse.duckdb import DuckDBWarehouse
 from jobs.warehouse.sandbox import LOCKDOWN, ProductionModified, Sandbox, SandboxError, gc_sandboxes
 from jobs.worktree import Worktree
@@ -34,6 +36,12 @@ PAYMENTS_SQL = "shop/models/intermediate/int_order_payments.sql"
 REVENUE_SQL = "shop/models/marts/fct_revenue.sql"
 ORDERS_SQL = "shop/models/marts/fct_orders.sql"
 SUCCEEDED = "      and payment_status = 'succeeded'\n"
+# Two more of the shop's contracts (models/marts/_marts.yml), for a group's build: one the payments
+# regression's revert rebuilds, one it cannot reach.
+ORDERS_COUNT = Contract(id="orders.daily_count", kind="row_count", model="fct_orders", time_column="ordered_at",
+                        window="day", direction="drop")
+MRR_LEVEL = Contract(id="mrr.level", kind="volume", model="fct_mrr", expr="max(mrr)", time_column="date_day",
+                     window="day", direction="drop")
 
 
 @dataclass(frozen=True)
@@ -179,6 +187,27 @@ def test_reverting_an_innocent_commit_does_not_recover(history, leaves_nothing) 
 
 
 @pytest.mark.slow
+def test_a_groups_build_measures_every_members_contract_on_the_same_sandbox(history, leaves_nothing) -> None:
+    """One culprit, three broken contracts: one build through all their models, each judged in its own band."""
+    orders, mrr = ORDERS_COUNT, MRR_LEVEL
+    at_least_one = BaselineStats(expected=1.0, lower=1.0, upper=math.inf, n=4)
+    v = _verify(history, "regression", ["regression"], ["model.shop.int_order_payments"],
+                also=[Target(13, orders, at_least_one, 0.0), Target(14, mrr, at_least_one, 0.0)])
+    assert ("--select int_order_payments+,+fct_revenue int_order_payments+,+fct_orders "
+            "int_order_payments+,+fct_mrr") in v.dbt_command
+    revenue, counted, unreached = v.members
+    assert (revenue.incident_id, revenue.verdict, revenue.before) == (12, Verdict.verified, history.before)
+    assert revenue.after == pytest.approx(history.healthy) and v.after == revenue.after
+    production = json.loads((history.prod_state / "manifest.json").read_text())
+    assert (counted.incident_id, counted.verdict) == (13, Verdict.verified)
+    assert counted.after == _measure(history.prod_db, production, orders, AT) > 0  # rebuilt on the sandbox
+    # The revert cannot reach fct_mrr: it is not measured, and it keeps the group from verifying.
+    assert (unreached.incident_id, unreached.verdict, unreached.after) == (14, Verdict.not_recovered, None)
+    assert "does not reach fct_mrr" in unreached.detail
+    assert v.verdict is Verdict.not_recovered and "2 of the group's 3 contracts recovered" in v.detail
+
+
+@pytest.mark.slow
 def test_models_that_do_not_feed_the_metric_do_not_recover(history, leaves_nothing) -> None:
     v = _verify(history, "comment", ["comment"], ["dim_customers"])
     assert v.verdict is Verdict.not_recovered and "feeds fct_revenue" in v.detail
@@ -232,6 +261,7 @@ def test_a_missing_deployed_sha_leaves_nothing(history, leaves_nothing) -> None:
 def test_selector_is_a_union_of_intersections() -> None:
     assert selector(["model.shop.a", "b", "b"], "m") == "a+,+m b+,+m"
     assert selector(["model.shop.c.v2"], "model.shop.m") == "c.v2+,+m"
+    assert selector(["a", "b"], "m", "model.shop.n", "m") == "a+,+m b+,+m a+,+n b+,+n"  # a group's metrics
 
 
 # --- sandbox and worktree on their own ----------------------------------------------------------

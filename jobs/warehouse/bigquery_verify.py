@@ -4,7 +4,7 @@ The same steps as `jobs.verify.verify_revert` on DuckDB, with BigQuery's sandbox
 expiring dataset; the selected incremental models and snapshots cloned at `snapshot_at`; the
 nodes' writes redirected into the dataset and checked (layer b); a dry run against the budget;
 `dbt build --defer --state --favor-state` with maximum_bytes_billed, every API request it makes
-checked (layer a); the contract measured there.
+checked (layer a); the contract (a group's: every member's) measured there.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from jobs.config import BigQuerySettings
 from jobs.contracts import Contract
 from jobs.dbt import Dbt, InvocationResult
 from jobs.errors import DbtError
-from jobs.measure import evaluate
 from jobs.records import BaselineStats, Verdict, Verification
-from jobs.verify import (BUILT, VerifyError, build_problems, expected_nodes, model_name, production_manifest,
-                         profile_name, recovery_verdict, selector, test_counts, timed)
+from jobs.verify import (BUILT, Target, build_problems, check_inputs, expected_nodes, group_targets, judge,
+                         production_manifest, profile_name, selector, test_counts, timed, unreached)
 from jobs.warehouse.bigquery import credentials_setting
 from jobs.warehouse.bigquery_sandbox import (BigQuerySandbox, check_relations, redirect_macros,
                                              stateful_sources)
@@ -59,21 +58,19 @@ def verify_revert_bigquery(*, repo: Path, project_subdir: str, deployed_sha: str
                            band: BaselineStats, before: float | None, at: datetime, incident_id: int,
                            sandboxes_root: Path, client: Any, settings: BigQuerySettings,
                            snapshot_at: datetime | None, now: datetime,
-                           config_root: Path | None = None) -> BigQueryVerification:
+                           config_root: Path | None = None, also: Sequence[Target] = ()) -> BigQueryVerification:
     """Revert `shas` at `deployed_sha` and build through `metric_model` in a BigQuery sandbox.
 
     `client` runs jobs in the sandbox project; `snapshot_at` is the production state the clones
     hold (the incident's last-good time, so incremental models rebuild what the bad code wrote);
-    `config_root` (cairn.yml's directory) resolves a relative key-file path for dbt's profile.
+    `config_root` (cairn.yml's directory) resolves a relative key-file path for dbt's profile;
+    `also` are the other contracts of the incident's group, built and measured in the same sandbox.
     Raises CostRefused (over budget) and RelationOutsideSandbox (layer b) before dbt builds.
     """
-    if not shas or not models:
-        raise VerifyError("verify_revert needs at least one commit to revert and one model it touches.")
-    if contract.model and contract.model != model_name(metric_model).split(".")[0]:
-        raise VerifyError(f"contract {contract.id!r} reads {contract.model!r}, not {metric_model!r}; "
-                          "pass the contract's own model as metric_model.")
+    check_inputs(shas, models, contract, metric_model)
     phases: dict[str, float] = {}
-    select = selector(models, metric_model)
+    targets, metrics = group_targets(incident_id, contract, band, before, metric_model, also)
+    select = selector(models, *metrics)
     extra = ("--defer", "--state", str(prod_state), "--favor-state")
     record = dict(sha=shas[0], clone_id="", dbt_command=f"dbt build --select {select} {' '.join(extra)}",
                   before=before, after=None, durations=phases, reverted=tuple(shas))
@@ -114,11 +111,10 @@ def verify_revert_bigquery(*, repo: Path, project_subdir: str, deployed_sha: str
                 manifest = dbt.manifest()
             except DbtError as exc:  # e.g. the reverted project no longer parses
                 return done(Verdict.build_failed, str(exc))
-            expected = expected_nodes(manifest, models, metric_model)
+            reach = [expected_nodes(manifest, models, metric) for metric in metrics]
+            expected = set().union(*reach)
             if not expected:
-                return done(Verdict.not_recovered, (
-                    f"none of {', '.join(models)} feeds {metric_model} at the reverted SHA: the revert "
-                    "cannot change the metric, and dbt built nothing."))
+                return done(Verdict.not_recovered, unreached(models, metrics))
             check_relations(manifest, expected, sandbox.dataset)  # layer (b): raises before any build
             clones = sandbox.clone(warehouse, stateful_sources(production, expected, settings.project),
                                    at=snapshot_at, now=now, time_travel=settings.time_travel)
@@ -151,11 +147,9 @@ def verify_revert_bigquery(*, repo: Path, project_subdir: str, deployed_sha: str
         if problems:
             return done(Verdict.build_failed, problems)
         with timed(phases, "measure"):
-            [observation] = evaluate(warehouse, manifest, [contract], at)
+            verdict, detail = judge(warehouse, manifest, targets, reach, at, record)
         spent["billed_bytes"] = billed_by_dbt(work / "target") + warehouse.spend.billed
-        record["after"] = observation.value
         notes = "".join(f" {c.target}: {c.note}." for c in clones if c.note)
-        verdict, detail = recovery_verdict(contract, observation, band)
         return done(verdict, detail + notes)
     raise AssertionError("unreachable")  # pragma: no cover
 
