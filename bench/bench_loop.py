@@ -5,6 +5,8 @@ backfilled, checked), lands n real commits touching files upstream of `revenue.n
 harmless column aliases and, at a seeded random position, a regression (PayPal payments
 fall out of order revenue) — loads the next
 day, deploys with a plain `dbt build` (timed), then times `check_and_heal` from check to verified PR.
+The loop includes the deploy check (one scoped sandbox build of the deploy's previous version,
+`jobs.deploy_check`), reported on its own.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ def test_builds_and_wall_time_per_incident(benchmark, baseline: Path, tmp_path: 
     try:
         incident = rt.store.incident(opened[CONTRACT])
         pr = rt.store.pull_request_for(incident.id)
+        deploy_checks = [e.data for e in rt.store.audit_events() if e.name == "deploy.checked"]
     finally:
         rt.close()
     culprit = deployed["shas"][PAYPAL_FILTER.message]
@@ -104,6 +107,9 @@ def test_builds_and_wall_time_per_incident(benchmark, baseline: Path, tmp_path: 
         "loop_s": round(loop_s, 2),
         "dbt_build_s": round(deployed["build_s"], 2),
         "loop_over_build": round(loop_s / deployed["build_s"], 2),
+        # The deploy check: its builds (one per deploy) and their seconds, part of loop_s.
+        "deploy_check_builds": len(deploy_checks),
+        "deploy_check_s": round(sum(sum(d["durations"].values()) for d in deploy_checks), 2),
         # Seconds per verification phase, summed over the sandbox builds.
         "phases_s": {phase: round(sum(a["durations"].get(phase, 0) for a in verification["attempts"]), 2)
                      for phase in ("worktree", "revert", "clone", "build", "measure", "evidence")},
@@ -117,3 +123,4 @@ def test_builds_and_wall_time_per_incident(benchmark, baseline: Path, tmp_path: 
     assert info["builds"] <= info["build_budget"], info
     assert incident.details["verdict"] == "verified" and verification["fix"]["reverted"] == [culprit]
     assert pr is not None
+    assert info["deploy_check_builds"] == 1 and incident.details["deploy"]["to_sha"] == rt.deployed_sha()

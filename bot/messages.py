@@ -37,7 +37,11 @@ BACKFILL_CAVEAT = ("Backfilled values are what today's code says about past wind
 
 
 def regression(incident: Incident, baseline_days: int | None = None) -> str:
-    """'-18.4% vs 28d baseline' — the figure people quote."""
+    """'-18.4% vs 28d baseline' — the figure people quote; '-28.2% from deploy 5a20dc5' when a deploy
+    check measured the deploy's own effect (its change is against the value without the deploy)."""
+    deploy = incident.details.get("deploy")
+    if deploy and incident.change_pct is not None:
+        return f"{incident.change_pct:+.1f}% from deploy {short_sha(deploy['to_sha'])}"
     if incident.change_pct is None:
         return "no baseline to compare with"
     days = f"{baseline_days}d " if baseline_days else ""

@@ -119,6 +119,9 @@ def _detected(incident: Incident, baseline_days: int | None) -> Step:
     # Recovery overwrites value and reason with the healthy measurement: show those under the outcome.
     if incident.status not in (IncidentStatus.recovered, IncidentStatus.resolved):
         versus = f" against the {baseline_phrase(incident.baseline)}" if incident.baseline else ""
+        if incident.details.get("deploy") and incident.baseline and incident.value is not None \
+                and incident.baseline.contains(incident.value):
+            versus += "; inside the band, where the day's noise hides it"
         lines[:0] = [incident.reason, f"{regression(incident, baseline_days)}: {_number(incident.value)}{versus}",
                      *chain_lines(incident), *group_lines(incident)]
     return Step("detected", STATUS_LABEL[IncidentStatus.detected], tuple(lines))
@@ -191,7 +194,8 @@ def _verification(details: dict[str, Any]) -> Step | None:
     if proof is None:
         return None
     builds = details["verification"].get("builds", len(attempts))
-    in_band = "back inside the baseline band" if proof.verdict is Verdict.verified else "not back inside the band"
+    where = "at its level without the deploy" if details.get("deploy") else "inside the baseline band"
+    in_band = f"back {where}" if proof.verdict is Verdict.verified else f"not back {where}"
     lines = [
         f"Clone {proof.clone_id}: reverted {', '.join(map(short_sha, proof.reverted or (proof.sha,)))}; "
         "production was not written",

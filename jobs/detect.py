@@ -47,10 +47,13 @@ def observe(rt: Runtime, at: datetime, contracts: Sequence[Contract] | None = No
 
 
 def check(rt: Runtime, contracts: Sequence[Contract] | None = None) -> list[Outcome]:
-    """Observe at the Runtime's clock, then judge each observation and move its contract's incident."""
+    """Observe at the Runtime's clock, judge each observation and move its contract's incident, then
+    measure what a new deploy did to the contracts it reaches (`jobs.deploy_check`)."""
+    from jobs.deploy_check import check_deploys
+
     contracts = list(rt.contracts if contracts is None else contracts)
     observations = observe(rt, rt.clock.now(), contracts)
-    return [detect(rt, contract, obs) for contract, obs in zip(contracts, observations)]
+    return check_deploys(rt, [detect(rt, contract, obs) for contract, obs in zip(contracts, observations)])
 
 
 def detect(rt: Runtime, contract: Contract, observation: Observation) -> Outcome:
@@ -62,13 +65,20 @@ def detect(rt: Runtime, contract: Contract, observation: Observation) -> Outcome
     observation = store.record_judgement(observation.id, assessment.status is AssessmentStatus.anomalous,
                                          assessment.baseline)
     previous = _previous(history, observation)
+    if chain and assessment.status is not AssessmentStatus.anomalous and proven_deployed(chain, observation):
+        # The code a deploy check proved harmful is still deployed: its value is no baseline, noise or not.
+        assessment = replace(assessment, status=AssessmentStatus.anomalous, reason=(
+            f"{assessment.reason}; deploy {chain[-1].first_bad_sha[:7]}, proven to move it on a clone, is still deployed"))
+        observation = store.record_judgement(observation.id, True, assessment.baseline)
+        return Outcome(contract, observation, assessment, Change.updated, _update(rt, chain[-1], observation, assessment))
     if assessment.status is AssessmentStatus.anomalous:
         if not chain:
-            incident = _open(rt, contract, observation, assessment, _last_good(history, observation))
+            incident = open_incident(rt, contract, observation, assessment, _last_good(history, observation))
             return Outcome(contract, observation, assessment, Change.opened, incident)
         head = chain[-1]
         if previous is not None and previous.sha != observation.sha and worse(head, assessment):
-            return _follow(rt, contract, observation, assessment, head, previous)
+            incident = follow(rt, contract, observation, assessment, head, previous)
+            return Outcome(contract, observation, assessment, Change.opened, incident, (rt.store.incident(head.id),))
         if len(chain) > 1 and observation.sha != head.first_bad_sha \
                 and recovery_band(contract, head).contains(assessment.value):
             return _undo(rt, contract, observation, assessment, chain)
@@ -100,6 +110,13 @@ RESOLVE_AFTER = 3  # healthy observations in a row that close an incident while 
 UNEXPLAINED = ("no_code_cause", "intentional")  # verdicts with no code of ours to blame
 
 
+def proven_deployed(chain: Sequence[Incident], current: Observation) -> bool:
+    """The latest incident was opened by a deploy check and that deploy's code still runs: a healthy
+    value is the harm hidden by noise, not a recovery."""
+    latest = chain[-1]
+    return "deploy" in latest.details and current.sha == latest.first_bad_sha
+
+
 def recovered(chain: Sequence[Incident], current: Observation, history: Sequence[Observation]) -> bool:
     """A healthy observation closes the incident when the deployed code changed since the first bad
     one (a revert or a fix shipped), or when no code was to blame (a data problem that went away);
@@ -108,6 +125,8 @@ def recovered(chain: Sequence[Incident], current: Observation, history: Sequence
     touch) must not close, and then reopen as a new incident whose suspect range no longer holds
     the culprit. An incident and those that follow it close together, judged by the latest."""
     latest = chain[-1]
+    if proven_deployed(chain, current):
+        return False
     if current.sha != latest.first_bad_sha or all(i.details.get("verdict") in UNEXPLAINED for i in chain):
         return True
     # The first bad observation is anomalous, so the walk back stops at it at the latest.
@@ -120,8 +139,9 @@ def recovered(chain: Sequence[Incident], current: Observation, history: Sequence
     return streak >= RESOLVE_AFTER
 
 
-def _open(rt: Runtime, contract: Contract, observation: Observation, assessment: Assessment,
-          last_good: Observation | None, *, follows: Incident | None = None, details: dict | None = None) -> Incident:
+def open_incident(rt: Runtime, contract: Contract, observation: Observation, assessment: Assessment,
+                  last_good: Observation | None, *, follows: Incident | None = None,
+                  details: dict | None = None) -> Incident:
     incident = rt.store.open_incident(
         contract.id, severity=contract.severity, first_bad=observation, last_good=last_good,
         value=assessment.value, baseline=assessment.baseline, change_pct=assessment.change_pct,
@@ -133,17 +153,18 @@ def _open(rt: Runtime, contract: Contract, observation: Observation, assessment:
     return incident
 
 
-def _follow(rt: Runtime, contract: Contract, observation: Observation, assessment: Assessment, head: Incident,
-            previous: Observation) -> Outcome:
+def follow(rt: Runtime, contract: Contract, observation: Observation, assessment: Assessment, head: Incident,
+           previous: Observation | None, *, details: dict | None = None) -> Incident:
     """A new deploy made an open incident worse: an incident of its own, its suspect range that deploy."""
-    follows = {"incident": head.id, "level": head.value, "sha": previous.sha,
-               "at": previous.observed_at.isoformat()}
-    incident = _open(rt, contract, observation, assessment, previous, follows=head, details={"follows": follows})
-    head = rt.store.update_incident(head.id, details={"followed_by": incident.id})
+    follows = {"incident": head.id, "level": head.value, "sha": previous.sha if previous else None,
+               "at": previous.observed_at.isoformat() if previous else None}
+    incident = open_incident(rt, contract, observation, assessment, previous, follows=head,
+                             details={"follows": follows, **(details or {})})
+    rt.store.update_incident(head.id, details={"followed_by": incident.id})
     rt.store.audit("incident.followed", incident_id=head.id,
                    data={"by": incident.id, "sha": observation.sha, "value": assessment.value},
                    dedup_key=f"incident:{head.id}:followed_by:{incident.id}")
-    return Outcome(contract, observation, assessment, Change.opened, incident, (head,))
+    return incident
 
 
 def _undo(rt: Runtime, contract: Contract, observation: Observation, assessment: Assessment,
@@ -155,7 +176,9 @@ def _undo(rt: Runtime, contract: Contract, observation: Observation, assessment:
 
 
 def _update(rt: Runtime, incident: Incident, observation: Observation, assessment: Assessment) -> Incident:
-    incident = rt.store.update_incident(incident.id, value=assessment.value, change_pct=assessment.change_pct,
+    # A deploy check's change is the deploy's own effect, measured once: a later day's noise does not move it.
+    change_pct = incident.change_pct if "deploy" in incident.details else assessment.change_pct
+    incident = rt.store.update_incident(incident.id, value=assessment.value, change_pct=change_pct,
                                         reason=assessment.reason, baseline=assessment.baseline)
     rt.store.audit("incident.updated", incident_id=incident.id, data=_event_data(observation, assessment))
     return incident
@@ -173,8 +196,6 @@ def _previous(history: Sequence[Observation], current: Observation) -> Observati
     """The observation just before this one (any verdict): a deploy between the two is this check's news."""
     earlier = [o for o in history if o.id != current.id and _when(o) < _when(current)]
     return max(earlier, key=lambda o: (_when(o), o.observed_at), default=None)
-
-
 
 
 

@@ -176,10 +176,12 @@ def _contract(contract: Contract) -> list[str]:
 
 
 def _regression(incident: Incident, contract: Contract) -> list[str]:
-    expected = incident.baseline.expected if incident.baseline else None
+    deploy = incident.details.get("deploy")
+    # A deploy check's change is against the same data without the deploy, not against the forecast.
+    expected = deploy["without"] if deploy else incident.baseline.expected if incident.baseline else None
     row = [metric_value(contract, incident.value), metric_value(contract, expected), _change(incident),
            incident.first_bad_at.strftime("%Y-%m-%d %H:%M UTC"), code((incident.first_bad_sha or "unknown")[:7])]
-    header = ["Observed", "Expected", "Change", "First bad", "Deployed at"]
+    header = ["Observed", "Without the deploy" if deploy else "Expected", "Change", "First bad", "Deployed at"]
     return ["### Regression", "", *_table(header, [row]), "", plain(incident.reason)]
 
 

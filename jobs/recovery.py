@@ -7,6 +7,9 @@ another when a later observation is back inside it.
 - An incident that follows another (a later deploy made an open incident worse): back at the
   level the metric held before that deploy, give or take the baseline band's own width. Not the
   baseline: the earlier incident's cause is still there, and reverting this deploy cannot undo it.
+- An incident a deploy check opened or confirmed (`jobs.deploy_check`): back at the value measured
+  without the deploy on the same data, give or take the contract's materiality floors. Its bad
+  value may sit inside the baseline band (noise hid it), so the baseline proves nothing there.
 - Otherwise: back inside the baseline band of the first bad observation.
 - One-sided, like detection: a drop recovers at or above the lower edge (a growing metric's revert
   may land above a band it never alerts on), a rise at or below the upper edge.
@@ -27,6 +30,10 @@ def recovery_band(contract: Contract, incident: Incident) -> BaselineStats:
     if contract.kind is Kind.freshness and contract.max_lag is not None:
         limit = contract.max_lag.total_seconds()
         return BaselineStats(expected=limit / 2, lower=0.0, upper=limit, n=0)
+    deploy = incident.details.get("deploy") or {}
+    if deploy.get("without") is not None:
+        return _one_sided(floors_around(contract, deploy["without"]),
+                          Direction.drop if (incident.value or 0.0) < deploy["without"] else Direction.rise)
     if incident.baseline is None:
         raise CairnError(f"incident {incident.id} has no baseline to recover into: its contract "
                          f"{contract.id} was still learning when it opened")
@@ -35,6 +42,16 @@ def recovery_band(contract: Contract, incident: Incident) -> BaselineStats:
     if level is not None:
         band = around(band, level)
         direction = Direction.drop if (incident.value or 0.0) < level else Direction.rise
+    return _one_sided(band, direction)
+
+
+def floors_around(contract: Contract, level: float) -> BaselineStats:
+    """`level` give or take the contract's materiality floors (the wider of relative and absolute)."""
+    floor = max(contract.threshold.relative * abs(level), contract.threshold.absolute)
+    return BaselineStats(expected=level, lower=level - floor, upper=level + floor, n=0)
+
+
+def _one_sided(band: BaselineStats, direction: Direction) -> BaselineStats:
     if direction is Direction.drop:
         return replace(band, upper=math.inf)
     if direction is Direction.rise:

@@ -67,6 +67,7 @@ def loop_json(details: dict[str, Any]) -> dict[str, Any]:
         "after": proof.get("after"),
         "decision": details.get("decision"),
         "triage": details.get("triage"),
+        "deploy_check": details.get("deploy"),
         "pr": {"number": pr["number"], "url": pr.get("url"), "branch": pr["branch"], "state": pr["state"]}
         if pr else None,
     }

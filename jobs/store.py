@@ -121,6 +121,19 @@ class Store(PullRequestStore, ChatMessageStore):
             row = conn.execute(query).first()
         return _observation(row) if row else None
 
+    def previous_observation(self, contract_id: str, current: Observation) -> Observation | None:
+        """The contract's observation taken just before `current` (any verdict, any window): the code
+        deployed then is what this one's is compared with."""
+        query = (observations.select()
+                 .where(observations.c.contract_id == contract_id,
+                        sa.or_(observations.c.observed_at < current.observed_at,
+                               sa.and_(observations.c.observed_at == current.observed_at,
+                                       observations.c.id < current.id)))
+                 .order_by(observations.c.observed_at.desc(), observations.c.id.desc()).limit(1))
+        with self._transaction() as conn:
+            row = conn.execute(query).first()
+        return _observation(row) if row is not None else None
+
     def mark_anomalous(self, observation_id: int, anomalous: bool = True) -> None:
         self._update_observation(observation_id, anomalous=anomalous)
 

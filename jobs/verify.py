@@ -59,9 +59,10 @@ def verify_revert(*, repo: Path, project_subdir: str, deployed_sha: str, shas: S
                   models: Sequence[str], contract: Contract, metric_model: str, prod_db: Path,
                   prod_state: Path, band: BaselineStats, before: float | None, at: datetime,
                   incident_id: int, sandboxes_root: Path, inspect: Inspect | None = None,
-                  also: Sequence[Target] = ()) -> Verification:
+                  also: Sequence[Target] = (), label: str | None = None) -> Verification:
     """Revert `shas` at `deployed_sha`, build reverted models through `metric_model` (and the metric
-    models of `also`, the incident's group) on a sandbox."""
+    models of `also`, the incident's group) on a sandbox. `label` names the worktree and sandbox
+    directories (default: the incident ID; a deploy check has no incident)."""
     check_inputs(shas, models, contract, metric_model)
     phases: dict[str, float] = {}
     targets, metrics = group_targets(incident_id, contract, band, before, metric_model, also)
@@ -71,7 +72,8 @@ def verify_revert(*, repo: Path, project_subdir: str, deployed_sha: str, shas: S
                   before=before, after=None, durations=phases, reverted=tuple(shas))
     with ExitStack() as cleanup:  # unwinds worktree and sandbox even when an exception escapes
         with timed(phases, "worktree"):
-            tree = cleanup.enter_context(Worktree.create(repo, deployed_sha, sandboxes_root, label=str(incident_id)))
+            tree = cleanup.enter_context(Worktree.create(repo, deployed_sha, sandboxes_root,
+                                                          label=label or str(incident_id)))
         with timed(phases, "revert"):
             reverted = tree.revert(shas)
         if not reverted:
@@ -83,7 +85,7 @@ def verify_revert(*, repo: Path, project_subdir: str, deployed_sha: str, shas: S
         _check_database(production, Path(prod_db))
         with timed(phases, "clone"):
             sandbox = cleanup.enter_context(Sandbox.create(
-                prod_db, sandboxes_root, incident_id, profile=profile_name(project_dir),
+                prod_db, sandboxes_root, label or incident_id, profile=profile_name(project_dir),
                 schema=_target_schema(production)))
         record["clone_id"] = sandbox.clone_id
         dbt = Dbt(project_dir, sandbox.profiles_dir, target=sandbox.target, target_path=sandbox.target_path)

@@ -68,6 +68,14 @@ class FreezeWindow(_Strict):
         return value
 
 
+class DeployChecks(_Strict):
+    """Measuring each deploy's own effect on the contracts it reaches: one sandbox build per deploy."""
+
+    enabled: bool = Field(True, description="Build each deploy's previous version on a clone and compare.")
+    skip: list[str] = Field(default_factory=list, description="Selectors whose contracts are not deploy-checked "
+                                                              "(e.g. models too costly to rebuild per deploy).")
+
+
 class Policy(_Strict):
     """policies/default.yml, or the file cairn.yml's `policy` names."""
 
@@ -78,6 +86,8 @@ class Policy(_Strict):
     freeze_windows: list[FreezeWindow] = Field(default_factory=list, description="No PRs or merges inside these.")
     min_confidence: float = Field(0.5, ge=0, le=1, description="Below this attribution confidence, escalate.")
     max_blast_radius: int = Field(25, ge=1, description="Most models a revert may rebuild before escalating.")
+    deploy_checks: DeployChecks = Field(default_factory=DeployChecks,
+                                        description="Deploy checks (docs/detection.md): on by default.")
 
 
 class PolicyError(ValueError):

@@ -90,9 +90,17 @@ class Deployment:
 
     def rebuild(self, select: str = "int_order_payments+") -> None:
         """Deploy the checked-out code: rebuild `select` from scratch (all days, not the incremental tail)."""
-        dbt = Dbt(self.root, self.root, env={"CAIRN_DUCKDB_PATH": str(self.warehouse)},
-                  target_path=self.root / "target")
-        result = dbt.invoke("run", select=select, extra=("--full-refresh",))
+        result = self.production_dbt().invoke("run", select=select, extra=("--full-refresh",))
+        assert result.success and result.nodes, result.nodes
+
+    def production_dbt(self) -> Dbt:
+        """The deploy's own dbt, building the warehouse file beside the project."""
+        return Dbt(self.root, self.root, env={"CAIRN_DUCKDB_PATH": str(self.warehouse)},
+                   target_path=self.root / "target")
+
+    def run(self) -> None:
+        """The nightly production run: `dbt run` of the checked-out code, incremental models incrementally."""
+        result = self.production_dbt().invoke("run")
         assert result.success and result.nodes, result.nodes
 
     def checkout(self, sha: str) -> None:

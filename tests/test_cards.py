@@ -416,7 +416,7 @@ def test_thread_of_a_revert_that_did_not_verify():
     steps = {s.key: s for s in thread_steps(not_verified, None)}
     assert steps["evidence"].lines[0] == "Production with 5a20dc5 vs the leading candidate's revert (not verified):"
     assert steps["verification"].title == "Not verified"
-    assert "not_recovered on duckdb:incident-7-275f69: 14,265 → 15,000, not back inside the band" \
+    assert "not_recovered on duckdb:incident-7-275f69: 14,265 → 15,000, not back inside the baseline band" \
            in steps["verification"].lines
     assert steps["verification"].lines[-2:] == ("Attempt 1: revert 5a20dc5 → not_recovered",
                                                 "Attempt 2: revert 2b7a91d → not_recovered")

@@ -24,7 +24,7 @@ WINDOWED = ["revenue.net_daily", "payments.coupon_share", "payments.method_mix",
             "orders.daily_count", "orders.unpaid_completed_rate", "mrr.level"]
 DECLARED = {
     "revenue.net_daily": "cairn.yml", "orders.freshness": "cairn.yml", "payments.coupon_share": "cairn.yml",
-    "payments.method_mix": "cairn.yml", "customers.email_null_rate": "cairn.yml",
+    "payments.method_mix": "cairn.yml", "customers.email_null_rate": "cairn.yml", "customers.count": "cairn.yml",
     "payments.daily_amount": "models/marts/_marts.yml", "orders.daily_count": "models/marts/_marts.yml",
     "orders.unpaid_completed_rate": "models/marts/_marts.yml", "mrr.level": "models/marts/_marts.yml",
 }
@@ -116,7 +116,7 @@ def test_backfill_days(cairn: Cairn, store: Store) -> None:
     out = ok(cairn("backfill", "--days", "3", "--at", LAST_DAY_CHECK))
     assert BACKFILL_CAVEAT in out
     assert "21 observations over 3 windows; 0 anomalous kept out of baselines." in out
-    assert "Skipped (no time_column/window, cannot be replayed): orders.freshness, customers.email_null_rate" in out
+    assert "Skipped (no time_column/window, cannot be replayed): orders.freshness, customers.email_null_rate, customers.count" in out
     windows = [o.window_start.day for o in store.observations("revenue.net_daily")]
     assert windows == [2, 3, 4]  # the last complete window (10-05) is left to `check`
     assert all(o.backfilled for o in store.observations("mrr.level"))

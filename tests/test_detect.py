@@ -41,9 +41,16 @@ class Shop:
     backfilled_store: Path  # 28 days of baselines from the clean deploy; copy it, never write it
 
     @contextmanager
-    def deployed(self, sha: str, store: Path) -> Iterator[Runtime]:
-        """Deploy `sha` (code and tables), then give a Runtime on it with `store`."""
+    def deployed(self, sha: str, store: Path, policy: str | None = None) -> Iterator[Runtime]:
+        """Deploy `sha` (code and tables), then give a Runtime on it with `store` (and a policy file
+        holding `policy`, named by cairn.yml in the working tree until the next deploy)."""
         self.deployment.checkout(sha)
+        if policy is not None:
+            path = self.deployment.root / ".cairn" / "policy.yml"
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(policy)
+            config = self.deployment.config_path
+            config.write_text(config.read_text().replace("policy: null", f"policy: {path}"))
         staged = self.deployment.warehouse.with_suffix(".staged")
         shutil.copyfile(self.warehouses[sha], staged)
         os.replace(staged, self.deployment.warehouse)  # a new file: no reader sees it half-written
@@ -56,6 +63,13 @@ class Shop:
     def store_with_baselines(self, directory: Path) -> Path:
         path = directory / "cairn.db"
         shutil.copyfile(self.backfilled_store, path)
+        return path
+
+    def checked_clean(self, directory: Path) -> Path:
+        """A store with baselines whose last check saw the clean deploy: the next deploy is news."""
+        path = self.store_with_baselines(directory)
+        with self.deployed(self.clean, path) as rt:
+            check_at(rt, CLEAN_CHECKS[1])
         return path
 
 
@@ -149,6 +163,13 @@ def test_an_anomalous_observation_opens_an_incident_with_last_good_and_first_bad
     assert incident.value == opened.observation.value
     assert incident.baseline.seasonal and incident.baseline.n == 28  # four weeks, Mondays their own effect
     assert incident.baseline.expected * 0.9 > incident.value
+    # A 24% drop hides in this noisy shop's band (|z| near 3); the deploy check saw the code's own effect.
+    assert abs(opened.assessment.z) < 3.7
+    deploy = incident.details["deploy"]
+    assert (deploy["from_sha"], deploy["to_sha"], deploy["commits"]) == (shop.clean, shop.regressed, [shop.regressed])
+    assert deploy["with"] == incident.value and deploy["without"] * 0.8 > incident.value
+    assert opened.assessment.reason.startswith(f"deploy {shop.regressed[:7]} changes "
+                                               "sum(net_revenue) by -2")
 
     store = store_of(story.store_url)
     flagged = {o.id: o.anomalous for o in store.observations(REVENUE)}
@@ -186,12 +207,20 @@ def test_a_healthy_observation_resolves_the_incident(shop: Shop, story: Story, s
 def test_every_transition_is_audited_and_nothing_else(shop: Shop, story: Story, store_of) -> None:
     store = store_of(story.store_url)
     incident_id = story.revenue("regressed").incident.id
-    events = store.audit_events()
-    assert [(e.name, e.incident_id, e.actor) for e in events] == [
+    everything = store.audit_events()
+    assert [(e.name, e.incident_id, e.actor) for e in everything] == [
+        ("deploy.checked", None, "cairn"),  # the regressing deploy, measured on a clone
         ("incident.opened", incident_id, "cairn"),
         ("incident.updated", incident_id, "cairn"),
         ("incident.resolved", incident_id, "cairn"),
+        ("deploy.checked", None, "cairn"),  # the revert's deploy: a rise, which revenue does not alert on
     ]
+    checked = [e.data for e in everything if e.name == "deploy.checked"]
+    assert [(d["from_sha"], d["to_sha"]) for d in checked] == [(shop.clean, shop.regressed),
+                                                               (shop.regressed, shop.reverted)]
+    assert [[(x["contract"], x["material"]) for x in d["effects"] if x["contract"] == REVENUE] for d in checked] \
+        == [[(REVENUE, True)], [(REVENUE, False)]]
+    events = [e for e in everything if e.incident_id is not None]
     steps = ("regressed", "regressed, an hour later", "reverted")
     assert [e.data["observation_id"] for e in events] == [story.revenue(s).observation.id for s in steps]
     assert [e.data["sha"] for e in events] == [shop.regressed, shop.regressed, shop.reverted]
@@ -227,4 +256,41 @@ def test_rebaseline_since_makes_the_old_level_irrelevant(shop: Shop, tmp_path: P
     # A rebaseline is per contract: the payments total keeps its four weeks of history.
     assert outcomes["payments.daily_amount"].assessment.status is AssessmentStatus.healthy
     assert outcomes["payments.daily_amount"].assessment.baseline.n > 20
-    assert store.incidents() == [] and store.audit_events() == []
+    assert store.incidents() == []
+    # The deploy is checked for the contracts that judge it; a learning one is not among them.
+    [checked] = store.audit_events()
+    assert checked.name == "deploy.checked"
+    assert REVENUE not in {e["contract"] for e in checked.data["effects"]}
+    assert not any(e["material"] for e in checked.data["effects"])
+
+
+def test_deploy_checks_off_in_the_policy_leave_it_to_the_statistics(shop: Shop, tmp_path: Path, store_of) -> None:
+    path = shop.checked_clean(tmp_path)
+    with shop.deployed(shop.regressed, path, policy="deploy_checks: {skip: ['fct_revenue']}\n") as rt:
+        outcomes = {o.contract.id: o for o in check_at(rt, FIRST_BAD)}
+    assert outcomes[REVENUE].change is Change.none  # the -24% drop stays inside its noisy band
+    store = store_of(sqlite_url(path))
+    [checked] = [e.data for e in store.audit_events() if e.name == "deploy.checked"]
+    assert REVENUE not in {e["contract"] for e in checked["effects"]}  # the others still are checked
+    assert "orders.daily_count" in {e["contract"] for e in checked["effects"]}
+
+    with shop.deployed(shop.reverted, path, policy="deploy_checks: {enabled: false}\n") as rt:
+        check_at(rt, at(date(2026, 10, 6), 3))
+    assert [e.name for e in store.audit_events()].count("deploy.checked") == 1
+
+
+def test_an_intended_change_rebaselines_instead_of_paging(shop: Shop, tmp_path: Path, store_of) -> None:
+    from bot.demo import REGRESSION
+
+    path = shop.checked_clean(tmp_path)
+    REGRESSION.apply(shop.deployment.root)
+    intended = shop.deployment.commit("Settled methods only, as finance asked [cairn:intentional]", REGRESSION_LANDS)
+    shop.warehouses[intended] = shop.warehouses[shop.regressed]
+    with shop.deployed(intended, path) as rt:
+        outcomes = {o.contract.id: o for o in check_at(rt, FIRST_BAD)}
+    assert outcomes[REVENUE].change is Change.none and outcomes[REVENUE].incident is None
+    store = store_of(sqlite_url(path))
+    assert store.incidents() == []
+    [rebaselined] = [e for e in store.audit_events() if e.name == "contract.rebaselined"]
+    assert rebaselined.data["contract"] == REVENUE and rebaselined.data["commit"] == intended
+    assert store.baseline_since(REVENUE) == datetime(2026, 10, 5, tzinfo=timezone.utc)  # the window it landed in

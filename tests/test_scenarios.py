@@ -166,6 +166,19 @@ def split_group(case: "Case", run: "Run", root: Path) -> None:
     assert list(run.attempts) == [leader] and {f.builds for f in run.found.values()} == {run.attempts[leader]}
 
 
+def data_change(case: "Case", run: "Run", root: Path) -> None:
+    """No code to blame: each incident's triage is a data change that names the source that moved."""
+    rt = Runtime(load_config(root / "cairn.yml", env={}), Clock(CHECK))
+    try:
+        triaged = {f.contract: rt.store.incident(f.incident).details["triage"] for f in run.found.values()}
+    finally:
+        rt.close()
+    for contract, found in triaged.items():
+        assert found["class"] == "data_change", (contract, found)
+        assert any(line.startswith("raw.payments loaded ") and "below the" in line for line in found["evidence"]), found
+        assert [f["source"] for f in found["upstream"] if f["source"] == "raw.payments"] == ["raw.payments"]
+
+
 def window(*culprits: Commit) -> tuple[Commit, ...]:
     """Two decoys, the culprit(s), then the other three decoys."""
     return (COMMENT, WHITESPACE, *culprits, DOCS, UNRELATED, DOWNSTREAM)
@@ -228,8 +241,9 @@ CASES = (
         "        min(created_at) as paid_at,\n",
         "        min(created_at) as paid_at,\n        max(created_at) as last_paid_at,\n")), {REVENUE: V}),
     Case("quiet_window", window()),
-    Case("source_rows_dropped", window(), {REVENUE: NO_CAUSE, PAYMENTS: NO_CAUSE, COUPONS: NO_CAUSE},
-         drop_payments=True),
+    # Coupons redeemed (a sum over ~45 orders a day, swinging far more than 7%) stay inside their band.
+    Case("source_rows_dropped", window(), {REVENUE: NO_CAUSE, PAYMENTS: NO_CAUSE},
+         drop_payments=True, then=data_change),
 )
 
 

@@ -82,9 +82,10 @@ class Sandbox:
         self.target_path = directory / "target"
 
     @classmethod
-    def create(cls, production: Path, root: Path, incident_id: int, profile: str,
+    def create(cls, production: Path, root: Path, incident_id: int | str, profile: str,
                schema: str = "main", threads: int = 1) -> "Sandbox":
-        """Copy `production` into `<root>/incident-<id>-<uuid6>/` under the same file name."""
+        """Copy `production` into `<root>/incident-<id>-<uuid6>/` under the same file name (`incident_id`
+        may be a label instead: a deploy check's sandbox belongs to no incident)."""
         production = Path(production).resolve()
         if not production.is_file():
             raise SandboxError(f"{production}: no DuckDB file to copy; check the production path.")
