@@ -63,6 +63,19 @@ class Dbt:
         if select:
             argv += ["--select", select]
         argv += list(extra)
+        return self._run(argv)
+
+    def deps(self) -> InvocationResult:
+        """`dbt deps`: install the packages the project declares (it takes no target or target path)."""
+        argv = ["deps", "--project-dir", str(self.project_dir), "--profiles-dir", str(self.profiles_dir),
+                "--log-path", str(self.target_path / "logs"), "--quiet", "--no-use-colors"]
+        result = self._run(argv)
+        if not result.success:
+            raise DbtError(f"dbt deps failed in {self.project_dir}: check packages.yml and that every "
+                           "package it names is reachable from here")
+        return result
+
+    def _run(self, argv: list[str]) -> InvocationResult:
         from dbt.cli.main import dbtRunner
 
         with _INVOCATION_LOCK, _environment(self.env):
@@ -71,7 +84,7 @@ class Dbt:
             finally:
                 _release_duckdb()
         if result.exception is not None:
-            raise DbtError(f"dbt {args[0]} failed to run in {self.project_dir}: {result.exception}")
+            raise DbtError(f"dbt {argv[0]} failed to run in {self.project_dir}: {result.exception}")
         nodes = tuple(
             NodeResult(r.node.unique_id, str(getattr(r.status, "value", r.status)), r.message)
             for r in (getattr(result.result, "results", None) or [])

@@ -17,8 +17,12 @@ from sqlglot.optimizer.scope import Scope, build_scope
 from sqlglot.schema import MappingSchema
 
 from jobs.errors import ContractError
+from jobs.packages import PACKAGE_FILES
 
 PROJECT_FILE = "dbt_project.yml"
+# dbt's own macros and its adapters' ship with dbt, not with the project's packages.
+_ADAPTERS = frozenset({"duckdb", "postgres", "bigquery", "snowflake", "redshift", "spark", "databricks",
+                       "trino", "athena", "fabric", "sqlserver", "synapse", "clickhouse"})
 # Project overrides of these macros shape every node without appearing in any `depends_on`.
 _IMPLICIT_MACROS = ("generate_schema_name", "generate_alias_name", "generate_database_name")
 _ROW_CLAUSES = ("where", "joins", "group", "having", "qualify")
@@ -98,9 +102,16 @@ def _macro_files(manifest: Mapping[str, Any], macro_ids: Iterable[str], project:
     while todo:
         uid = todo.pop()
         macro = macros.get(uid)
-        if uid in seen or macro is None or macro.get("package_name") != project:
-            continue  # a package's macros change with the package, not with this repository
+        if uid in seen or macro is None:
+            continue
         seen.add(uid)
+        package = macro.get("package_name")
+        if package != project:
+            # An installed package's macros change when the project pins another version of it
+            # (PACKAGE_FILES: where a project pins its packages).
+            if package != "dbt" and not (package.startswith("dbt_") and package[4:] in _ADAPTERS):
+                files |= set(PACKAGE_FILES)
+            continue
         files |= {macro["original_file_path"], *_patch(macro)}
         todo += macro.get("depends_on", {}).get("macros", [])
     return files

@@ -238,6 +238,7 @@ class Verification:
     # A group's build: each member's contract measured on it, the incident that runs the loop first.
     # The verdict above is the group's: verified only when every member is.
     members: tuple[MemberResult, ...] = ()
+    packages: str | None = None  # how the worktree got its dbt packages (None: the project declares none)
 
 
 @dataclass(frozen=True)

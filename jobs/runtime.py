@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from jobs.contracts import Contract
 from jobs.dbt import Dbt
 from jobs.errors import ConfigError, WarehouseError
 from jobs.git import Git
+
+log = logging.getLogger(__name__)
 
 
 class Runtime:
@@ -39,6 +42,10 @@ class Runtime:
 
     @cached_property
     def manifest(self) -> dict[str, Any]:
+        from jobs.packages import ensure_installed
+
+        if (done := ensure_installed(self.dbt)) is not None:  # a checkout that git-ignores dbt_packages/
+            log.info("%s", done)
         return self.dbt.parse()
 
     @cached_property

@@ -27,6 +27,7 @@ from jobs.contracts import Contract, Kind
 from jobs.dbt import Dbt, InvocationResult, NodeResult
 from jobs.errors import CairnError, DbtError
 from jobs.measure import evaluate
+from jobs.packages import provide
 from jobs.records import BaselineStats, MemberResult, RowDelta, Verdict, Verification
 from jobs.warehouse.duckdb import DuckDBWarehouse
 from jobs.warehouse.sandbox import ProductionModified, Sandbox
@@ -81,6 +82,11 @@ def verify_revert(*, repo: Path, project_subdir: str, deployed_sha: str, shas: S
                 f"reverting {tree.conflict[:7]} at {deployed_sha[:7]} conflicts in "
                 f"{', '.join(tree.conflict_files)}; a later commit changed the same lines."))
         project_dir = tree.path / project_subdir
+        with timed(phases, "packages"):
+            try:
+                record["packages"] = worktree_packages(tree, Path(repo), project_subdir)
+            except DbtError as exc:
+                return Verification(verdict=Verdict.build_failed, **record, detail=str(exc))
         production = production_manifest(prod_state)
         _check_database(production, Path(prod_db))
         with timed(phases, "clone"):
@@ -131,6 +137,11 @@ def group_targets(incident_id: int, contract: Contract, band: BaselineStats, bef
     """Every contract the build must bring back, the incident's own first, and their metric models."""
     targets = [Target(incident_id, contract, band, before), *also]
     return targets, [metric_model, *(t.contract.relation_name for t in also)]
+
+
+def worktree_packages(tree: Worktree, repo: Path, project_subdir: str) -> str | None:
+    """The reverted worktree's dbt packages, as production has them (`jobs.packages`); raises DbtError."""
+    return provide(tree.path / project_subdir, repo / project_subdir, tree.changed(), repo, tree.path)
 
 
 def unreached(models: Sequence[str], metrics: Sequence[str]) -> str:

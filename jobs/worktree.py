@@ -57,6 +57,10 @@ class Worktree:
             return False
         return True
 
+    def changed(self) -> list[str]:
+        """Repository paths the uncommitted revert changes (both sides of a rename)."""
+        return self.git.run("diff", "--name-only", "--no-renames", "HEAD").split()
+
     def _reset(self) -> None:
         self.git.run("revert", "--abort", check=False)
         self.git.run("reset", "--hard", "--quiet", self.sha)

@@ -18,7 +18,7 @@ from jobs.runtime import Runtime
 from tests.conftest import copy_shop
 
 # Build output and Cairn's own state never belong in the analytics repository's commits.
-GITIGNORE = "*.duckdb\n*.duckdb.wal\n.cairn/\ntarget/\nlogs/\n"
+GITIGNORE = "*.duckdb\n*.duckdb.wal\n.cairn/\ntarget/\nlogs/\ndbt_packages/\n"
 # A docs-only edit: a commit that changes no table.
 DOCS_EDIT = ("models/marts/_marts.yml", "Primary key; the day.", "Primary key; the calendar day (UTC).")
 

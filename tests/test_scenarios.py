@@ -255,16 +255,28 @@ def production_dbt(root: Path) -> Dbt:
     return Dbt(root, root, env={"CAIRN_DUCKDB_PATH": str(root / "warehouse.duckdb")}, target_path=root / "target")
 
 
-def build_baseline(root: Path) -> Path:
-    """The shop under git with EXTRA_CONTRACTS, built, backfilled and checked on the morning of DAY."""
+def deploy_build(root: Path) -> InvocationResult:
+    """What a deploy runs: `dbt deps` when the project declares packages (dbt_packages/ is git-ignored),
+    then `dbt build`."""
+    dbt = production_dbt(root)
+    if (root / "packages.yml").is_file():
+        dbt.deps()
+    return dbt.build()
+
+
+def build_baseline(root: Path, prepare: Callable[[Path], None] | None = None) -> Path:
+    """The shop under git with EXTRA_CONTRACTS (and what `prepare` changes in it before the first
+    commit), built, backfilled and checked on the morning of DAY."""
     copy_shop(root)
     (root / ".gitignore").write_text(GITIGNORE)
     cairn_yml = root / "cairn.yml"
     cairn_yml.write_text(cairn_yml.read_text().replace("\ncontracts:\n", "\ncontracts:\n" + EXTRA_CONTRACTS, 1))
+    if prepare is not None:
+        prepare(root)
     Git(root).run("init", "-q", "-b", "main")
     commit(root, "Shop analytics project", at(START, 9))
     load(root / "warehouse.duckdb", START, DAYS)
-    result = production_dbt(root).build()
+    result = deploy_build(root)
     assert result.success and not result.failures, result.failures
     rt = Runtime(load_config(cairn_yml, env={}), Clock(MORNING))
     try:
@@ -337,7 +349,7 @@ def run_case(baseline: Path, case: Case, root: Path) -> Run:
     add_day(root / "warehouse.duckdb", DAY)
     if case.drop_payments:
         assert drop_source_rows(root / "warehouse.duckdb", DAY, "payments", 0.5) > 0
-    build = production_dbt(root).build()
+    build = deploy_build(root)
     culprit_of = {contract: shas[c.message] for c in case.commits for contract in c.breaks}
     rt = Runtime(load_config(root / "cairn.yml", env={}), Clock(CHECK))
     try:

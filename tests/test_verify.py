@@ -174,7 +174,8 @@ def test_reverting_the_regression_is_verified(history, leaves_nothing) -> None:
     assert f"--defer --state {history.prod_state} --favor-state" in v.dbt_command
     assert "--target cairn_sandbox" in v.dbt_command and str(history.sandboxes) in v.dbt_command
     assert v.tests["pass"] > 10 and v.tests["fail"] == v.tests["error"] == v.tests["skip"] == 0
-    assert set(v.durations) == {"worktree", "revert", "clone", "build", "measure"}
+    assert set(v.durations) == {"worktree", "revert", "packages", "clone", "build", "measure"}
+    assert v.packages is None  # the shop declares no dbt packages
     assert _sha256(history.prod_db) == prod_bytes
 
 

@@ -25,7 +25,8 @@ from jobs.dbt import Dbt, InvocationResult
 from jobs.errors import DbtError
 from jobs.records import BaselineStats, Verdict, Verification
 from jobs.verify import (BUILT, Target, build_problems, check_inputs, expected_nodes, group_targets, judge,
-                         production_manifest, profile_name, selector, test_counts, timed, unreached)
+                         production_manifest, profile_name, selector, test_counts, timed, unreached,
+                         worktree_packages)
 from jobs.warehouse.bigquery import credentials_setting
 from jobs.warehouse.bigquery_sandbox import (BigQuerySandbox, check_relations, redirect_macros,
                                              stateful_sources)
@@ -91,6 +92,11 @@ def verify_revert_bigquery(*, repo: Path, project_subdir: str, deployed_sha: str
                 f"reverting {tree.conflict[:7]} at {deployed_sha[:7]} conflicts in "
                 f"{', '.join(tree.conflict_files)}; a later commit changed the same lines."))
         project_dir = tree.path / project_subdir
+        with timed(phases, "packages"):
+            try:
+                record["packages"] = worktree_packages(tree, Path(repo), project_subdir)
+            except DbtError as exc:
+                return done(Verdict.build_failed, str(exc))
         production = production_manifest(prod_state)
         work = Path(tempfile.mkdtemp(prefix=f"incident-{incident_id}-", dir=sandboxes_root))
         cleanup.callback(shutil.rmtree, work, ignore_errors=True)
