@@ -9,11 +9,11 @@ from jobs.runtime import Runtime
 
 
 def remove_stale_sandboxes(rt: Runtime) -> Iterator[str]:
-    """Remove, and name one by one, stale local sandboxes then expired BigQuery sandbox datasets.
+    """Remove, and name one by one, stale local sandboxes and worktrees, then the warehouse adapter's
+    expired sandboxes (BigQuery's datasets past their expiration: `cairn sandbox gc`).
 
-    Local ones are older than the longest verification could run; BigQuery's are past their
-    expiration (`cairn sandbox gc`). A generator, so that a BigQuery failure raised at the end
-    comes after every local removal has been reported.
+    Local ones are older than the longest verification could run. A generator, so that a warehouse
+    failure raised at the end comes after every local removal has been reported.
     """
     from jobs.warehouse.sandbox import gc_sandboxes
 
@@ -21,11 +21,5 @@ def remove_stale_sandboxes(rt: Runtime) -> Iterator[str]:
     stale = rt.config.settings.queue.timeouts["verify"] + timedelta(hours=1)
     for removed in gc_sandboxes(rt.sandboxes_root, stale, now):
         yield f"removed stale sandbox {removed}"
-    bigquery = rt.config.settings.bigquery
-    if bigquery is None:
-        return
-    from jobs.warehouse.bigquery import client_for
-    from jobs.warehouse.bigquery_sandbox import gc_sandboxes as gc_datasets
-
-    for name in gc_datasets(client_for(bigquery, rt.config.root), org=bigquery.org, now=now):
+    for name in rt.sandboxes().gc(stale, now):
         yield f"dropped expired sandbox dataset {name}"

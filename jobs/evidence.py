@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -14,6 +15,8 @@ from sqlglot import exp
 from jobs.errors import ConfigError, WarehouseError
 from jobs.records import RowDelta
 from jobs.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
 
 MASK = "•••"
 KINDS = ("added", "removed", "changed")
@@ -144,8 +147,11 @@ def _runner(source: duckdb.DuckDBPyConnection | Warehouse) -> tuple[Run, str]:
 
 def _probe(run: Run, relation: str) -> dict[str, Any]:
     """Column names (with one row's values, to spot floats), even for an empty relation."""
-    row = run("SELECT * FROM (SELECT 1 AS __cairn_probe) AS p "
-              f"LEFT JOIN (SELECT * FROM {relation} LIMIT 1) AS r ON TRUE")[0]
+    rows = run("SELECT * FROM (SELECT 1 AS __cairn_probe) AS p "
+               f"LEFT JOIN (SELECT * FROM {relation} LIMIT 1) AS r ON TRUE")
+    if not rows:
+        raise WarehouseError(f"{relation}: the column probe returned no row")
+    row = rows[0]
     row.pop("__cairn_probe")
     return row
 
@@ -316,6 +322,25 @@ def render_delta(delta: RowDelta) -> str:
             break
         lines.append(line)
     return "\n".join(lines)
+
+
+def relation_deltas(warehouse: Warehouse, manifest: Mapping[str, Any], production: Mapping[str, Any],
+                    models: Sequence[str]) -> list[RowDelta]:
+    """Each keyed model as the sandbox (`manifest`) rebuilt it vs production (`production`), through one
+    connection that reads both; a model whose delta cannot be taken is left out, never the verification."""
+    deltas = []
+    for uid in models:
+        node, prod = manifest.get("nodes", {}).get(uid), production.get("nodes", {}).get(uid)
+        key = model_key(manifest, node) if node else None
+        if node is None or prod is None or not key or node.get("config", {}).get("materialized") == "ephemeral":
+            continue
+        try:
+            deltas.append(row_delta(warehouse, model=node["name"], before_relation=warehouse.relation_name(node),
+                                    after_relation=warehouse.relation_name(prod), key=key,
+                                    pii_columns=pii_columns(node)))
+        except (ConfigError, WarehouseError) as error:
+            log.warning("row deltas of %s not taken: %s", uid, error)
+    return deltas
 
 
 def clone_deltas(sandbox_db: Path, production_db: Path, manifest: Mapping[str, Any],

@@ -239,6 +239,7 @@ class Verification:
     # The verdict above is the group's: verified only when every member is.
     members: tuple[MemberResult, ...] = ()
     packages: str | None = None  # how the worktree got its dbt packages (None: the project declares none)
+    clones: tuple[dict[str, Any], ...] = ()  # what the sandbox cloned, where the adapter clones per table
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,8 @@ def verification_from_json(data: dict[str, Any]) -> Verification:
                    for d in data.get("deltas", ()))
     members = tuple(MemberResult(**{**m, "verdict": Verdict(m["verdict"])}) for m in data.get("members", ()))
     return Verification(**{**data, "verdict": Verdict(data["verdict"]), "reverted": tuple(data["reverted"]),
-                           "deltas": deltas, "built": tuple(data.get("built", ())), "members": members})
+                           "deltas": deltas, "built": tuple(data.get("built", ())), "members": members,
+                           "clones": tuple(data.get("clones", ()))})
 
 
 def ranking_from_json(data: dict[str, Any]) -> Ranking:

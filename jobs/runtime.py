@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,20 @@ class Runtime:
         """Production artifacts for --defer --state: Cairn's own parse of the deployed project."""
         self.manifest  # parse first
         return self.dbt.target_path
+
+    def sandboxes(self, snapshot_at: datetime | None = None):  # -> jobs.warehouse.sandboxes.Sandboxes
+        """Where verification builds: the production warehouse's sandbox adapter. `snapshot_at` is the
+        production state clones hold where the warehouse can travel in time (BigQuery)."""
+        bigquery = self.config.settings.bigquery
+        if bigquery is not None:
+            from jobs.warehouse.bigquery import client_for
+            from jobs.warehouse.bigquery_sandbox import BigQuerySandboxes
+
+            return BigQuerySandboxes(client_for(bigquery, self.config.root), bigquery, root=self.sandboxes_root,
+                                     now=self.clock.now(), snapshot_at=snapshot_at, config_root=self.config.root)
+        from jobs.warehouse.sandbox import DuckDBSandboxes
+
+        return DuckDBSandboxes(self.production_db, self.sandboxes_root)
 
     @property
     def sandboxes_root(self) -> Path:

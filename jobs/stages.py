@@ -17,13 +17,13 @@ from jobs.attribute import Attribution, attribute
 from jobs.errors import CairnError
 from jobs.formatting import fmt_number
 from jobs.bisect import find_fix
-from jobs.evidence import clone_deltas
 from jobs.propose import propose
 from jobs.recovery import recovery_band
 from jobs.records import Candidate, Incident, IncidentStatus, Verdict
 from jobs.report import candidate_from_json, ranking_from_json, to_json, verification_from_json
 from jobs.runtime import Runtime
 from jobs.warehouse.sandbox import remove_incident_sandboxes
+from jobs.warehouse.sandboxes import SandboxRefused
 
 log = logging.getLogger(__name__)
 
@@ -99,42 +99,30 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
     also = [Target(m.id, c, recovery_band(c, m), m.value) for m in group[1:] for c in [rt.contract(m.contract_id)]]
     deployed = rt.deployed_sha()
 
-    bigquery = rt.config.settings.bigquery
+    # Clones hold production as of the last good observation: what the bad code then rewrote (where the
+    # warehouse travels in time). A group's members share the last good SHA; the latest time is nearest.
+    sandboxes = rt.sandboxes(snapshot_at=max((m.last_good_at for m in group if m.last_good_at), default=None))
 
     def try_revert(suspects: list[Candidate]):
-        models = tuple(dict.fromkeys(m for c in suspects for m in c.models))
-        common = dict(
-            repo=rt.config.repo_dir, project_subdir=rt.project_subdir, deployed_sha=deployed,
-            shas=[c.sha for c in sorted(suspects, key=lambda c: c.authored_at, reverse=True)], models=models,
-            contract=contract, metric_model=contract.relation_name, prod_state=rt.state_dir, band=band,
-            before=incident.value, at=incident.first_bad_at, incident_id=incident.id,
-            sandboxes_root=rt.sandboxes_root, also=also)
-        key = f"{_scope(incident)}:verification.attempt:{','.join(common['shas'])}"
-        if bigquery is not None:
-            from jobs.warehouse.bigquery import client_for
-            from jobs.warehouse.bigquery_verify import verify_revert_bigquery
-
-            # Clones hold production as of the last good observation: what the bad code then rewrote.
-            # A group's members share the last good SHA; the latest of their times is nearest the deploy.
-            snapshot_at = max((m.last_good_at for m in group if m.last_good_at), default=None)
-            outcome = verify_revert_bigquery(**common, client=client_for(bigquery, rt.config.root),
-                                             settings=bigquery, snapshot_at=snapshot_at,
-                                             now=rt.clock.now(), config_root=rt.config.root)
-            rt.store.audit("verification.cost", incident_id=incident.id, data=outcome.cost.audit_data(),
-                           dedup_key=key.replace("attempt", "cost"))
-            result = outcome.verification
-        else:
-            result = verify_revert(**common, prod_db=rt.production_db, inspect=lambda sandbox_db, manifest:
-                                   clone_deltas(sandbox_db, rt.production_db, manifest, models))
+        shas = [c.sha for c in sorted(suspects, key=lambda c: c.authored_at, reverse=True)]
+        result = verify_revert(
+            sandboxes=sandboxes, repo=rt.config.repo_dir, project_subdir=rt.project_subdir, deployed_sha=deployed,
+            shas=shas, models=tuple(dict.fromkeys(m for c in suspects for m in c.models)), contract=contract,
+            metric_model=contract.relation_name, prod_state=rt.state_dir, band=band, before=incident.value,
+            at=incident.first_bad_at, incident_id=incident.id, sandboxes_root=rt.sandboxes_root, also=also)
+        key = f"{_scope(incident)}:verification.attempt:{','.join(shas)}"
+        if result.billed_bytes is not None or result.clones:
+            rt.store.audit("verification.cost", incident_id=incident.id, dedup_key=key.replace("attempt", "cost"),
+                           data={"estimated_bytes": result.estimated_bytes, "billed_bytes": result.billed_bytes,
+                                 "clones": list(result.clones)})
         rt.store.audit("verification.attempt", incident_id=incident.id, data=to_json(result), dedup_key=key)
         return result
 
     try:
         search = find_fix(ranked, try_revert, rt.config.settings.verification.max_builds)
-    except _refusals(bigquery) as refused:
+    except SandboxRefused as refused:
         # Over the org's byte budget, or a build that would write outside the sandbox: a person decides.
-        data = {"reason": str(refused), **refused.audit_data()} if hasattr(refused, "audit_data") \
-            else {"reason": str(refused)}
+        data = {"reason": str(refused), **refused.audit_data()}
         details = {"verification": {"attempts": [], "builds": 0, "fix": None, "refused": data},
                    "verdict": Verdict.refused.value}
         for member in _last(group, incident_id):
@@ -228,16 +216,6 @@ def _ranked_candidates(incident: Incident) -> list[Candidate]:
     by_sha = {c["sha"]: candidate_from_json(c) for c in attribution.get("candidates", [])}
     ranked = [by_sha[c["sha"]] for c in attribution.get("ranking", {}).get("causes", []) if c["sha"] in by_sha]
     return [c for c in ranked if not c.intentional and not c.docs_only]
-
-
-def _refusals(bigquery) -> tuple[type[Exception], ...]:
-    """What the BigQuery guards raise before a build: turned into an escalation, not an error."""
-    if bigquery is None:
-        return ()
-    from jobs.warehouse.bigquery_sandbox import RelationOutsideSandbox
-    from jobs.warehouse.cost_guard import CostRefused
-
-    return (CostRefused, RelationOutsideSandbox)
 
 
 def _worst(search) -> Verdict:

@@ -1,11 +1,12 @@
-"""Verification: revert candidate commits in a worktree, build them on a sandbox copy, re-measure.
+"""Verification: revert candidate commits in a worktree, build them in a sandbox, re-measure.
 
-Verified iff the build and its tests pass and the contract's value returns into its baseline
-band. A group's build (one culprit, several broken contracts) runs through every member's metric
-model and measures each on the same sandbox: verified only when every member is back in its own
-band. Distribution contracts are never verified here: their value is a divergence from the
-baseline profiles, which this stage does not hold, so they come back `not_recovered` with the
-measured profile's reason in `detail`.
+One algorithm for every warehouse: the sandbox is the adapter's (`jobs.warehouse.sandboxes`: a
+DuckDB file copy, a BigQuery dataset of zero-copy clones). Verified iff the build and its tests
+pass and the contract's value returns into its recovery band. A group's build (one culprit,
+several broken contracts) runs through every member's metric model and measures each on the same
+sandbox: verified only when every member is back in its own band. Distribution contracts are never
+verified here: their value is a divergence from the baseline profiles, which this stage does not
+hold, so they come back `not_recovered` with the measured profile's reason in `detail`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,18 +29,14 @@ from jobs.dbt import Dbt, InvocationResult, NodeResult
 from jobs.errors import CairnError, DbtError
 from jobs.measure import evaluate
 from jobs.packages import provide
-from jobs.records import BaselineStats, MemberResult, RowDelta, Verdict, Verification
-from jobs.warehouse.duckdb import DuckDBWarehouse
-from jobs.warehouse.sandbox import ProductionModified, Sandbox
+from jobs.records import BaselineStats, MemberResult, Verdict, Verification
+from jobs.warehouse.sandbox import ProductionModified
+from jobs.warehouse.sandboxes import Sandbox, Sandboxes
 from jobs.worktree import Worktree
 
 BUILT = ("model", "seed", "snapshot")  # node types a selector must have run when expected
 TEST_STATUSES = {"pass": "pass", "fail": "fail", "warn": "warn", "error": "error",
                  "runtime error": "error", "skipped": "skip"}
-
-
-# Sample-row deltas are taken while the sandbox still exists: (sandbox file, its manifest) → deltas.
-Inspect = Callable[[Path, Mapping[str, Any]], Sequence[RowDelta]]
 
 
 class VerifyError(CairnError):
@@ -56,14 +53,15 @@ class Target:
     before: float | None
 
 
-def verify_revert(*, repo: Path, project_subdir: str, deployed_sha: str, shas: Sequence[str],
-                  models: Sequence[str], contract: Contract, metric_model: str, prod_db: Path,
-                  prod_state: Path, band: BaselineStats, before: float | None, at: datetime,
-                  incident_id: int, sandboxes_root: Path, inspect: Inspect | None = None,
-                  also: Sequence[Target] = (), label: str | None = None) -> Verification:
+def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, deployed_sha: str,
+                  shas: Sequence[str], models: Sequence[str], contract: Contract, metric_model: str,
+                  prod_state: Path, band: BaselineStats, before: float | None, at: datetime, incident_id: int,
+                  sandboxes_root: Path, also: Sequence[Target] = (), label: str | None = None,
+                  deltas: bool = True) -> Verification:
     """Revert `shas` at `deployed_sha`, build reverted models through `metric_model` (and the metric
-    models of `also`, the incident's group) on a sandbox. `label` names the worktree and sandbox
-    directories (default: the incident ID; a deploy check has no incident)."""
+    models of `also`, the incident's group) in a sandbox of `sandboxes` (the warehouse's adapter,
+    `jobs.warehouse.sandboxes`), and measure there. `label` names the worktree and sandbox (default:
+    the incident ID; a deploy check has no incident); `deltas` takes sample-row deltas."""
     check_inputs(shas, models, contract, metric_model)
     phases: dict[str, float] = {}
     targets, metrics = group_targets(incident_id, contract, band, before, metric_model, also)
@@ -71,10 +69,10 @@ def verify_revert(*, repo: Path, project_subdir: str, deployed_sha: str, shas: S
     extra = ("--defer", "--state", str(prod_state), "--favor-state")
     record = dict(sha=shas[0], clone_id="", dbt_command=f"dbt build --select {select} {' '.join(extra)}",
                   before=before, after=None, durations=phases, reverted=tuple(shas))
+    name = label or str(incident_id)
     with ExitStack() as cleanup:  # unwinds worktree and sandbox even when an exception escapes
         with timed(phases, "worktree"):
-            tree = cleanup.enter_context(Worktree.create(repo, deployed_sha, sandboxes_root,
-                                                          label=label or str(incident_id)))
+            tree = cleanup.enter_context(Worktree.create(repo, deployed_sha, sandboxes_root, label=name))
         with timed(phases, "revert"):
             reverted = tree.revert(shas)
         if not reverted:
@@ -88,39 +86,60 @@ def verify_revert(*, repo: Path, project_subdir: str, deployed_sha: str, shas: S
             except DbtError as exc:
                 return Verification(verdict=Verdict.build_failed, **record, detail=str(exc))
         production = production_manifest(prod_state)
-        _check_database(production, Path(prod_db))
+
+        def done(verdict: Verdict, detail: str) -> Verification:
+            return Verification(verdict=verdict, **record, **sandbox.spend(), detail=detail + sandbox.notes)
+
         with timed(phases, "clone"):
-            sandbox = cleanup.enter_context(Sandbox.create(
-                prod_db, sandboxes_root, label or incident_id, profile=profile_name(project_dir),
-                schema=_target_schema(production)))
-        record["clone_id"] = sandbox.clone_id
-        dbt = Dbt(project_dir, sandbox.profiles_dir, target=sandbox.target, target_path=sandbox.target_path)
+            sandbox = cleanup.enter_context(sandboxes.sandbox(name, project_dir, profile_name(project_dir),
+                                                              production))
+            record["clone_id"] = sandbox.clone_id
+            dbt = Dbt(project_dir, sandbox.profiles_dir, target=sandbox.target, target_path=sandbox.target_path)
+            try:
+                planned = sandbox.plan(dbt)
+            except DbtError as exc:  # e.g. the reverted project no longer parses
+                return done(Verdict.build_failed, str(exc))
+            if planned is not None:  # the adapter places and checks writes before building
+                reach = [expected_nodes(planned, models, metric) for metric in metrics]
+                expected = set().union(*reach)
+                if not expected:
+                    return done(Verdict.not_recovered, unreached(models, metrics))
+                sandbox.prepare(production, expected)
+                record["clone_id"] = sandbox.clone_id
+        if planned is not None:
+            with timed(phases, "estimate"):
+                try:
+                    sandbox.admit(dbt, select, extra, expected)
+                except DbtError as exc:
+                    return done(Verdict.build_failed, str(exc))
         with timed(phases, "build"):
             try:
-                result: InvocationResult | None = dbt.build(select=select, extra=extra)
+                with sandbox.guarded():
+                    result: InvocationResult | None = dbt.build(select=select, extra=extra)
                 error = None
             except DbtError as exc:  # e.g. the reverted project no longer parses
                 result, error = None, str(exc)
             finally:
-                _check_production(sandbox, record)
+                _after_build(sandbox, record)
         if result is None:
-            return Verification(verdict=Verdict.build_failed, **record, detail=error or "")
+            return done(Verdict.build_failed, error or "")
         record.update(dbt_command=result.command, tests=test_counts(result.nodes),
                       built=tuple(n.unique_id for n in result.nodes if n.unique_id.startswith(BUILT)))
         manifest = json.loads((sandbox.target_path / "manifest.json").read_text())
-        reach = [expected_nodes(manifest, models, metric) for metric in metrics]
-        expected = set().union(*reach)
-        if not expected:
-            return Verification(verdict=Verdict.not_recovered, **record, detail=unreached(models, metrics))
+        if planned is None:
+            reach = [expected_nodes(manifest, models, metric) for metric in metrics]
+            expected = set().union(*reach)
+            if not expected:
+                return done(Verdict.not_recovered, unreached(models, metrics))
         problems = build_problems(result, expected)
         if problems:
-            return Verification(verdict=Verdict.build_failed, **record, detail=problems)
-        with timed(phases, "measure"), DuckDBWarehouse(sandbox.path) as warehouse:
+            return done(Verdict.build_failed, problems)
+        with timed(phases, "measure"), sandbox.warehouse() as warehouse:
             verdict, detail = judge(warehouse, manifest, targets, reach, at, record)
-        if inspect is not None:
+        if deltas:
             with timed(phases, "evidence"):
-                record["deltas"] = tuple(inspect(sandbox.path, manifest))
-        return Verification(verdict=verdict, **record, detail=detail)
+                record["deltas"] = tuple(sandbox.deltas(manifest, production, models))
+        return done(verdict, detail)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -242,9 +261,10 @@ def test_counts(nodes: Sequence[NodeResult]) -> dict[str, int]:
     return counts
 
 
-def _check_production(sandbox: Sandbox, record: dict[str, Any]) -> None:
+def _after_build(sandbox: Sandbox, record: dict[str, Any]) -> None:
+    """The write guard's verdict; a production that changed fails the verification loudly."""
     try:
-        sandbox.check_production()
+        sandbox.after_build()
     except ProductionModified as error:
         failed = Verification(verdict=Verdict.build_failed, **record, detail=str(error))
         raise ProductionModified(str(error), verification=failed) from error
@@ -287,24 +307,6 @@ def profile_name(project_dir: Path) -> str:
     if not path.is_file():
         raise VerifyError(f"{path}: no dbt project at the deployed SHA; check project_subdir.")
     return yaml.safe_load(path.read_text())["profile"]
-
-
-def _target_schema(manifest: Mapping[str, Any]) -> str:
-    """Production's target schema: that of a model with no custom schema (DuckDB's default: main)."""
-    for node in manifest["nodes"].values():
-        if node.get("resource_type") == "model" and not (node.get("config") or {}).get("schema"):
-            return node["schema"]
-    return "main"
-
-
-def _check_database(manifest: Mapping[str, Any], prod_db: Path) -> None:
-    """Deferred refs name production's database; the copy keeps the file's stem, so they must match."""
-    databases = {n.get("database") for n in manifest["nodes"].values() if n.get("resource_type") == "model"}
-    if databases - {prod_db.stem}:
-        raise VerifyError(
-            f"production models live in database(s) {sorted(map(str, databases))}, but a copy of "
-            f"{prod_db.name} is {prod_db.stem!r}; point prod_db at the file the production "
-            "profile builds into.")
 
 
 @contextmanager

@@ -22,10 +22,9 @@ from jobs.config import BigQuerySettings
 from jobs.contracts import Contract
 from jobs.dbt import Dbt
 from jobs.git import Git
-from jobs.records import BaselineStats, Verdict
-from jobs.verify import Target
-from jobs.warehouse.bigquery_sandbox import RelationOutsideSandbox
-from jobs.warehouse.bigquery_verify import BigQueryVerification, verify_revert_bigquery
+from jobs.records import BaselineStats, Verdict, Verification
+from jobs.verify import Target, verify_revert
+from jobs.warehouse.bigquery_sandbox import BigQuerySandboxes, RelationOutsideSandbox
 from jobs.warehouse.cost_guard import CostRefused
 from tests.bigquery_server import FakeBigQuery
 from tests.conftest import SHOP, copy_shop
@@ -119,16 +118,17 @@ def fake():
 
 
 def _verify(s: Scenario, fake: FakeBigQuery, deployed: str = "regression", snapshot_at: datetime = LAST_GOOD,
-            also: tuple[Target, ...] = (), **settings) -> BigQueryVerification:
+            also: tuple[Target, ...] = (), **settings) -> Verification:
     config = BigQuerySettings(project="acme-prod", sandbox_project="acme-sbx", location="EU",
                               credentials="anonymous", api_endpoint=fake.endpoint, org="acme",
                               **{"budget_bytes": 5 * 1024**3, **settings})
-    return verify_revert_bigquery(
-        repo=s.repo, project_subdir="shop", deployed_sha=s.sha[deployed], shas=[s.sha["regression"]],
-        models=["model.shop.int_order_payments"], contract=s.contract, metric_model="fct_revenue",
-        prod_state=s.prod_state, band=s.band, before=REGRESSED, at=AT, incident_id=12,
-        sandboxes_root=s.sandboxes, client=fake.client("acme-sbx", "EU"), settings=config,
-        snapshot_at=snapshot_at, now=NOW, also=also)
+    sandboxes = BigQuerySandboxes(fake.client("acme-sbx", "EU"), config, root=s.sandboxes, now=NOW,
+                                  snapshot_at=snapshot_at)
+    return verify_revert(
+        sandboxes=sandboxes, repo=s.repo, project_subdir="shop", deployed_sha=s.sha[deployed],
+        shas=[s.sha["regression"]], models=["model.shop.int_order_payments"], contract=s.contract,
+        metric_model="fct_revenue", prod_state=s.prod_state, band=s.band, before=REGRESSED, at=AT, incident_id=12,
+        sandboxes_root=s.sandboxes, also=also)
 
 
 def _answer_metric(fake: FakeBigQuery, value: float) -> None:
@@ -140,8 +140,7 @@ def _answer_metric(fake: FakeBigQuery, value: float) -> None:
 @pytest.mark.slow
 def test_a_revert_is_verified_through_the_bigquery_requests_that_would_do_it(scenario, fake) -> None:
     _answer_metric(fake, HEALTHY)
-    result = _verify(scenario, fake)
-    v = result.verification
+    v = _verify(scenario, fake)
     assert v.verdict is Verdict.verified, v.detail
     assert v.after == HEALTHY and v.before == REGRESSED and v.sha == scenario.sha["regression"]
 
@@ -161,11 +160,11 @@ def test_a_revert_is_verified_through_the_bigquery_requests_that_would_do_it(sce
              "FOR SYSTEM_TIME AS OF TIMESTAMP '2026-11-22 06:00:00.000000+00'")
     sent = fake.queries(dry_run=False)
     assert sent[0] == clone and sum("CLONE" in q for q in sent) == 1
-    assert [c["statement"] for c in result.cost.clones] == [clone]
+    assert [c["statement"] for c in v.clones] == [clone]
 
     # 3. dry runs of the three models the build selects, before any build job
     dry = [r for r in requests if r.call == "jobs.insert" and r.dry_run]
-    assert len(dry) == 3 and result.cost.estimated_bytes == 3 * fake.default_bytes
+    assert len(dry) == 3 and v.estimated_bytes == 3 * fake.default_bytes
     first_build = next(i for i, r in enumerate(requests) if r.sql and '"node_id"' in r.sql and not r.dry_run)
     assert all(requests.index(r) < first_build for r in dry)
 
@@ -193,10 +192,14 @@ def test_a_revert_is_verified_through_the_bigquery_requests_that_would_do_it(sce
     assert requests[schema_read].path == f"/projects/acme-sbx/datasets/{dataset}/tables/fct_revenue"
     assert measure.body["configuration"]["query"]["maximumBytesBilled"] == str(5 * 1024**3)
     assert requests.index(measure) > max(requests.index(r) for r in builds)
+    # Sample-row deltas start by probing the rebuilt model in the sandbox, through the same guarded
+    # connection; this fake holds no rows, so the delta is left out and the verification stands.
+    probes = [r.sql for r in requests if r.sql and "__cairn_probe" in r.sql]
+    assert f"LEFT JOIN (SELECT * FROM `acme-sbx`.`{dataset}`.`int_order_payments` LIMIT 1)" in probes[0]
+    assert v.deltas == ()
     assert calls[-1] == "datasets.delete" and requests[-1].query["deleteContents"] == ["true"]
     assert requests[-1].path == f"/projects/acme-sbx/datasets/{dataset}"
-    assert result.cost.billed_bytes > 0 and ("acme-sbx", dataset) not in fake.datasets
-    assert (v.estimated_bytes, v.billed_bytes) == (result.cost.estimated_bytes, result.cost.billed_bytes)
+    assert v.billed_bytes > 0 and ("acme-sbx", dataset) not in fake.datasets
     assert not any(scenario.sandboxes.iterdir())
 
 
@@ -207,7 +210,7 @@ def test_a_groups_contracts_are_all_measured_in_the_one_sandbox(scenario, fake) 
     fake.answer(r"`c0_rows`.*FROM `acme-sbx`\.`cairn_sbx_12_[0-9a-f]{6}`\.`fct_orders`", [{"c0_rows": 480}])
     orders, mrr = ORDERS_COUNT, MRR_LEVEL
     band = BaselineStats(expected=470.0, lower=420.0, upper=math.inf, n=4)
-    v = _verify(scenario, fake, also=(Target(13, orders, band, 300.0),)).verification
+    v = _verify(scenario, fake, also=(Target(13, orders, band, 300.0),))
     assert v.verdict is Verdict.verified, v.detail
     assert [(m.incident_id, m.verdict, m.before, m.after) for m in v.members] == [
         (12, Verdict.verified, REGRESSED, HEALTHY), (13, Verdict.verified, 300.0, 480)]
@@ -215,7 +218,7 @@ def test_a_groups_contracts_are_all_measured_in_the_one_sandbox(scenario, fake) 
     assert fake.calls().count("datasets.insert") == 1 and fake.calls()[-1] == "datasets.delete"
 
     # A member the revert cannot reach is not measured (its model is not in the sandbox) and is not recovered.
-    group = _verify(scenario, fake, also=(Target(13, orders, band, 300.0), Target(14, mrr, band, 1.0))).verification
+    group = _verify(scenario, fake, also=(Target(13, orders, band, 300.0), Target(14, mrr, band, 1.0)))
     assert group.verdict is Verdict.not_recovered and group.members[2].after is None
     assert "does not reach fct_mrr" in group.members[2].detail
     assert not [q for q in fake.queries() if "fct_mrr" in q]
@@ -224,7 +227,7 @@ def test_a_groups_contracts_are_all_measured_in_the_one_sandbox(scenario, fake) 
 @pytest.mark.slow
 def test_a_revert_that_does_not_recover_the_metric_is_not_verified(scenario, fake) -> None:
     _answer_metric(fake, REGRESSED)
-    v = _verify(scenario, fake).verification
+    v = _verify(scenario, fake)
     assert v.verdict is Verdict.not_recovered and "with the revert, not inside [" in v.detail
     assert fake.calls()[-1] == "datasets.delete"
 
@@ -232,7 +235,7 @@ def test_a_revert_that_does_not_recover_the_metric_is_not_verified(scenario, fak
 @pytest.mark.slow
 def test_outside_time_travel_the_current_state_is_cloned_and_the_evidence_says_so(scenario, fake) -> None:
     _answer_metric(fake, HEALTHY)
-    v = _verify(scenario, fake, snapshot_at=NOW - timedelta(days=9), sandbox_expiration="6h").verification
+    v = _verify(scenario, fake, snapshot_at=NOW - timedelta(days=9), sandbox_expiration="6h")
     assert v.verdict is Verdict.verified and v.clone_id.endswith("@current")
     assert "fct_orders: 2026-11-14T07:00:00+00:00 is outside the 7-day time-travel window" in v.detail
     [clone] = [q for q in fake.queries() if "CLONE" in q]
@@ -264,7 +267,7 @@ def test_a_project_placing_models_elsewhere_is_refused_before_any_job(scenario, 
 def test_sql_in_a_model_cannot_write_production(scenario, fake) -> None:
     """THE safety test on BigQuery: a pre-hook inserts into production; the request never leaves."""
     _answer_metric(fake, HEALTHY)
-    v = _verify(scenario, fake, deployed="escape").verification
+    v = _verify(scenario, fake, deployed="escape")
     assert v.verdict is Verdict.build_failed
     assert "model.shop.fct_revenue: error" in v.detail and "refused before sending" in v.detail
     assert "acme-prod.analytics.fct_revenue" in v.detail

@@ -245,8 +245,9 @@ def test_the_story_is_threaded_under_the_card_with_a_chart(stack: Stack) -> None
     replies = stack.slack.thread(CHANNEL, card_ts)
     texts = [r["text"] for r in replies if r.get("text") and not r.get("files")]
     titles = [t.split(":", 1)[0] for t in texts]
-    assert titles == ["Detected", "Attribution", "Group split", "Evidence", "Verified revert", "Decision",
-                      "PR opened"], texts
+    # Triage is posted when attribution suspects the code, and again when the verified revert proves it.
+    assert titles == ["Detected", "Attribution", "Triage", "Group split", "Evidence", "Verified revert", "Triage",
+                      "Decision", "PR opened"], texts
     store = stack.store()
     try:
         fix = store.incident(stack.incident_id(REVENUE)).details["verification"]["fix"]

@@ -24,7 +24,7 @@ from jobs.measure import evaluate
 from jobs.records import BaselineStats, Verdict, Verification
 from jobs.verify import Target, VerifyError, selector, verify_revert
 from jobs.warehouse.duckdb import DuckDBWarehouse
-from jobs.warehouse.sandbox import LOCKDOWN, ProductionModified, Sandbox, SandboxError, gc_sandboxes
+from jobs.warehouse.sandbox import LOCKDOWN, DuckDBSandboxes, ProductionModified, Sandbox, SandboxError, gc_sandboxes
 from jobs.worktree import Worktree
 from tests.conftest import SHOP, copy_shop
 
@@ -139,8 +139,9 @@ def history(built_shop, tmp_path_factory) -> History:
 
 def _verify(h: History, deployed: str, shas: list[str], models: list[str], **overrides) -> Verification:
     arguments = dict(
+        sandboxes=DuckDBSandboxes(h.prod_db, h.sandboxes),
         repo=h.repo, project_subdir="shop", deployed_sha=h.sha[deployed], shas=[h.sha[s] for s in shas],
-        models=models, contract=h.contract, metric_model="fct_revenue", prod_db=h.prod_db,
+        models=models, contract=h.contract, metric_model="fct_revenue",
         prod_state=h.prod_state, band=h.band, before=h.before, at=AT, incident_id=12,
         sandboxes_root=h.sandboxes,
     )
@@ -174,7 +175,8 @@ def test_reverting_the_regression_is_verified(history, leaves_nothing) -> None:
     assert f"--defer --state {history.prod_state} --favor-state" in v.dbt_command
     assert "--target cairn_sandbox" in v.dbt_command and str(history.sandboxes) in v.dbt_command
     assert v.tests["pass"] > 10 and v.tests["fail"] == v.tests["error"] == v.tests["skip"] == 0
-    assert set(v.durations) == {"worktree", "revert", "packages", "clone", "build", "measure"}
+    assert set(v.durations) == {"worktree", "revert", "packages", "clone", "build", "measure", "evidence"}
+    assert [d.model for d in v.deltas] == ["int_order_payments"] and v.deltas[0].removed > 0
     assert v.packages is None  # the shop declares no dbt packages
     assert _sha256(history.prod_db) == prod_bytes
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -20,9 +23,11 @@ from typing import Any
 
 import yaml
 
-from jobs.errors import CairnError, WarehouseError
+from jobs.errors import DbtError, WarehouseError
 from jobs.warehouse import identifier
 from jobs.warehouse.bigquery import ANONYMOUS, ADC, BigQueryWarehouse, api_reason
+from jobs.warehouse.request_guard import guarded
+from jobs.warehouse.sandboxes import SandboxRefused
 from jobs.warehouse.statement_guard import Dataset
 
 log = logging.getLogger(__name__)
@@ -36,7 +41,7 @@ TIME_TRAVEL_MARGIN = timedelta(hours=1)
 STATEFUL = ("incremental", "snapshot")  # materializations whose build reads their own last state
 
 
-class RelationOutsideSandbox(CairnError):
+class RelationOutsideSandbox(SandboxRefused):
     """A node the build would write lies outside the sandbox dataset; dbt was not run."""
 
 
@@ -61,13 +66,14 @@ class BigQuerySandbox:
         self.target = TARGET
 
     @classmethod
-    def create(cls, client: Any, *, incident_id: int, location: str, org: str,
+    def create(cls, client: Any, *, incident_id: int | str, location: str, org: str,
                expiration: timedelta) -> "BigQuerySandbox":
         """datasets.insert in `client.project` at `location`, labelled and expiring."""
         from google.api_core.exceptions import GoogleAPIError
         from google.cloud import bigquery
 
-        dataset = Dataset(client.project, f"{PREFIX}{incident_id}_{uuid.uuid4().hex[:6]}")
+        # Dataset IDs take letters, digits and underscores: a deploy check's label has a hyphen.
+        dataset = Dataset(client.project, f"{PREFIX}{str(incident_id).replace('-', '_')}_{uuid.uuid4().hex[:6]}")
         labels = {LABEL_INCIDENT: str(incident_id), LABEL_ORG: org}
         resource = bigquery.Dataset(f"{dataset.project}.{dataset.dataset}")
         resource.location = location
@@ -277,3 +283,119 @@ def _auth(credentials: str) -> dict[str, Any]:
     if credentials == ANONYMOUS:  # a local test server: any bearer token will do
         return {"method": "oauth-secrets", "token": "anonymous"}
     return {"method": "service-account", "keyfile": str(Path(credentials).expanduser())}
+
+
+class BigQuerySandboxes:
+    """The BigQuery adapter of `jobs.warehouse.sandboxes`: a dataset of zero-copy clones per build.
+
+    `snapshot_at` is the production state the clones hold (an incident's last good time, so an
+    incremental model rebuilds what the bad code wrote); `now` decides whether it is still inside
+    the time-travel window.
+    """
+
+    name = "bigquery"
+    checks_deploys = False  # a build per deploy is not under the byte budget's admission check yet
+
+    def __init__(self, client: Any, settings: Any, *, root: Path, now: datetime,
+                 snapshot_at: datetime | None = None, config_root: Path | None = None):
+        self.client, self.settings, self.root = client, settings, Path(root)
+        self.now, self.snapshot_at, self.config_root = now, snapshot_at, config_root
+
+    @contextmanager
+    def sandbox(self, label: str, project_dir: Path, profile: str,
+                production: Mapping[str, Any]) -> Iterator["BigQueryBuild"]:
+        from jobs.warehouse.bigquery import credentials_setting
+
+        settings = self.settings
+        self.root.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f"incident-{label}-", dir=self.root))
+        try:
+            with BigQuerySandbox.create(self.client, incident_id=label, location=settings.location,
+                                        org=settings.org, expiration=settings.sandbox_expiration) as sandbox:
+                sandbox.write_profile(work, profile, production_project=settings.project,
+                                      credentials=credentials_setting(settings, self.config_root),
+                                      maximum_bytes_billed=settings.budget_bytes, api_endpoint=settings.api_endpoint)
+                yield BigQueryBuild(sandbox, work, project_dir, settings, self.snapshot_at, self.now)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def gc(self, older_than: timedelta, now: datetime) -> list[str]:
+        # Datasets expire on their own clock (sandbox_expiration); `older_than` is the local files'.
+        return gc_sandboxes(self.client, org=self.settings.org, now=now)
+
+
+class BigQueryBuild:
+    """One verification's sandbox on BigQuery, as the sandbox protocol sees it."""
+
+    def __init__(self, sandbox: BigQuerySandbox, work: Path, project_dir: Path, settings: Any,
+                 snapshot_at: datetime | None, now: datetime):
+        self.sandbox, self.project_dir, self.settings = sandbox, project_dir, settings
+        self.snapshot_at, self.now = snapshot_at, now
+        self.profiles_dir, self.target, self.target_path = work, sandbox.target, work / "target"
+        self.connection = sandbox.warehouse(settings.budget_bytes)
+        self.estimated = 0
+
+    @property
+    def clone_id(self) -> str:
+        return self.sandbox.clone_id
+
+    @property
+    def notes(self) -> str:
+        return "".join(f" {c.target}: {c.note}." for c in self.sandbox.clones if c.note)
+
+    def plan(self, dbt: Any) -> Mapping[str, Any]:
+        """Parse with every write redirected into the dataset (Cairn's macros, unless the project has its own)."""
+        if redirect_macros(self.project_dir, dbt.parse(), self.sandbox.dataset):
+            dbt.parse()  # again, with Cairn's schema/database macros in place
+        return dbt.manifest()
+
+    def prepare(self, production: Mapping[str, Any], expected: set[str]) -> None:
+        check_relations(dbt_manifest(self.target_path), expected, self.sandbox.dataset)  # layer (b)
+        self.sandbox.clone(self.connection, stateful_sources(production, expected, self.settings.project),
+                           at=self.snapshot_at, now=self.now, time_travel=self.settings.time_travel)
+
+    def admit(self, dbt: Any, select: str, extra: tuple[str, ...], expected: set[str]) -> None:
+        """The dry run of every node the build runs, summed against bigquery.budget_bytes."""
+        from jobs.warehouse.cost_guard import check_budget, estimate
+
+        with guarded(self.sandbox.dataset):
+            try:
+                result = dbt.invoke("compile", select=select, extra=(*extra, "--log-level", "none"))
+                compiled = dbt.manifest() if result.success else None
+            except DbtError:
+                compiled = None
+        if compiled is None:
+            raise DbtError("dbt compile failed in the sandbox; see its log")
+        guess = estimate(self.connection.dry_run, compiled, expected)
+        self.estimated = guess.total
+        check_budget(guess, self.settings.budget_bytes, self.clone_id)
+
+    def guarded(self) -> AbstractContextManager[None]:
+        return guarded(self.sandbox.dataset)  # dbt's own requests: layer (a) for hooks and macros too
+
+    def after_build(self) -> None:
+        return None  # layers (a) and (b) refused any write outside the dataset before it was sent
+
+    @contextmanager
+    def warehouse(self) -> Iterator[BigQueryWarehouse]:
+        yield self.connection  # closed with the sandbox: its spend is the verification's
+
+    def deltas(self, manifest: Mapping[str, Any], production: Mapping[str, Any], models: Sequence[str]) -> list:
+        from jobs.evidence import relation_deltas
+
+        return relation_deltas(self.connection, manifest, production, models)
+
+    def spend(self) -> dict[str, Any]:
+        from jobs.warehouse.cost_guard import billed_by_dbt
+
+        clones = tuple({"source": c.source, "target": c.target, "statement": c.statement,
+                        "snapshot": c.snapshot.isoformat() if c.snapshot else None,
+                        **({"note": c.note} if c.note else {})} for c in self.sandbox.clones)
+        return {"estimated_bytes": self.estimated, "clones": clones,
+                "billed_bytes": billed_by_dbt(self.target_path) + self.connection.spend.billed}
+
+
+def dbt_manifest(target_path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads((Path(target_path) / "manifest.json").read_text())

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs.errors import CairnError
+from jobs.warehouse.sandboxes import SandboxRefused
 
 GIB = 1024**3
 
@@ -23,7 +23,7 @@ class Estimate:
         return sorted(self.nodes.items(), key=lambda kv: -kv[1])[:n]
 
 
-class CostRefused(CairnError):
+class CostRefused(SandboxRefused):
     """The verification would process more than the budget allows; nothing was built."""
 
     def __init__(self, estimate: Estimate, budget: int, clone_id: str = ""):

@@ -23,6 +23,8 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -71,8 +73,27 @@ class Fingerprint:
         return cls(tuple(files))
 
 
+class DuckDBSandboxes:
+    """The DuckDB adapter of `jobs.warehouse.sandboxes`: sandboxes are copies of the production file."""
+
+    name = "duckdb"
+    checks_deploys = True  # a copy costs a file copy and a scoped local build
+
+    def __init__(self, production: Path, root: Path):
+        self.production, self.root = Path(production), Path(root)
+
+    def sandbox(self, label: str, project_dir: Path, profile: str, production: Mapping[str, Any]) -> "Sandbox":
+        _check_database(production, self.production)
+        return Sandbox.create(self.production, self.root, label, profile=profile, schema=_target_schema(production))
+
+    def gc(self, older_than: timedelta, now: datetime) -> list[str]:
+        return []  # the copies live under the sandboxes root, which `gc_sandboxes` sweeps for every adapter
+
+
 class Sandbox:
     """A copy of production in its own directory, with a generated dbt profile pointing at it."""
+
+    notes = ""  # a copy holds production as it is: nothing to add to the evidence
 
     def __init__(self, directory: Path, path: Path, production: Path, fingerprint: Fingerprint):
         self.dir, self.path, self.production, self.fingerprint = directory, path, production, fingerprint
@@ -80,6 +101,36 @@ class Sandbox:
         self.profiles_dir = directory
         self.target = TARGET
         self.target_path = directory / "target"
+
+    # -- the sandbox protocol (jobs.warehouse.sandboxes) -------------------------------------------
+
+    def plan(self, dbt: Any) -> None:
+        return None  # every write lands in the copy: nothing to place before the build
+
+    def prepare(self, production: Mapping[str, Any], expected: set[str]) -> None:
+        return None
+
+    def admit(self, dbt: Any, select: str, extra: tuple[str, ...], expected: set[str]) -> None:
+        return None  # a local file costs nothing to build on
+
+    def guarded(self) -> AbstractContextManager[None]:
+        return nullcontext()  # the lockdown is in the profile (LOCKDOWN)
+
+    def after_build(self) -> None:
+        self.check_production()
+
+    def warehouse(self) -> Any:
+        from jobs.warehouse.duckdb import DuckDBWarehouse
+
+        return DuckDBWarehouse(self.path)
+
+    def deltas(self, manifest: Mapping[str, Any], production: Mapping[str, Any], models: Sequence[str]) -> list:
+        from jobs.evidence import clone_deltas
+
+        return clone_deltas(self.path, self.production, manifest, models)
+
+    def spend(self) -> dict[str, Any]:
+        return {}
 
     @classmethod
     def create(cls, production: Path, root: Path, incident_id: int | str, profile: str,
@@ -163,6 +214,24 @@ def remove_incident_sandboxes(root: Path, incident_id: int) -> list[Path]:
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
+
+
+def _target_schema(manifest: Mapping[str, Any]) -> str:
+    """Production's target schema: that of a model with no custom schema (DuckDB's default: main)."""
+    for node in manifest["nodes"].values():
+        if node.get("resource_type") == "model" and not (node.get("config") or {}).get("schema"):
+            return node["schema"]
+    return "main"
+
+
+def _check_database(manifest: Mapping[str, Any], prod_db: Path) -> None:
+    """Deferred refs name production's database; the copy keeps the file's stem, so they must match."""
+    databases = {n.get("database") for n in manifest["nodes"].values() if n.get("resource_type") == "model"}
+    if databases - {prod_db.stem}:
+        raise SandboxError(
+            f"production models live in database(s) {sorted(map(str, databases))}, but a copy of "
+            f"{prod_db.name} is {prod_db.stem!r}; point prod_db at the file the production "
+            "profile builds into.")
 
 
 def _wal(path: Path) -> Path:
