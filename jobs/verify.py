@@ -100,8 +100,7 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
             except DbtError as exc:  # e.g. the reverted project no longer parses
                 return done(Verdict.build_failed, str(exc))
             if planned is not None:  # the adapter places and checks writes before building
-                reach = [expected_nodes(planned, models, metric) for metric in metrics]
-                expected = set().union(*reach)
+                reach, expected = reached(planned, models, metrics)
                 if not expected:
                     return done(Verdict.not_recovered, unreached(models, metrics))
                 sandbox.prepare(production, expected)
@@ -127,8 +126,7 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
                       built=tuple(n.unique_id for n in result.nodes if n.unique_id.startswith(BUILT)))
         manifest = json.loads((sandbox.target_path / "manifest.json").read_text())
         if planned is None:
-            reach = [expected_nodes(manifest, models, metric) for metric in metrics]
-            expected = set().union(*reach)
+            reach, expected = reached(manifest, models, metrics)
             if not expected:
                 return done(Verdict.not_recovered, unreached(models, metrics))
         problems = build_problems(result, expected)
@@ -161,6 +159,13 @@ def group_targets(incident_id: int, contract: Contract, band: BaselineStats, bef
 def worktree_packages(tree: Worktree, repo: Path, project_subdir: str) -> str | None:
     """The reverted worktree's dbt packages, as production has them (`jobs.packages`); raises DbtError."""
     return provide(tree.path / project_subdir, repo / project_subdir, tree.changed(), repo, tree.path)
+
+
+def reached(manifest: Mapping[str, Any], models: Sequence[str],
+            metrics: Sequence[str]) -> tuple[list[set[str]], set[str]]:
+    """The nodes the build must run for each metric model, and all of them."""
+    reach = [expected_nodes(manifest, models, metric) for metric in metrics]
+    return reach, set().union(*reach)
 
 
 def unreached(models: Sequence[str], metrics: Sequence[str]) -> str:
