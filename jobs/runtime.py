@@ -135,7 +135,7 @@ class Runtime:
 
         if not self.config.env.github_token:
             raise ConfigError(f"{self.config.path}: forge.github needs GITHUB_TOKEN in the environment")
-        return GitHubForge(forge.github.repo, git=self.git, token=self.config.env.github_token,
+        return GitHubForge(forge.github.repo, git=self.git, store=self.store, token=self.config.env.github_token,
                            base_url=forge.github.base_url)
 
     @cached_property

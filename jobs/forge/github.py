@@ -1,9 +1,13 @@
-"""The GitHub forge: the revert is computed by local git and published through GitHub's git data API."""
+"""The GitHub forge: the revert is computed by local git and published through GitHub's git data API.
+
+Each PR it opens, merges or closes is mirrored in the store, as the local forge keeps its own there: the
+Slack surface and the review jobs read the PR from the store without calling GitHub, and every write
+here asks GitHub first, so GitHub's answer (a moved head, a merged or closed PR) always wins.
+"""
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import logging
 import re
 from collections.abc import Iterator, Sequence
@@ -16,6 +20,7 @@ from jobs.forge import CHECK_NAME, DEFAULT_LABELS, CheckProof, ForgeError, Stale
 from jobs.forge.revert import CAIRN_AUTHOR, Revert, blob_bytes, build_reverts, changed_files, resolve
 from jobs.git import Git
 from jobs.records import PullRequest
+from jobs.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,7 @@ class GitHubForge:
         repo: str,
         *,
         git: Git,
+        store: Store,
         token: str | None = None,
         app_id: int | str | None = None,
         private_key: str | None = None,
@@ -58,6 +64,7 @@ class GitHubForge:
         self.repo_name = repo
         self.owner = repo.split("/")[0]
         self.git = git
+        self.store = store
         self.author = author
         self.base_url = base_url.rstrip("/")
         self._github = Github(base_url=self.base_url, auth=_auth(token, app_id, private_key, installation_id),
@@ -88,7 +95,7 @@ class GitHubForge:
             if missing:
                 with _github("label the pull request"):
                     existing.add_to_labels(*missing)
-            return _record(incident_id, existing)
+            return self._mirror(incident_id, existing, labels=labels)
         branch = branch_name(incident_id)
         with _github(f"read branch {base_branch}"):
             base_sha = self.repo.get_git_ref(f"heads/{base_branch}").object.sha
@@ -108,7 +115,7 @@ class GitHubForge:
             if conclusion_comment:
                 pull.create_issue_comment(conclusion_comment)
         log.info("opened PR #%s on %s for incident %s", pull.number, self.repo_name, incident_id)
-        return _record(incident_id, pull)
+        return self._mirror(incident_id, pull, labels=labels, reverted=[r.reverted for r in reverts])
 
     def get(self, incident_id: int) -> PullRequest | None:
         pull = self._find(incident_id)
@@ -119,7 +126,7 @@ class GitHubForge:
         record = _record(incident_id, pull)
         if record.state == "merged":
             if record.head_sha == expected_head_sha:
-                return record  # a retried approval
+                return self._mirror(incident_id, pull)  # a retried approval
             raise ForgeError(f"PR #{pull.number} was already merged at {record.head_sha[:7]}")
         if record.state == "closed":
             raise ForgeError(f"PR #{pull.number} is closed; reopen the incident to retry")
@@ -136,7 +143,7 @@ class GitHubForge:
             raise _forge_error(f"merge PR #{pull.number}", exc) from None
         if not status.merged:
             raise ForgeError(f"GitHub did not merge PR #{pull.number}: {status.message}")
-        return dataclasses.replace(record, state="merged")
+        return self._mirror(incident_id, pull, state="merged", merged_at=self.store.clock.now(), merged_by=actor)
 
     def close(self, incident_id: int, reason: str, actor: str) -> PullRequest:
         pull = self._require(incident_id)
@@ -144,11 +151,11 @@ class GitHubForge:
         if record.state != "open":
             if record.state == "merged":
                 raise ForgeError(f"PR #{pull.number} is already merged; revert it instead")
-            return record
+            return self._mirror(incident_id, pull)
         with _github(f"close PR #{pull.number}"):
             pull.create_issue_comment(f"Closed by {actor}: {reason}")
             pull.edit(state="closed")
-        return dataclasses.replace(record, state="closed")
+        return self._mirror(incident_id, pull, state="closed", closed_reason=reason)
 
     def comment(self, incident_id: int, text: str) -> None:
         pull = self._require(incident_id)
@@ -170,6 +177,17 @@ class GitHubForge:
             for pull in self.repo.get_pulls(state="all", head=f"{self.owner}:{branch_name(incident_id)}"):
                 return pull
         return None
+
+    def _mirror(self, incident_id: int, pull: GitHubPull, *, labels: Sequence[str] = (),
+                reverted: Sequence[str] = (), **changes) -> PullRequest:
+        """The store's copy of the PR as GitHub has it now, with `changes` (state, merged_by…) on top."""
+        record = _record(incident_id, pull)
+        self.store.save_pull_request(incident_id, forge=self.name, branch=record.branch, base_branch=pull.base.ref,
+                                     title=record.title, body=pull.body or "", head_sha=record.head_sha,
+                                     labels=labels, reverted=reverted, number=record.number, url=record.url,
+                                     state=record.state)
+        return self.store.update_pull_request(incident_id, **{"state": record.state, "head_sha": record.head_sha,
+                                                              **changes})
 
     def _require(self, incident_id: int) -> GitHubPull:
         pull = self._find(incident_id)
