@@ -67,7 +67,7 @@ def redact(text: str) -> str:
 
     for field, (variable, _) in Environment.VARIABLES.items():
         value = os.environ.get(variable)
-        if value and len(value) >= 8 and field != "slack_api_url":
+        if value and len(value) >= 8 and field not in Environment.PUBLIC:
             text = text.replace(value, f"<{variable}>")
     from jobs.prbody import redact as redact_urls
 
