@@ -14,6 +14,7 @@ import click
 from bot import messages, render
 from jobs.config import load_config
 from jobs.errors import CairnError
+from jobs.masking import mask_logs
 
 log = logging.getLogger("cairn")
 
@@ -368,6 +369,7 @@ def sandbox_gc(ctx: click.Context, dry_run: bool) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: typed errors print their own message; anything else gets an error ID."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    mask_logs()  # what any logger writes, tracebacks included, shows no token or key
     try:
         cli.main(args=argv, prog_name="cairn", standalone_mode=False)
     except click.exceptions.Abort:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -196,18 +196,19 @@ class Settings(_Section):
 class Environment:
     """Secrets and URLs: read from the environment once, at start-up, never from cairn.yml."""
 
-    database_url: str | None = None
-    redis_url: str | None = None
-    slack_bot_token: str | None = None
-    slack_signing_secret: str | None = None
-    slack_app_token: str | None = None
+    # repr=False marks a secret: a logged Config never shows it, and error texts replace it by name.
+    database_url: str | None = field(default=None, repr=False)
+    redis_url: str | None = field(default=None, repr=False)
+    slack_bot_token: str | None = field(default=None, repr=False)
+    slack_signing_secret: str | None = field(default=None, repr=False)
+    slack_app_token: str | None = field(default=None, repr=False)
     slack_api_url: str | None = None
-    github_token: str | None = None
+    github_token: str | None = field(default=None, repr=False)
     github_app_id: str | None = None
     github_app_private_key_file: str | None = None
-    github_app_private_key: str | None = None
+    github_app_private_key: str | None = field(default=None, repr=False)
     github_app_installation_id: str | None = None
-    anthropic_api_key: str | None = None
+    anthropic_api_key: str | None = field(default=None, repr=False)
 
     VARIABLES = {
         "database_url": ("CAIRN_DATABASE_URL", "Store URL; overrides `store` (may hold a password)."),
@@ -227,12 +228,14 @@ class Environment:
         "anthropic_api_key": ("ANTHROPIC_API_KEY", "Enables the LLM re-ranker."),
     }
 
-    # Not secrets: error texts keep them, so a message can still say which file or App it is about.
-    PUBLIC = frozenset({"slack_api_url", "github_app_id", "github_app_private_key_file", "github_app_installation_id"})
-
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Environment":
-        return cls(**{field: env.get(var) or None for field, (var, _) in cls.VARIABLES.items()})
+        return cls(**{name: env.get(var) or None for name, (var, _) in cls.VARIABLES.items()})
+
+    @classmethod
+    def secrets(cls) -> set[str]:
+        """The fields holding secrets (repr=False); the others, such as a key file's path, may be shown."""
+        return {f.name for f in fields(cls) if not f.repr}
 
 
 @dataclass(frozen=True)

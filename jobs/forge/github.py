@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -19,26 +18,13 @@ from github.PullRequest import PullRequest as GitHubPull
 from jobs.forge import CHECK_NAME, DEFAULT_LABELS, CheckProof, ForgeError, StaleApproval, branch_name
 from jobs.forge.revert import CAIRN_AUTHOR, Revert, blob_bytes, build_reverts, changed_files, resolve
 from jobs.git import Git
+from jobs.masking import MASK
 from jobs.records import PullRequest
 from jobs.store import Store
 
 log = logging.getLogger(__name__)
 
 _TREE_TYPE = {"160000": "commit", "040000": "tree"}  # every other mode is a blob
-_TOKEN_FIELD = re.compile(r'("token"\s*:\s*")[^"]+')
-
-
-class _RedactTokens(logging.Filter):
-    """PyGithub's DEBUG log masks headers but not bodies, and an App's token exchange answers with a token."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if '"token"' in message:
-            record.msg, record.args = _TOKEN_FIELD.sub(r"\1***", message), ()
-        return True
-
-
-_REDACT = _RedactTokens()
 
 
 class GitHubForge:
@@ -71,9 +57,10 @@ class GitHubForge:
                               seconds_between_writes=seconds_between_writes,
                               seconds_between_requests=seconds_between_requests)
         self._repo = None
+        # PyGithub's DEBUG log masks headers but not bodies, and an App's token exchange answers with a token.
         requester_log = logging.getLogger("github.Requester")
-        if _REDACT not in requester_log.filters:
-            requester_log.addFilter(_REDACT)
+        if MASK not in requester_log.filters:
+            requester_log.addFilter(MASK)
 
     def __repr__(self) -> str:
         return f"GitHubForge({self.repo_name!r}, base_url={self.base_url!r})"  # never the credentials
