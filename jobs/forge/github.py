@@ -26,6 +26,33 @@ log = logging.getLogger(__name__)
 
 _TREE_TYPE = {"160000": "commit", "040000": "tree"}  # every other mode is a blob
 
+# Every REST call the forge makes and the GitHub App permission it needs, as GitHub's REST reference lists
+# it for each endpoint. The App's own token exchange (POST /app/installations/{id}/access_tokens) is signed
+# with its key and needs none. jobs/forge/github-app.json asks for APP_PERMISSIONS and nothing more, and
+# tests/test_github_app_manifest.py fails on a call missing here. A placeholder is one path segment, except
+# {ref}: a git ref name such as heads/cairn/incident-7.
+CALL_PERMISSIONS = {
+    "GET /repos/{owner}/{repo}": ("metadata", "read"),  # the repository
+    "GET /repos/{owner}/{repo}/pulls": ("pull_requests", "read"),  # the incident's PR, found by its branch
+    "POST /repos/{owner}/{repo}/pulls": ("pull_requests", "write"),  # open it
+    "POST /repos/{owner}/{repo}/issues/{number}/labels": ("pull_requests", "write"),  # label it
+    "POST /repos/{owner}/{repo}/issues/{number}/comments": ("pull_requests", "write"),  # comment on it
+    "PATCH /repos/{owner}/{repo}/pulls/{number}": ("pull_requests", "write"),  # close it
+    "PUT /repos/{owner}/{repo}/pulls/{number}/merge": ("contents", "write"),  # merge it: the base branch moves
+    "GET /repos/{owner}/{repo}/git/ref/{ref}": ("contents", "read"),  # the base branch's head
+    "GET /repos/{owner}/{repo}/git/commits/{sha}": ("contents", "read"),  # its tree
+    "POST /repos/{owner}/{repo}/git/blobs": ("contents", "write"),  # the reverted files
+    "POST /repos/{owner}/{repo}/git/trees": ("contents", "write"),
+    "POST /repos/{owner}/{repo}/git/commits": ("contents", "write"),  # the revert commits
+    "POST /repos/{owner}/{repo}/git/refs": ("contents", "write"),  # the incident's branch
+    "PATCH /repos/{owner}/{repo}/git/refs/{ref}": ("contents", "write"),  # the branch a crashed attempt left
+    "POST /repos/{owner}/{repo}/check-runs": ("checks", "write"),  # the recovery proof: a token cannot
+}
+_ACCESS = ("read", "write")
+# Each permission at the highest access a call needs.
+APP_PERMISSIONS = {name: max((a for n, a in CALL_PERMISSIONS.values() if n == name), key=_ACCESS.index)
+                   for name in dict.fromkeys(n for n, _ in CALL_PERMISSIONS.values())}
+
 
 class GitHubForge:
     """PRs on GitHub (or GitHub Enterprise Server at `base_url`), authenticated by a token or as an App."""
