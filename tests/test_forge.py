@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.forge import CheckProof, ForgeError, StaleApproval
+from jobs.forge import CheckProof, ForgeError, MergeBlocked, StaleApproval
 from jobs.forge.github import GitHubForge
 from jobs.forge.local import LocalForge
 from jobs.forge.revert import blob_bytes
@@ -283,7 +283,7 @@ def test_github_merge_is_bound_to_the_approved_head(repo, store, github):
     assert store.pull_request_row(7)["merged_by"] == "U1" and store.pull_request_for(7) == merged
     github.fail("PUT", r".*/merge", 405, "Required status check is expected.")
     github.pulls[1].update(state="open", merged_at=None)
-    with pytest.raises(ForgeError, match="405.*branch protection"):
+    with pytest.raises(MergeBlocked, match="Required status check is expected. Nothing was merged"):
         forge.merge(7, pr.head_sha, actor="U1")
 
 

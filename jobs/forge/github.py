@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from github import Auth, Github, GithubException, InputGitAuthor, InputGitTreeElement, UnknownObjectException
 from github.PullRequest import PullRequest as GitHubPull
 
-from jobs.forge import CHECK_NAME, DEFAULT_LABELS, CheckProof, ForgeError, StaleApproval, branch_name
+from jobs.forge import CHECK_NAME, DEFAULT_LABELS, CheckProof, ForgeError, MergeBlocked, StaleApproval, branch_name
 from jobs.forge.revert import CAIRN_AUTHOR, Revert, blob_bytes, build_reverts, changed_files, resolve
 from jobs.git import Git
 from jobs.masking import MASK
@@ -154,6 +154,8 @@ class GitHubForge:
         except GithubException as exc:
             if exc.status == 409:
                 raise _stale(pull.number, "a newer commit", expected_head_sha) from None
+            if exc.status == 405:  # GitHub's answer when branch protection or a ruleset forbids the merge
+                raise _blocked(pull.number, exc) from None
             raise _forge_error(f"merge PR #{pull.number}", exc) from None
         if not status.merged:
             raise ForgeError(f"GitHub did not merge PR #{pull.number}: {status.message}")
@@ -272,13 +274,30 @@ def _stale(number: int, head: str, expected: str) -> StaleApproval:
                          "review the new head and approve again")
 
 
-def _forge_error(action: str, exc: GithubException) -> ForgeError:
+def _blocked(number: int, exc: GithubException) -> MergeBlocked:
+    """GitHub's reason ('Required status check "ci" is expected.', 'At least 1 approving review is required…')
+    and what would let the PR merge."""
+    reason = _message(exc) or "the merge is not allowed"
+    if "status check" in reason.lower():
+        then = "when the required checks pass on GitHub, approve again"
+    elif "review" in reason.lower():
+        then = f"branch protection wants a review on GitHub: once PR #{number} is approved there, approve again"
+    else:
+        then = f"PR #{number} on GitHub says what blocks it; approve again once it is cleared"
+    return MergeBlocked(f"GitHub refused to merge PR #{number}: {reason.rstrip('.')}. Nothing was merged; {then}")
+
+
+def _message(exc: GithubException) -> str | None:
+    """GitHub's own words, on one line."""
     message = exc.data.get("message") if isinstance(exc.data, dict) else None
+    return " ".join(str(message).split()) if message else None
+
+
+def _forge_error(action: str, exc: GithubException) -> ForgeError:
     hint = {401: "check the token or the App's private key",
             403: "check the token's or App's permissions on the repository",
-            404: "check the repository name and that the token or App can see it",
-            405: "branch protection or required checks block the merge"}.get(exc.status, "try again later")
-    return ForgeError(f"GitHub refused to {action} (HTTP {exc.status}: {message or 'no message'}); {hint}")
+            404: "check the repository name and that the token or App can see it"}.get(exc.status, "try again later")
+    return ForgeError(f"GitHub refused to {action} (HTTP {exc.status}: {_message(exc) or 'no message'}); {hint}")
 
 
 @contextmanager
