@@ -15,7 +15,8 @@ from tests.github_server import FakeGitHub
 from tests.test_forge import Repo, forge_for, github, open_pr, repo, store  # noqa: F401 - fixtures
 from tests.test_github_auth import APP_ID, INSTALLATION, app_github, app_key, pem  # noqa: F401 - fixtures
 
-MANIFEST = Path(__file__).resolve().parent.parent / "jobs" / "forge" / "github-app.json"
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = ROOT / "jobs" / "forge" / "github-app.json"
 # What GitHub's "register a GitHub App from a manifest" flow reads.
 MANIFEST_KEYS = {"name", "url", "description", "public", "redirect_url", "callback_urls", "setup_url",
                  "setup_on_update", "request_oauth_on_install", "hook_attributes", "default_events",
@@ -43,6 +44,11 @@ def test_the_manifest_registers_a_private_app_without_webhooks(manifest: dict) -
 def test_the_manifest_asks_for_what_the_forge_code_declares(manifest: dict) -> None:
     assert manifest["default_permissions"] == APP_PERMISSIONS
     assert APP_PERMISSIONS == {"contents": "write", "pull_requests": "write", "checks": "write", "metadata": "read"}
+
+
+def test_docs_list_the_permissions_the_manifest_asks_for() -> None:
+    documented = re.findall(r"^\| `(\w+)` \| (read|write) \|", (ROOT / "docs" / "github.md").read_text(), re.M)
+    assert dict(documented) == APP_PERMISSIONS and len(documented) == len(APP_PERMISSIONS)
 
 
 def test_every_call_the_forge_makes_is_declared_and_needs_no_more(repo: Repo, store: Store,  # noqa: F811
