@@ -227,11 +227,13 @@ def worker(ctx: click.Context, burst: bool) -> None:
 
     from rq import Worker
 
+    from jobs.forge.github_auth import check_credentials
     from jobs.queue import RQJobs
 
     config = load_config(ctx.obj["config_path"])
     if not config.env.redis_url:
         raise CairnError(messages.NO_REDIS)
+    check_credentials(config)
     os.environ["CAIRN_CONFIG"] = str(config.path)  # each job's work horse loads the same config
     logging.getLogger("rq.worker").setLevel(logging.INFO)
     jobs = RQJobs(config)
@@ -247,8 +249,10 @@ def worker(ctx: click.Context, burst: bool) -> None:
 def serve(ctx: click.Context, socket_mode: bool, host: str, port: int | None, threads: int) -> None:
     """Serve the Slack app (Procfile `web`): HTTP under gunicorn, or Socket Mode."""
     from bot.server import serve_http, serve_socket
+    from jobs.forge.github_auth import check_credentials
 
     config = load_config(ctx.obj["config_path"])
+    check_credentials(config)  # without Redis, approvals merge in this process
     if socket_mode:
         serve_socket(config)
     else:

@@ -20,6 +20,7 @@ from github.Auth import TOKEN_REFRESH_THRESHOLD_TIMEDELTA as REFRESH_MARGIN  # P
 from jobs.config import load_config
 from jobs.errors import ConfigError
 from jobs.runtime import Runtime
+from tests.deployment import run_cli
 from tests.github_server import FakeGitHub
 from tests.test_forge import TOKEN, Repo, debug_logs, github, repo, store  # noqa: F401 - fixtures
 from tests.test_github_review import INCIDENT, runtime
@@ -175,3 +176,15 @@ def test_an_installation_token_is_renewed_as_it_expires(tmp_path, repo, app_gith
     for secret in (first, second, pem(app_key).splitlines()[1], "PRIVATE KEY",
                    app_github.requests[0].headers["Authorization"].removeprefix("Bearer ")):
         assert secret not in text
+
+
+@pytest.mark.parametrize("command", [["worker", "--burst"], ["serve", "--socket"]])
+def test_the_processes_that_merge_refuse_to_start_with_a_half_configured_app(tmp_path, repo, github,  # noqa: F811
+                                                                            command: list[str]) -> None:
+    runtime(tmp_path, repo, github, {}, forge=f", app_id: {APP_ID}").close()
+    env = {"REDIS_URL": "redis://127.0.0.1:1/0", "SLACK_APP_TOKEN": "xapp-1", "SLACK_BOT_TOKEN": "xoxb-1",
+           "GITHUB_TOKEN": TOKEN}  # nothing else stops them, and nothing is reached before the check
+    result = run_cli("--config", str(tmp_path / "cairn.yml"), *command, env=env)
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert "forge.github: a GitHub App needs app_id, private_key_file and installation_id; missing" in result.stderr
+    assert github.requests == []

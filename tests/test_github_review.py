@@ -147,8 +147,8 @@ def test_an_autonomous_merge_branch_protection_refuses_waits_for_a_person(tmp_pa
         cause = Candidate(sha=repo.shas[1], author="Dana", authored_at=datetime(2026, 11, 29, tzinfo=timezone.utc),
                           message="Filter a", files=("models/a.sql",), models=("model.shop.a",), distance=1,
                           touches_metric_columns=True)
-        fix = Verification(sha=cause.sha, verdict=Verdict.verified, clone_id="duckdb:incident-7", dbt_command="dbt build",
-                           before=80.0, after=100.0, reverted=(cause.sha,))
+        fix = Verification(sha=cause.sha, verdict=Verdict.verified, clone_id="duckdb:incident-7",
+                           dbt_command="dbt build", before=80.0, after=100.0, reverted=(cause.sha,))
         # Opened as the autonomous propose stage would (without PyGithub's second between writes).
         opened = open_pr(forge_for(github, repo, store), INCIDENT, [cause.sha])
         github.fail("PUT", r".*/merge", 405, 'Required status check "dbt-ci" is expected.')
