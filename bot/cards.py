@@ -19,7 +19,8 @@ from slack_sdk.models.views import View
 
 from bot import ids
 from bot.messages import STATUS_LABEL, TRIAGE_LABEL, chain_lines, group_lines, left_group_line, regression
-from bot.thread import Step, cause_phrase, decision_phrase, incident_pr, moment, proof_phrase, thread_steps
+from bot.thread import (Step, cause_phrase, decision_phrase, incident_pr, merge_refusal, moment, proof_phrase,
+                        thread_steps)
 from jobs.records import Incident, IncidentStatus, PullRequest
 from jobs.report import loop_json
 from policies.decide import KillSwitch
@@ -162,8 +163,9 @@ def incident_card(incident: Incident, pr: PullRequest | None, mode: Mode, kill: 
 def _why(incident: Incident, pr: PullRequest | None) -> list[str]:
     """Detection's reason while the incident runs; how it ended, or why it stopped, once it has."""
     if incident.status not in EXPLAINED:
-        left = left_group_line(incident)
-        return [incident.reason, *chain_lines(incident), *group_lines(incident), *([left] if left else [])]
+        left, refused = left_group_line(incident), merge_refusal(incident)  # a refused merge first: it waits on people
+        return [*([refused] if refused else []), incident.reason, *chain_lines(incident), *group_lines(incident),
+                *([left] if left else [])]
     return [line for step in thread_steps(incident, pr) if step.key == incident.status.value for line in step.lines]
 
 

@@ -14,6 +14,7 @@ import click
 from bot import messages, render
 from jobs.config import load_config
 from jobs.errors import CairnError
+from jobs.masking import mask_logs
 
 log = logging.getLogger("cairn")
 
@@ -226,11 +227,13 @@ def worker(ctx: click.Context, burst: bool) -> None:
 
     from rq import Worker
 
+    from jobs.forge.github_auth import check_credentials
     from jobs.queue import RQJobs
 
     config = load_config(ctx.obj["config_path"])
     if not config.env.redis_url:
         raise CairnError(messages.NO_REDIS)
+    check_credentials(config)
     os.environ["CAIRN_CONFIG"] = str(config.path)  # each job's work horse loads the same config
     logging.getLogger("rq.worker").setLevel(logging.INFO)
     jobs = RQJobs(config)
@@ -246,8 +249,10 @@ def worker(ctx: click.Context, burst: bool) -> None:
 def serve(ctx: click.Context, socket_mode: bool, host: str, port: int | None, threads: int) -> None:
     """Serve the Slack app (Procfile `web`): HTTP under gunicorn, or Socket Mode."""
     from bot.server import serve_http, serve_socket
+    from jobs.forge.github_auth import check_credentials
 
     config = load_config(ctx.obj["config_path"])
+    check_credentials(config)  # without Redis, approvals merge in this process
     if socket_mode:
         serve_socket(config)
     else:
@@ -368,6 +373,7 @@ def sandbox_gc(ctx: click.Context, dry_run: bool) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: typed errors print their own message; anything else gets an error ID."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    mask_logs()  # what any logger writes, tracebacks included, shows no token or key
     try:
         cli.main(args=argv, prog_name="cairn", standalone_mode=False)
     except click.exceptions.Abort:

@@ -5,11 +5,13 @@ always gives the same keys and text and the notifier can post each key once. Lin
 text; each surface escapes them for itself.
 
 Details written by the loop are read as `jobs.report` shapes them. Later stages add, and these
-steps read: `rejection` {by, reason}, `merge` {by} and `error` {reason, error_id}.
+steps read: `rejection` {by, reason}, `merge` {by}, `merge_blocked` {by, reason, head_sha} and `error`
+{reason, error_id}.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -46,6 +48,7 @@ def thread_steps(incident: Incident, pr: PullRequest | None, *, baseline_days: i
         _triage(details),
         _decision(details),
         _pull_request(incident, pr),
+        _merge_blocked(incident),
     ]
     left = left_group_line(incident)
     if (details.get("left_group") or {}).get("why") == NOT_RECOVERED:
@@ -247,6 +250,26 @@ def _pull_request(incident: Incident, pr: PullRequest | None) -> Step | None:
     return Step("pr", STATUS_LABEL[IncidentStatus.pr_opened],
                 (pr_phrase(pr.number, pr.url, pr.branch, pr.state), pr.title,
                  f"Branch {pr.branch} · head {short_sha(pr.head_sha)}", *shared))
+
+
+def merge_refusal(incident: Incident) -> str | None:
+    """Why the approved merge did not happen, while the PR waits for what branch protection asks."""
+    blocked = incident.details.get("merge_blocked")
+    if not blocked or incident.status is not IncidentStatus.pr_opened:
+        return None
+    return f"Merge refused: {blocked['reason']}"
+
+
+def _merge_blocked(incident: Incident) -> Step | None:
+    refusal = merge_refusal(incident)
+    if refusal is None:
+        return None
+    blocked = incident.details["merge_blocked"]
+    # One step per refusal: a later one for another reason (the reviews done, a check failing) is threaded too.
+    key = hashlib.sha1(blocked["reason"].encode()).hexdigest()[:8]
+    return Step(f"merge_blocked:{key}", "Merge refused",
+                (blocked["reason"], f"Approved by {blocked['by']} at {short_sha(blocked['head_sha'])}; "
+                                    "the PR stays open and the incident with it"))
 
 
 def _outcome(incident: Incident, pr: PullRequest | None) -> list[Step]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -25,12 +25,36 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _path_not_key(value: Any) -> Any:
+    """A setting that names a key file must not hold the key: it would sit in cairn.yml and its errors."""
+    if isinstance(value, str) and (value.lstrip().startswith("{") or "PRIVATE KEY" in value):
+        raise PydanticCustomError(SECRET, "holds a key, not a path: put the key in a file readable "
+                                          "only by Cairn and give its path (the value is not shown)")
+    return value
+
+
 class GitHubForge(_Section):
+    """The GitHub forge; the App settings may come from the environment instead (docs/github.md)."""
+
     repo: str = Field(description="owner/name of the dbt project's repository.")
     base_url: str = Field(
         "https://api.github.com",
         description="REST API root; GitHub Enterprise Server: https://HOST/api/v3.",
     )
+    app_id: int | None = Field(
+        None, ge=1, description="The GitHub App's ID (its settings page); env GITHUB_APP_ID overrides it. "
+                                "With private_key_file and installation_id, Cairn acts as the App.")
+    private_key_file: Path | None = Field(
+        None, description="The App's private key (.pem), relative to cairn.yml; env GITHUB_APP_PRIVATE_KEY_FILE "
+                          "(or the PEM itself in GITHUB_APP_PRIVATE_KEY) overrides it. Never the key itself.")
+    installation_id: int | None = Field(
+        None, ge=1, description="The App's installation on the repository's owner (the number its settings URL "
+                                "ends in); env GITHUB_APP_INSTALLATION_ID overrides it.")
+
+    @field_validator("private_key_file", mode="before")
+    @classmethod
+    def _no_key(cls, value: Any) -> Any:
+        return _path_not_key(value)
 
     @field_validator("repo")
     @classmethod
@@ -130,10 +154,7 @@ class BigQuerySettings(_Section):
     @field_validator("credentials")
     @classmethod
     def _no_key(cls, value: str) -> str:
-        if value.lstrip().startswith("{") or "PRIVATE KEY" in value:
-            raise PydanticCustomError(SECRET, "holds a key, not a path: put the key in a file readable "
-                                              "only by Cairn and give its path (the value is not shown)")
-        return value
+        return _path_not_key(value)
 
     @field_validator("org")
     @classmethod
@@ -156,7 +177,9 @@ class Settings(_Section):
     repo: Path = Field(Path("."), description="The git repository holding the dbt project.")
     branch: str = Field("main", description="The deployed branch: its head is the deployed SHA.")
     store: str = Field(DEFAULT_STORE, description="SQLAlchemy URL of Cairn's store (env: CAIRN_DATABASE_URL).")
-    forge: Literal["local"] | ForgeSettings = Field("local", description="'local' or {github: {repo: owner/name}}.")
+    forge: Literal["local"] | ForgeSettings = Field(
+        "local", description="'local' or {github: {repo: owner/name, app_id, private_key_file, installation_id}} "
+                             "(docs/github.md).")
     slack: SlackSettings = Field(default_factory=SlackSettings, description="Slack surface.")
     attribution: AttributionSettings = Field(default_factory=AttributionSettings, description="Ranking suspects.")
     verification: VerificationSettings = Field(default_factory=VerificationSettings, description="Clone builds.")
@@ -173,14 +196,19 @@ class Settings(_Section):
 class Environment:
     """Secrets and URLs: read from the environment once, at start-up, never from cairn.yml."""
 
-    database_url: str | None = None
-    redis_url: str | None = None
-    slack_bot_token: str | None = None
-    slack_signing_secret: str | None = None
-    slack_app_token: str | None = None
+    # repr=False marks a secret: a logged Config never shows it, and error texts replace it by name.
+    database_url: str | None = field(default=None, repr=False)
+    redis_url: str | None = field(default=None, repr=False)
+    slack_bot_token: str | None = field(default=None, repr=False)
+    slack_signing_secret: str | None = field(default=None, repr=False)
+    slack_app_token: str | None = field(default=None, repr=False)
     slack_api_url: str | None = None
-    github_token: str | None = None
-    anthropic_api_key: str | None = None
+    github_token: str | None = field(default=None, repr=False)
+    github_app_id: str | None = None
+    github_app_private_key_file: str | None = None
+    github_app_private_key: str | None = field(default=None, repr=False)
+    github_app_installation_id: str | None = None
+    anthropic_api_key: str | None = field(default=None, repr=False)
 
     VARIABLES = {
         "database_url": ("CAIRN_DATABASE_URL", "Store URL; overrides `store` (may hold a password)."),
@@ -189,13 +217,25 @@ class Environment:
         "slack_signing_secret": ("SLACK_SIGNING_SECRET", "Verifies requests from Slack."),
         "slack_app_token": ("SLACK_APP_TOKEN", "App-level token (xapp-…) for Socket Mode."),
         "slack_api_url": ("SLACK_API_URL", "Slack Web API base URL (proxies, tests)."),
-        "github_token": ("GITHUB_TOKEN", "Token for the GitHub forge."),
+        "github_token": ("GITHUB_TOKEN", "Token for the GitHub forge when no App is configured (no check runs)."),
+        "github_app_id": ("GITHUB_APP_ID", "GitHub App ID; overrides forge.github.app_id."),
+        "github_app_private_key_file": ("GITHUB_APP_PRIVATE_KEY_FILE",
+                                        "Path of the App's private key; overrides forge.github.private_key_file."),
+        "github_app_private_key": ("GITHUB_APP_PRIVATE_KEY",
+                                   "The App's private key itself (PEM), for secret stores that hand over values."),
+        "github_app_installation_id": ("GITHUB_APP_INSTALLATION_ID",
+                                       "The App's installation; overrides forge.github.installation_id."),
         "anthropic_api_key": ("ANTHROPIC_API_KEY", "Enables the LLM re-ranker."),
     }
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Environment":
-        return cls(**{field: env.get(var) or None for field, (var, _) in cls.VARIABLES.items()})
+        return cls(**{name: env.get(var) or None for name, (var, _) in cls.VARIABLES.items()})
+
+    @classmethod
+    def secrets(cls) -> set[str]:
+        """The fields holding secrets (repr=False); the others, such as a key file's path, may be shown."""
+        return {f.name for f in fields(cls) if not f.repr}
 
 
 @dataclass(frozen=True)

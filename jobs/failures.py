@@ -62,13 +62,14 @@ def mark_errored(store, incident_id: int, stage: str, exc: BaseException) -> lis
 
 
 def redact(text: str) -> str:
-    """Secrets from the environment never reach the store, Slack or the logs through an error text."""
+    """Secrets from the environment, and tokens and keys of any origin, never reach the store, Slack or the logs
+    through an error text."""
     from jobs.config import Environment
 
     for field, (variable, _) in Environment.VARIABLES.items():
         value = os.environ.get(variable)
-        if value and len(value) >= 8 and field != "slack_api_url":
+        if value and len(value) >= 8 and field in Environment.secrets():
             text = text.replace(value, f"<{variable}>")
-    from jobs.prbody import redact as redact_urls
+    from jobs.prbody import redact as redact_shapes  # URL credentials, tokens, keys
 
-    return redact_urls(text)
+    return redact_shapes(text)

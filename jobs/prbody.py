@@ -13,6 +13,7 @@ from typing import Any
 from jobs.formatting import fmt_duration, fmt_number
 from jobs.contracts import Contract, Kind
 from jobs.forge import CheckProof
+from jobs.masking import mask
 from jobs.records import Candidate, Incident, Ranking, RowDelta, Verdict, Verification
 from jobs.warehouse.cost_guard import bytes_text
 
@@ -26,8 +27,8 @@ _BLOCK_START = re.compile(r"^(\d*)([#+=.)-])")  # would start a heading, list or
 # -- making repository text inert -------------------------------------------------------------
 
 def redact(value: Any) -> str:
-    """One line, with any credentials in a URL (`scheme://user:secret@`) masked."""
-    return _CREDENTIALS.sub(r"\1***@", " ".join(str(value).split()))
+    """One line, with any credentials in a URL (`scheme://user:secret@`), tokens and keys masked."""
+    return mask(_CREDENTIALS.sub(r"\1***@", " ".join(str(value).split())))
 
 
 def plain(value: Any) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 from jobs import switches
 from jobs.contracts import Contract
 from jobs.errors import CairnError
+from jobs.forge import MergeBlocked
 from jobs.groups import suspects
 from jobs.prbody import check_proof, pr_body, pr_title
 from jobs.ranking import score
@@ -25,12 +26,16 @@ class UnverifiedRevert(CairnError):
     """Refused: Cairn never opens a pull request for a revert that did not verify on a clone."""
 
 
+AUTONOMOUS = "cairn (autonomous mode)"
+
+
 @dataclass(frozen=True)
 class Proposal:
     decision: Decision
     status: IncidentStatus
     pr: PullRequest | None = None
     ranking: Ranking | None = None
+    merge_blocked: str | None = None  # why the code host refused the auto-merge: the PR waits, open
 
 
 def propose(rt: Runtime, incident: Incident, contract: Contract, fix: Verification | None,
@@ -52,7 +57,10 @@ def propose(rt: Runtime, incident: Incident, contract: Contract, fix: Verificati
     assert fix is not None and cause is not None
     pr = open_verified_pr(rt, incident, contract, cause, fix, ranking, ranked, decision, group)
     if decision.action is Action.auto_merge:
-        pr = rt.forge.merge(incident.id, pr.head_sha, actor="cairn (autonomous mode)")
+        try:
+            pr = rt.forge.merge(incident.id, pr.head_sha, actor=AUTONOMOUS)
+        except MergeBlocked as exc:  # branch protection outranks the policy: the PR waits for what it asks
+            return Proposal(decision, IncidentStatus.pr_opened, pr, ranking, merge_blocked=str(exc))
     return Proposal(decision, status, pr, ranking)
 
 

@@ -1,7 +1,9 @@
 """A person's decision on a revert PR: approve merges it behind a head-SHA guard, reject closes it.
 
 These run as jobs (a merge is git/forge work, never done in a Slack listener). Both re-read the
-kill switch and the PR immediately before acting; a refusal is recorded, never silently dropped.
+kill switch and the PR immediately before acting; a refusal is recorded, never silently dropped. A
+merge the code host's branch protection refuses (required checks, required reviews) leaves the PR open
+and the incident where it was, its reason on the card until a later approval merges.
 A rejection is kept as feedback on attribution: which commit Cairn blamed, and why a person
 disagreed. A grouped incident's PR is its group's: acting on any member's card acts on that PR, and
 a merge or a rejection moves every member.
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from jobs import groups, switches
 from jobs.errors import CairnError
-from jobs.forge import StaleApproval
+from jobs.forge import MergeBlocked, StaleApproval
 from jobs.records import IncidentStatus
 from jobs.runtime import Runtime
 
@@ -41,6 +43,9 @@ def approve(rt: Runtime, incident_id: int, head_sha: str, actor: str) -> list[in
             rt.forge.merge(owner, head_sha, actor=actor)
         except StaleApproval as exc:
             refusal = str(exc)
+        except MergeBlocked as exc:
+            refusal = str(exc)
+            block_merge(rt, incident, refusal, actor, head_sha)
     if refusal is not None:
         rt.store.audit("approval.refused", incident_id=incident_id, actor=actor,
                        data={"head_sha": head_sha, "reason": refusal})
@@ -48,11 +53,20 @@ def approve(rt: Runtime, incident_id: int, head_sha: str, actor: str) -> list[in
     merged = [m for m in groups.members(rt.store, incident) if m.status is IncidentStatus.pr_opened]
     for member in merged:
         rt.store.update_incident(member.id, status=IncidentStatus.merged,
-                                 details={"merge": {"by": actor, "head_sha": head_sha}})
+                                 details={"merge": {"by": actor, "head_sha": head_sha}, "merge_blocked": None})
         rt.store.audit("pr.merged", incident_id=member.id, actor=actor,
                        data={"number": pr.number, "head_sha": head_sha},
                        dedup_key=f"incident:{member.id}:pr.merged")
     return [m.id for m in merged]
+
+
+def block_merge(rt: Runtime, incident, reason: str, actor: str, head_sha: str) -> list[int]:
+    """Record on every member still waiting for the merge why the code host refused it; the incidents."""
+    blocked = groups.members(rt.store, incident, [IncidentStatus.pr_opened])
+    for member in blocked:
+        rt.store.update_incident(member.id, details={"merge_blocked": {"by": actor, "reason": reason,
+                                                                       "head_sha": head_sha}})
+    return [m.id for m in blocked]
 
 
 def reject(rt: Runtime, incident_id: int, reason: str, actor: str) -> list[int]:

@@ -147,11 +147,10 @@ class Runtime:
 
             return LocalForge(self.git, self.store)
         from jobs.forge.github import GitHubForge
+        from jobs.forge.github_auth import github_credentials
 
-        if not self.config.env.github_token:
-            raise ConfigError(f"{self.config.path}: forge.github needs GITHUB_TOKEN in the environment")
-        return GitHubForge(forge.github.repo, git=self.git, token=self.config.env.github_token,
-                           base_url=forge.github.base_url)
+        return GitHubForge(forge.github.repo, git=self.git, store=self.store, base_url=forge.github.base_url,
+                           **github_credentials(self.config))
 
     @cached_property
     def policy(self):  # -> policies.model.Policy

@@ -17,7 +17,7 @@ from jobs.attribute import Attribution, attribute
 from jobs.errors import CairnError
 from jobs.formatting import fmt_number
 from jobs.bisect import find_fix
-from jobs.propose import propose
+from jobs.propose import AUTONOMOUS, propose
 from jobs.recovery import recovery_band
 from jobs.records import Candidate, Incident, IncidentStatus, Verdict
 from jobs.report import candidate_from_json, ranking_from_json, to_json, verification_from_json
@@ -156,9 +156,13 @@ def propose_stage(rt: Runtime, incident_id: int) -> list[int]:
     fix = incident.details.get("verification", {}).get("fix")
     outcome = propose(rt, incident, contract, verification_from_json(fix) if fix else None,
                       _ranked_candidates(incident), group=[(m, rt.contract(m.contract_id)) for m in group[1:]])
+    blocked = {"by": AUTONOMOUS, "reason": outcome.merge_blocked,
+               "head_sha": outcome.pr.head_sha} if outcome.merge_blocked and outcome.pr else None
     for member in _last(group, incident_id):
-        _move(rt, member, outcome.status, "decision.made", to_json(outcome.decision),
-              {"decision": to_json(outcome.decision), "pr": to_json(outcome.pr), "ranking": to_json(outcome.ranking)})
+        _move(rt, member, outcome.status, "decision.made",
+              {**to_json(outcome.decision), **({"merge_blocked": outcome.merge_blocked} if blocked else {})},
+              {"decision": to_json(outcome.decision), "pr": to_json(outcome.pr), "ranking": to_json(outcome.ranking),
+               "merge_blocked": blocked})
     return _others(group, incident_id)
 
 

@@ -1,7 +1,10 @@
 """A local HTTP server that answers like the GitHub REST API, for exactly the endpoints the forge uses.
 
 It keeps a tiny git object store (blobs hashed the way git hashes them, trees as flat path maps),
-refs, pull requests, labels, comments and check runs, and records every request it receives.
+refs, pull requests, labels, comments and check runs, and records every request it receives. As a
+GitHub App's host it checks the JWT an installation token is asked for with (signed by the App's key,
+issued by the App), issues tokens that expire, and refuses an expired or unknown installation token
+with 401 as GitHub does.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+import jwt
 
 
 @dataclass
@@ -50,6 +56,10 @@ class FakeGitHub:
     check_runs: list[dict] = field(default_factory=list)
     failures: list[tuple[str, str, int, dict]] = field(default_factory=list)  # method, path regex, status, body
     installation_token: str = "ghs_installation_token_from_fake"
+    app_id: int | None = None  # with app_key (the App's public key, PEM): the JWT is verified
+    app_key: str | None = None
+    token_lifetimes: list[timedelta] = field(default_factory=list)  # per token issued, in order; then an hour
+    issued: dict[str, datetime] = field(default_factory=dict)  # installation token -> expires_at
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -133,13 +143,15 @@ class FakeGitHub:
 
     # -- endpoints ----------------------------------------------------------------------------
 
-    def answer(self, method: str, path: str, query: dict, body: Any) -> tuple[int, Any]:
+    def answer(self, method: str, path: str, query: dict, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
         for i, (m, pattern, status, error) in enumerate(self.failures):
             if m == method and re.fullmatch(pattern, path):
                 del self.failures[i]
                 return status, error
-        if m := re.fullmatch(r"/app/installations/(\d+)/access_tokens", path):
-            return 201, {"token": self.installation_token, "expires_at": "2099-01-01T00:00:00Z"}
+        if re.fullmatch(r"/app/installations/(\d+)/access_tokens", path):
+            return self.access_token(headers.get("Authorization", ""))
+        if refused := self.refused_token(headers.get("Authorization", "")):
+            return refused
         repo = f"/repos/{self.owner}/{self.name}"
         if not path.startswith(repo):
             return 404, {"message": "Not Found"}
@@ -191,6 +203,36 @@ class FakeGitHub:
                 return 404, {"message": "Not Found"}
             return self.pull_endpoint(route, m[1], int(m[2]), m[3] or "", body)
         return 404, {"message": f"fake GitHub has no {method} {path}"}
+
+    def access_token(self, authorization: str) -> tuple[int, Any]:
+        """An installation token for a valid App JWT: the first `installation_token`, then numbered ones."""
+        scheme, _, token = authorization.partition(" ")
+        if scheme != "Bearer":
+            return 401, {"message": "A JSON web token could not be decoded"}
+        if self.app_key is not None:
+            try:
+                claims = jwt.decode(token, self.app_key, algorithms=["RS256"], options={"require": ["iat", "exp"]})
+            except jwt.PyJWTError:
+                return 401, {"message": "A JSON web token could not be decoded"}
+            if claims.get("iss") != str(self.app_id) or claims["exp"] - claims["iat"] > 660:  # 10 minutes, 1 of skew
+                return 401, {"message": "'Issuer' claim ('iss') must be an Integer or the App's client ID"}
+        issued = self.installation_token if not self.issued else f"{self.installation_token}_{len(self.issued) + 1}"
+        lifetime = self.token_lifetimes[len(self.issued)] if len(self.issued) < len(self.token_lifetimes) \
+            else timedelta(hours=1)
+        expires = (datetime.now(timezone.utc) + lifetime).replace(microsecond=0)
+        self.issued[issued] = expires
+        return 201, {"token": issued, "expires_at": expires.isoformat().replace("+00:00", "Z"),
+                     "permissions": {}, "repository_selection": "selected"}
+
+    def refused_token(self, authorization: str) -> tuple[int, Any] | None:
+        """GitHub's 401 for an installation token it never issued, or one past its expires_at."""
+        scheme, _, token = authorization.partition(" ")
+        if scheme != "token" or not token.startswith("ghs_"):
+            return None  # a personal access token: any is accepted
+        expires = self.issued.get(token)
+        if expires is None or expires <= datetime.now(timezone.utc):
+            return 401, {"message": "Bad credentials"}
+        return None
 
     def pulls_endpoint(self, method: str, query: dict, body: Any) -> tuple[int, Any]:
         if method == "GET":
@@ -249,7 +291,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not parts.path.startswith(self.github.prefix):
                 status, answer = 404, {"message": "Not Found"}
             else:
-                status, answer = self.github.answer(self.command, path, parse_qs(parts.query), body)
+                status, answer = self.github.answer(self.command, path, parse_qs(parts.query), body, dict(self.headers))
         data = json.dumps(answer).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.forge import CheckProof, ForgeError, StaleApproval
+from jobs.forge import CheckProof, ForgeError, MergeBlocked, StaleApproval
 from jobs.forge.github import GitHubForge
 from jobs.forge.local import LocalForge
 from jobs.forge.revert import blob_bytes
@@ -197,14 +197,16 @@ def seed_from(server: FakeGitHub, git: Git, branch: str = "main") -> None:
 
 
 @pytest.fixture
-def github(repo):
+def github(repo, store):
     with FakeGitHub() as server:
         seed_from(server, repo.git)
+        for contract_id in ("a", "b", "c", "d", "e", "f", "orders.revenue"):
+            incident(store, contract_id)  # incident #7, so no incident ID reads as a PR number
         yield server
 
 
-def forge_for(server: FakeGitHub, repo: Repo, **auth) -> GitHubForge:
-    return GitHubForge("acme/shop", git=repo.git, base_url=server.base_url, seconds_between_writes=0,
+def forge_for(server: FakeGitHub, repo: Repo, store: Store, **auth) -> GitHubForge:
+    return GitHubForge("acme/shop", git=repo.git, store=store, base_url=server.base_url, seconds_between_writes=0,
                        seconds_between_requests=0, **(auth or {"token": TOKEN}))
 
 
@@ -213,9 +215,9 @@ def debug_logs(caplog) -> None:
     caplog.set_level(logging.DEBUG, logger="github")  # PyGithub pins its logger to INFO on import
 
 
-def test_github_open_publishes_the_revert(repo, github, caplog):
+def test_github_open_publishes_the_revert(repo, store, github, caplog):
     debug_logs(caplog)
-    pr = open_pr(forge_for(github, repo), 7, [repo.shas[1], repo.shas[2]])
+    pr = open_pr(forge_for(github, repo, store), 7, [repo.shas[1], repo.shas[2]])
 
     repo_path = "/repos/acme/shop"
     assert [(r.method, r.path.removeprefix(repo_path)) for r in github.requests] == [
@@ -246,24 +248,28 @@ def test_github_open_publishes_the_revert(repo, github, caplog):
     assert (check["name"], check["head_sha"], check["conclusion"]) == ("cairn/recovery", pr.head_sha, "success")
     assert check["output"] == {"title": PROOF.title, "summary": PROOF.summary}
     assert (pr.number, pr.state, pr.branch, pr.url) == (1, "open", "cairn/incident-7", f"{github.root}/acme/shop/pull/1")
+    row = store.pull_request_row(7)  # mirrored: the Slack surface reads the PR without calling GitHub
+    assert (row["forge"], row["number"], row["base_branch"], row["head_sha"]) == ("github", 1, "main", pr.head_sha)
+    assert row["labels"] == ["cairn", "revert"] and row["reverted"] == [repo.shas[2], repo.shas[1]]
+    assert store.pull_request_for(7) == pr
     # The token goes to GitHub, and nowhere else.
     assert all(r.headers["Authorization"] == f"token {TOKEN}" for r in github.requests)
     assert "'Authorization'" in caplog.text and TOKEN not in caplog.text  # PyGithub logs headers, masked
 
 
-def test_github_open_is_idempotent(repo, github):
-    forge = forge_for(github, repo)
+def test_github_open_is_idempotent(repo, store, github):
+    forge = forge_for(github, repo, store)
     pr = open_pr(forge, 7, [repo.shas[1]])
     writes = len(github.calls("POST"))
     github.pulls[1]["labels"] = ["cairn"]  # as if the first attempt crashed while labelling
-    assert open_pr(forge_for(github, repo), 7, [repo.shas[1]]) == pr == forge.get(7)
+    assert open_pr(forge_for(github, repo, store), 7, [repo.shas[1]]) == pr == forge.get(7)
     assert [r.path for r in github.calls("POST")][writes:] == ["/repos/acme/shop/issues/1/labels"]
     assert github.calls("POST", ".*/pulls") == github.calls("POST", ".*/pulls")[:1]
     assert forge.get(8) is None
 
 
-def test_github_merge_is_bound_to_the_approved_head(repo, github):
-    forge = forge_for(github, repo)
+def test_github_merge_is_bound_to_the_approved_head(repo, store, github):
+    forge = forge_for(github, repo, store)
     pr = open_pr(forge, 7, [repo.shas[1]])
     github.fail("PUT", r"/repos/acme/shop/pulls/1/merge", 409, "Head branch was modified.")
     with pytest.raises(StaleApproval, match="approve again"):
@@ -274,41 +280,44 @@ def test_github_merge_is_bound_to_the_approved_head(repo, github):
     merged = forge.merge(7, pr.head_sha, actor="U1")
     assert merged.state == "merged" and github.calls("PUT")[-1].body["sha"] == pr.head_sha
     assert "Approved by U1" in github.calls("PUT")[-1].body["commit_message"]
+    assert store.pull_request_row(7)["merged_by"] == "U1" and store.pull_request_for(7) == merged
     github.fail("PUT", r".*/merge", 405, "Required status check is expected.")
     github.pulls[1].update(state="open", merged_at=None)
-    with pytest.raises(ForgeError, match="405.*branch protection"):
+    with pytest.raises(MergeBlocked, match="Required status check is expected. Nothing was merged"):
         forge.merge(7, pr.head_sha, actor="U1")
 
 
-def test_github_close_and_comment(repo, github):
-    forge = forge_for(github, repo)
+def test_github_close_and_comment(repo, store, github):
+    forge = forge_for(github, repo, store)
     open_pr(forge, 7, [repo.shas[1]])
     forge.comment(7, "Re-verified: still recovers.")
     assert forge.close(7, "intentional change", actor="U3").state == "closed"
     assert github.comments[1] == ["Re-verified: still recovers.", "Closed by U3: intentional change"]
     assert github.pulls[1]["state"] == "closed" and forge.get(7).state == "closed"
+    assert store.pull_request_row(7)["closed_reason"] == "intentional change"
     with pytest.raises(ForgeError, match="no pull request"):
         forge.comment(8, "x")
 
 
-def test_github_enterprise_base_url_and_check_run_refused(repo):
+def test_github_enterprise_base_url_and_check_run_refused(repo, store):
+    iid = incident(store)
     with FakeGitHub(prefix="/api/v3") as server:
         seed_from(server, repo.git)
         server.fail("POST", r".*/check-runs", 403, "Resource not accessible by personal access token")
-        pr = open_pr(forge_for(server, repo), 7, [repo.shas[1]])
+        pr = open_pr(forge_for(server, repo, store), iid, [repo.shas[1]])
     assert all(r.raw_path.startswith("/api/v3/repos/acme/shop") for r in server.requests)
     assert pr.number == 1 and server.check_runs == []
     assert server.comments[1][0].startswith("### cairn/recovery: success")  # the proof, as a comment
 
 
-def test_github_app_auth(repo, github, caplog):
+def test_github_app_auth(repo, store, github, caplog):
     debug_logs(caplog)
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-    forge = forge_for(github, repo, app_id=12, private_key=key, installation_id=99)
+    forge = forge_for(github, repo, store, app_id=12, private_key=key, installation_id=99)
     assert key not in repr(forge)
     open_pr(forge, 7, [repo.shas[1]])
     [exchange] = github.calls("POST", "/app/installations/99/access_tokens")
@@ -319,6 +328,6 @@ def test_github_app_auth(repo, github, caplog):
     assert github.installation_token not in caplog.text and "PRIVATE KEY" not in caplog.text
 
 
-def test_github_needs_credentials(repo):
+def test_github_needs_credentials(repo, store):
     with pytest.raises(ForgeError, match="token .* or a GitHub App"):
-        GitHubForge("acme/shop", git=repo.git)
+        GitHubForge("acme/shop", git=repo.git, store=store)

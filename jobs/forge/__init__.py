@@ -21,6 +21,11 @@ class StaleApproval(ForgeError):
     """The PR's head moved after the approver saw it: the approval no longer covers what would merge."""
 
 
+class MergeBlocked(ForgeError):
+    """The code host refused the merge (branch protection's required checks or reviews, a ruleset): nothing
+    was merged, the PR stays open, and the message says what would let it merge."""
+
+
 @dataclass(frozen=True)
 class CheckProof:
     """The recovery proof a check run carries on the PR's head commit."""
@@ -56,7 +61,8 @@ class Forge(Protocol):
         ...
 
     def merge(self, incident_id: int, expected_head_sha: str, actor: str) -> PullRequest:
-        """Merge the PR if its head is still `expected_head_sha`; raise StaleApproval if it moved."""
+        """Merge the PR if its head is still `expected_head_sha`; raise StaleApproval if it moved, MergeBlocked
+        if the code host's branch protection refuses it."""
         ...
 
     def close(self, incident_id: int, reason: str, actor: str) -> PullRequest:
@@ -69,5 +75,6 @@ class Forge(Protocol):
 
 
 __all__ = [
-    "CHECK_NAME", "DEFAULT_LABELS", "CheckProof", "Forge", "ForgeError", "StaleApproval", "branch_name",
+    "CHECK_NAME", "DEFAULT_LABELS", "CheckProof", "Forge", "ForgeError", "MergeBlocked", "StaleApproval",
+    "branch_name",
 ]

@@ -1,39 +1,57 @@
-"""The GitHub forge: the revert is computed by local git and published through GitHub's git data API."""
+"""The GitHub forge: the revert is computed by local git and published through GitHub's git data API.
+
+Each PR it opens, merges or closes is mirrored in the store, as the local forge keeps its own there: the
+Slack surface and the review jobs read the PR from the store without calling GitHub, and every write
+here asks GitHub first, so GitHub's answer (a moved head, a merged or closed PR) always wins.
+"""
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import logging
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from github import Auth, Github, GithubException, InputGitAuthor, InputGitTreeElement, UnknownObjectException
 from github.PullRequest import PullRequest as GitHubPull
 
-from jobs.forge import CHECK_NAME, DEFAULT_LABELS, CheckProof, ForgeError, StaleApproval, branch_name
+from jobs.forge import CHECK_NAME, DEFAULT_LABELS, CheckProof, ForgeError, MergeBlocked, StaleApproval, branch_name
 from jobs.forge.revert import CAIRN_AUTHOR, Revert, blob_bytes, build_reverts, changed_files, resolve
 from jobs.git import Git
+from jobs.masking import MASK
 from jobs.records import PullRequest
+from jobs.store import Store
 
 log = logging.getLogger(__name__)
 
 _TREE_TYPE = {"160000": "commit", "040000": "tree"}  # every other mode is a blob
-_TOKEN_FIELD = re.compile(r'("token"\s*:\s*")[^"]+')
 
-
-class _RedactTokens(logging.Filter):
-    """PyGithub's DEBUG log masks headers but not bodies, and an App's token exchange answers with a token."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if '"token"' in message:
-            record.msg, record.args = _TOKEN_FIELD.sub(r"\1***", message), ()
-        return True
-
-
-_REDACT = _RedactTokens()
+# Every REST call the forge makes and the GitHub App permission it needs, as GitHub's REST reference lists
+# it for each endpoint. The App's own token exchange (POST /app/installations/{id}/access_tokens) is signed
+# with its key and needs none. jobs/forge/github-app.json asks for APP_PERMISSIONS and nothing more, and
+# tests/test_github_app_manifest.py fails on a call missing here. A placeholder is one path segment, except
+# {ref}: a git ref name such as heads/cairn/incident-7.
+CALL_PERMISSIONS = {
+    "GET /repos/{owner}/{repo}": ("metadata", "read"),  # the repository
+    "GET /repos/{owner}/{repo}/pulls": ("pull_requests", "read"),  # the incident's PR, found by its branch
+    "POST /repos/{owner}/{repo}/pulls": ("pull_requests", "write"),  # open it
+    "POST /repos/{owner}/{repo}/issues/{number}/labels": ("pull_requests", "write"),  # label it
+    "POST /repos/{owner}/{repo}/issues/{number}/comments": ("pull_requests", "write"),  # comment on it
+    "PATCH /repos/{owner}/{repo}/pulls/{number}": ("pull_requests", "write"),  # close it
+    "PUT /repos/{owner}/{repo}/pulls/{number}/merge": ("contents", "write"),  # merge it: the base branch moves
+    "GET /repos/{owner}/{repo}/git/ref/{ref}": ("contents", "read"),  # the base branch's head
+    "GET /repos/{owner}/{repo}/git/commits/{sha}": ("contents", "read"),  # its tree
+    "POST /repos/{owner}/{repo}/git/blobs": ("contents", "write"),  # the reverted files
+    "POST /repos/{owner}/{repo}/git/trees": ("contents", "write"),
+    "POST /repos/{owner}/{repo}/git/commits": ("contents", "write"),  # the revert commits
+    "POST /repos/{owner}/{repo}/git/refs": ("contents", "write"),  # the incident's branch
+    "PATCH /repos/{owner}/{repo}/git/refs/{ref}": ("contents", "write"),  # the branch a crashed attempt left
+    "POST /repos/{owner}/{repo}/check-runs": ("checks", "write"),  # the recovery proof: a token cannot
+}
+_ACCESS = ("read", "write")
+# Each permission at the highest access a call needs.
+APP_PERMISSIONS = {name: max((a for n, a in CALL_PERMISSIONS.values() if n == name), key=_ACCESS.index)
+                   for name in dict.fromkeys(n for n, _ in CALL_PERMISSIONS.values())}
 
 
 class GitHubForge:
@@ -46,6 +64,7 @@ class GitHubForge:
         repo: str,
         *,
         git: Git,
+        store: Store,
         token: str | None = None,
         app_id: int | str | None = None,
         private_key: str | None = None,
@@ -58,15 +77,17 @@ class GitHubForge:
         self.repo_name = repo
         self.owner = repo.split("/")[0]
         self.git = git
+        self.store = store
         self.author = author
         self.base_url = base_url.rstrip("/")
         self._github = Github(base_url=self.base_url, auth=_auth(token, app_id, private_key, installation_id),
                               seconds_between_writes=seconds_between_writes,
                               seconds_between_requests=seconds_between_requests)
         self._repo = None
+        # PyGithub's DEBUG log masks headers but not bodies, and an App's token exchange answers with a token.
         requester_log = logging.getLogger("github.Requester")
-        if _REDACT not in requester_log.filters:
-            requester_log.addFilter(_REDACT)
+        if MASK not in requester_log.filters:
+            requester_log.addFilter(MASK)
 
     def __repr__(self) -> str:
         return f"GitHubForge({self.repo_name!r}, base_url={self.base_url!r})"  # never the credentials
@@ -88,7 +109,7 @@ class GitHubForge:
             if missing:
                 with _github("label the pull request"):
                     existing.add_to_labels(*missing)
-            return _record(incident_id, existing)
+            return self._mirror(incident_id, existing, labels=labels)
         branch = branch_name(incident_id)
         with _github(f"read branch {base_branch}"):
             base_sha = self.repo.get_git_ref(f"heads/{base_branch}").object.sha
@@ -108,7 +129,7 @@ class GitHubForge:
             if conclusion_comment:
                 pull.create_issue_comment(conclusion_comment)
         log.info("opened PR #%s on %s for incident %s", pull.number, self.repo_name, incident_id)
-        return _record(incident_id, pull)
+        return self._mirror(incident_id, pull, labels=labels, reverted=[r.reverted for r in reverts])
 
     def get(self, incident_id: int) -> PullRequest | None:
         pull = self._find(incident_id)
@@ -119,7 +140,7 @@ class GitHubForge:
         record = _record(incident_id, pull)
         if record.state == "merged":
             if record.head_sha == expected_head_sha:
-                return record  # a retried approval
+                return self._mirror(incident_id, pull)  # a retried approval
             raise ForgeError(f"PR #{pull.number} was already merged at {record.head_sha[:7]}")
         if record.state == "closed":
             raise ForgeError(f"PR #{pull.number} is closed; reopen the incident to retry")
@@ -133,10 +154,12 @@ class GitHubForge:
         except GithubException as exc:
             if exc.status == 409:
                 raise _stale(pull.number, "a newer commit", expected_head_sha) from None
+            if exc.status == 405:  # GitHub's answer when branch protection or a ruleset forbids the merge
+                raise _blocked(pull.number, exc) from None
             raise _forge_error(f"merge PR #{pull.number}", exc) from None
         if not status.merged:
             raise ForgeError(f"GitHub did not merge PR #{pull.number}: {status.message}")
-        return dataclasses.replace(record, state="merged")
+        return self._mirror(incident_id, pull, state="merged", merged_at=self.store.clock.now(), merged_by=actor)
 
     def close(self, incident_id: int, reason: str, actor: str) -> PullRequest:
         pull = self._require(incident_id)
@@ -144,11 +167,11 @@ class GitHubForge:
         if record.state != "open":
             if record.state == "merged":
                 raise ForgeError(f"PR #{pull.number} is already merged; revert it instead")
-            return record
+            return self._mirror(incident_id, pull)
         with _github(f"close PR #{pull.number}"):
             pull.create_issue_comment(f"Closed by {actor}: {reason}")
             pull.edit(state="closed")
-        return dataclasses.replace(record, state="closed")
+        return self._mirror(incident_id, pull, state="closed", closed_reason=reason)
 
     def comment(self, incident_id: int, text: str) -> None:
         pull = self._require(incident_id)
@@ -170,6 +193,17 @@ class GitHubForge:
             for pull in self.repo.get_pulls(state="all", head=f"{self.owner}:{branch_name(incident_id)}"):
                 return pull
         return None
+
+    def _mirror(self, incident_id: int, pull: GitHubPull, *, labels: Sequence[str] = (),
+                reverted: Sequence[str] = (), **changes) -> PullRequest:
+        """The store's copy of the PR as GitHub has it now, with `changes` (state, merged_by…) on top."""
+        record = _record(incident_id, pull)
+        self.store.save_pull_request(incident_id, forge=self.name, branch=record.branch, base_branch=pull.base.ref,
+                                     title=record.title, body=pull.body or "", head_sha=record.head_sha,
+                                     labels=labels, reverted=reverted, number=record.number, url=record.url,
+                                     state=record.state)
+        return self.store.update_pull_request(incident_id, **{"state": record.state, "head_sha": record.head_sha,
+                                                              **changes})
 
     def _require(self, incident_id: int) -> GitHubPull:
         pull = self._find(incident_id)
@@ -240,13 +274,30 @@ def _stale(number: int, head: str, expected: str) -> StaleApproval:
                          "review the new head and approve again")
 
 
-def _forge_error(action: str, exc: GithubException) -> ForgeError:
+def _blocked(number: int, exc: GithubException) -> MergeBlocked:
+    """GitHub's reason ('Required status check "ci" is expected.', 'At least 1 approving review is required…')
+    and what would let the PR merge."""
+    reason = _message(exc) or "the merge is not allowed"
+    if "status check" in reason.lower():
+        then = "when the required checks pass on GitHub, approve again"
+    elif "review" in reason.lower():
+        then = f"branch protection wants a review on GitHub: once PR #{number} is approved there, approve again"
+    else:
+        then = f"PR #{number} on GitHub says what blocks it; approve again once it is cleared"
+    return MergeBlocked(f"GitHub refused to merge PR #{number}: {reason.rstrip('.')}. Nothing was merged; {then}")
+
+
+def _message(exc: GithubException) -> str | None:
+    """GitHub's own words, on one line."""
     message = exc.data.get("message") if isinstance(exc.data, dict) else None
+    return " ".join(str(message).split()) if message else None
+
+
+def _forge_error(action: str, exc: GithubException) -> ForgeError:
     hint = {401: "check the token or the App's private key",
             403: "check the token's or App's permissions on the repository",
-            404: "check the repository name and that the token or App can see it",
-            405: "branch protection or required checks block the merge"}.get(exc.status, "try again later")
-    return ForgeError(f"GitHub refused to {action} (HTTP {exc.status}: {message or 'no message'}); {hint}")
+            404: "check the repository name and that the token or App can see it"}.get(exc.status, "try again later")
+    return ForgeError(f"GitHub refused to {action} (HTTP {exc.status}: {_message(exc) or 'no message'}); {hint}")
 
 
 @contextmanager
