@@ -22,7 +22,7 @@ from jobs.clock import Clock
 from jobs.config import load_config
 from jobs.detect import Change
 from jobs.runtime import Runtime
-from jobs.stages import check_and_heal
+from jobs.queue import check_and_heal
 from examples.generate import add_day
 from tests.test_scenarios import (CHECK, DAY, PAYPAL_FILTER, Case, Commit, Edit, build_baseline, deploy_copy,
                                   land, production_dbt)

@@ -75,7 +75,7 @@ def observe(ctx: click.Context, at: datetime | None) -> None:
 @click.pass_context
 def check(ctx: click.Context, at: datetime | None, contract_id: str | None) -> None:
     """Observe, detect, open/update/resolve incidents, and heal the new ones."""
-    from jobs.stages import check_and_heal
+    from jobs.queue import check_and_heal
 
     rt = runtime(ctx, at)
     contracts = [rt.contract(contract_id)] if contract_id else None

@@ -89,7 +89,7 @@ def run_demo(workdir: Path, days: int) -> None:
     from bot.notify import render_card
     from jobs import groups
     from bot.thread import render_terminal, thread_steps
-    from jobs.stages import check_and_heal
+    from jobs.queue import check_and_heal
     from jobs.git import Git
     from jobs.runtime import Runtime
 

@@ -100,6 +100,15 @@ def perform_check(rt, jobs: "Jobs", contracts=None) -> list:
     return outcomes
 
 
+def check_and_heal(rt, contracts=None) -> list:
+    """`cairn check` at the Runtime's clock: observe and detect, then the loop for every incident
+    this check opened.
+
+    With REDIS_URL the loop's stages go to the workers; without, they run here before this returns.
+    """
+    return perform_check(rt, for_runtime(rt), contracts)
+
+
 def perform_review(rt, jobs: "Jobs", action: str, incident_id: int, actor: str, arg: str,
                    reply_to: str | None = None) -> None:
     """Approve (arg: the head SHA shown) or reject (arg: the reason); a refusal is told to the actor."""

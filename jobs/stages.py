@@ -255,14 +255,3 @@ def _last(group: list[Incident], incident_id: int) -> list[Incident]:
 
 def _others(group: list[Incident], incident_id: int) -> list[int]:
     return [m.id for m in group if m.id != incident_id]
-
-
-def check_and_heal(rt: Runtime, contracts=None) -> list:
-    """`cairn check` at the Runtime's clock: observe and detect, then the loop for every incident
-    this check opened.
-
-    With REDIS_URL the loop's stages go to the workers; without, they run here before this returns.
-    """
-    from jobs.queue import for_runtime, perform_check
-
-    return perform_check(rt, for_runtime(rt), contracts)

@@ -24,7 +24,7 @@ from jobs.config import load_config
 from jobs.git import Git
 from jobs.records import IncidentStatus, Observation
 from jobs.runtime import Runtime
-from jobs.stages import check_and_heal
+from jobs.queue import check_and_heal
 from tests.bigquery_server import FakeBigQuery
 from tests.conftest import SHOP, copy_shop
 from tests.test_bigquery_verify import PROD_WRITE, REVENUE_COLUMNS

@@ -34,7 +34,7 @@ from jobs.dbt import Dbt, InvocationResult
 from jobs.detect import Change, check
 from jobs.git import Git
 from jobs.runtime import Runtime
-from jobs.stages import check_and_heal
+from jobs.queue import check_and_heal
 from tests.conftest import copy_shop
 from tests.deployment import GITIGNORE, at
 
