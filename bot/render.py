@@ -13,21 +13,14 @@ from bot.messages import STATUS_LABEL, short_sha
 from bot.thread import baseline_phrase, cause_phrase, decision_phrase, moment, pr_phrase, proof_phrase
 from jobs.config import Config
 from jobs.contracts import Contract
+from jobs.formatting import fmt_value
 from jobs.records import AuditEvent, Incident, Observation
-
-
-def number(value: float | None) -> str:
-    if value is None:
-        return "—"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:,.4g}"
 
 
 def observation_line(obs: Observation) -> str:
     window = f" [{obs.window_start:%Y-%m-%d %H:%M} → {obs.window_end:%H:%M}]" if obs.window_start else ""
     profile = "" if obs.profile is None or obs.value is not None else " (profile)"
-    return f"{obs.contract_id:<28} {number(obs.value):>14}{profile}{window} @ {short_sha(obs.sha)}"
+    return f"{obs.contract_id:<28} {fmt_value(obs.value, '—'):>14}{profile}{window} @ {short_sha(obs.sha)}"
 
 
 def outcome_line(outcome) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from bot.messages import (GROUP_PR, STATUS_LABEL, TRIAGE_LABEL, chain_lines, group_lines, left_group_line, regression,
                           short_sha)
-from jobs.formatting import fmt_number
+from jobs.formatting import fmt_value
 from jobs.groups import NOT_RECOVERED, SPLIT
 from jobs.evidence import sample_line
 from jobs.prbody import MAX_SAMPLE_ROWS, tests_line
@@ -75,9 +75,6 @@ def render_terminal(steps: Sequence[Step]) -> str:
 
 # -- phrases shared with the terminal's incident view (bot/render.py) --------------------------
 
-def _number(value: float | None) -> str:
-    return "no value" if value is None else fmt_number(value)
-
 
 def moment(at: datetime | None, sha: str | None) -> str:
     """'2026-11-23 01:00 at 5a20dc5'."""
@@ -86,8 +83,8 @@ def moment(at: datetime | None, sha: str | None) -> str:
 
 def baseline_phrase(baseline: BaselineStats) -> str:
     """'forecast 14,446 from 28 points, band 13,001–15,891 (weekly pattern)'."""
-    return (f"forecast {_number(baseline.expected)} from {baseline.n} points, band {_number(baseline.lower)}–"
-            f"{_number(baseline.upper)}{' (weekly pattern)' if baseline.seasonal else ''}")
+    return (f"forecast {fmt_value(baseline.expected)} from {baseline.n} points, band {fmt_value(baseline.lower)}–"
+            f"{fmt_value(baseline.upper)}{' (weekly pattern)' if baseline.seasonal else ''}")
 
 
 def cause_phrase(sha: str, files: Sequence[str], confidence: float) -> str:
@@ -97,7 +94,7 @@ def cause_phrase(sha: str, files: Sequence[str], confidence: float) -> str:
 
 def proof_phrase(verdict: str, clone_id: str | None, before: float | None, after: float | None) -> str:
     """'verified on duckdb:incident-1: 14,265 → 19,098'."""
-    return f"{verdict} on {clone_id}: {_number(before)} → {_number(after)}" if clone_id else verdict
+    return f"{verdict} on {clone_id}: {fmt_value(before)} → {fmt_value(after)}" if clone_id else verdict
 
 
 def decision_phrase(decision: dict[str, Any]) -> str:
@@ -125,7 +122,7 @@ def _detected(incident: Incident, baseline_days: int | None) -> Step:
         if incident.details.get("deploy") and incident.baseline and incident.value is not None \
                 and incident.baseline.contains(incident.value):
             versus += "; inside the band, where the day's noise hides it"
-        lines[:0] = [incident.reason, f"{regression(incident, baseline_days)}: {_number(incident.value)}{versus}",
+        lines[:0] = [incident.reason, f"{regression(incident, baseline_days)}: {fmt_value(incident.value)}{versus}",
                      *chain_lines(incident), *group_lines(incident)]
     return Step("detected", STATUS_LABEL[IncidentStatus.detected], tuple(lines))
 
@@ -206,7 +203,7 @@ def _verification(details: dict[str, Any]) -> Step | None:
         f"{proof_phrase(proof.verdict.value, proof.clone_id, proof.before, proof.after)}, {in_band}",
         *([proof.detail] if proof.detail else []),
         f"Tests: {tests_line(proof.tests)}",
-        *(f"#{m.incident_id} {m.contract_id}: {_number(m.before)} → {_number(m.after)}, {m.verdict.value}"
+        *(f"#{m.incident_id} {m.contract_id}: {fmt_value(m.before)} → {fmt_value(m.after)}, {m.verdict.value}"
           for m in proof.members),
         f"{_count(builds, 'build')} used" + (f" for the group's {len(proof.members)} incidents" if proof.members
                                              else "")

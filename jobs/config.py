@@ -355,11 +355,11 @@ def config_reference() -> str:
 
 def _rows(model: type[BaseModel]) -> list[str]:
     rows = []
-    for name, field in model.model_fields.items():
-        if field.exclude:
+    for name, info in model.model_fields.items():
+        if info.exclude:
             continue
-        default = "required" if field.is_required() else _default(field)
-        rows.append(f"| `{name}` | {default} | {field.description or ''} |")
+        default = "required" if info.is_required() else _default(info)
+        rows.append(f"| `{name}` | {default} | {info.description or ''} |")
     return rows
 
 

@@ -1,6 +1,9 @@
-"""How numbers and durations read in reasons, cards, threads and PR bodies: one set of rules."""
+"""How numbers, sizes and durations read in reasons, cards, threads, PR bodies and the terminal:
+one set of rules, in one place."""
 
 from __future__ import annotations
+
+import humanize
 
 
 def fmt_number(x: float) -> str:
@@ -10,6 +13,16 @@ def fmt_number(x: float) -> str:
     if abs(x) >= 1:
         return f"{x:.2f}".rstrip("0").rstrip(".")
     return f"{x:.3g}"
+
+
+def fmt_value(x: float | None, missing: str = "no value") -> str:
+    """A metric value as fmt_number shows it, or what stands in for no value."""
+    return missing if x is None else fmt_number(x)
+
+
+def fmt_bytes(n: int) -> str:
+    """Bytes in binary units, one decimal: '5.0 GiB' (what BigQuery bills and budgets in)."""
+    return humanize.naturalsize(n, binary=True, format="%.1f")
 
 
 def fmt_duration(seconds: float) -> str:

@@ -10,12 +10,11 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from jobs.formatting import fmt_duration, fmt_number
+from jobs.formatting import fmt_bytes, fmt_duration, fmt_number, fmt_value
 from jobs.contracts import Contract, Kind
 from jobs.forge import CheckProof
 from jobs.masking import mask
 from jobs.records import Candidate, Incident, Ranking, RowDelta, Verdict, Verification
-from jobs.warehouse.cost_guard import bytes_text
 
 MAX_SAMPLE_ROWS = 5
 MAX_TITLE = 200  # GitHub allows 256; leave room for a prefix a reviewer adds
@@ -243,8 +242,8 @@ def _verification(contract: Contract, v: Verification) -> list[str]:
     if v.packages:
         rows.append(["dbt packages", plain(v.packages)])
     if v.billed_bytes is not None:
-        rows.append(["Warehouse cost", f"{bytes_text(v.billed_bytes)} billed (dry-run estimate "
-                                       f"{bytes_text(v.estimated_bytes or 0)})"])
+        rows.append(["Warehouse cost", f"{fmt_bytes(v.billed_bytes)} billed (dry-run estimate "
+                                       f"{fmt_bytes(v.estimated_bytes or 0)})"])
     lines = ["### Verification", "", *_table(["Step", "Result"], rows)]
     return lines + (["", plain(v.detail)] if v.detail else [])
 
@@ -281,7 +280,7 @@ def _footer(incidents: Sequence[Incident], v: Verification, mode: str) -> list[s
 def check_summary(verification: Verification) -> str:
     """The check run's Markdown summary: what was built, where, and what the metric did."""
     v = verification
-    before, after = _number(v.before), _number(v.after)
+    before, after = fmt_value(v.before), fmt_value(v.after)
     reverted = ", ".join(code(sha[:7]) for sha in (v.reverted or (v.sha,)))
     return "\n".join([
         f"**{v.verdict.value}**: metric {before} → {after} with {reverted} reverted.",
@@ -289,13 +288,10 @@ def check_summary(verification: Verification) -> str:
         f"- Clone: {code(v.clone_id)} (production was not written)",
         f"- dbt: {code(v.dbt_command)}",
         f"- Tests: {tests_line(v.tests)}",
-        *(f"- {code(m.contract_id)} (incident #{m.incident_id}): {_number(m.before)} → {_number(m.after)}, "
+        *(f"- {code(m.contract_id)} (incident #{m.incident_id}): {fmt_value(m.before)} → {fmt_value(m.after)}, "
           f"{m.verdict.value}" for m in v.members),
     ])
 
-
-def _number(value: float | None) -> str:
-    return "no value" if value is None else fmt_number(value)
 
 
 def check_proof(contract: Contract, verification: Verification) -> CheckProof:

@@ -15,7 +15,7 @@ from datetime import timedelta
 from jobs import groups, triage
 from jobs.attribute import Attribution, attribute
 from jobs.errors import CairnError
-from jobs.formatting import fmt_number
+from jobs.formatting import fmt_value
 from jobs.bisect import find_fix
 from jobs.propose import AUTONOMOUS, propose
 from jobs.recovery import recovery_band
@@ -184,7 +184,7 @@ def _verified_triage(rt: Runtime, incident: Incident, search, fix) -> triage.Tri
     mine = groups.view(fix, incident)
     return triage.after_verification(tried=tried, upstream=(), verified=(
         f"reverting {', '.join(s[:7] for s in mine.reverted)} brings {incident.contract_id} from "
-        f"{_number(mine.before)} to {_number(mine.after)} on clone {mine.clone_id}"))
+        f"{fmt_value(mine.before)} to {fmt_value(mine.after)} on clone {mine.clone_id}"))
 
 
 def upstream_of(rt: Runtime, incident: Incident, contract) -> tuple:
@@ -209,9 +209,6 @@ def upstream_of(rt: Runtime, incident: Incident, contract) -> tuple:
 def _line(candidate: Candidate) -> str:
     return f"{candidate.short_sha} ({candidate.message})"
 
-
-def _number(value: float | None) -> str:
-    return "no value" if value is None else fmt_number(value)
 
 
 def _ranked_candidates(incident: Incident) -> list[Candidate]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jobs.formatting import fmt_bytes
 from jobs.warehouse.sandboxes import SandboxRefused
 
 GIB = 1024**3
@@ -28,23 +29,16 @@ class CostRefused(SandboxRefused):
 
     def __init__(self, estimate: Estimate, budget: int, clone_id: str = ""):
         self.estimate, self.budget, self.clone_id = estimate, budget, clone_id
-        largest = ", ".join(f"{uid} {bytes_text(b)}" for uid, b in estimate.largest())
+        largest = ", ".join(f"{uid} {fmt_bytes(b)}" for uid, b in estimate.largest())
         super().__init__(
-            f"verification refused: the dry run estimates {bytes_text(estimate.total)} "
-            f"({estimate.total} bytes), over the budget of {bytes_text(budget)} (bigquery.budget_bytes "
+            f"verification refused: the dry run estimates {fmt_bytes(estimate.total)} "
+            f"({estimate.total} bytes), over the budget of {fmt_bytes(budget)} (bigquery.budget_bytes "
             f"in cairn.yml). Largest: {largest or 'none'}. Raise the budget or verify by hand.")
 
     def audit_data(self) -> dict[str, Any]:
         """What the escalation records: the estimate, the budget and where the bytes would go."""
         return {"estimated_bytes": self.estimate.total, "budget_bytes": self.budget,
                 "nodes": self.estimate.nodes, "clone_id": self.clone_id}
-
-
-def bytes_text(n: int) -> str:
-    for unit, size in (("TiB", 1024**4), ("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
 
 
 def estimate(dry_run: Any, manifest: Mapping[str, Any], nodes: Iterable[str]) -> Estimate:
