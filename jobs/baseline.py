@@ -196,13 +196,18 @@ def forecast_band(contract: Contract, current: Observation, points: Sequence[Obs
 
 def with_floors(found: bands.Band, threshold: ThresholdSpec, kind: Kind) -> BaselineStats:
     """The band shown and judged by: the statistical band widened to the floors, inside the domain."""
-    floor = max(threshold.relative * abs(found.expected), threshold.absolute)
+    floor = materiality(threshold, found.expected)
     lower, upper = min(found.lower, found.expected - floor), max(found.upper, found.expected + floor)
     if found.space in (bands.Space.log, bands.Space.count) or kind is Kind.row_count:
         lower = max(lower, 0.0)
     if found.space in (bands.Space.rate, bands.Space.share):
         lower, upper = max(lower, 0.0), min(upper, 1.0)
     return BaselineStats(found.expected, lower, upper, found.n, found.seasonal, found.trend)
+
+
+def materiality(threshold: ThresholdSpec, expected: float) -> float:
+    """The smallest move from `expected` that matters: the wider of the relative and absolute floors."""
+    return max(threshold.relative * abs(expected), threshold.absolute)
 
 
 def crosses_floors(threshold: ThresholdSpec, dev: float, expected: float) -> bool:

@@ -36,8 +36,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from jobs.baseline import crosses_floors, metric_label
-from jobs.contracts import Contract, Direction, Kind
+from jobs.baseline import alerts_in_direction, change_pct, crosses_floors, metric_label
+from jobs.contracts import Contract, Kind
 from jobs.errors import CairnError
 from jobs.formatting import fmt_number
 from jobs.records import AssessmentStatus, BaselineStats, Candidate, Incident, Observation, Verdict
@@ -75,9 +75,9 @@ class Effect:
 
     @property
     def change_pct(self) -> float | None:
-        if self.without is None or self.with_deploy is None or self.without == 0:
+        if self.without is None or self.with_deploy is None:
             return None
-        return (self.with_deploy - self.without) / abs(self.without) * 100
+        return change_pct(self.with_deploy, self.without)
 
     @property
     def material(self) -> bool:
@@ -85,10 +85,8 @@ class Effect:
         if self.without is None or self.with_deploy is None:
             return False
         dev = self.with_deploy - self.without
-        direction = self.contract.effective_direction
-        if (direction is Direction.drop and dev >= 0) or (direction is Direction.rise and dev <= 0):
-            return False
-        return dev != 0 and crosses_floors(self.contract.threshold, dev, self.without)
+        return alerts_in_direction(self.contract.effective_direction, dev) and \
+            crosses_floors(self.contract.threshold, dev, self.without)
 
     @property
     def intentional(self) -> tuple[Candidate, ...]:

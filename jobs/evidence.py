@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import date, datetime, time
 from decimal import Decimal
 from pathlib import Path
@@ -324,22 +324,30 @@ def render_delta(delta: RowDelta) -> str:
     return "\n".join(lines)
 
 
+def keyed_models(manifest: Mapping[str, Any], models: Sequence[str]) -> Iterator[tuple[dict[str, Any], tuple[str, ...]]]:
+    """The models rows can be compared for: built (not ephemeral) and with a key, each with its key."""
+    for uid in models:
+        node = manifest.get("nodes", {}).get(uid)
+        key = model_key(manifest, node) if node else None
+        if node is not None and key and node.get("config", {}).get("materialized") != "ephemeral":
+            yield node, key
+
+
 def relation_deltas(warehouse: Warehouse, manifest: Mapping[str, Any], production: Mapping[str, Any],
                     models: Sequence[str]) -> list[RowDelta]:
     """Each keyed model as the sandbox (`manifest`) rebuilt it vs production (`production`), through one
     connection that reads both; a model whose delta cannot be taken is left out, never the verification."""
     deltas = []
-    for uid in models:
-        node, prod = manifest.get("nodes", {}).get(uid), production.get("nodes", {}).get(uid)
-        key = model_key(manifest, node) if node else None
-        if node is None or prod is None or not key or node.get("config", {}).get("materialized") == "ephemeral":
+    for node, key in keyed_models(manifest, models):
+        prod = production.get("nodes", {}).get(node["unique_id"])
+        if prod is None:
             continue
         try:
             deltas.append(row_delta(warehouse, model=node["name"], before_relation=warehouse.relation_name(node),
                                     after_relation=warehouse.relation_name(prod), key=key,
                                     pii_columns=pii_columns(node)))
         except (ConfigError, WarehouseError) as error:
-            log.warning("row deltas of %s not taken: %s", uid, error)
+            log.warning("row deltas of %s not taken: %s", node["unique_id"], error)
     return deltas
 
 
@@ -350,15 +358,10 @@ def clone_deltas(sandbox_db: Path, production_db: Path, manifest: Mapping[str, A
     Production is attached READ_ONLY to Cairn's own read-only connection on the sandbox file:
     no model SQL runs here, so the attach cannot be turned into a write.
     """
-    nodes = manifest.get("nodes", {})
     deltas = []
     with duckdb.connect(str(sandbox_db), read_only=True) as con:
         con.execute(f"ATTACH '{production_db}' AS cairn_production (READ_ONLY)")
-        for uid in models:
-            node = nodes.get(uid)
-            key = model_key(manifest, node) if node else None
-            if node is None or not key or node.get("config", {}).get("materialized") == "ephemeral":
-                continue
+        for node, key in keyed_models(manifest, models):
             name = node.get("alias") or node["name"]
             before = f'"{node["database"]}"."{node["schema"]}"."{name}"'
             after = f'"cairn_production"."{node["schema"]}"."{name}"'

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from jobs.baseline import materiality
 from jobs.contracts import Contract, Direction, Kind
 from jobs.errors import CairnError
 from jobs.records import BaselineStats, Incident
@@ -47,7 +48,7 @@ def recovery_band(contract: Contract, incident: Incident) -> BaselineStats:
 
 def floors_around(contract: Contract, level: float) -> BaselineStats:
     """`level` give or take the contract's materiality floors (the wider of relative and absolute)."""
-    floor = max(contract.threshold.relative * abs(level), contract.threshold.absolute)
+    floor = materiality(contract.threshold, level)
     return BaselineStats(expected=level, lower=level - floor, upper=level + floor, n=0)
 
 
