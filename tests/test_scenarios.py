@@ -276,9 +276,15 @@ def build_baseline(root: Path, prepare: Callable[[Path], None] | None = None) ->
     Git(root).run("init", "-q", "-b", "main")
     commit(root, "Shop analytics project", at(START, 9))
     load(root / "warehouse.duckdb", START, DAYS)
+    return settle(root)
+
+
+def settle(root: Path) -> Path:
+    """The deployment at `root` built (`dbt deps` first if it declares packages), 28 days backfilled and
+    the morning check run, which must open nothing."""
     result = deploy_build(root)
     assert result.success and not result.failures, result.failures
-    rt = Runtime(load_config(cairn_yml, env={}), Clock(MORNING))
+    rt = Runtime(load_config(root / "cairn.yml", env={}), Clock(MORNING))
     try:
         backfill(rt, MORNING, 28)
         outcomes = check(rt)
