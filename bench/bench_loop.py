@@ -229,7 +229,7 @@ def test_loop_on_a_large_project(benchmark, large_baseline: Path, tmp_path: Path
         "loop_over_build": round(deployed["loop_s"] / deployed["build_s"], 2),
         "deploy_check_s": round(sum(sum(d["durations"].values()) for d in deploy_checks), 2),
         "phases_s": {phase: round(sum(a["durations"].get(phase, 0) for a in verification["attempts"]), 2)
-                     for phase in ("worktree", "revert", "packages", "clone", "build", "measure", "evidence")},
+                     for phase in ("worktree", "revert", "packages", "scope", "clone", "build", "measure", "evidence")},
     }
     benchmark.extra_info.update(info)
     print(f"\nloop on {models} models: " + ", ".join(f"{k}={v}" for k, v in info.items()))

@@ -30,6 +30,7 @@ from jobs.errors import CairnError, DbtError
 from jobs.measure import evaluate
 from jobs.packages import provide
 from jobs.records import BaselineStats, MemberResult, Verdict, Verification
+from jobs.scope import narrow
 from jobs.warehouse.sandbox import ProductionModified
 from jobs.warehouse.sandboxes import Sandbox, Sandboxes
 from jobs.worktree import Worktree
@@ -86,6 +87,8 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
             except DbtError as exc:
                 return Verification(verdict=Verdict.build_failed, **record, detail=str(exc))
         production = production_manifest(prod_state)
+        with timed(phases, "scope"):  # parse only what the build needs (jobs.scope)
+            narrowed = narrow(project_dir, production, [_unique_id(production, m) for m in (*models, *metrics)])
 
         def done(verdict: Verdict, detail: str) -> Verification:
             return Verification(verdict=verdict, **record, **sandbox.spend(), detail=detail + sandbox.notes)
@@ -96,7 +99,7 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
             record["clone_id"] = sandbox.clone_id
             dbt = Dbt(project_dir, sandbox.profiles_dir, target=sandbox.target, target_path=sandbox.target_path)
             try:
-                planned = sandbox.plan(dbt)
+                planned = narrowed.fallback(lambda: sandbox.plan(dbt))
             except DbtError as exc:  # e.g. the reverted project no longer parses
                 return done(Verdict.build_failed, str(exc))
             if planned is not None:  # the adapter places and checks writes before building
@@ -114,7 +117,7 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
         with timed(phases, "build"):
             try:
                 with sandbox.guarded():
-                    result: InvocationResult | None = dbt.build(select=select, extra=extra)
+                    result: InvocationResult | None = narrowed.fallback(lambda: dbt.build(select=select, extra=extra))
                 error = None
             except DbtError as exc:  # e.g. the reverted project no longer parses
                 result, error = None, str(exc)

@@ -175,7 +175,7 @@ def test_reverting_the_regression_is_verified(history, leaves_nothing) -> None:
     assert f"--defer --state {history.prod_state} --favor-state" in v.dbt_command
     assert "--target cairn_sandbox" in v.dbt_command and str(history.sandboxes) in v.dbt_command
     assert v.tests["pass"] > 10 and v.tests["fail"] == v.tests["error"] == v.tests["skip"] == 0
-    assert set(v.durations) == {"worktree", "revert", "packages", "clone", "build", "measure", "evidence"}
+    assert set(v.durations) == {"worktree", "revert", "packages", "scope", "clone", "build", "measure", "evidence"}
     assert [d.model for d in v.deltas] == ["int_order_payments"] and v.deltas[0].removed > 0
     assert v.packages is None  # the shop declares no dbt packages
     assert _sha256(history.prod_db) == prod_bytes
