@@ -410,6 +410,7 @@ def add_day(db: Path, day: date) -> None:
 
 CULPRIT_DOMAIN = "shop"
 CONTRACT_ID = f"{CULPRIT_DOMAIN}.net_revenue_daily"
+CONTRACT_MODEL = f"fct_{CULPRIT_DOMAIN}__revenue_daily"
 # Select-list lines after which a harmless alias column can go: upstream of the contract (decoys the
 # scorer must rank below the culprit) and in other domains (outside its lineage).
 _ANCHORS = (
