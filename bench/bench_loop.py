@@ -32,7 +32,7 @@ from jobs.detect import Change
 from jobs.runtime import Runtime
 from jobs.scope import kept_files
 from jobs.queue import check_and_heal
-from bench import big_project
+from bench import big_project, big_project_data
 from bot.demo import commit as git_commit
 from examples.generate import add_day
 from jobs.git import Git
@@ -172,7 +172,7 @@ def build_large_baseline(root: Path) -> Path:
     for path, text in held.items():
         path.write_text(text)
     git_commit(root, "Company marts over every domain", at(START - timedelta(days=20), 9))
-    big_project.load(root / "warehouse.duckdb", START, DAYS)
+    big_project_data.load(root / "warehouse.duckdb", START, DAYS)
     settle(root)
     assert (root / "dbt_packages" / "biz_utils").is_symlink()  # installed by dbt deps, git-ignored
     return root
@@ -190,7 +190,7 @@ def deploy_large(baseline: Path, root: Path) -> dict:
         assert old in target.read_text(), (path, old)
         target.write_text(target.read_text().replace(old, new, 1))
         shas[message] = git_commit(root, message, at(DAY, 9) + timedelta(minutes=10 * i))
-    big_project.add_day(root / "warehouse.duckdb", DAY)
+    big_project_data.add_day(root / "warehouse.duckdb", DAY)
     production_dbt(root).deps()  # the deploy installs its packages, then builds
     started, cpu = time.perf_counter(), cpu_s()
     result = production_dbt(root).build()  # one full dbt build of the whole project
