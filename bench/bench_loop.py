@@ -6,7 +6,7 @@ harmless column aliases and, at a seeded random position, a regression (PayPal p
 fall out of order revenue) — loads the next
 day, deploys with a plain `dbt build` (timed), then times `check_and_heal` from check to verified PR.
 The loop includes the deploy check (one scoped sandbox build of the deploy's previous version,
-`jobs.deploy_check`), reported on its own.
+`jobs.detect.deploy_check`), reported on its own.
 
 `test_loop_on_a_large_project` does the same on the generated 1,000-model project of
 `bench/big_project.py` (a `local:` dbt package, 9 contracts, noisy data): decoys and one culprit land,
@@ -26,19 +26,32 @@ from pathlib import Path
 
 import pytest
 
-from jobs.clock import Clock
-from jobs.config import load_config
-from jobs.detect import Change
-from jobs.runtime import Runtime
-from jobs.scope import kept_files
-from jobs.queue import check_and_heal
 from bench import big_project, big_project_data
 from bot.demo import commit as git_commit
 from examples.generate import add_day
-from jobs.git import Git
+from jobs.config import load_config
+from jobs.core.clock import Clock
+from jobs.detect.observe import Change
+from jobs.loop.queue import check_and_heal
+from jobs.project.git import Git
+from jobs.runtime import Runtime
+from jobs.verify.scope import kept_files
 from tests.deployment import at
-from tests.test_scenarios import (CHECK, DAY, DAYS, PAYPAL_FILTER, START, Case, Commit, Edit,
-                                  build_baseline, deploy_copy, land, production_dbt, settle)
+from tests.test_scenarios import (
+    CHECK,
+    DAY,
+    DAYS,
+    PAYPAL_FILTER,
+    START,
+    Case,
+    Commit,
+    Edit,
+    build_baseline,
+    deploy_copy,
+    land,
+    production_dbt,
+    settle,
+)
 
 CONTRACT = "revenue.net_daily"
 SEED = 20261006
@@ -224,7 +237,7 @@ def test_loop_on_a_large_project(benchmark, large_baseline: Path, tmp_path: Path
         models = sum(n["resource_type"] == "model" for n in nodes.values())
         culprit_models = next(c["models"] for c in incident.details["attribution"]["candidates"]
                               if c["sha"] == deployed["culprit"])
-        # What the culprit's sandbox build parses (jobs.scope): it grows with the incident, not the project.
+        # What the culprit's sandbox build parses (jobs.verify.scope): it grows with the incident, not the project.
         kept = kept_files(rt.manifest, [*culprit_models, f"model.analytics.{big_project.CONTRACT_MODEL}"])
         parsed = sum(n["resource_type"] == "model" and n["original_file_path"] in kept for n in nodes.values())
     finally:

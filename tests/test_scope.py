@@ -1,4 +1,4 @@
-"""What a sandbox build parses (jobs.scope): a hand-made manifest for the rule, then real dbt proving that a
+"""What a sandbox build parses (jobs.verify.scope): a hand-made manifest for the rule, then real dbt proving that a
 build on the narrowed project runs exactly the nodes, with the same results, as on the whole project."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import duckdb
 import pathspec
 import pytest
 
-from jobs.dbt import Dbt
-from jobs.errors import DbtError
-from jobs.scope import MARKER, ignored_files, kept_files, narrow, patterns
+from jobs.core.errors import DbtError
+from jobs.project.dbt import Dbt
+from jobs.verify.scope import MARKER, ignored_files, kept_files, narrow, patterns
 
 os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
 
