@@ -317,33 +317,40 @@ def _actor() -> str:
         return "cli"
 
 
-# --- BigQuery: the IAM check and sandbox cleanup (docs/bigquery.md) ------------------------------
+# --- BigQuery and Snowflake: the grants check and sandbox cleanup (docs/bigquery.md, docs/snowflake.md) ---
 
 
 def _bigquery_settings(config):
     if config.settings.bigquery is None:
-        raise CairnError(f"{config.path}: no `bigquery:` section; `cairn doctor` and `cairn sandbox gc` "
-                         "check a BigQuery org (see docs/bigquery.md).")
+        raise CairnError(f"{config.path}: no `bigquery:` section, nor `snowflake:`; `cairn doctor` and `cairn sandbox "
+                         "gc` check a BigQuery or Snowflake org (see docs/bigquery.md, docs/snowflake.md).")
     return config.settings.bigquery
 
 
 @cli.command()
 @click.pass_context
 def doctor(ctx: click.Context) -> None:
-    """Check BigQuery access: production readable, sandboxes writable, production NOT writable."""
-    from jobs.warehouse.bigquery import client_for
-    from jobs.warehouse.bigquery_doctor import doctor as run_doctor
-
+    """Check warehouse access: production readable, sandboxes writable, production NOT writable."""
     rt = runtime(ctx)
-    settings = _bigquery_settings(rt.config)
-    client = client_for(settings, rt.config.root)
-    findings = run_doctor(client, project=settings.project, location=settings.location, org=settings.org,
-                          manifest=rt.manifest)
+    if rt.config.settings.snowflake is not None:
+        from jobs.warehouse.snowflake_doctor import doctor as snowflake_doctor
+        from jobs.warehouse.snowflake_sandbox import query_tag
+
+        settings, guide = rt.config.settings.snowflake, "docs/snowflake.md"
+        with rt.sandboxes().connection(query_tag(settings.org, "doctor")) as session:
+            findings = snowflake_doctor(session, settings, rt.manifest, rt.clock.now())
+    else:
+        from jobs.warehouse.bigquery import client_for
+        from jobs.warehouse.bigquery_doctor import doctor as run_doctor
+
+        settings, guide = _bigquery_settings(rt.config), "docs/bigquery.md"
+        client = client_for(settings, rt.config.root)
+        findings = run_doctor(client, project=settings.project, location=settings.location, org=settings.org,
+                              manifest=rt.manifest)
     for finding in findings:
         click.echo(f"{'ok  ' if finding.ok else 'FAIL'} {finding.check}: {finding.detail}")
     if not all(finding.ok for finding in findings):
-        raise CairnError("cairn doctor found the problems marked FAIL above; the roles Cairn needs are "
-                         "in docs/bigquery.md.")
+        raise CairnError(f"cairn doctor found the problems marked FAIL above; the grants Cairn needs are in {guide}.")
 
 
 @cli.group()
@@ -355,19 +362,32 @@ def sandbox() -> None:
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
 @click.pass_context
 def sandbox_gc(ctx: click.Context, dry_run: bool) -> None:
-    """Drop Cairn-labelled sandbox datasets past their expiry (a crashed worker's)."""
+    """Drop Cairn's sandbox datasets or schemas past their expiry (a crashed worker's)."""
     from jobs.clock import Clock
-    from jobs.warehouse.bigquery import client_for
-    from jobs.warehouse.bigquery_sandbox import gc_sandboxes
 
     config = load_config(ctx.obj["config_path"])
-    settings = _bigquery_settings(config)
-    client = client_for(settings, config.root)
-    removed = gc_sandboxes(client, org=settings.org, now=Clock().now(), dry_run=dry_run)
     verb = "would drop" if dry_run else "dropped"
+    if config.settings.snowflake is not None:
+        from jobs.runtime import Runtime
+        from jobs.warehouse.snowflake_sandbox import gc_sandboxes as snowflake_gc, query_tag
+
+        settings = config.settings.snowflake
+        rt = Runtime(config, Clock())
+        with rt.sandboxes().connection(query_tag(settings.org, "gc")) as session:
+            removed = snowflake_gc(session, database=settings.sandbox_database_name,
+                                   older_than=settings.sandbox_retention, now=rt.clock.now(), dry_run=dry_run)
+        where, noun = f"database {settings.sandbox_database_name}", "schema"
+    else:
+        from jobs.warehouse.bigquery import client_for
+        from jobs.warehouse.bigquery_sandbox import gc_sandboxes
+
+        settings = _bigquery_settings(config)
+        client = client_for(settings, config.root)
+        removed = gc_sandboxes(client, org=settings.org, now=Clock().now(), dry_run=dry_run)
+        where, noun = client.project, "dataset"
     for name in removed:
         click.echo(f"{verb} {name}")
-    click.echo(f"{len(removed)} expired sandbox dataset(s) {verb} in {client.project}.")
+    click.echo(f"{len(removed)} expired sandbox {noun}(s) {verb} in {where}.")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,10 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from jobs.contracts import Contract, parse_duration
@@ -31,6 +31,10 @@ def _path_not_key(value: Any) -> Any:
         raise PydanticCustomError(SECRET, "holds a key, not a path: put the key in a file readable "
                                           "only by Cairn and give its path (the value is not shown)")
     return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(lambda v: v if isinstance(v, timedelta) else parse_duration(v))]
+KeyPath = Annotated[Path | None, BeforeValidator(_path_not_key)]  # a key file's path, never the key
 
 
 class GitHubForge(_Section):
@@ -168,6 +172,41 @@ class BigQuerySettings(_Section):
         return self.sandbox_project or self.project
 
 
+class SnowflakeSettings(_Section):
+    """A Snowflake production warehouse (docs/snowflake.md): read production, write only sandbox schemas."""
+
+    account: str = Field(description="Account identifier (orgname-accountname, or the locator: xy12345.eu-west-1).")
+    user: str = Field(description="Cairn's user; its password comes from env SNOWFLAKE_PASSWORD unless private_key_file is set.")
+    role: str = Field(description="Cairn's role: read on production, create schemas in sandbox_database (docs/snowflake.md).")
+    warehouse: str = Field(description="Warehouse that runs Cairn's queries and its sandbox builds.")
+    database: str = Field(description="Production database: the one the dbt production target builds into.")
+    sandbox_database: str | None = Field(
+        None, description="Database for incident sandbox schemas (the only one Cairn writes); default: database.")
+    private_key_file: KeyPath = Field(
+        None, description="Key-pair authentication: the PKCS#8 private key's path, relative to cairn.yml (passphrase: env "
+                          "SNOWFLAKE_PRIVATE_KEY_PASSPHRASE). Never the key itself.")
+    host: str | None = Field(None, description="Account URL host for private links and tests; default: Snowflake's.")
+    port: int | None = Field(None, ge=1, le=65535, description="Port with host; default 443.")
+    protocol: Literal["https", "http"] = Field("https", description="'http' for local test servers only.")
+    org: str = Field("cairn", description="Named in each sandbox schema's comment and in every query tag.")
+    budget_seconds: int = Field(
+        3600, ge=60, description="Most warehouse-seconds one verification may use, by the EXPLAIN estimate; also the "
+                                 "statement timeout of the build's and Cairn's statements.")
+    scan_bytes_per_second: int = Field(
+        200 * 1024**2, ge=1024**2,
+        description="Bytes the warehouse scans per second (QUERY_HISTORY: bytes_scanned / execution_time): turns the "
+                    "EXPLAIN estimate into warehouse-seconds.")
+    sandbox_retention: Duration = Field(
+        timedelta(days=1), description="`cairn sandbox gc` drops sandbox schemas created longer ago than this.")
+    time_travel: Duration = Field(
+        timedelta(days=1), description="Production's DATA_RETENTION_TIME_IN_DAYS (1 by default, up to 90): older "
+                                       "snapshots clone the current state.")
+
+    @property
+    def sandbox_database_name(self) -> str:
+        return self.sandbox_database or self.database
+
+
 class Settings(_Section):
     """The keys of cairn.yml. Relative paths are relative to the file's own directory."""
 
@@ -184,12 +223,19 @@ class Settings(_Section):
     attribution: AttributionSettings = Field(default_factory=AttributionSettings, description="Ranking suspects.")
     verification: VerificationSettings = Field(default_factory=VerificationSettings, description="Clone builds.")
     bigquery: BigQuerySettings | None = Field(None, description="BigQuery production warehouse; omit on DuckDB.")
+    snowflake: SnowflakeSettings | None = Field(None, description="Snowflake production warehouse; omit on DuckDB.")
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings, description="The clock process.")
     queue: QueueSettings = Field(default_factory=QueueSettings, description="RQ workers (with REDIS_URL).")
     policy: Path | None = Field(None, description="Policy file; default: the bundled policies/default.yml.")
     contracts: list[Contract] = Field(
         default_factory=list, description="Metric contracts (dbt YAML meta.cairn.contracts adds more)."
     )
+
+    @model_validator(mode="after")
+    def _one_warehouse(self) -> "Settings":
+        if self.bigquery is not None and self.snowflake is not None:
+            raise ValueError("set `bigquery:` or `snowflake:`, not both: Cairn watches one production warehouse")
+        return self
 
 
 @dataclass(frozen=True)
@@ -209,6 +255,8 @@ class Environment:
     github_app_private_key: str | None = field(default=None, repr=False)
     github_app_installation_id: str | None = None
     anthropic_api_key: str | None = field(default=None, repr=False)
+    snowflake_password: str | None = field(default=None, repr=False)
+    snowflake_private_key_passphrase: str | None = field(default=None, repr=False)
 
     VARIABLES = {
         "database_url": ("CAIRN_DATABASE_URL", "Store URL; overrides `store` (may hold a password)."),
@@ -226,6 +274,9 @@ class Environment:
         "github_app_installation_id": ("GITHUB_APP_INSTALLATION_ID",
                                        "The App's installation; overrides forge.github.installation_id."),
         "anthropic_api_key": ("ANTHROPIC_API_KEY", "Enables the LLM re-ranker."),
+        "snowflake_password": ("SNOWFLAKE_PASSWORD", "Password of snowflake.user (without snowflake.private_key_file)."),
+        "snowflake_private_key_passphrase": ("SNOWFLAKE_PRIVATE_KEY_PASSPHRASE",
+                                             "Passphrase of an encrypted snowflake.private_key_file."),
     }
 
     @classmethod
@@ -347,7 +398,7 @@ def config_reference() -> str:
                          ("Contract `threshold`", ThresholdSpec), ("`slack`", SlackSettings),
                          ("`schedule`", ScheduleSettings), ("`queue`", QueueSettings), ("`attribution`", AttributionSettings),
                          ("`verification`", VerificationSettings),
-                         ("`bigquery`", BigQuerySettings),
+                         ("`bigquery`", BigQuerySettings), ("`snowflake`", SnowflakeSettings),
                          ("`forge.github`", GitHubForge)):
         out += ["", f"## {title}", "", "| key | default | meaning |", "|---|---|---|"] + _rows(model)
     return "\n".join(out) + "\n"

@@ -99,6 +99,15 @@ class Runtime:
             return BigQueryWarehouse(client_for(bigquery, self.config.root),
                                      maximum_bytes_billed=bigquery.budget_bytes,
                                      labels={"cairn-org": bigquery.org})
+        snowflake = self.config.settings.snowflake
+        if snowflake is not None:
+            from jobs.warehouse.snowflake_sandbox import query_tag
+
+            if self.credentials.type != "snowflake":
+                raise ConfigError(f"{self.config.path}: snowflake: is set, but the dbt target is "
+                                  f"{self.credentials.type!r}; point `target` at the Snowflake one.")
+            # Reads only: the guard refuses any write on a session without a sandbox.
+            return self.sandboxes().connection(query_tag(snowflake.org, "measure"))
         if self.credentials.type == "duckdb":
             from jobs.warehouse.duckdb import DuckDBWarehouse
 
@@ -123,7 +132,7 @@ class Runtime:
 
     def sandboxes(self, snapshot_at: datetime | None = None):  # -> jobs.warehouse.sandboxes.Sandboxes
         """Where verification builds: the production warehouse's sandbox adapter. `snapshot_at` is the
-        production state clones hold where the warehouse can travel in time (BigQuery)."""
+        production state clones hold where the warehouse can travel in time (BigQuery, Snowflake)."""
         bigquery = self.config.settings.bigquery
         if bigquery is not None:
             from jobs.warehouse.bigquery import client_for
@@ -131,6 +140,14 @@ class Runtime:
 
             return BigQuerySandboxes(client_for(bigquery, self.config.root), bigquery, root=self.sandboxes_root,
                                      now=self.clock.now(), snapshot_at=snapshot_at, config_root=self.config.root)
+        snowflake = self.config.settings.snowflake
+        if snowflake is not None:
+            from jobs.warehouse.snowflake_sandbox import SnowflakeSandboxes
+
+            return SnowflakeSandboxes(snowflake, password=self.config.env.snowflake_password,
+                                      passphrase=self.config.env.snowflake_private_key_passphrase,
+                                      root=self.sandboxes_root, now=self.clock.now(), snapshot_at=snapshot_at,
+                                      config_root=self.config.root)
         from jobs.warehouse.sandbox import DuckDBSandboxes
 
         return DuckDBSandboxes(self.production_db, self.sandboxes_root)

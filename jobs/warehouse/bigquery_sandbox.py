@@ -10,11 +10,10 @@ Production stays read-only in three layers (docs/bigquery.md):
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -23,9 +22,10 @@ from typing import Any
 
 import yaml
 
-from jobs.errors import DbtError, WarehouseError
+from jobs.errors import WarehouseError
 from jobs.warehouse import identifier
 from jobs.warehouse.bigquery import ANONYMOUS, ADC, BigQueryWarehouse, api_reason
+from jobs.warehouse.clone_build import CloneBuild, ClonedSandbox, write_profiles_yml
 from jobs.warehouse.request_guard import guarded
 from jobs.warehouse.sandboxes import SandboxRefused
 from jobs.warehouse.statement_guard import Dataset
@@ -56,8 +56,10 @@ class Clone:
     note: str = ""
 
 
-class BigQuerySandbox:
+class BigQuerySandbox(ClonedSandbox):
     """The dataset `cairn_sbx_<incident>_<short>` in the sandbox project; dropped on exit."""
+
+    kind = "bigquery"
 
     def __init__(self, client: Any, dataset: Dataset, incident_id: int, location: str, labels: dict[str, str]):
         self.client, self.dataset, self.incident_id, self.location = client, dataset, incident_id, location
@@ -87,19 +89,6 @@ class BigQuerySandbox:
                                  "Cairn needs bigquery.datasets.create on the sandbox project.") from None
         log.info("sandbox %s created for incident %s", dataset, incident_id)
         return cls(client, dataset, incident_id, location, labels)
-
-    @property
-    def snapshot(self) -> datetime | None:
-        """The point in time the clones hold (the earliest, when they differ)."""
-        times = [c.snapshot for c in self.clones if c.snapshot is not None]
-        return min(times) if times else None
-
-    @property
-    def clone_id(self) -> str:
-        """What the evidence records: the dataset, and the snapshot time its clones hold."""
-        at = self.snapshot
-        state = at.astimezone(timezone.utc).isoformat() if at else ("current" if self.clones else "none")
-        return f"bigquery:{self.dataset}@{state}"
 
     def warehouse(self, maximum_bytes_billed: int | None) -> BigQueryWarehouse:
         """A connection that may write only this dataset; its jobs carry the incident's labels."""
@@ -143,11 +132,7 @@ class BigQuerySandbox:
         output.update(_auth(credentials))
         if api_endpoint:
             output["api_endpoint"] = api_endpoint
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "profiles.yml"
-        path.write_text(yaml.safe_dump({profile: {"target": TARGET, "outputs": {TARGET: output}}}, sort_keys=False))
-        os.chmod(path, 0o600)
-        return path
+        return write_profiles_yml(directory, profile, output)
 
     def remove(self) -> None:
         """datasets.delete with deleteContents: the clones and everything dbt built go with it."""
@@ -324,30 +309,14 @@ class BigQuerySandboxes:
         return gc_sandboxes(self.client, org=self.settings.org, now=now)
 
 
-class BigQueryBuild:
+class BigQueryBuild(CloneBuild):
     """One verification's sandbox on BigQuery, as the sandbox protocol sees it."""
 
     def __init__(self, sandbox: BigQuerySandbox, work: Path, project_dir: Path, settings: Any,
                  snapshot_at: datetime | None, now: datetime):
-        self.sandbox, self.project_dir, self.settings = sandbox, project_dir, settings
-        self.snapshot_at, self.now = snapshot_at, now
-        self.profiles_dir, self.target, self.target_path = work, sandbox.target, work / "target"
+        super().__init__(sandbox, work, project_dir, settings, snapshot_at, now)
         self.connection = sandbox.warehouse(settings.budget_bytes)
         self.estimated = 0
-
-    @property
-    def clone_id(self) -> str:
-        return self.sandbox.clone_id
-
-    @property
-    def notes(self) -> str:
-        return "".join(f" {c.target}: {c.note}." for c in self.sandbox.clones if c.note)
-
-    def plan(self, dbt: Any) -> Mapping[str, Any]:
-        """Parse with every write redirected into the dataset (Cairn's macros, unless the project has its own)."""
-        if redirect_macros(self.project_dir, dbt.parse(), self.sandbox.dataset):
-            dbt.parse()  # again, with Cairn's schema/database macros in place
-        return dbt.manifest()
 
     def prepare(self, production: Mapping[str, Any], expected: set[str]) -> None:
         check_relations(dbt_manifest(self.target_path), expected, self.sandbox.dataset)  # layer (b)
@@ -358,40 +327,17 @@ class BigQueryBuild:
         """The dry run of every node the build runs, summed against bigquery.budget_bytes."""
         from jobs.warehouse.cost_guard import check_budget, estimate
 
-        with guarded(self.sandbox.dataset):
-            try:
-                result = dbt.invoke("compile", select=select, extra=(*extra, "--log-level", "none"))
-                compiled = dbt.manifest() if result.success else None
-            except DbtError:
-                compiled = None
-        if compiled is None:
-            raise DbtError("dbt compile failed in the sandbox; see its log")
-        guess = estimate(self.connection.dry_run, compiled, expected)
+        guess = estimate(self.connection.dry_run, self.compiled(dbt, select, extra), expected)
         self.estimated = guess.total
         check_budget(guess, self.settings.budget_bytes, self.clone_id)
 
     def guarded(self) -> AbstractContextManager[None]:
         return guarded(self.sandbox.dataset)  # dbt's own requests: layer (a) for hooks and macros too
 
-    def after_build(self) -> None:
-        return None  # layers (a) and (b) refused any write outside the dataset before it was sent
-
-    @contextmanager
-    def warehouse(self) -> Iterator[BigQueryWarehouse]:
-        yield self.connection  # closed with the sandbox: its spend is the verification's
-
-    def deltas(self, manifest: Mapping[str, Any], production: Mapping[str, Any], models: Sequence[str]) -> list:
-        from jobs.evidence import relation_deltas
-
-        return relation_deltas(self.connection, manifest, production, models)
-
     def spend(self) -> dict[str, Any]:
         from jobs.warehouse.cost_guard import billed_by_dbt
 
-        clones = tuple({"source": c.source, "target": c.target, "statement": c.statement,
-                        "snapshot": c.snapshot.isoformat() if c.snapshot else None,
-                        **({"note": c.note} if c.note else {})} for c in self.sandbox.clones)
-        return {"estimated_bytes": self.estimated, "clones": clones,
+        return {"estimated_bytes": self.estimated, "clones": self.clones(),
                 "billed_bytes": billed_by_dbt(self.target_path) + self.connection.spend.billed}
 
 

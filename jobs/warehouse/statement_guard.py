@@ -21,7 +21,7 @@ resolve against a default dataset Cairn never sets.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -68,14 +68,19 @@ class Target:
 
 def check(sql: str, *, default_project: str, sandbox: Dataset | None) -> list[Target]:
     """Refuse `sql` unless every target is inside `sandbox` (None: refuse every write)."""
-    targets = written_targets(sql, default_project)
-    outside = [t for t in targets if not _inside(t, sandbox)]
+    return refuse_outside(written_targets(sql, default_project), lambda t: _inside(t, sandbox), sandbox, "dataset")
+
+
+def refuse_outside(targets: list[Target], inside: Callable[[Target], bool], sandbox: object | None,
+                   place: str) -> list[Target]:
+    """`targets`, unless one is not `inside` the sandbox (a `place`: 'dataset', 'schema'): then refuse."""
+    outside = [t for t in targets if not inside(t)]
     if outside:
-        where = f"sandbox dataset {sandbox}" if sandbox else "no dataset (this connection only reads)"
+        where = f"sandbox {place} {sandbox}" if sandbox else f"no {place} (this connection only reads)"
         names = ", ".join(f"{t.statement} {t}" for t in outside)
         raise ProductionWriteRefused(
             f"refused before sending: {names} writes outside {where}. Cairn writes only inside "
-            "an incident's sandbox dataset; production is read-only.")
+            f"an incident's sandbox {place}; production is read-only.")
     return targets
 
 

@@ -1,0 +1,115 @@
+"""What a sandbox of zero-copy clones does alike on every warehouse that has them (BigQuery, Snowflake).
+
+A sandbox is one dataset or schema (`Dataset`): Cairn's macros redirect every write of the build
+there (`redirect_macros`), `check_relations` proves it before dbt runs, the stateful tables the
+build reads are cloned at the snapshot time, and the contracts and row deltas are measured
+through the sandbox's own guarded connection. An adapter supplies the clone statement, the
+admission check and the guard around dbt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from jobs.errors import DbtError
+
+
+def write_profiles_yml(directory: Path, profile: str, output: dict[str, Any]) -> Path:
+    """profiles.yml with the one target `cairn_sandbox`, readable only by Cairn."""
+    import os
+
+    import yaml
+
+    from jobs.warehouse.bigquery_sandbox import TARGET
+
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "profiles.yml"
+    path.write_text(yaml.safe_dump({profile: {"target": TARGET, "outputs": {TARGET: output}}}, sort_keys=False))
+    os.chmod(path, 0o600)
+    return path
+
+
+class ClonedSandbox:
+    """The clones a sandbox holds, and the identity the evidence records for it."""
+
+    kind = ""  # the warehouse: 'bigquery', 'snowflake'
+    dataset: Any  # statement_guard.Dataset: the one place this sandbox writes
+    clones: list[Any]  # bigquery_sandbox.Clone
+
+    @property
+    def snapshot(self) -> datetime | None:
+        """The point in time the clones hold (the earliest, when they differ)."""
+        times = [c.snapshot for c in self.clones if c.snapshot is not None]
+        return min(times) if times else None
+
+    @property
+    def clone_id(self) -> str:
+        """What the evidence records: the dataset or schema, and the snapshot time its clones hold."""
+        at = self.snapshot
+        state = at.astimezone(timezone.utc).isoformat() if at else ("current" if self.clones else "none")
+        return f"{self.kind}:{self.dataset}@{state}"
+
+
+class CloneBuild:
+    """One verification's sandbox of clones, as the sandbox protocol (`jobs.warehouse.sandboxes`) sees it."""
+
+    connection: Any  # the sandbox's guarded Warehouse
+
+    def __init__(self, sandbox: ClonedSandbox, work: Path, project_dir: Path, settings: Any,
+                 snapshot_at: datetime | None, now: datetime):
+        self.sandbox, self.project_dir, self.settings = sandbox, project_dir, settings
+        self.snapshot_at, self.now = snapshot_at, now
+        self.profiles_dir, self.target, self.target_path = work, sandbox.target, work / "target"
+
+    @property
+    def clone_id(self) -> str:
+        return self.sandbox.clone_id
+
+    @property
+    def notes(self) -> str:
+        return "".join(f" {c.target}: {c.note}." for c in self.sandbox.clones if c.note)
+
+    def plan(self, dbt: Any) -> Mapping[str, Any]:
+        """Parse with every write redirected into the sandbox (Cairn's macros, unless the project has its own)."""
+        from jobs.warehouse.bigquery_sandbox import redirect_macros
+
+        if redirect_macros(self.project_dir, dbt.parse(), self.sandbox.dataset):
+            dbt.parse()  # again, with Cairn's schema/database macros in place
+        return dbt.manifest()
+
+    def compiled(self, dbt: Any, select: str, extra: tuple[str, ...]) -> Mapping[str, Any]:
+        """The selection compiled in the sandbox, under the guard (compiling runs introspective queries)."""
+        with self.guarded():
+            try:
+                result = dbt.invoke("compile", select=select, extra=(*extra, "--log-level", "none"))
+                compiled = dbt.manifest() if result.success else None
+            except DbtError:
+                compiled = None
+        if compiled is None:
+            raise DbtError("dbt compile failed in the sandbox; see its log")
+        return compiled
+
+    def guarded(self):
+        raise NotImplementedError
+
+    def after_build(self) -> None:
+        return None  # the guard and check_relations refused any write outside the sandbox before it was sent
+
+    @contextmanager
+    def warehouse(self) -> Iterator[Any]:
+        yield self.connection  # closed with the sandbox: its spend is the verification's
+
+    def deltas(self, manifest: Mapping[str, Any], production: Mapping[str, Any], models: Sequence[str]) -> list:
+        from jobs.evidence import relation_deltas
+
+        return relation_deltas(self.connection, manifest, production, models)
+
+    def clones(self) -> tuple[dict[str, Any], ...]:
+        """What was cloned, from where, at which time, by which statement: for the evidence."""
+        return tuple({"source": c.source, "target": c.target, "statement": c.statement,
+                      "snapshot": c.snapshot.isoformat() if c.snapshot else None,
+                      **({"note": c.note} if c.note else {})} for c in self.sandbox.clones)
