@@ -9,6 +9,7 @@ before forwarding them:
   cut and the current state cloned; the statement as sent stays in `statements`.
 - `CREATE OR REPLACE TEMPORARY VIEW db.schema.v` (dbt-snowflake's incremental staging view):
   fakesnow keeps temporary objects in DuckDB's `temp` catalog only, so it becomes a plain view.
+- `SHOW GRANTS TO ROLE r` (fakesnow has no grants): answered from `grant(role, privilege, on, name)`.
 - `EXPLAIN USING JSON <query>`: answered with a plan whose GlobalStats assign `explain_bytes`
   (or the bytes of the last `explain(pattern, n)` whose pattern the query matches).
 """
@@ -27,6 +28,9 @@ from urllib.parse import parse_qs
 
 _CLONE_AT = re.compile(r"^(\s*create\b.*\bclone\b.*?)\s+at\s*\(\s*timestamp\s*=>.*\)\s*;?\s*$", re.I | re.S)
 _EXPLAIN = re.compile(r"^\s*explain\s+using\s+json\s+(.*)$", re.I | re.S)
+_SHOW_GRANTS = re.compile(r"^\s*show\s+grants\s+to\s+role\s+\"?(\w+)\"?\s*$", re.I)
+_GRANT_COLUMNS = ("created_on", "privilege", "granted_on", "name", "granted_to", "grantee_name", "grant_option",
+                  "granted_by")
 _TEMP_VIEW = re.compile(r"^(\s*create\s+or\s+replace\s+)temporary\s+(view\b)", re.I)
 
 
@@ -56,6 +60,8 @@ class FakeSnowflake:
     statements: list[Statement] = field(default_factory=list)
     explain_bytes: int = 1_000_000
     explains: list[tuple[re.Pattern, int]] = field(default_factory=list)
+    grants: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)  # ROLE -> (privilege, on, name)
+    time_travel: bool = True  # False: AT clauses reach fakesnow, which fails them as Snowflake does without history
 
     def __enter__(self) -> "FakeSnowflake":
         import uvicorn
@@ -105,13 +111,27 @@ class FakeSnowflake:
         """EXPLAIN of a query matching `pattern` (a regex, case-insensitive) assigns `bytes_assigned`."""
         self.explains.append((re.compile(pattern, re.I | re.S), bytes_assigned))
 
+    def grant(self, role: str, privilege: str, on: str, name: str) -> None:
+        """SHOW GRANTS TO ROLE `role` lists this grant (a ROLE granted with USAGE brings its own)."""
+        self.grants.setdefault(role.upper(), []).append((privilege.upper(), on.upper(), name.upper()))
+
+    def reset(self) -> None:
+        """Forget what was received and configured (the data stays: fakesnow's is per process)."""
+        self.logins.clear()
+        self.statements.clear()
+        self.explains.clear()
+        self.grants.clear()
+        self.explain_bytes, self.time_travel = 1_000_000, True
+
     # -- inspection --------------------------------------------------------------------------
 
     def login_of(self, statement: Statement) -> Login:
         return next(login for login in self.logins if login.token == statement.token)
 
-    def sql(self, since: int = 0) -> list[str]:
-        return [s.sql for s in self.statements[since:]]
+    def sql(self, user: str = "cairn") -> list[str]:
+        """What `user`'s sessions sent, in order (the test's own set-up connects as 'fake')."""
+        users = {login.token: login.user for login in self.logins}
+        return [s.sql for s in self.statements if users.get(s.token) == user]
 
     # -- the recording layer -----------------------------------------------------------------
 
@@ -171,8 +191,16 @@ class FakeSnowflake:
                                  dict(data.get("SESSION_PARAMETERS") or {})))
 
     def _rewrite(self, sql: str) -> str:
-        if (clone := _CLONE_AT.match(sql)) is not None:
+        if (clone := _CLONE_AT.match(sql)) is not None and self.time_travel:
             return clone.group(1)
+        if (show := _SHOW_GRANTS.match(sql)) is not None:
+            role = show.group(1).upper()
+            rows = [f"('2026-01-01'::TIMESTAMP_TZ, '{p}', '{on}', '{name}', 'ROLE', '{role}', 'false', 'SYSADMIN')"
+                    for p, on, name in self.grants.get(role, [])]
+            columns = ", ".join(f'"{c}"' for c in _GRANT_COLUMNS)
+            if not rows:
+                return f"SELECT * FROM (VALUES (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)) AS g({columns}) WHERE FALSE"
+            return f"SELECT * FROM (VALUES {', '.join(rows)}) AS g({columns})"
         if (explain := _EXPLAIN.match(sql)) is not None:
             found = [n for pattern, n in self.explains if pattern.search(explain.group(1))]
             plan = {"GlobalStats": {"partitionsTotal": 1, "partitionsAssigned": 1,
