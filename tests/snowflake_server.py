@@ -6,9 +6,11 @@ every statement with the session that sent it, and rewrites the two statements f
 before forwarding them:
 
 - `CREATE TABLE … CLONE … AT(TIMESTAMP => …)`: fakesnow has no time travel, so the AT clause is
-  cut and the current state cloned; the statement as sent stays in `statements`.
-- `CREATE OR REPLACE TEMPORARY VIEW db.schema.v` (dbt-snowflake's incremental staging view):
-  fakesnow keeps temporary objects in DuckDB's `temp` catalog only, so it becomes a plain view.
+  cut and the current state cloned; the statement as sent stays in `statements`. The clone
+  itself becomes `CREATE TABLE … AS SELECT * FROM …`: fakesnow's own CLONE leaves the copy's
+  columns out of its catalog, so dbt's `describe table` of it comes back empty.
+- `CREATE OR REPLACE TEMPORARY VIEW|TABLE db.schema.t` (dbt-snowflake's incremental staging relation):
+  fakesnow keeps temporary objects in DuckDB's `temp` catalog only, so it becomes a plain one.
 - `SHOW GRANTS TO ROLE r` (fakesnow has no grants): answered from `grant(role, privilege, on, name)`.
 - `EXPLAIN USING JSON <query>`: answered with a plan whose GlobalStats assign `explain_bytes`
   (or the bytes of the last `explain(pattern, n)` whose pattern the query matches).
@@ -27,11 +29,12 @@ from typing import Any
 from urllib.parse import parse_qs
 
 _CLONE_AT = re.compile(r"^(\s*create\b.*\bclone\b.*?)\s+at\s*\(\s*timestamp\s*=>.*\)\s*;?\s*$", re.I | re.S)
+_CLONE = re.compile(r"^\s*create\s+table\s+(\S+)\s+clone\s+(\S+)\s*$", re.I)
 _EXPLAIN = re.compile(r"^\s*explain\s+using\s+json\s+(.*)$", re.I | re.S)
 _SHOW_GRANTS = re.compile(r"^\s*show\s+grants\s+to\s+role\s+\"?(\w+)\"?\s*$", re.I)
 _GRANT_COLUMNS = ("created_on", "privilege", "granted_on", "name", "granted_to", "grantee_name", "grant_option",
                   "granted_by")
-_TEMP_VIEW = re.compile(r"^(\s*create\s+or\s+replace\s+)temporary\s+(view\b)", re.I)
+_TEMP_VIEW = re.compile(r"^(\s*create\s+or\s+replace\s+)temporary\s+((?:view|table)\b)", re.I)
 
 
 @dataclass(frozen=True)
@@ -192,7 +195,9 @@ class FakeSnowflake:
 
     def _rewrite(self, sql: str) -> str:
         if (clone := _CLONE_AT.match(sql)) is not None and self.time_travel:
-            return clone.group(1)
+            sql = clone.group(1)
+        if (copy := _CLONE.match(sql)) is not None:
+            return f"CREATE TABLE {copy.group(1)} AS SELECT * FROM {copy.group(2)}"
         if (show := _SHOW_GRANTS.match(sql)) is not None:
             role = show.group(1).upper()
             rows = [f"('2026-01-01'::TIMESTAMP_TZ, '{p}', '{on}', '{name}', 'ROLE', '{role}', 'false', 'SYSADMIN')"
