@@ -360,19 +360,19 @@ def sandbox() -> None:
 
 @sandbox.command("gc")
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@AT
 @click.pass_context
-def sandbox_gc(ctx: click.Context, dry_run: bool) -> None:
+def sandbox_gc(ctx: click.Context, dry_run: bool, at: datetime | None) -> None:
     """Drop Cairn's sandbox datasets or schemas past their expiry (a crashed worker's)."""
     from jobs.clock import Clock
 
     config = load_config(ctx.obj["config_path"])
     verb = "would drop" if dry_run else "dropped"
     if config.settings.snowflake is not None:
-        from jobs.runtime import Runtime
         from jobs.warehouse.snowflake_sandbox import gc_sandboxes as snowflake_gc, query_tag
 
         settings = config.settings.snowflake
-        rt = Runtime(config, Clock())
+        rt = runtime(ctx, at)
         with rt.sandboxes().connection(query_tag(settings.org, "gc")) as session:
             removed = snowflake_gc(session, database=settings.sandbox_database_name,
                                    older_than=settings.sandbox_retention, now=rt.clock.now(), dry_run=dry_run)
@@ -383,7 +383,7 @@ def sandbox_gc(ctx: click.Context, dry_run: bool) -> None:
 
         settings = _bigquery_settings(config)
         client = client_for(settings, config.root)
-        removed = gc_sandboxes(client, org=settings.org, now=Clock().now(), dry_run=dry_run)
+        removed = gc_sandboxes(client, org=settings.org, now=Clock(at).now(), dry_run=dry_run)
         where, noun = client.project, "dataset"
     for name in removed:
         click.echo(f"{verb} {name}")

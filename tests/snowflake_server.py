@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+import pytest
+
 _CLONE_AT = re.compile(r"^(\s*create\b.*\bclone\b.*?)\s+at\s*\(\s*timestamp\s*=>.*\)\s*;?\s*$", re.I | re.S)
 _CLONE = re.compile(r"^\s*create\s+table\s+(\S+)\s+clone\s+(\S+)\s*$", re.I)
 _EXPLAIN = re.compile(r"^\s*explain\s+using\s+json\s+(.*)$", re.I | re.S)
@@ -65,6 +67,7 @@ class FakeSnowflake:
     explains: list[tuple[re.Pattern, int]] = field(default_factory=list)
     grants: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)  # ROLE -> (privilege, on, name)
     time_travel: bool = True  # False: AT clauses reach fakesnow, which fails them as Snowflake does without history
+    setup: tuple[str, ...] = ()  # statements the test's own session runs once the server is up
 
     def __enter__(self) -> "FakeSnowflake":
         import uvicorn
@@ -81,6 +84,8 @@ class FakeSnowflake:
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError("the fakesnow server did not start")
             time.sleep(0.02)
+        if self.setup:
+            self.run(*self.setup)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -118,13 +123,14 @@ class FakeSnowflake:
         """SHOW GRANTS TO ROLE `role` lists this grant (a ROLE granted with USAGE brings its own)."""
         self.grants.setdefault(role.upper(), []).append((privilege.upper(), on.upper(), name.upper()))
 
-    def reset(self) -> None:
+    def reset(self) -> "FakeSnowflake":
         """Forget what was received and configured (the data stays: fakesnow's is per process)."""
         self.logins.clear()
         self.statements.clear()
         self.explains.clear()
         self.grants.clear()
         self.explain_bytes, self.time_travel = 1_000_000, True
+        return self
 
     # -- inspection --------------------------------------------------------------------------
 
@@ -213,3 +219,16 @@ class FakeSnowflake:
                     "Operations": [[{"id": 0, "operation": "Result"}]]}
             return "SELECT '" + json.dumps(plan).replace("'", "''") + "' AS \"content\""
         return _TEMP_VIEW.sub(r"\1\2", sql)
+
+
+@pytest.fixture(scope="module")
+def server(request):
+    """One server per test module, set up with the module's SETUP statements (import it with `fake`)."""
+    with FakeSnowflake(setup=getattr(request.module, "SETUP", ())) as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(server):
+    """The module's server, with what earlier tests sent and configured forgotten."""
+    return server.reset()

@@ -17,28 +17,17 @@ from jobs.warehouse.snowflake_cost import WarehouseTimeRefused, check_budget
 from jobs.warehouse.snowflake_doctor import doctor
 from jobs.warehouse.snowflake_sandbox import SnowflakeSandbox, SnowflakeSandboxes, created_at, gc_sandboxes, query_tag
 from jobs.warehouse.statement_guard import ProductionWriteRefused
-from tests.snowflake_server import FakeSnowflake
+from tests.snowflake_server import FakeSnowflake, fake, server  # noqa: F401 (fixtures)
 
 UTC = timezone.utc
 NOW = datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
 LAST_GOOD = datetime(2026, 11, 22, 23, tzinfo=UTC)
 PASSWORD = "s3cret-Pa55word!"
 
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeSnowflake() as fake:
-        fake.run("CREATE OR REPLACE DATABASE SF_PROD", "CREATE SCHEMA SF_PROD.ANALYTICS",
-                 "CREATE TABLE SF_PROD.ANALYTICS.FCT_ORDERS (ORDER_ID INT, AMOUNT NUMBER(10, 2))",
-                 "INSERT INTO SF_PROD.ANALYTICS.FCT_ORDERS VALUES (1, 10.5), (2, 20)",
-                 "CREATE OR REPLACE DATABASE SF_SANDBOX")
-        yield fake
-
-
-@pytest.fixture
-def fake(server):
-    server.reset()
-    yield server
+SETUP = ("CREATE OR REPLACE DATABASE SF_PROD", "CREATE SCHEMA SF_PROD.ANALYTICS",
+         "CREATE TABLE SF_PROD.ANALYTICS.FCT_ORDERS (ORDER_ID INT, AMOUNT NUMBER(10, 2))",
+         "INSERT INTO SF_PROD.ANALYTICS.FCT_ORDERS VALUES (1, 10.5), (2, 20)",
+         "CREATE OR REPLACE DATABASE SF_SANDBOX")
 
 
 def _settings(fake: FakeSnowflake, **overrides) -> SnowflakeSettings:

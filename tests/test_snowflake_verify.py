@@ -26,7 +26,7 @@ from jobs.records import BaselineStats, Verdict, Verification
 from jobs.verify import verify_revert
 from jobs.warehouse.snowflake_cost import WarehouseTimeRefused
 from jobs.warehouse.snowflake_sandbox import SnowflakeSandboxes
-from tests.snowflake_server import FakeSnowflake
+from tests.snowflake_server import FakeSnowflake, fake, server  # noqa: F401 (fixtures)
 from tests.test_bigquery_verify import Scenario, _commit, _git
 
 os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"
@@ -65,12 +65,6 @@ ESCAPE = ("select paid_on as revenue_date", "{{ config(pre_hook=\"delete from PA
 
 
 @pytest.fixture(scope="module")
-def server():
-    with FakeSnowflake() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def scenario(server, tmp_path_factory) -> Scenario:
     """Production built at the regression on the fake; its manifest as Cairn's prod state."""
     root = tmp_path_factory.mktemp("sfverify")
@@ -105,12 +99,6 @@ def scenario(server, tmp_path_factory) -> Scenario:
                                         "direction": "drop"})
     band = BaselineStats(expected=HEALTHY, lower=140.0, upper=160.0, n=7)
     return Scenario(repo, root / "prod-state", root / "sandboxes", sha, contract, band)
-
-
-@pytest.fixture
-def fake(server, scenario):
-    server.reset()
-    yield server
 
 
 def _verify(s: Scenario, fake: FakeSnowflake, deployed: str = "regression", snapshot_at: datetime = LAST_GOOD, **settings) -> Verification:
