@@ -4,14 +4,16 @@
 sandbox, and nothing else differs between warehouses:
 
 - `Sandboxes.sandbox(label, project_dir, profile, production)`: a clone of production (a copied DuckDB file,
-  a BigQuery dataset of zero-copy clones) with a generated dbt profile, removed on exit.
+  a BigQuery dataset or Snowflake schema of zero-copy clones) with a generated dbt profile, removed on exit.
 - `Sandbox.plan(dbt)`: the sandbox's manifest before the build when the adapter must place or check
-  writes first (BigQuery redirects every write into its dataset), else None.
+  writes first (BigQuery and Snowflake redirect every write into their sandbox), else None.
 - `Sandbox.prepare(production, expected)`: with that manifest's selection, clone the stateful
   tables the build reads and check that every write lands in the sandbox (a refusal raises).
 - `Sandbox.admit(dbt, select, extra, expected)`: the admission check before any build (BigQuery's
-  dry-run cost estimate against the budget); raises a `SandboxRefused`.
-- `Sandbox.guarded()`: wraps the build (BigQuery checks every API request dbt makes).
+  dry-run cost estimate against the budget, Snowflake's EXPLAIN estimate in warehouse-seconds);
+  raises a `SandboxRefused`.
+- `Sandbox.guarded()`: wraps the build (BigQuery checks every API request dbt makes, Snowflake
+  every statement).
 - `Sandbox.after_build()`: the write guard's verdict (DuckDB fingerprints production).
 - `Sandbox.warehouse()`, `Sandbox.deltas(...)`: measure the contracts and sample-row deltas there.
 - `Sandbox.spend()`: estimated and billed bytes and what was cloned, for the evidence.
@@ -65,7 +67,7 @@ class Sandbox(Protocol):
 
 
 class Sandboxes(Protocol):
-    name: str  # 'duckdb', 'bigquery'
+    name: str  # 'duckdb', 'bigquery', 'snowflake'
     checks_deploys: bool  # whether deploy checks (jobs.deploy_check) build here
 
     def sandbox(self, label: str, project_dir: Path, profile: str,
