@@ -318,18 +318,21 @@ class BigQueryBuild(CloneBuild):
         self.connection = sandbox.warehouse(settings.budget_bytes)
         self.estimated = 0
 
-    def prepare(self, production: Mapping[str, Any], expected: set[str]) -> None:
-        check_relations(dbt_manifest(self.target_path), expected, self.sandbox.dataset)  # layer (b)
-        self.sandbox.clone(self.connection, stateful_sources(production, expected, self.settings.project),
-                           at=self.snapshot_at, now=self.now, time_travel=self.settings.time_travel)
+    @property
+    def production_database(self) -> str:
+        return self.settings.project
 
-    def admit(self, dbt: Any, select: str, extra: tuple[str, ...], expected: set[str]) -> None:
-        """The dry run of every node the build runs, summed against bigquery.budget_bytes."""
-        from jobs.warehouse.cost_guard import check_budget, estimate
+    def clone(self, sources: list[tuple[str, str, str]]) -> None:
+        self.sandbox.clone(self.connection, sources, at=self.snapshot_at, now=self.now,
+                           time_travel=self.settings.time_travel)
 
-        guess = estimate(self.connection.dry_run, self.compiled(dbt, select, extra), expected)
-        self.estimated = guess.total
-        check_budget(guess, self.settings.budget_bytes, self.clone_id)
+    def scan(self, sql: str) -> int:
+        return self.connection.dry_run(sql)  # bytes the dry run would process
+
+    def check_budget(self, estimate: Any) -> None:
+        from jobs.warehouse.cost_guard import check_budget
+
+        check_budget(estimate, self.settings.budget_bytes, self.clone_id)  # against bigquery.budget_bytes
 
     def guarded(self) -> AbstractContextManager[None]:
         return guarded(self.sandbox.dataset)  # dbt's own requests: layer (a) for hooks and macros too

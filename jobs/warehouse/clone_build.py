@@ -81,6 +81,39 @@ class CloneBuild:
             dbt.parse()  # again, with Cairn's schema/database macros in place
         return dbt.manifest()
 
+    def prepare(self, production: Mapping[str, Any], expected: set[str]) -> None:
+        """Layer (b) on the planned manifest, then clones of the stateful tables the build reads."""
+        from jobs.warehouse.bigquery_sandbox import check_relations, dbt_manifest, stateful_sources
+
+        check_relations(dbt_manifest(self.target_path), expected, self.sandbox.dataset)
+        self.clone(stateful_sources(production, expected, self.production_database))
+
+    def admit(self, dbt: Any, select: str, extra: tuple[str, ...], expected: set[str]) -> None:
+        """The estimate of every model the build runs (`scan`: compiled SQL -> bytes) against the budget."""
+        from jobs.warehouse.cost_guard import estimate
+
+        guess = estimate(self.scan, self.compiled(dbt, select, extra), expected)
+        self.estimated = guess.total
+        self.check_budget(guess)
+
+    # -- what each warehouse supplies ----------------------------------------------------------
+
+    production_database = ""  # where unqualified production names live (project, database)
+
+    def clone(self, sources: list[tuple[str, str, str]]) -> None:
+        raise NotImplementedError
+
+    def scan(self, sql: str) -> int:
+        raise NotImplementedError
+
+    def check_budget(self, estimate: Any) -> None:
+        raise NotImplementedError
+
+    def guarded(self):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------
+
     def compiled(self, dbt: Any, select: str, extra: tuple[str, ...]) -> Mapping[str, Any]:
         """The selection compiled in the sandbox, under the guard (compiling runs introspective queries)."""
         with self.guarded():
@@ -92,9 +125,6 @@ class CloneBuild:
         if compiled is None:
             raise DbtError("dbt compile failed in the sandbox; see its log")
         return compiled
-
-    def guarded(self):
-        raise NotImplementedError
 
     def after_build(self) -> None:
         return None  # the guard and check_relations refused any write outside the sandbox before it was sent

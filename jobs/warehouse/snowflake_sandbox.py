@@ -28,7 +28,7 @@ from typing import Any
 
 
 from jobs.errors import WarehouseError
-from jobs.warehouse.bigquery_sandbox import TARGET, Clone, _snapshot, check_relations, dbt_manifest, stateful_sources
+from jobs.warehouse.bigquery_sandbox import TARGET, Clone, _snapshot
 from jobs.warehouse.clone_build import CloneBuild, ClonedSandbox, write_profiles_yml
 from jobs.warehouse.snowflake import SnowflakeWarehouse, connect, private_key_path
 from jobs.warehouse.snowflake_guard import check
@@ -254,19 +254,21 @@ class SnowflakeBuild(CloneBuild):
         self.connection = sandbox.connection
         self.estimated: int | None = None
 
-    def prepare(self, production: Mapping[str, Any], expected: set[str]) -> None:
-        check_relations(dbt_manifest(self.target_path), expected, self.sandbox.dataset)  # layer (b)
-        self.sandbox.clone(stateful_sources(production, expected, self.settings.database),
-                           at=self.snapshot_at, now=self.now, time_travel=self.settings.time_travel)
+    @property
+    def production_database(self) -> str:
+        return self.settings.database
 
-    def admit(self, dbt: Any, select: str, extra: tuple[str, ...], expected: set[str]) -> None:
-        """EXPLAIN every model the build runs; their scan in warehouse-seconds against the budget."""
-        from jobs.warehouse.cost_guard import estimate
+    def clone(self, sources: list[tuple[str, str, str]]) -> None:
+        self.sandbox.clone(sources, at=self.snapshot_at, now=self.now, time_travel=self.settings.time_travel)
+
+    def scan(self, sql: str) -> int:
+        return self.connection.explain(sql)  # bytes the plan assigns to scan
+
+    def check_budget(self, estimate: Any) -> None:
+        """The scan in warehouse-seconds against snowflake.budget_seconds."""
         from jobs.warehouse.snowflake_cost import check_budget
 
-        guess = estimate(self.connection.explain, self.compiled(dbt, select, extra), expected)
-        self.estimated = guess.total
-        check_budget(guess, self.settings.budget_seconds, self.settings.scan_bytes_per_second, self.clone_id)
+        check_budget(estimate, self.settings.budget_seconds, self.settings.scan_bytes_per_second, self.clone_id)
 
     def guarded(self) -> AbstractContextManager[None]:
         return guarded(self.sandbox.dataset, self.settings.budget_seconds)  # layer (a) for dbt's statements
