@@ -16,22 +16,31 @@ from pathlib import Path
 
 import pytest
 
-from jobs import groups
-from jobs.attribute import Attribution
-from jobs.clock import Clock
+from jobs.attribute import groups
+from jobs.attribute.attribution import Attribution
 from jobs.config import load_config
-from jobs.contracts import Contract
-from jobs.detect import Change, detect
-from jobs.failures import mark_errored
-from jobs.lineage import Lineage
-from jobs.propose import UnverifiedRevert, propose
-from jobs.queue import RQJobs, perform_review, perform_stage
-from jobs.records import (Candidate, Incident, IncidentStatus, MemberResult, Observation, RankedCause, Ranking,
-                          Verdict, Verification)
-from jobs.report import candidate_from_json, ranking_from_json
-from jobs.review import approve, reject
+from jobs.contracts.spec import Contract
+from jobs.core.clock import Clock
+from jobs.core.records import (
+    Candidate,
+    Incident,
+    IncidentStatus,
+    MemberResult,
+    Observation,
+    RankedCause,
+    Ranking,
+    Verdict,
+    Verification,
+)
+from jobs.core.report import candidate_from_json, ranking_from_json
+from jobs.detect.observe import Change, detect
+from jobs.loop.failures import mark_errored
+from jobs.loop.queue import RQJobs, perform_review, perform_stage
+from jobs.loop.stages import attribute_stage, propose_stage, verify_stage
+from jobs.project.lineage import Lineage
+from jobs.propose.decision import UnverifiedRevert, propose
+from jobs.propose.review import approve, reject
 from jobs.runtime import Runtime
-from jobs.stages import attribute_stage, propose_stage, verify_stage
 from tests.test_propose import base_repo, git
 from tests.test_store import store_url  # noqa: F401 - the SQLite/PostgreSQL store URL fixture
 
@@ -359,14 +368,14 @@ def test_a_review_on_a_members_card_refreshes_every_card_of_the_group(shop: Shop
     pr = groups.pull_request(shop.rt.store, orders)
     perform_review(shop.rt, jobs, "approve", orders.id, "slack:U1", pr.head_sha)
     assert sorted(job.args[0] for job in jobs.notifications.jobs) == [revenue.id, orders.id]
-    assert jobs.stages.count == 0
+    assert jobs.loop.stages.count == 0
 
 
 def test_a_members_own_stage_job_only_refreshes_its_card(shop: Shop, redis) -> None:
     (revenue, orders), _ = broken_together(shop)
     jobs = RQJobs(shop.rt.config, redis, shop.rt.clock)
     perform_stage(shop.rt, jobs, "attribute", orders.id, may_retry=False)
-    assert [job.args[0] for job in jobs.notifications.jobs] == [orders.id] and jobs.stages.count == 0
+    assert [job.args[0] for job in jobs.notifications.jobs] == [orders.id] and jobs.loop.stages.count == 0
 
 
 def test_a_member_that_left_runs_its_own_jobs_beside_the_groups(shop: Shop, redis) -> None:
@@ -375,4 +384,4 @@ def test_a_member_that_left_runs_its_own_jobs_beside_the_groups(shop: Shop, redi
     jobs.stage("attribute", revenue.id)  # the group's, run by its leader: its job is kept after it finished
     left = groups.leave(shop.rt.store, revenue, groups.NOT_RECOVERED)
     jobs.stage("attribute", revenue.id, run=groups.run_label(left))  # RQ refuses a second job with one ID
-    assert jobs.stages.job_ids == [f"cairn-attribute-{revenue.id}", f"cairn-attribute-{revenue.id}-own{revenue.id}"]
+    assert jobs.loop.stages.job_ids == [f"cairn-attribute-{revenue.id}", f"cairn-attribute-{revenue.id}-own{revenue.id}"]

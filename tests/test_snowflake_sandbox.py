@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from jobs.config import Environment, SnowflakeSettings, parse_settings
-from jobs.errors import ConfigError
+from jobs.core.errors import ConfigError
 from jobs.warehouse.cost_guard import Estimate
 from jobs.warehouse.snowflake_cost import WarehouseTimeRefused, check_budget
 from jobs.warehouse.snowflake_doctor import doctor

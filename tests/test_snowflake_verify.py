@@ -1,5 +1,5 @@
 """A revert verified end to end on Snowflake: real dbt-snowflake against fakesnow's server, through
-`jobs.verify.verify_revert` and the Snowflake adapter.
+`jobs.verify.verification.verify_revert` and the Snowflake adapter.
 
 A small payments project is built into production with a regression (PayPal payments dropped from
 revenue); verification reverts it in a sandbox schema, builds there through Cairn's generated
@@ -19,11 +19,11 @@ import pytest
 import yaml
 
 from jobs.config import SnowflakeSettings
-from jobs.contracts import Contract
-from jobs.dbt import Dbt
-from jobs.git import Git
-from jobs.records import BaselineStats, Verdict, Verification
-from jobs.verify import verify_revert
+from jobs.contracts.spec import Contract
+from jobs.core.records import BaselineStats, Verdict, Verification
+from jobs.project.dbt import Dbt
+from jobs.project.git import Git
+from jobs.verify.verification import verify_revert
 from jobs.warehouse.snowflake_cost import WarehouseTimeRefused
 from jobs.warehouse.snowflake_sandbox import SnowflakeSandboxes
 from tests.snowflake_server import FakeSnowflake, fake, server  # noqa: F401 (fixtures)

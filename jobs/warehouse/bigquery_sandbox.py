@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from jobs.errors import WarehouseError
+from jobs.core.errors import WarehouseError
 from jobs.warehouse import identifier
-from jobs.warehouse.bigquery import ANONYMOUS, ADC, BigQueryWarehouse, api_reason
+from jobs.warehouse.bigquery import ADC, ANONYMOUS, BigQueryWarehouse, api_reason
 from jobs.warehouse.clone_build import CloneBuild, ClonedSandbox, write_profiles_yml
 from jobs.warehouse.request_guard import guarded
 from jobs.warehouse.sandboxes import SandboxRefused

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from jobs.errors import DbtError
+from jobs.core.errors import DbtError
 
 
 def write_profiles_yml(directory: Path, profile: str, output: dict[str, Any]) -> Path:
@@ -134,7 +134,7 @@ class CloneBuild:
         yield self.connection  # closed with the sandbox: its spend is the verification's
 
     def deltas(self, manifest: Mapping[str, Any], production: Mapping[str, Any], models: Sequence[str]) -> list:
-        from jobs.evidence import relation_deltas
+        from jobs.warehouse.row_deltas import relation_deltas
 
         return relation_deltas(self.connection, manifest, production, models)
 

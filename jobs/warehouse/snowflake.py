@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlglot import exp
 
-from jobs.errors import ConfigError, WarehouseError
+from jobs.core.errors import ConfigError, WarehouseError
 from jobs.warehouse import identifier
 from jobs.warehouse.snowflake_guard import check
 from jobs.warehouse.statement_guard import Dataset

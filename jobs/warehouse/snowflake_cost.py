@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from jobs.formatting import fmt_bytes
+from jobs.core.formatting import fmt_bytes
 from jobs.warehouse.cost_guard import Estimate
 from jobs.warehouse.sandboxes import SandboxRefused
 

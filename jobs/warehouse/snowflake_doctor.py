@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from jobs.errors import CairnError
+from jobs.core.errors import CairnError
 from jobs.warehouse.bigquery_doctor import Finding, production_tables
 from jobs.warehouse.snowflake import SnowflakeWarehouse
 from jobs.warehouse.snowflake_sandbox import SnowflakeSandbox

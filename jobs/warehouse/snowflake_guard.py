@@ -17,8 +17,15 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
-from jobs.warehouse.statement_guard import (_WRITES, Dataset, ProductionWriteRefused, Target, _kind, _quiet,
-                                            refuse_outside)
+from jobs.warehouse.statement_guard import (
+    _WRITES,
+    Dataset,
+    ProductionWriteRefused,
+    Target,
+    _kind,
+    _quiet,
+    refuse_outside,
+)
 
 DIALECT = "snowflake"
 _READ_COMMANDS = ("SHOW", "DESCRIBE", "DESC", "EXPLAIN")

@@ -26,8 +26,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-
-from jobs.errors import WarehouseError
+from jobs.core.errors import WarehouseError
 from jobs.warehouse.bigquery_sandbox import TARGET, Clone, _snapshot
 from jobs.warehouse.clone_build import CloneBuild, ClonedSandbox, write_profiles_yml
 from jobs.warehouse.snowflake import SnowflakeWarehouse, connect, private_key_path
