@@ -13,10 +13,10 @@ import pytest
 
 from examples.generate import load
 from jobs.config import load_config
-from jobs.contracts import Contract
-from jobs.dbt import Dbt
-from jobs.measure import evaluate
-from jobs.relations import contracts_from_manifest, resolve
+from jobs.contracts.measure import evaluate
+from jobs.contracts.relations import contracts_from_manifest, resolve
+from jobs.contracts.spec import Contract
+from jobs.project.dbt import Dbt
 from jobs.warehouse.duckdb import DuckDBWarehouse
 
 ROOT = Path(__file__).resolve().parent.parent

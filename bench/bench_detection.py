@@ -1,6 +1,6 @@
 """Detection on generated business series: false alarms, day-one recall and delay, against an anchor.
 
-Each series is replayed day by day through the product's own `jobs.baseline.assess`, exactly as
+Each series is replayed day by day through the product's own `jobs.detect.baseline.assess`, exactly as
 the morning check runs it: flagged days leave the baseline. The same days go through an
 Elementary-style anchor (mean ± 3 standard deviations of the last 14 points, with and without
 day-of-week) in the same run. bench/README.md and docs/detection.md hold the figures.
@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from bench.detection_series import FAMILIES, Series, anchor_band
-from jobs.baseline import assess
-from jobs.records import AssessmentStatus, Observation
+from jobs.core.records import AssessmentStatus, Observation
+from jobs.detect.baseline import assess
 
 SERIES = int(os.environ.get("CAIRN_BENCH_SERIES", "40"))  # per family
 HISTORY = 98  # days before the first scored one: fourteen of each weekday for the day-of-week anchor

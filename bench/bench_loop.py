@@ -6,7 +6,7 @@ harmless column aliases and, at a seeded random position, a regression (PayPal p
 fall out of order revenue) — loads the next
 day, deploys with a plain `dbt build` (timed), then times `check_and_heal` from check to verified PR.
 The loop includes the deploy check (one scoped sandbox build of the deploy's previous version,
-`jobs.deploy_check`), reported on its own.
+`jobs.detect.deploy_check`), reported on its own.
 """
 
 from __future__ import annotations
@@ -18,14 +18,24 @@ from pathlib import Path
 
 import pytest
 
-from jobs.clock import Clock
-from jobs.config import load_config
-from jobs.detect import Change
-from jobs.runtime import Runtime
-from jobs.queue import check_and_heal
 from examples.generate import add_day
-from tests.test_scenarios import (CHECK, DAY, PAYPAL_FILTER, Case, Commit, Edit, build_baseline, deploy_copy,
-                                  land, production_dbt)
+from jobs.config import load_config
+from jobs.core.clock import Clock
+from jobs.detect.observe import Change
+from jobs.loop.queue import check_and_heal
+from jobs.runtime import Runtime
+from tests.test_scenarios import (
+    CHECK,
+    DAY,
+    PAYPAL_FILTER,
+    Case,
+    Commit,
+    Edit,
+    build_baseline,
+    deploy_copy,
+    land,
+    production_dbt,
+)
 
 CONTRACT = "revenue.net_daily"
 SEED = 20261006

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from jobs.contracts import Contract
+from jobs.contracts.spec import Contract
 
 START = datetime(2025, 1, 6, tzinfo=timezone.utc)  # a Monday, so weekday i is day i % 7
 WEEK_SHAPE = np.array([1.0, 1.03, 1.0, 0.98, 0.92, 0.64, 0.54])  # Mon..Sun, scaled by the amplitude

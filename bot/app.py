@@ -23,10 +23,10 @@ from bot import ids, messages
 from bot.approvers import Approvers
 from bot.cards import reject_modal
 from bot.commands import Invocation, pull_kill_switch, release_kill_switch, run_command, set_mode
-from jobs import groups
-from jobs.errors import CairnError, NotFound
-from jobs.queue import Jobs
-from jobs.records import IncidentStatus
+from jobs.attribute import groups
+from jobs.core.errors import CairnError, NotFound
+from jobs.core.records import IncidentStatus
+from jobs.loop.queue import Jobs
 from jobs.runtime import Runtime
 from policies.model import Mode
 

@@ -12,17 +12,37 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from slack_sdk.models.blocks import (ActionsBlock, Block, ButtonElement, ConfirmObject, ContextBlock, HeaderBlock,
-                                     InputBlock, MarkdownTextObject, Option, PlainTextInputElement, PlainTextObject,
-                                     SectionBlock, StaticSelectElement)
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ConfirmObject,
+    ContextBlock,
+    HeaderBlock,
+    InputBlock,
+    MarkdownTextObject,
+    Option,
+    PlainTextInputElement,
+    PlainTextObject,
+    SectionBlock,
+    StaticSelectElement,
+)
 from slack_sdk.models.views import View
 
 from bot import ids
 from bot.messages import STATUS_LABEL, TRIAGE_LABEL, chain_lines, group_lines, left_group_line, regression
-from bot.thread import (Step, cause_phrase, decision_phrase, incident_pr, merge_refusal, moment, proof_phrase,
-                        thread_steps)
-from jobs.records import Incident, IncidentStatus, PullRequest
-from jobs.report import loop_json
+from bot.thread import (
+    Step,
+    cause_phrase,
+    decision_phrase,
+    incident_pr,
+    merge_refusal,
+    moment,
+    proof_phrase,
+    thread_steps,
+)
+from jobs.core.records import Incident, IncidentStatus, PullRequest
+from jobs.core.report import loop_json
 from policies.decide import KillSwitch
 from policies.model import Mode
 

@@ -14,8 +14,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from bot.messages import short_sha
-from jobs.formatting import fmt_number
-from jobs.records import BaselineStats, Observation
+from jobs.core.formatting import fmt_number
+from jobs.core.records import BaselineStats, Observation
 
 SIZE_INCHES, DPI = (8.0, 3.2), 100  # 800 × 320 px: legible in a Slack thread without expanding it
 LINE, BAND, BAD = "#3b6ea5", "#9bbf85", "#d0342c"

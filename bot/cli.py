@@ -13,8 +13,8 @@ import click
 
 from bot import messages, render
 from jobs.config import load_config
-from jobs.errors import CairnError
-from jobs.masking import mask_logs
+from jobs.core.errors import CairnError
+from jobs.core.masking import mask_logs
 
 log = logging.getLogger("cairn")
 
@@ -49,7 +49,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 def runtime(ctx: click.Context, at: datetime | None = None):
     """The Runtime of this command; `--at` pins its clock, so every stage runs at that time."""
-    from jobs.clock import Clock
+    from jobs.core.clock import Clock
     from jobs.runtime import Runtime
 
     rt = Runtime(load_config(ctx.obj["config_path"]), Clock(at))
@@ -62,7 +62,7 @@ def runtime(ctx: click.Context, at: datetime | None = None):
 @click.pass_context
 def observe(ctx: click.Context, at: datetime | None) -> None:
     """Evaluate every contract and record the observations."""
-    from jobs.detect import observe as run_observe
+    from jobs.detect.observe import observe as run_observe
 
     rt = runtime(ctx, at)
     for obs in run_observe(rt, rt.clock.now()):
@@ -75,7 +75,7 @@ def observe(ctx: click.Context, at: datetime | None) -> None:
 @click.pass_context
 def check(ctx: click.Context, at: datetime | None, contract_id: str | None) -> None:
     """Observe, detect, open/update/resolve incidents, and heal the new ones."""
-    from jobs.queue import check_and_heal
+    from jobs.loop.queue import check_and_heal
 
     rt = runtime(ctx, at)
     contracts = [rt.contract(contract_id)] if contract_id else None
@@ -92,7 +92,7 @@ def check(ctx: click.Context, at: datetime | None, contract_id: str | None) -> N
 @click.pass_context
 def backfill(ctx: click.Context, days: int, at: datetime | None) -> None:
     """Give windowed contracts a baseline from the current tables."""
-    from jobs.backfill import backfill as run_backfill
+    from jobs.detect.backfill import backfill as run_backfill
 
     rt = runtime(ctx, at)
     click.echo(messages.BACKFILL_CAVEAT)
@@ -110,7 +110,7 @@ def backfill(ctx: click.Context, days: int, at: datetime | None) -> None:
 @click.pass_context
 def incidents(ctx: click.Context, as_json: bool, show_all: bool) -> None:
     """List incidents (open ones by default)."""
-    from jobs.report import incident_json
+    from jobs.core.report import incident_json
 
     found = runtime(ctx).store.incidents(open_only=not show_all)
     if as_json:
@@ -128,7 +128,7 @@ def incidents(ctx: click.Context, as_json: bool, show_all: bool) -> None:
 @click.pass_context
 def incident(ctx: click.Context, incident_id: int, as_json: bool) -> None:
     """Show one incident and its audit trail."""
-    from jobs.report import incident_json
+    from jobs.core.report import incident_json
 
     rt = runtime(ctx)
     found = rt.store.incident(incident_id)
@@ -186,8 +186,8 @@ def scheduler(ctx: click.Context, once: bool) -> None:
     """
     import time
 
-    from jobs.cleanup import remove_stale_sandboxes
-    from jobs.queue import for_runtime
+    from jobs.loop.cleanup import remove_stale_sandboxes
+    from jobs.loop.queue import for_runtime
     from jobs.runtime import Runtime
 
     config = load_config(ctx.obj["config_path"])
@@ -228,7 +228,7 @@ def worker(ctx: click.Context, burst: bool) -> None:
     from rq import Worker
 
     from jobs.forge.github_auth import check_credentials
-    from jobs.queue import RQJobs
+    from jobs.loop.queue import RQJobs
 
     config = load_config(ctx.obj["config_path"])
     if not config.env.redis_url:
@@ -264,7 +264,7 @@ def serve(ctx: click.Context, socket_mode: bool, host: str, port: int | None, th
 def status(ctx: click.Context) -> None:
     """Mode, kill switch, open incidents and queue health (as `/cairn status`)."""
     from bot.commands import status_text
-    from jobs.queue import for_runtime
+    from jobs.loop.queue import for_runtime
 
     rt = runtime(ctx)
     click.echo(status_text(rt, for_runtime(rt)).replace("*", ""))
@@ -277,7 +277,7 @@ def status(ctx: click.Context) -> None:
 def mode(ctx: click.Context, mode: str, reason: str) -> None:
     """Set the org's mode (as `/cairn mode`)."""
     from bot.commands import set_mode
-    from jobs.queue import for_runtime
+    from jobs.loop.queue import for_runtime
     from policies.model import Mode
 
     rt = runtime(ctx)
@@ -290,7 +290,7 @@ def mode(ctx: click.Context, mode: str, reason: str) -> None:
 def kill(ctx: click.Context, reason: tuple[str, ...]) -> None:
     """Pull the kill switch: every job records and does nothing more (as `/cairn kill`)."""
     from bot.commands import pull_kill_switch
-    from jobs.queue import for_runtime
+    from jobs.loop.queue import for_runtime
 
     rt = runtime(ctx)
     click.echo(pull_kill_switch(rt, for_runtime(rt), " ".join(reason), _actor()))
@@ -301,7 +301,7 @@ def kill(ctx: click.Context, reason: tuple[str, ...]) -> None:
 def unkill(ctx: click.Context) -> None:
     """Release the kill switch (as `/cairn unkill`)."""
     from bot.commands import release_kill_switch
-    from jobs.queue import for_runtime
+    from jobs.loop.queue import for_runtime
 
     rt = runtime(ctx)
     click.echo(release_kill_switch(rt, for_runtime(rt), _actor()))
@@ -356,7 +356,7 @@ def sandbox() -> None:
 @click.pass_context
 def sandbox_gc(ctx: click.Context, dry_run: bool) -> None:
     """Drop Cairn-labelled sandbox datasets past their expiry (a crashed worker's)."""
-    from jobs.clock import Clock
+    from jobs.core.clock import Clock
     from jobs.warehouse.bigquery import client_for
     from jobs.warehouse.bigquery_sandbox import gc_sandboxes
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot import messages, render
-from jobs import switches
-from jobs.errors import CairnError, NotFound
-from jobs.queue import Jobs
+from jobs.core.errors import CairnError, NotFound
+from jobs.loop.queue import Jobs
 from jobs.runtime import Runtime
+from jobs.store import switches
 from policies.model import Mode
 
 USAGE = """*`/cairn` commands*

@@ -7,13 +7,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, time as dtime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
+from datetime import time as dtime
 from pathlib import Path
 
 import click
 
 from bot import render
-from jobs.errors import CairnError
+from jobs.core.errors import CairnError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "shop"
 MARKER = ".cairn-demo"
@@ -63,7 +64,7 @@ def prepare_workdir(workdir: Path) -> None:
 
 
 def commit(workdir: Path, message: str, when: datetime) -> str:
-    from jobs.git import Git
+    from jobs.project.git import Git
 
     git = Git(workdir)
     stamp = when.strftime("%Y-%m-%dT%H:%M:%S+0000")
@@ -80,17 +81,18 @@ def _os_env() -> dict[str, str]:
 
 
 def run_demo(workdir: Path, days: int) -> None:
-    from examples import generate
-    from jobs.backfill import backfill
-    from jobs.clock import Clock
-    from jobs.config import load_config
-    from jobs.dbt import Dbt
-    from jobs.detect import Change, check
     from bot.notify import render_card
-    from jobs import groups
     from bot.thread import render_terminal, thread_steps
-    from jobs.queue import check_and_heal
-    from jobs.git import Git
+    from examples import generate
+    from jobs.attribute import groups
+    from jobs.config import load_config
+    from jobs.core.clock import Clock
+    from jobs.detect.backfill import backfill
+    from jobs.detect.check import check
+    from jobs.detect.observe import Change
+    from jobs.loop.queue import check_and_heal
+    from jobs.project.dbt import Dbt
+    from jobs.project.git import Git
     from jobs.runtime import Runtime
 
     started = time.monotonic()

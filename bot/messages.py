@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.records import Incident, IncidentStatus
+from jobs.core.records import Incident, IncidentStatus
 
 STATUS_LABEL = {
     IncidentStatus.detected: "Detected",
@@ -54,7 +54,7 @@ def short_sha(sha: str | None) -> str:
 
 def chain_lines(incident: Incident) -> list[str]:
     """How an incident relates to the contract's other open ones: what it follows, what followed it."""
-    from jobs.formatting import fmt_number
+    from jobs.core.formatting import fmt_number
 
     lines = []
     follows = incident.details.get("follows")

@@ -1,11 +1,11 @@
 """The jobs that post and update Slack: one card per incident, kept current, its story threaded under it.
 
-`notify_incident` is enqueued (by dotted path, from `jobs.queue`) after every stage and every
+`notify_incident` is enqueued (by dotted path, from `jobs.loop.queue`) after every stage and every
 action. It re-reads the incident and renders everything from the store, so any number of runs
 converge on the same card: the card is posted once and then updated in place with `chat.update`
 on the stored channel and `ts` (never `response_url`, which expires after 30 minutes); each
 thread step and the chart are posted once. "Once" is held by a claim in the store taken before
-posting (`jobs.store_chat`), so two workers refreshing the same incident never post twice; and
+posting (`jobs.store.chat`), so two workers refreshing the same incident never post twice; and
 each job re-renders after its own card update and updates again if the store moved meanwhile, so
 an older render landing last never leaves the card behind.
 """
@@ -23,11 +23,12 @@ from bot.cards import Message, incident_card, thread_message
 from bot.chart import metric_chart
 from bot.slack import alert_channel, web_client
 from bot.thread import thread_steps
-from jobs import groups, switches
-from jobs.errors import ConfigError
-from jobs.records import Incident, PullRequest
+from jobs.attribute import groups
+from jobs.core.errors import ConfigError
+from jobs.core.records import Incident, PullRequest
 from jobs.runtime import Runtime
-from jobs.store_chat import ChatMessage
+from jobs.store import switches
+from jobs.store.chat import ChatMessage
 
 log = logging.getLogger(__name__)
 

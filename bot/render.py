@@ -12,9 +12,9 @@ import click
 from bot.messages import STATUS_LABEL, short_sha
 from bot.thread import baseline_phrase, cause_phrase, decision_phrase, moment, pr_phrase, proof_phrase
 from jobs.config import Config
-from jobs.contracts import Contract
-from jobs.formatting import fmt_value
-from jobs.records import AuditEvent, Incident, Observation
+from jobs.contracts.spec import Contract
+from jobs.core.formatting import fmt_value
+from jobs.core.records import AuditEvent, Incident, Observation
 
 
 def observation_line(obs: Observation) -> str:
@@ -54,7 +54,7 @@ def incident_detail(incident: Incident, events: Sequence[AuditEvent]) -> str:
 
 def loop_lines(incident: Incident) -> list[str]:
     """Top cause, verdict with its proof, decision and PR: what the loop added to the incident."""
-    from jobs.report import loop_json
+    from jobs.core.report import loop_json
 
     loop = loop_json(incident.details)
     lines = []

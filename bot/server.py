@@ -15,7 +15,7 @@ from bot import messages
 from bot.app import Clicks, create_app
 from bot.slack import check_can_post, web_client
 from jobs.config import Config
-from jobs.errors import CairnError
+from jobs.core.errors import CairnError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ EVENTS_PATH = "/slack/events"
 
 def build(config: Config):
     """Runtime, queue, client and app, checked: the bot can post in the alert channel."""
-    from jobs.queue import RQJobs, for_runtime
+    from jobs.loop.queue import RQJobs, for_runtime
     from jobs.runtime import Runtime
 
     client = web_client(config)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_handlers import (ConnectionErrorRetryHandler, RateLimitErrorRetryHandler,
-                                                   ServerErrorRetryHandler)
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
 
 from jobs.config import Config
-from jobs.errors import ConfigError
+from jobs.core.errors import ConfigError
 
 DEFAULT_API_URL = WebClient.BASE_URL
 RATE_LIMIT_RETRIES = 3  # slack_sdk sleeps for Retry-After between them

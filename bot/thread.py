@@ -4,7 +4,7 @@ Steps are derived only from the incident (its status and details) and its PR, so
 always gives the same keys and text and the notifier can post each key once. Lines are plain
 text; each surface escapes them for itself.
 
-Details written by the loop are read as `jobs.report` shapes them. Later stages add, and these
+Details written by the loop are read as `jobs.core.report` shapes them. Later stages add, and these
 steps read: `rejection` {by, reason}, `merge` {by}, `merge_blocked` {by, reason, head_sha} and `error`
 {reason, error_id}.
 """
@@ -17,14 +17,22 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from bot.messages import (GROUP_PR, STATUS_LABEL, TRIAGE_LABEL, chain_lines, group_lines, left_group_line, regression,
-                          short_sha)
-from jobs.formatting import fmt_value
-from jobs.groups import NOT_RECOVERED, SPLIT
-from jobs.evidence import sample_line
-from jobs.prbody import MAX_SAMPLE_ROWS, tests_line
-from jobs.records import BaselineStats, Incident, IncidentStatus, PullRequest, Verdict, Verification
-from jobs.report import candidate_from_json, ranking_from_json, verification_from_json
+from bot.messages import (
+    GROUP_PR,
+    STATUS_LABEL,
+    TRIAGE_LABEL,
+    chain_lines,
+    group_lines,
+    left_group_line,
+    regression,
+    short_sha,
+)
+from jobs.attribute.groups import NOT_RECOVERED, SPLIT
+from jobs.core.formatting import fmt_value
+from jobs.core.records import BaselineStats, Incident, IncidentStatus, PullRequest, Verdict, Verification
+from jobs.core.report import candidate_from_json, ranking_from_json, verification_from_json
+from jobs.propose.prbody import MAX_SAMPLE_ROWS, tests_line
+from jobs.warehouse.row_deltas import sample_line
 
 TOP_CAUSES = 3
 UNEXPLAINED = {Verdict.no_code_cause.value, Verdict.intentional.value}

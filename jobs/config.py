@@ -13,8 +13,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from jobs.contracts import Contract, parse_duration
-from jobs.errors import ConfigError
+from jobs.contracts.spec import Contract, parse_duration
+from jobs.core.errors import ConfigError
 
 DEFAULT_CONFIG = "cairn.yml"
 DEFAULT_STORE = "sqlite:///.cairn/cairn.db"
@@ -334,14 +334,14 @@ def _message(error: dict[str, Any]) -> str:
 
 def config_reference() -> str:
     """The configuration reference in Markdown, generated from the declarations above."""
-    out = ["# Configuration reference", "", "Generated from `jobs/config.py` and `jobs/contracts.py`;",
+    out = ["# Configuration reference", "", "Generated from `jobs/config.py` and `jobs/contracts/spec.py`;",
            "`tests/test_config.py` fails when this file and the code drift apart.", "",
            "## cairn.yml", "", "| key | default | meaning |", "|---|---|---|"]
     out += _rows(Settings)
     out += ["", "## Environment", "", "| variable | meaning |", "|---|---|"]
     out += [f"| `{var}` | {help_} |" for var, help_ in Environment.VARIABLES.values()]
     out += ["| `CAIRN_CONFIG` | Path of cairn.yml when `--config` is not given. |"]
-    from jobs.contracts import BaselineSpec, ThresholdSpec
+    from jobs.contracts.spec import BaselineSpec, ThresholdSpec
 
     for title, model in (("Contract", Contract), ("Contract `baseline`", BaselineSpec),
                          ("Contract `threshold`", ThresholdSpec), ("`slack`", SlackSettings),

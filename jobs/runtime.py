@@ -8,12 +8,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from jobs.clock import Clock
 from jobs.config import Config
-from jobs.contracts import Contract
-from jobs.dbt import Dbt
-from jobs.errors import ConfigError, WarehouseError
-from jobs.git import Git
+from jobs.contracts.spec import Contract
+from jobs.core.clock import Clock
+from jobs.core.errors import ConfigError, WarehouseError
+from jobs.project.dbt import Dbt
+from jobs.project.git import Git
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,8 @@ class Runtime:
         self.clock = clock or Clock()  # the check's time: every stage and store timestamp reads it
 
     @cached_property
-    def store(self):  # -> jobs.store.Store
-        from jobs.store import Store
+    def store(self):  # -> jobs.store.store.Store
+        from jobs.store.store import Store
 
         return Store.open(self.config.store_url, clock=self.clock)
 
@@ -43,7 +43,7 @@ class Runtime:
 
     @cached_property
     def manifest(self) -> dict[str, Any]:
-        from jobs.packages import ensure_installed
+        from jobs.project.packages import ensure_installed
 
         if (done := ensure_installed(self.dbt)) is not None:  # a checkout that git-ignores dbt_packages/
             log.info("%s", done)
@@ -52,7 +52,7 @@ class Runtime:
     @cached_property
     def contracts(self) -> list[Contract]:
         """cairn.yml's contracts plus those declared beside models in dbt YAML; ids are unique."""
-        from jobs.relations import contracts_from_manifest
+        from jobs.contracts.relations import contracts_from_manifest
 
         contracts = list(self.config.settings.contracts) + contracts_from_manifest(self.manifest)
         seen: dict[str, str] = {}

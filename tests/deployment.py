@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from bot.cli import main
 from bot.demo import REGRESSION, commit
 from jobs.config import load_config
-from jobs.dbt import Dbt
-from jobs.git import Git
+from jobs.project.dbt import Dbt
+from jobs.project.git import Git
 from jobs.runtime import Runtime
 from tests.conftest import copy_shop
 
@@ -28,8 +28,8 @@ def at(day: date, hour: int = 1) -> datetime:
 
 
 def check_at(rt: Runtime, when: datetime, contracts=None) -> list:
-    """`jobs.detect.check` with the Runtime's clock pinned at `when`, as `cairn check --at` runs it."""
-    from jobs.detect import check
+    """`jobs.detect.check.check` with the Runtime's clock pinned at `when`, as `cairn check --at` runs it."""
+    from jobs.detect.check import check
 
     rt.clock.set(when)
     return check(rt, contracts)

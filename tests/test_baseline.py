@@ -10,10 +10,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from jobs.baseline import assess
-from jobs.contracts import Contract
-from jobs.formatting import fmt_duration, fmt_number
-from jobs.records import AssessmentStatus, Observation
+from jobs.contracts.spec import Contract
+from jobs.core.formatting import fmt_duration, fmt_number
+from jobs.core.records import AssessmentStatus, Observation
+from jobs.detect.baseline import assess
 
 HEALTHY, ANOMALOUS, LEARNING = AssessmentStatus.healthy, AssessmentStatus.anomalous, AssessmentStatus.learning
 DAY0 = datetime(2026, 3, 2, tzinfo=timezone.utc)  # a Monday

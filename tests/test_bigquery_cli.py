@@ -10,7 +10,7 @@ import yaml
 
 from bot.demo import commit
 from jobs.config import load_config
-from jobs.git import Git
+from jobs.project.git import Git
 from jobs.runtime import Runtime
 from jobs.warehouse.bigquery import BigQueryWarehouse
 from tests.bigquery_server import FakeBigQuery

@@ -19,12 +19,12 @@ import yaml
 
 from bot.demo import REGRESSION, commit
 from bot.thread import render_terminal, thread_steps
-from jobs.clock import Clock
 from jobs.config import load_config
-from jobs.git import Git
-from jobs.records import IncidentStatus, Observation
+from jobs.core.clock import Clock
+from jobs.core.records import IncidentStatus, Observation
+from jobs.loop.queue import check_and_heal
+from jobs.project.git import Git
 from jobs.runtime import Runtime
-from jobs.queue import check_and_heal
 from tests.bigquery_server import FakeBigQuery
 from tests.conftest import SHOP, copy_shop
 from tests.test_bigquery_verify import PROD_WRITE, REVENUE_COLUMNS

@@ -11,8 +11,15 @@ import pytest
 import yaml
 
 from jobs.warehouse.bigquery_doctor import WRITE_PERMISSIONS, doctor, production_tables
-from jobs.warehouse.bigquery_sandbox import (MACROS_FILE, BigQuerySandbox, RelationOutsideSandbox,
-                                             check_relations, gc_sandboxes, redirect_macros, stateful_sources)
+from jobs.warehouse.bigquery_sandbox import (
+    MACROS_FILE,
+    BigQuerySandbox,
+    RelationOutsideSandbox,
+    check_relations,
+    gc_sandboxes,
+    redirect_macros,
+    stateful_sources,
+)
 from jobs.warehouse.cost_guard import CostRefused, billed_by_dbt, check_budget, estimate
 from jobs.warehouse.statement_guard import Dataset
 from tests.bigquery_server import FakeBigQuery

@@ -10,20 +10,20 @@ from __future__ import annotations
 import math
 import os
 import re
-from statistics import median
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from statistics import median
 
 import pytest
 import yaml
 
 from jobs.config import BigQuerySettings
-from jobs.contracts import Contract
-from jobs.dbt import Dbt
-from jobs.git import Git
-from jobs.records import BaselineStats, Verdict, Verification
-from jobs.verify import Target, verify_revert
+from jobs.contracts.spec import Contract
+from jobs.core.records import BaselineStats, Verdict, Verification
+from jobs.project.dbt import Dbt
+from jobs.project.git import Git
+from jobs.verify.verification import Target, verify_revert
 from jobs.warehouse.bigquery_sandbox import BigQuerySandboxes, RelationOutsideSandbox
 from jobs.warehouse.cost_guard import CostRefused
 from tests.bigquery_server import FakeBigQuery

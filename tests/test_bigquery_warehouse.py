@@ -10,9 +10,9 @@ import pytest
 import sqlglot
 
 from jobs.config import load_config
-from jobs.contracts import Contract
-from jobs.errors import ConfigError, ContractError, WarehouseError
-from jobs.measure import compile_model_query, evaluate
+from jobs.contracts.measure import compile_model_query, evaluate
+from jobs.contracts.spec import Contract
+from jobs.core.errors import ConfigError, ContractError, WarehouseError
 from jobs.warehouse import Warehouse
 from jobs.warehouse.bigquery import BigQueryWarehouse, credentials_for, make_client
 from jobs.warehouse.statement_guard import ProductionWriteRefused

@@ -5,8 +5,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from jobs.bisect import find_fix
-from jobs.records import Candidate, Verdict, Verification
+from jobs.core.records import Candidate, Verdict, Verification
+from jobs.verify.bisect import find_fix
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 

@@ -15,14 +15,34 @@ from matplotlib.image import imread
 from slack_sdk.models.blocks import ActionsBlock, ButtonElement, ContextBlock, DividerBlock, HeaderBlock, SectionBlock
 
 from bot import ids
-from bot.cards import (BLOCKS_BUDGET, MAX_BLOCKS, SECTION_TEXT, Message, _fit, incident_card, reject_modal,
-                       thread_message)
+from bot.cards import (
+    BLOCKS_BUDGET,
+    MAX_BLOCKS,
+    SECTION_TEXT,
+    Message,
+    _fit,
+    incident_card,
+    reject_modal,
+    thread_message,
+)
 from bot.chart import day_bands, metric_chart
 from bot.messages import STATUS_LABEL
 from bot.thread import render_terminal, thread_steps
-from jobs.records import (BaselineStats, Candidate, Incident, IncidentStatus, MemberResult, Observation, PullRequest,
-                          RankedCause, Ranking, RowDelta, Verdict, Verification)
-from jobs.report import to_json
+from jobs.core.records import (
+    BaselineStats,
+    Candidate,
+    Incident,
+    IncidentStatus,
+    MemberResult,
+    Observation,
+    PullRequest,
+    RankedCause,
+    Ranking,
+    RowDelta,
+    Verdict,
+    Verification,
+)
+from jobs.core.report import to_json
 from policies.decide import Action, Decision, KillSwitch
 from policies.model import Mode
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bot.messages import BACKFILL_CAVEAT, NO_INCIDENTS, STATUS_LABEL
-from jobs.records import IncidentStatus
-from jobs.store import Store
+from jobs.core.records import IncidentStatus
+from jobs.store.store import Store
 from tests.conftest import ROOT, SHOP_START
 from tests.deployment import CliResult, Deployment, at, deploy_shop, run_cli, sqlite_url
 

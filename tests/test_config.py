@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from jobs.config import config_reference, load_config
-from jobs.errors import ConfigError
+from jobs.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

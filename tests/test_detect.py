@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from jobs.backfill import backfill
-from jobs.detect import Change, Outcome
-from jobs.records import AssessmentStatus, IncidentStatus
+from jobs.core.records import AssessmentStatus, IncidentStatus
+from jobs.detect.backfill import backfill
+from jobs.detect.observe import Change, Outcome
 from jobs.runtime import Runtime
-from jobs.store import Store
+from jobs.store.store import Store
 from tests.conftest import SHOP_START
 from tests.deployment import Deployment, at, check_at, deploy_shop, sqlite_url
 

@@ -1,28 +1,27 @@
 """Docs that restate code are checked against it, so they cannot drift apart."""
 
+import inspect
 from pathlib import Path
 
-import inspect
-
-import jobs.band
-import jobs.baseline
-import jobs.deploy_check
-import jobs.detect
-import jobs.distribution
-import jobs.forecast
-import jobs.groups
-import jobs.recovery
+import jobs.attribute.groups
+import jobs.detect.band
+import jobs.detect.baseline
+import jobs.detect.deploy_check
+import jobs.detect.distribution
+import jobs.detect.forecast
+import jobs.detect.observe
+import jobs.detect.recovery
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_detection_doc_is_the_modules_docstrings() -> None:
     doc = (ROOT / "docs" / "detection.md").read_text()
-    for module in (jobs.baseline, jobs.forecast, jobs.band, jobs.distribution, jobs.recovery, jobs.groups,
-                   jobs.deploy_check):
+    for module in (jobs.detect.baseline, jobs.detect.forecast, jobs.detect.band, jobs.detect.distribution, jobs.detect.recovery, jobs.attribute.groups,
+                   jobs.detect.deploy_check):
         assert module.__doc__.strip() in doc, f"docs/detection.md is stale: paste {module.__name__}'s docstring"
-    assert inspect.cleandoc(jobs.detect.recovered.__doc__) in doc, "docs/detection.md is stale: paste recovered()"
-    assert f"RESOLVE_AFTER = {jobs.detect.RESOLVE_AFTER}" in doc
+    assert inspect.cleandoc(jobs.detect.observe.recovered.__doc__) in doc, "docs/detection.md is stale: paste recovered()"
+    assert f"RESOLVE_AFTER = {jobs.detect.observe.RESOLVE_AFTER}" in doc
 
 
 def test_readme_commands_exist() -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from jobs.errors import ConfigError
-from jobs.evidence import MASK, model_key, pii_columns, render_delta, row_delta
+from jobs.core.errors import ConfigError
 from jobs.warehouse.duckdb import DuckDBWarehouse
+from jobs.warehouse.row_deltas import MASK, model_key, pii_columns, render_delta, row_delta
 
 COLUMNS = "order_id INTEGER, email VARCHAR, payment_method VARCHAR, status VARCHAR, amount DOUBLE, note VARCHAR"
 

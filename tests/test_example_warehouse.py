@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from examples.generate import TABLES, add_day, drop_source_rows, load
-from jobs.contracts import Contract, Kind
+from jobs.contracts.spec import Contract, Kind
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOP = ROOT / "examples" / "shop"

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from jobs.core.records import Observation
 from jobs.forge import CheckProof, ForgeError, MergeBlocked, StaleApproval
 from jobs.forge.github import GitHubForge
 from jobs.forge.local import LocalForge
 from jobs.forge.revert import blob_bytes
-from jobs.git import Git
-from jobs.records import Observation
-from jobs.store import Store
+from jobs.project.git import Git
+from jobs.store.store import Store
 from tests.github_server import FakeGitHub
 
 TOKEN = "ghp_test_token_never_logged_0123456789"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from jobs.forge.github import APP_PERMISSIONS, CALL_PERMISSIONS
-from jobs.store import Store
+from jobs.store.store import Store
 from tests.github_server import FakeGitHub
 from tests.test_forge import Repo, forge_for, github, open_pr, repo, store  # noqa: F401 - fixtures
 from tests.test_github_auth import APP_ID, INSTALLATION, app_github, app_key, pem  # noqa: F401 - fixtures

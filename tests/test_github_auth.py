@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from github.Auth import TOKEN_REFRESH_THRESHOLD_TIMEDELTA as REFRESH_MARGIN  # PyGithub renews this early
 
 from jobs.config import load_config
-from jobs.errors import ConfigError
+from jobs.core.errors import ConfigError
 from jobs.runtime import Runtime
 from tests.deployment import run_cli
 from tests.github_server import FakeGitHub

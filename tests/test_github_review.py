@@ -16,12 +16,12 @@ from bot import ids
 from bot.cards import escape, incident_card
 from bot.thread import thread_steps
 from jobs.config import load_config
-from jobs.records import Candidate, IncidentStatus, PullRequest, Verdict, Verification
-from jobs.report import to_json
-from jobs.review import ReviewRefused, approve, reject
+from jobs.core.records import Candidate, IncidentStatus, PullRequest, Verdict, Verification
+from jobs.core.report import to_json
+from jobs.loop.stages import propose_stage
+from jobs.propose.review import ReviewRefused, approve, reject
 from jobs.runtime import Runtime
-from jobs.stages import propose_stage
-from jobs.store import Store
+from jobs.store.store import Store
 from policies.model import Mode
 from tests.github_server import FakeGitHub
 from tests.test_forge import TOKEN, Repo, forge_for, github, open_pr, repo, store  # noqa: F401 - fixtures

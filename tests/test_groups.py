@@ -16,22 +16,31 @@ from pathlib import Path
 
 import pytest
 
-from jobs import groups
-from jobs.attribute import Attribution
-from jobs.clock import Clock
+from jobs.attribute import groups
+from jobs.attribute.attribution import Attribution
 from jobs.config import load_config
-from jobs.contracts import Contract
-from jobs.detect import Change, detect
-from jobs.failures import mark_errored
-from jobs.lineage import Lineage
-from jobs.propose import UnverifiedRevert, propose
-from jobs.queue import RQJobs, perform_review, perform_stage
-from jobs.records import (Candidate, Incident, IncidentStatus, MemberResult, Observation, RankedCause, Ranking,
-                          Verdict, Verification)
-from jobs.report import candidate_from_json, ranking_from_json
-from jobs.review import approve, reject
+from jobs.contracts.spec import Contract
+from jobs.core.clock import Clock
+from jobs.core.records import (
+    Candidate,
+    Incident,
+    IncidentStatus,
+    MemberResult,
+    Observation,
+    RankedCause,
+    Ranking,
+    Verdict,
+    Verification,
+)
+from jobs.core.report import candidate_from_json, ranking_from_json
+from jobs.detect.observe import Change, detect
+from jobs.loop.failures import mark_errored
+from jobs.loop.queue import RQJobs, perform_review, perform_stage
+from jobs.loop.stages import attribute_stage, propose_stage, verify_stage
+from jobs.project.lineage import Lineage
+from jobs.propose.decision import UnverifiedRevert, propose
+from jobs.propose.review import approve, reject
 from jobs.runtime import Runtime
-from jobs.stages import attribute_stage, propose_stage, verify_stage
 from tests.test_propose import base_repo, git
 from tests.test_store import store_url  # noqa: F401 - the SQLite/PostgreSQL store URL fixture
 

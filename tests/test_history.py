@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.git import Git
-from jobs.history import commits, compiled_sql_diff, candidates, diff, same_sql
-from jobs.lineage import upstream
+from jobs.attribute.history import candidates, commits, compiled_sql_diff, diff, same_sql
+from jobs.project.git import Git
+from jobs.project.lineage import upstream
 from tests.conftest import copy_shop
 from tests.test_lineage import REVENUE, warehouse_schema
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from jobs.clock import Clock
 from jobs.config import load_config
-from jobs.detect import Change, Outcome, detect
-from jobs.recovery import recovery_band
-from jobs.records import IncidentStatus, Observation
+from jobs.core.clock import Clock
+from jobs.core.records import IncidentStatus, Observation
+from jobs.detect.observe import Change, Outcome, detect
+from jobs.detect.recovery import recovery_band
 from jobs.runtime import Runtime
 from tests.test_store import store_url  # noqa: F401 - the SQLite/PostgreSQL store URL fixture
 

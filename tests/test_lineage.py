@@ -8,9 +8,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from jobs.contracts import Contract
-from jobs.dbt import Dbt
-from jobs.lineage import metric_columns, upstream
+from jobs.contracts.spec import Contract
+from jobs.project.dbt import Dbt
+from jobs.project.lineage import metric_columns, upstream
 from tests.conftest import copy_shop
 
 REVENUE = {"net_revenue", "revenue_date"}

@@ -9,10 +9,10 @@ from datetime import datetime, timedelta, timezone
 import anthropic
 import pytest
 
-from jobs.contracts import Contract
-from jobs.llm import DATA_TAG, DEFAULT_MODEL, TOOL_NAME, evidence_bundle, rerank
-from jobs.ranking import score
-from jobs.records import BaselineStats, Candidate, Incident, IncidentStatus, RowDelta
+from jobs.attribute.llm import DATA_TAG, DEFAULT_MODEL, TOOL_NAME, evidence_bundle, rerank
+from jobs.attribute.ranking import score
+from jobs.contracts.spec import Contract
+from jobs.core.records import BaselineStats, Candidate, Incident, IncidentStatus, RowDelta
 from tests.anthropic_server import AnthropicServer, error, text, tool_use
 
 API_KEY = "sk-ant-test-key-0123456789"

@@ -11,11 +11,11 @@ from github import GithubException
 
 from bot.cards import incident_card
 from jobs.config import Environment
-from jobs.failures import mark_errored
-from jobs.masking import mask, mask_logs
-from jobs.prbody import code, plain
-from jobs.records import IncidentStatus
-from jobs.store import Store
+from jobs.core.masking import mask, mask_logs
+from jobs.core.records import IncidentStatus
+from jobs.loop.failures import mark_errored
+from jobs.propose.prbody import code, plain
+from jobs.store.store import Store
 from policies.model import Mode
 from tests.test_queue import open_incident
 from tests.test_store import store, store_url  # noqa: F401 - the SQLite/PostgreSQL store fixtures

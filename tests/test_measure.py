@@ -13,10 +13,10 @@ import duckdb
 import pytest
 import sqlglot
 
-from jobs.contracts import Contract
-from jobs.errors import ConfigError, ContractError, WarehouseError
-from jobs.measure import QUANTILES, compile_model_query, evaluate
-from jobs.relations import contracts_from_manifest, resolve
+from jobs.contracts.measure import QUANTILES, compile_model_query, evaluate
+from jobs.contracts.relations import contracts_from_manifest, resolve
+from jobs.contracts.spec import Contract
+from jobs.core.errors import ConfigError, ContractError, WarehouseError
 from jobs.warehouse import Warehouse, qualified_name
 from jobs.warehouse.duckdb import DuckDBWarehouse
 

@@ -11,9 +11,9 @@ import yaml
 from bot.messages import STATUS_LABEL
 from bot.notify import notify_incident
 from jobs.config import load_config
-from jobs.records import IncidentStatus, Observation
+from jobs.core.records import IncidentStatus, Observation
 from jobs.runtime import Runtime
-from jobs.store import Store
+from jobs.store.store import Store
 from tests.conftest import SHOP, copy_shop
 from tests.slack_server import ALERT_CHANNEL, SlackAPI
 

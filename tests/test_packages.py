@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from jobs.clock import Clock
 from jobs.config import load_config
-from jobs.prbody import plain
+from jobs.core.clock import Clock
+from jobs.propose.prbody import plain
 from jobs.runtime import Runtime
-from tests.test_scenarios import CHECK, MRR, Case, Edit, Commit, build_baseline, change, run_case, window
+from tests.test_scenarios import CHECK, MRR, Case, Commit, Edit, build_baseline, change, run_case, window
 
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,19 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-from jobs.contracts import Contract
-from jobs.prbody import check_proof, check_summary, code, plain, pr_body, pr_title
-from jobs.records import (
-    BaselineStats, Candidate, Incident, IncidentStatus, RankedCause, Ranking, RowDelta, Verdict, Verification,
+from jobs.contracts.spec import Contract
+from jobs.core.records import (
+    BaselineStats,
+    Candidate,
+    Incident,
+    IncidentStatus,
+    RankedCause,
+    Ranking,
+    RowDelta,
+    Verdict,
+    Verification,
 )
+from jobs.propose.prbody import check_proof, check_summary, code, plain, pr_body, pr_title
 
 GOLDEN = Path(__file__).parent / "fixtures" / "pr_body.md"
 AT = datetime(2026, 11, 30, 6, 0, tzinfo=timezone.utc)

@@ -6,14 +6,22 @@ from pathlib import Path
 
 import pytest
 
-from jobs import switches
 from jobs.config import load_config
-from jobs.contracts import Contract
+from jobs.contracts.spec import Contract
+from jobs.core.records import (
+    BaselineStats,
+    Candidate,
+    IncidentStatus,
+    Observation,
+    RankedCause,
+    Ranking,
+    Verdict,
+    Verification,
+)
 from jobs.forge import branch_name
-from jobs.propose import UnverifiedRevert, open_verified_pr, propose
-from jobs.records import (BaselineStats, Candidate, IncidentStatus, Observation, Ranking, RankedCause, Verdict,
-                          Verification)
+from jobs.propose.decision import UnverifiedRevert, open_verified_pr, propose
 from jobs.runtime import Runtime
+from jobs.store import switches
 from policies.decide import Action
 from policies.model import Mode
 

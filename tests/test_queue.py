@@ -15,15 +15,15 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web import SlackResponse
 
 from bot.commands import USAGE, Invocation, Refused, run_command
-from jobs import switches
 from jobs.config import load_config
-from jobs.errors import ConfigError, TransientError, WarehouseBusy
-from jobs.failures import is_transient, mark_errored
-from jobs.queue import InlineJobs, next_stage
-from jobs.records import IncidentStatus, Observation
+from jobs.core.errors import ConfigError, TransientError, WarehouseBusy
+from jobs.core.records import IncidentStatus, Observation
+from jobs.loop.failures import is_transient, mark_errored
+from jobs.loop.queue import InlineJobs, next_stage
 from jobs.runtime import Runtime
-from jobs.store import Store
-from jobs.store_chat import CLAIM_LEASE
+from jobs.store import switches
+from jobs.store.chat import CLAIM_LEASE
+from jobs.store.store import Store
 from tests.test_store import store, store_url  # noqa: F401 - the SQLite/PostgreSQL store fixtures
 
 T0 = datetime(2026, 11, 2, tzinfo=timezone.utc)

@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from jobs.ranking import CAP, VERIFIED_CAP, logic_lines, score
-from jobs.records import Candidate, RowDelta
+from jobs.attribute.ranking import CAP, VERIFIED_CAP, logic_lines, score
+from jobs.core.records import Candidate, RowDelta
 
 T0 = datetime(2026, 10, 1, 9, tzinfo=timezone.utc)
 SQL_DIFF = "--- a/models/orders.sql\n+++ b/models/orders.sql\n" + "".join(

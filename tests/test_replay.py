@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from examples.generate import add_day, drop_source_rows, load
-from jobs.dbt import Dbt
-from jobs.records import AuditEvent, Incident
-from jobs.store import Store
+from jobs.core.records import AuditEvent, Incident
+from jobs.project.dbt import Dbt
+from jobs.store.store import Store
 from tests.conftest import copy_shop
 from tests.deployment import DOCS_EDIT, Deployment, at, check_at, deploy_shop, sqlite_url
 
@@ -75,7 +75,7 @@ def replay(deployment: Deployment, store_url: str, first: date, last: date,
     """The check each morning from `first` to `last` (01:00 UTC): each contract's status, by day.
 
     `deploys[day]` runs before that morning's check, with the warehouse released so dbt can write it.
-    The detect stage runs in-process (`jobs.detect.check`, what `cairn check --at` runs before it
+    The detect stage runs in-process (`jobs.detect.check.check`, what `cairn check --at` runs before it
     heals new incidents), with a fresh Runtime after each deploy.
     """
     statuses = {}

@@ -26,15 +26,16 @@ import pytest
 from bot.demo import commit
 from bot.notify import render_card
 from examples.generate import add_day, drop_source_rows, load
-from jobs import groups
-from jobs.backfill import backfill
-from jobs.clock import Clock
+from jobs.attribute import groups
 from jobs.config import load_config
-from jobs.dbt import Dbt, InvocationResult
-from jobs.detect import Change, check
-from jobs.git import Git
+from jobs.core.clock import Clock
+from jobs.detect.backfill import backfill
+from jobs.detect.check import check
+from jobs.detect.observe import Change
+from jobs.loop.queue import check_and_heal
+from jobs.project.dbt import Dbt, InvocationResult
+from jobs.project.git import Git
 from jobs.runtime import Runtime
-from jobs.queue import check_and_heal
 from tests.conftest import copy_shop
 from tests.deployment import GITIGNORE, at
 
@@ -98,7 +99,7 @@ class Case:
     expect: dict[str, str] = field(default_factory=dict)  # contract -> verdict of its incident
     build_ok: bool = True  # whether the deploy's own dbt build passes
     drop_payments: bool = False  # half of the day's raw payments never arrive
-    prs: int | None = None  # PRs the loop opens; one culprit's incidents share one (jobs.groups)
+    prs: int | None = None  # PRs the loop opens; one culprit's incidents share one (jobs.attribute.groups)
     then: Callable[["Case", "Run", Path], None] | None = None  # further checks on the run
 
     @property

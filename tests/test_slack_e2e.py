@@ -31,8 +31,8 @@ import yaml
 
 from bot.demo import commit
 from examples.generate import add_day
-from tests.slack_server import SlackAPI, block_action_body, signed_headers, slash_command_body, view_submission_body
 from tests.deployment import at
+from tests.slack_server import SlackAPI, block_action_body, signed_headers, slash_command_body, view_submission_body
 from tests.test_scenarios import CHECK, DAY, PAYPAL_FILTER, Case, Commit, Edit, deploy_copy, land, production_dbt
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ class Stack:
     leftover_seen: Path | None
 
     def store(self):
-        from jobs.store import Store
+        from jobs.store.store import Store
 
         return Store.open(f"sqlite:///{self.root / '.cairn' / 'cairn.db'}")
 

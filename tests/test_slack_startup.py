@@ -8,7 +8,7 @@ import pytest
 
 from bot.slack import check_can_post, web_client
 from jobs.config import load_config
-from jobs.errors import ConfigError
+from jobs.core.errors import ConfigError
 from tests.slack_server import SlackAPI
 
 CHANNEL = "C0123456789"

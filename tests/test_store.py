@@ -17,10 +17,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.exc import IntegrityError
 
-from jobs.errors import NotFound, StoreError
-from jobs.records import BaselineStats, IncidentStatus, Observation
-from jobs.database import incidents, metadata
-from jobs.store import Store
+from jobs.core.errors import NotFound, StoreError
+from jobs.core.records import BaselineStats, IncidentStatus, Observation
+from jobs.store.database import incidents, metadata
+from jobs.store.store import Store
 
 POSTGRES_URL = os.environ.get("CAIRN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 T0 = datetime(2024, 3, 1, tzinfo=timezone.utc)

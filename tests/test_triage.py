@@ -9,8 +9,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from jobs.triage import TriageClass, after_attribution, after_verification
-from jobs.upstream import SourceFact, upstream_facts
+from jobs.attribute.triage import TriageClass, after_attribution, after_verification
+from jobs.attribute.upstream import SourceFact, upstream_facts
 from jobs.warehouse.duckdb import DuckDBWarehouse
 
 DAY = datetime(2026, 11, 22, tzinfo=timezone.utc)

@@ -8,24 +8,24 @@ import math
 import os
 import shutil
 import subprocess
-from statistics import median
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from statistics import median
 
 import duckdb
 import pytest
 import yaml
 
-from jobs.contracts import Contract
-from jobs.dbt import Dbt
-from jobs.git import Git
-from jobs.measure import evaluate
-from jobs.records import BaselineStats, Verdict, Verification
-from jobs.verify import Target, VerifyError, selector, verify_revert
+from jobs.contracts.measure import evaluate
+from jobs.contracts.spec import Contract
+from jobs.core.records import BaselineStats, Verdict, Verification
+from jobs.project.dbt import Dbt
+from jobs.project.git import Git
+from jobs.project.worktree import Worktree
+from jobs.verify.verification import Target, VerifyError, selector, verify_revert
 from jobs.warehouse.duckdb import DuckDBWarehouse
 from jobs.warehouse.sandbox import LOCKDOWN, DuckDBSandboxes, ProductionModified, Sandbox, SandboxError, gc_sandboxes
-from jobs.worktree import Worktree
 from tests.conftest import SHOP, copy_shop
 
 os.environ["DBT_SEND_ANONYMOUS_USAGE_STATS"] = "false"

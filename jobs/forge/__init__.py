@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from jobs.errors import CairnError
-from jobs.records import PullRequest
+from jobs.core.errors import CairnError
+from jobs.core.records import PullRequest
 
 CHECK_NAME = "cairn/recovery"
 DEFAULT_LABELS = ("cairn", "revert")

@@ -15,12 +15,12 @@ from contextlib import contextmanager
 from github import Auth, Github, GithubException, InputGitAuthor, InputGitTreeElement, UnknownObjectException
 from github.PullRequest import PullRequest as GitHubPull
 
+from jobs.core.masking import MASK
+from jobs.core.records import PullRequest
 from jobs.forge import CHECK_NAME, DEFAULT_LABELS, CheckProof, ForgeError, MergeBlocked, StaleApproval, branch_name
 from jobs.forge.revert import CAIRN_AUTHOR, Revert, blob_bytes, build_reverts, changed_files, resolve
-from jobs.git import Git
-from jobs.masking import MASK
-from jobs.records import PullRequest
-from jobs.store import Store
+from jobs.project.git import Git
+from jobs.store.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from jobs.config import Config
-from jobs.errors import ConfigError
+from jobs.core.errors import ConfigError
 
 GUIDE = "see docs/github.md"
 PEM_HINT = "give the .pem file GitHub generated under the App's 'Private keys'"

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from jobs.core.records import PullRequest
 from jobs.forge import DEFAULT_LABELS, CheckProof, ForgeError, StaleApproval, branch_name
 from jobs.forge.revert import CAIRN_AUTHOR, as_author, build_reverts, resolve, worktree
-from jobs.git import Git, GitError
-from jobs.records import PullRequest
-from jobs.store import Store
+from jobs.project.git import Git, GitError
+from jobs.store.store import Store
 
 _ABSENT = "0" * 40  # update-ref's "this ref must not exist yet"
 

@@ -8,8 +8,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from jobs.forge import ForgeError
-from jobs.git import Git, GitError
-from jobs.worktree import Worktree
+from jobs.project.git import Git, GitError
+from jobs.project.worktree import Worktree
 
 CAIRN_AUTHOR = ("Cairn", "cairn@users.noreply.localhost")
 

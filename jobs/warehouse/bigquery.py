@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.errors import ConfigError, WarehouseError
+from jobs.core.errors import ConfigError, WarehouseError
 from jobs.warehouse import identifier, qualified_name
 from jobs.warehouse.statement_guard import Dataset, check
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from jobs.errors import CairnError
+from jobs.core.errors import CairnError
 from jobs.warehouse import identifier
 from jobs.warehouse.bigquery import BigQueryWarehouse, api_reason
 from jobs.warehouse.bigquery_sandbox import LABEL_ORG, PREFIX

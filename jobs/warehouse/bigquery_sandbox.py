@@ -23,9 +23,9 @@ from typing import Any
 
 import yaml
 
-from jobs.errors import DbtError, WarehouseError
+from jobs.core.errors import DbtError, WarehouseError
 from jobs.warehouse import identifier
-from jobs.warehouse.bigquery import ANONYMOUS, ADC, BigQueryWarehouse, api_reason
+from jobs.warehouse.bigquery import ADC, ANONYMOUS, BigQueryWarehouse, api_reason
 from jobs.warehouse.request_guard import guarded
 from jobs.warehouse.sandboxes import SandboxRefused
 from jobs.warehouse.statement_guard import Dataset
@@ -381,7 +381,7 @@ class BigQueryBuild:
         yield self.connection  # closed with the sandbox: its spend is the verification's
 
     def deltas(self, manifest: Mapping[str, Any], production: Mapping[str, Any], models: Sequence[str]) -> list:
-        from jobs.evidence import relation_deltas
+        from jobs.warehouse.row_deltas import relation_deltas
 
         return relation_deltas(self.connection, manifest, production, models)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs.formatting import fmt_bytes
+from jobs.core.formatting import fmt_bytes
 from jobs.warehouse.sandboxes import SandboxRefused
 
 GIB = 1024**3

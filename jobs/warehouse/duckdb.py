@@ -7,7 +7,7 @@ from typing import Any
 
 import duckdb
 
-from jobs.errors import WarehouseBusy, WarehouseError
+from jobs.core.errors import WarehouseBusy, WarehouseError
 from jobs.warehouse import identifier, qualified_name
 
 

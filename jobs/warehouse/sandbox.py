@@ -33,7 +33,7 @@ from typing import Any
 import duckdb
 import yaml
 
-from jobs.errors import CairnError
+from jobs.core.errors import CairnError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class ProductionModified(SandboxError):
 
     def __init__(self, message: str, verification: Any = None):
         super().__init__(message)
-        self.verification = verification  # the failed jobs.records.Verification, when one exists
+        self.verification = verification  # the failed jobs.core.records.Verification, when one exists
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ class Sandbox:
         return DuckDBWarehouse(self.path)
 
     def deltas(self, manifest: Mapping[str, Any], production: Mapping[str, Any], models: Sequence[str]) -> list:
-        from jobs.evidence import clone_deltas
+        from jobs.warehouse.row_deltas import clone_deltas
 
         return clone_deltas(self.path, self.production, manifest, models)
 
@@ -188,7 +188,7 @@ def gc_sandboxes(root: Path, older_than: timedelta, now: datetime) -> list[Path]
         return []
     cutoff = (now - older_than).timestamp()
     removed = []
-    from jobs.worktree import WORKTREE_PREFIX
+    from jobs.project.worktree import WORKTREE_PREFIX
 
     for entry in sorted([*root.glob(f"{PREFIX}*"), *root.glob(f"{WORKTREE_PREFIX}*")]):
         if entry.is_dir() and entry.stat().st_mtime < cutoff:
@@ -203,7 +203,7 @@ def remove_incident_sandboxes(root: Path, incident_id: int) -> list[Path]:
     Called when a verification (re)starts; one verification runs per incident at a time (its RQ
     job ID is unique), so nothing removed here is in use.
     """
-    from jobs.worktree import WORKTREE_PREFIX
+    from jobs.project.worktree import WORKTREE_PREFIX
 
     root = Path(root)
     if not root.is_dir():

@@ -1,6 +1,6 @@
 """Where verification builds: the sandbox protocol every warehouse adapter implements.
 
-`jobs.verify.verify_revert` is the one verification algorithm; an adapter supplies the warehouse's
+`jobs.verify.verification.verify_revert` is the one verification algorithm; an adapter supplies the warehouse's
 sandbox, and nothing else differs between warehouses:
 
 - `Sandboxes.sandbox(label, project_dir, profile, production)`: a clone of production (a copied DuckDB file,
@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from jobs.errors import CairnError
+from jobs.core.errors import CairnError
 
 
 class SandboxRefused(CairnError):
@@ -66,7 +66,7 @@ class Sandbox(Protocol):
 
 class Sandboxes(Protocol):
     name: str  # 'duckdb', 'bigquery'
-    checks_deploys: bool  # whether deploy checks (jobs.deploy_check) build here
+    checks_deploys: bool  # whether deploy checks (jobs.detect.deploy_check) build here
 
     def sandbox(self, label: str, project_dir: Path, profile: str,
                 production: Mapping[str, Any]) -> AbstractContextManager[Sandbox]: ...

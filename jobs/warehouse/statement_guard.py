@@ -30,7 +30,7 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import TokenType
 
-from jobs.errors import CairnError
+from jobs.core.errors import CairnError
 
 _NO_WRITES = (exp.Query, exp.Semicolon)  # a Semicolon is an empty statement: a comment before `;`
 _WRITES = (exp.Create, exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.TruncateTable, exp.Drop,

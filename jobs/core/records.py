@@ -1,0 +1,253 @@
+"""The records the loop passes between stages: frozen values, no behaviour beyond derivations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One evaluation of one contract: the value, when, over which window, at which deployed SHA."""
+
+    contract_id: str
+    observed_at: datetime  # tz-aware UTC
+    value: float | None  # None: nothing to measure (e.g. an empty window for a ratio)
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    sha: str | None = None
+    profile: dict[str, Any] | None = None  # distribution: {"categories": {...}} or {"quantiles": {...}}
+    backfilled: bool = False
+    anomalous: bool = False
+    id: int | None = None
+    # The sample behind the value: rows in the window, or a rate's denominator (count-aware noise).
+    count: int | None = None
+    # The band this observation was judged against, as the baseline saw it then (for the chart).
+    expected: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+
+
+@dataclass(frozen=True)
+class BaselineStats:
+    """Where the baseline expects a value, and the band around it (jobs.detect.band)."""
+
+    expected: float
+    lower: float
+    upper: float
+    n: int
+    seasonal: bool = False  # weekday effects are in the model
+    trend: float = 0.0  # per day: relative growth (amounts, counts) or absolute change (rates)
+
+    def contains(self, value: float) -> bool:
+        return self.lower <= value <= self.upper
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "BaselineStats":
+        """From its stored JSON, including the median-and-MAD shape stored before forecasts."""
+        if "median" in data:
+            data = {"expected": data["median"], "lower": data["lower"], "upper": data["upper"], "n": data["n"],
+                    "seasonal": data.get("seasonal", False)}
+        return cls(**data)
+
+
+class AssessmentStatus(str, Enum):
+    healthy = "healthy"
+    anomalous = "anomalous"
+    learning = "learning"  # too few baseline points to judge
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """Detection's verdict on one observation against its baseline."""
+
+    contract_id: str
+    status: AssessmentStatus
+    reason: str
+    value: float | None  # the scored value (distribution: the divergence)
+    baseline: BaselineStats | None = None
+    change_pct: float | None = None  # (value - median) / |median| * 100
+    z: float | None = None
+
+
+class IncidentStatus(str, Enum):
+    detected = "detected"
+    attributing = "attributing"
+    verifying = "verifying"
+    verified = "verified"
+    not_verified = "not_verified"
+    pr_opened = "pr_opened"
+    merged = "merged"
+    recovered = "recovered"
+    escalated = "escalated"
+    rejected = "rejected"
+    errored = "errored"
+    resolved = "resolved"
+
+    @property
+    def is_open(self) -> bool:
+        return self not in (IncidentStatus.recovered, IncidentStatus.resolved, IncidentStatus.rejected)
+
+
+@dataclass(frozen=True)
+class Incident:
+    """One regression of one contract, from the first bad observation until it recovers."""
+
+    id: int
+    contract_id: str
+    status: IncidentStatus
+    severity: str
+    detected_at: datetime
+    updated_at: datetime
+    first_bad_at: datetime
+    first_bad_sha: str | None
+    last_good_at: datetime | None
+    last_good_sha: str | None
+    value: float | None
+    baseline: BaselineStats | None
+    change_pct: float | None
+    reason: str
+    first_bad_observation_id: int | None = None
+    last_good_observation_id: int | None = None
+    resolved_at: datetime | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # later stages: attribution, verdict, PR
+    follows_id: int | None = None  # the open incident a later deploy made worse (jobs.detect.observe)
+    group_id: int | None = None  # the leader of the incidents one culprit caused
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """Something that happened, who did it and when; the audit log is append-only."""
+
+    name: str
+    at: datetime
+    actor: str
+    incident_id: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+
+# --- attribution, verification, proposal ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A commit in the suspect range that touches the metric's upstream files, with its evidence."""
+
+    sha: str
+    author: str
+    authored_at: datetime
+    message: str
+    files: tuple[str, ...]  # repo-relative paths the commit touches that matter to the lineage
+    models: tuple[str, ...]  # dbt unique_ids whose definition the commit changes
+    distance: int | None  # fewest lineage hops from a touched model to the metric's model
+    touches_metric_columns: bool | None  # None: column lineage did not resolve
+    diff: str = ""
+    compiled_diff: str = ""
+    docs_only: bool = False
+    intentional: bool = False  # the commit message marks the change as intended
+
+    @property
+    def short_sha(self) -> str:
+        return self.sha[:7]
+
+
+@dataclass(frozen=True)
+class RowDelta:
+    """How a model's rows differ with and without a commit, matched on the model's key."""
+
+    model: str
+    key: tuple[str, ...]
+    added: int
+    removed: int
+    changed: int
+    unchanged: int
+    column_changes: dict[str, int] = field(default_factory=dict)
+    concentration: str | None = None  # "97% of changed rows have payment_method = 'coupon'"
+    samples: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def match_score(self) -> float:
+        total = self.added + self.removed + self.changed + self.unchanged
+        return self.unchanged / total if total else 1.0
+
+
+@dataclass(frozen=True)
+class RankedCause:
+    sha: str
+    confidence: float  # 0..1
+    rationale: str
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Top cause first; `ranker` says who ordered them, `note` why the LLM was not used, if not."""
+
+    causes: tuple[RankedCause, ...]
+    ranker: str  # "scorer" or "llm"
+    note: str = ""
+
+    @property
+    def top(self) -> RankedCause | None:
+        return self.causes[0] if self.causes else None
+
+
+class Verdict(str, Enum):
+    verified = "verified"
+    not_recovered = "not_recovered"
+    conflict = "conflict"
+    build_failed = "build_failed"
+    no_code_cause = "no_code_cause"
+    intentional = "intentional"
+    refused = "refused"  # a warehouse guard refused the build (over budget, or a write outside the sandbox)
+
+
+@dataclass(frozen=True)
+class MemberResult:
+    """One grouped incident's contract, measured on the build its group's revert made."""
+
+    incident_id: int
+    contract_id: str
+    verdict: Verdict
+    before: float | None
+    after: float | None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Verification:
+    """One revert built on a clone and the contract re-measured there (a group's: every member's)."""
+
+    sha: str
+    verdict: Verdict
+    clone_id: str
+    dbt_command: str
+    before: float | None
+    after: float | None
+    tests: dict[str, int] = field(default_factory=dict)  # {"pass": n, "fail": n, "error": n, "skip": n}
+    durations: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    detail: str = ""
+    reverted: tuple[str, ...] = ()  # SHAs reverted together (bisection reverts a range)
+    deltas: tuple[RowDelta, ...] = ()  # sample-row deltas: production vs the reverted build
+    built: tuple[str, ...] = ()  # unique_ids of the models, seeds and snapshots the build rebuilt
+    # What the warehouse charged (BigQuery; None on DuckDB): the dry-run estimate, the bytes billed.
+    estimated_bytes: int | None = None
+    billed_bytes: int | None = None
+    # A group's build: each member's contract measured on it, the incident that runs the loop first.
+    # The verdict above is the group's: verified only when every member is.
+    members: tuple[MemberResult, ...] = ()
+    packages: str | None = None  # how the worktree got its dbt packages (None: the project declares none)
+    clones: tuple[dict[str, Any], ...] = ()  # what the sandbox cloned, where the adapter clones per table
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    incident_id: int
+    number: int
+    branch: str
+    title: str
+    state: str  # open, merged, closed
+    head_sha: str
+    url: str | None = None

@@ -1,0 +1,254 @@
+"""The loop's stages as jobs: each takes an incident ID, reads the store, writes its result and audit.
+
+`jobs.loop.queue` runs them: on RQ workers, or in-process without Redis; after each, the incident's
+status says which comes next. A stage that finds the incident already past it does nothing, so a
+retried or duplicated job is harmless. A group's leader does the whole group's work (`jobs.attribute.groups`)
+and moves every member with it; a member's own stage does nothing. Each stage returns the other
+incidents it moved, so their cards are refreshed and their own next stage enqueued.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from jobs.attribute import groups, triage
+from jobs.attribute.attribution import Attribution, attribute
+from jobs.core.errors import CairnError
+from jobs.core.formatting import fmt_value
+from jobs.core.records import Candidate, Incident, IncidentStatus, Verdict
+from jobs.core.report import candidate_from_json, ranking_from_json, to_json, verification_from_json
+from jobs.detect.recovery import recovery_band
+from jobs.propose.decision import AUTONOMOUS, propose
+from jobs.runtime import Runtime
+from jobs.verify.bisect import find_fix
+from jobs.warehouse.sandbox import remove_incident_sandboxes
+from jobs.warehouse.sandboxes import SandboxRefused
+
+log = logging.getLogger(__name__)
+
+
+def attribute_stage(rt: Runtime, incident_id: int) -> list[int]:
+    """Attribute the incident, or every member of the group it leads; the other incidents it moved."""
+    # `attributing` too: a job killed mid-attribution is retried from the start.
+    if (turn := _turn(rt, incident_id, IncidentStatus.detected, IncidentStatus.attributing)) is None:
+        return []
+    incident, group = turn
+    for member in group:
+        _move(rt, member, IncidentStatus.attributing, "attribution.started")
+    found = {m.id: attribute(rt, m, rt.contract(m.contract_id)) for m in group}
+    unexplained = [m for m in group if not found[m.id].revertable]
+    for member in unexplained:
+        _escalate(rt, member, found[member.id])
+    stay = [m for m in group if found[m.id].revertable]
+    if len(group) > 1 and unexplained and stay:
+        # No commit in the range reaches these members' metrics: no revert of the group brings them back.
+        for member in unexplained:
+            groups.leave(rt.store, member, groups.UNEXPLAINED)
+        groups.regroup(rt.store, stay, {})
+    # The leader (the lowest ID left) keeps the group's ranking, which verification and the PR work from.
+    carry = {"group_attribution": groups.group_attribution({m.id: found[m.id] for m in stay})} if len(stay) > 1 else {}
+    leader = min((m.id for m in stay), default=None)
+    for member in _last(stay, incident_id):
+        ranking = ranking_from_json(carry["group_attribution"]["ranking"]) if carry else found[member.id].ranking
+        top = ranking.top
+        _move(rt, member, IncidentStatus.verifying, "attribution.finished",
+              {"candidates": len(found[member.id].candidates), "top": top.sha if top else None,
+               "ranker": ranking.ranker, "note": ranking.note},
+              {**_attribution_details(found[member.id]), **(carry if member.id == leader else {}),
+               "triage": triage.after_attribution(intentional=(), upstream=(), revertable=[
+                   _line(c) for c in found[member.id].revertable]).to_json()})
+    return _others(group, incident_id)
+
+
+def _attribution_details(found: Attribution) -> dict:
+    lineage_path = {c.sha: found.lineage_path(c.sha) for c in found.candidates if c.models}
+    return {"attribution": {"candidates": to_json(found.candidates), "ranking": to_json(found.ranking),
+                            "lineage_path": lineage_path, "lineage_nodes": len(found.lineage.names)}}
+
+
+def _escalate(rt: Runtime, incident: Incident, found: Attribution) -> None:
+    """Nothing in the suspect range may be reverted for it: an intended change, or no code change at all."""
+    contract_id = incident.contract_id
+    verdict = Verdict.intentional if found.intentional else Verdict.no_code_cause
+    reason = (f"commit {found.intentional[0].short_sha} marks this change as intentional: re-baseline with "
+              f"`cairn rebaseline {contract_id} --reason ...`" if found.intentional else
+              "no code change in the suspect range explains this: look at the source data")
+    facts = () if found.intentional else upstream_of(rt, incident, rt.contract(contract_id))
+    judged = triage.after_attribution(intentional=[_line(c) for c in found.intentional], revertable=(),
+                                      upstream=facts)
+    _move(rt, incident, IncidentStatus.escalated, "attribution.finished",
+          {"verdict": verdict.value, "candidates": len(found.candidates), "reason": reason},
+          {**_attribution_details(found), "verdict": verdict.value, "triage": judged.to_json()})
+
+
+def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
+    """Verify the incident's suspects, for every member of the group it leads at once; the others it moved."""
+    from jobs.verify.verification import Target, verify_revert
+
+    if (turn := _turn(rt, incident_id, IncidentStatus.verifying)) is None:
+        return []
+    incident, group = turn
+    # A retry after a killed worker: its sandbox and worktree are still on disk.
+    for leftover in remove_incident_sandboxes(rt.sandboxes_root, incident.id):
+        log.warning("incident %s: removed %s, left by an interrupted verification", incident.id, leftover)
+    rt.git.run("worktree", "prune")
+    contract = rt.contract(incident.contract_id)
+    ranked = _ranked_candidates(incident)
+    band = recovery_band(contract, incident)
+    also = [Target(m.id, c, recovery_band(c, m), m.value) for m in group[1:] for c in [rt.contract(m.contract_id)]]
+    deployed = rt.deployed_sha()
+
+    # Clones hold production as of the last good observation: what the bad code then rewrote (where the
+    # warehouse travels in time). A group's members share the last good SHA; the latest time is nearest.
+    sandboxes = rt.sandboxes(snapshot_at=max((m.last_good_at for m in group if m.last_good_at), default=None))
+
+    def try_revert(suspects: list[Candidate]):
+        shas = [c.sha for c in sorted(suspects, key=lambda c: c.authored_at, reverse=True)]
+        result = verify_revert(
+            sandboxes=sandboxes, repo=rt.config.repo_dir, project_subdir=rt.project_subdir, deployed_sha=deployed,
+            shas=shas, models=tuple(dict.fromkeys(m for c in suspects for m in c.models)), contract=contract,
+            metric_model=contract.relation_name, prod_state=rt.state_dir, band=band, before=incident.value,
+            at=incident.first_bad_at, incident_id=incident.id, sandboxes_root=rt.sandboxes_root, also=also)
+        key = f"{_scope(incident)}:verification.attempt:{','.join(shas)}"
+        if result.billed_bytes is not None or result.clones:
+            rt.store.audit("verification.cost", incident_id=incident.id, dedup_key=key.replace("attempt", "cost"),
+                           data={"estimated_bytes": result.estimated_bytes, "billed_bytes": result.billed_bytes,
+                                 "clones": list(result.clones)})
+        rt.store.audit("verification.attempt", incident_id=incident.id, data=to_json(result), dedup_key=key)
+        return result
+
+    try:
+        search = find_fix(ranked, try_revert, rt.config.settings.verification.max_builds)
+    except SandboxRefused as refused:
+        # Over the org's byte budget, or a build that would write outside the sandbox: a person decides.
+        data = {"reason": str(refused), **refused.audit_data()}
+        details = {"verification": {"attempts": [], "builds": 0, "fix": None, "refused": data},
+                   "verdict": Verdict.refused.value}
+        for member in _last(group, incident_id):
+            _move(rt, member, IncidentStatus.escalated, "verification.refused", data, details)
+        return _others(group, incident_id)
+    ids = [m.id for m in group]
+    parts = [(search.fix, ids)] if search.fix else groups.partition(search.attempts, ids)
+    if search.fix is None and parts:
+        # No revert brought every member back: those one revert brought back go on with it (the most
+        # first), and verify nothing again; members none brought back leave to run their own loop.
+        groups.split(rt.store, _last(group, incident_id), parts,
+                     {k: v for k, v in incident.details.items() if k == "group_attribution"})
+    fixes = {i: fix for fix, part in parts for i in part}
+    for member in _last([m for m in group if m.id in fixes] or group, incident_id):
+        fix = fixes.get(member.id)
+        verdict = fix.verdict if fix else _worst(search)
+        details = {"verification": {"attempts": [to_json(groups.view(a, member)) for a in search.attempts],
+                                    "builds": search.builds, "fix": to_json(groups.view(fix, member)) if fix else None},
+                   "verdict": verdict.value, "triage": _verified_triage(rt, member, search, fix).to_json()}
+        _move(rt, member, IncidentStatus.verified if fix else IncidentStatus.not_verified, "verification.finished",
+              {"verdict": verdict.value, "builds": search.builds}, details)
+    return _others(group, incident_id)
+
+
+def propose_stage(rt: Runtime, incident_id: int) -> list[int]:
+    """Decide, and open the PR: one for the group the incident leads; the others it moved."""
+    if (turn := _turn(rt, incident_id, IncidentStatus.verified, IncidentStatus.not_verified)) is None:
+        return []
+    incident, group = turn
+    contract = rt.contract(incident.contract_id)
+    fix = incident.details.get("verification", {}).get("fix")
+    outcome = propose(rt, incident, contract, verification_from_json(fix) if fix else None,
+                      _ranked_candidates(incident), group=[(m, rt.contract(m.contract_id)) for m in group[1:]])
+    blocked = {"by": AUTONOMOUS, "reason": outcome.merge_blocked,
+               "head_sha": outcome.pr.head_sha} if outcome.merge_blocked and outcome.pr else None
+    for member in _last(group, incident_id):
+        _move(rt, member, outcome.status, "decision.made",
+              {**to_json(outcome.decision), **({"merge_blocked": outcome.merge_blocked} if blocked else {})},
+              {"decision": to_json(outcome.decision), "pr": to_json(outcome.pr), "ranking": to_json(outcome.ranking),
+               "merge_blocked": blocked})
+    return _others(group, incident_id)
+
+
+def _turn(rt: Runtime, incident_id: int, *waiting: IncidentStatus) -> tuple[Incident, list[Incident]] | None:
+    """The incident and its group's members in `waiting`, leader first; None if the stage has nothing to do:
+    the incident is past it, or a member whose leader does the work."""
+    incident = rt.store.incident(incident_id)
+    if incident.status not in waiting or not groups.leads(incident):
+        return None
+    return incident, groups.members(rt.store, incident, waiting)
+
+
+def _verified_triage(rt: Runtime, incident: Incident, search, fix) -> triage.Triage:
+    """Proven by the revert that brought this incident's metric back, or else decided by the data."""
+    tried = list(dict.fromkeys(s[:7] for a in search.attempts for s in a.reverted))
+    if fix is None:
+        return triage.after_verification(verified=None, tried=tried,
+                                         upstream=upstream_of(rt, incident, rt.contract(incident.contract_id)))
+    mine = groups.view(fix, incident)
+    return triage.after_verification(tried=tried, upstream=(), verified=(
+        f"reverting {', '.join(s[:7] for s in mine.reverted)} brings {incident.contract_id} from "
+        f"{fmt_value(mine.before)} to {fmt_value(mine.after)} on clone {mine.clone_id}"))
+
+
+def upstream_of(rt: Runtime, incident: Incident, contract) -> tuple:
+    """The sources under the metric, measured over the first bad window; nothing when they cannot be."""
+    from jobs.attribute.upstream import upstream_facts
+    from jobs.project.lineage import upstream
+
+    first_bad = rt.store.observation(incident.first_bad_observation_id) if incident.first_bad_observation_id \
+        else None
+    if first_bad is not None and first_bad.window_start and first_bad.window_end:
+        window = (first_bad.window_start, first_bad.window_end)
+    else:  # a whole-table contract: the day before it was found
+        window = (incident.first_bad_at - timedelta(days=1), incident.first_bad_at)
+    try:
+        sources = [uid for uid in upstream(rt.manifest, contract.relation_name).names if uid.startswith("source.")]
+        return tuple(upstream_facts(rt.warehouse, rt.manifest, sources, window))
+    except CairnError as error:  # the facts inform the triage; their absence must not stop the loop
+        log.warning("incident %s: sources upstream not measured: %s", incident.id, error)
+        return ()
+
+
+def _line(candidate: Candidate) -> str:
+    return f"{candidate.short_sha} ({candidate.message})"
+
+
+
+def _ranked_candidates(incident: Incident) -> list[Candidate]:
+    """Revertable candidates in ranked order (intentional and docs-only ones are never reverted)."""
+    attribution = groups.suspects(incident)
+    by_sha = {c["sha"]: candidate_from_json(c) for c in attribution.get("candidates", [])}
+    ranked = [by_sha[c["sha"]] for c in attribution.get("ranking", {}).get("causes", []) if c["sha"] in by_sha]
+    return [c for c in ranked if not c.intentional and not c.docs_only]
+
+
+def _worst(search) -> Verdict:
+    """Why nothing verified: a conflict or a failed build says more than "did not recover"."""
+    verdicts = [a.verdict for a in search.attempts]
+    for verdict in (Verdict.conflict, Verdict.build_failed):
+        if verdicts and all(v is verdict for v in verdicts):
+            return verdict
+    return Verdict.not_recovered if verdicts else Verdict.no_code_cause
+
+
+def _move(rt: Runtime, incident: Incident, status: IncidentStatus, event: str, data: dict | None = None,
+          details: dict | None = None) -> None:
+    """Change status (and details) and audit it, once per incident and event (and group)."""
+    fields = {"status": status}
+    if details:
+        fields["details"] = details
+    rt.store.update_incident(incident.id, **fields)
+    rt.store.audit(event, incident_id=incident.id, data={"status": status.value, **(data or {})},
+                   dedup_key=f"{_scope(incident)}:{event}")
+
+
+def _scope(incident: Incident) -> str:
+    """Dedup keys of a group's moves name the group: a member that leaves it runs its own stages afresh."""
+    return f"incident:{incident.id}" + (f":group:{incident.group_id}" if incident.group_id is not None else "")
+
+
+def _last(group: list[Incident], incident_id: int) -> list[Incident]:
+    """The running incident last: if its job dies half-way, the retry finds it where it was and redoes the
+    stage for the members still waiting with it."""
+    return sorted(group, key=lambda m: m.id == incident_id)
+
+
+def _others(group: list[Incident], incident_id: int) -> list[int]:
+    return [m.id for m in group if m.id != incident_id]

@@ -1,0 +1,1 @@
+"""The dbt project in its git repository: dbt in-process, git, worktrees, packages and lineage."""

@@ -1,0 +1,107 @@
+"""Decision and PR: policy turns a verification into an action; only a verified revert becomes a PR."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jobs.attribute.groups import suspects
+from jobs.attribute.ranking import score
+from jobs.contracts.spec import Contract
+from jobs.core.errors import CairnError
+from jobs.core.records import Candidate, Incident, IncidentStatus, PullRequest, Ranking, Verdict, Verification
+from jobs.forge import MergeBlocked
+from jobs.propose.prbody import check_proof, pr_body, pr_title
+from jobs.runtime import Runtime
+from jobs.store import switches
+from policies.decide import Action, Decision, Facts, decide
+from policies.model import ModelRef
+
+_STATUS = {Action.record_only: None, Action.escalate: IncidentStatus.escalated,
+           Action.open_pr: IncidentStatus.pr_opened, Action.auto_merge: IncidentStatus.merged}
+
+
+class UnverifiedRevert(CairnError):
+    """Refused: Cairn never opens a pull request for a revert that did not verify on a clone."""
+
+
+AUTONOMOUS = "cairn (autonomous mode)"
+
+
+@dataclass(frozen=True)
+class Proposal:
+    decision: Decision
+    status: IncidentStatus
+    pr: PullRequest | None = None
+    ranking: Ranking | None = None
+    merge_blocked: str | None = None  # why the code host refused the auto-merge: the PR waits, open
+
+
+def propose(rt: Runtime, incident: Incident, contract: Contract, fix: Verification | None,
+            ranked: Sequence[Candidate], group: Sequence[tuple[Incident, Contract]] = ()) -> Proposal:
+    """The decision for the incident and the other incidents of its `group`, and the one PR they share."""
+    verified = fix is not None and fix.verdict is Verdict.verified
+    cause = next((c for c in ranked if fix and c.sha == fix.sha), None)
+    ranking = score(ranked, verified={fix.sha: True} if verified else {})
+    confidence = next((r.confidence for r in ranking.causes if cause and r.sha == cause.sha), 0.0)
+    # Mode and kill switch are read now, immediately before the side effect, never earlier.
+    facts = Facts(verified=verified, confidence=confidence,
+                  models=tuple(model_refs(rt.manifest, cause.models)) if cause and cause.models else (),
+                  blast_radius=_blast_radius(fix), now=rt.clock.now(),
+                  org_mode=switches.org_mode(rt.store), kill_switch=switches.kill_switch(rt.store))
+    decision = decide(rt.policy, facts)
+    status = _STATUS[decision.action] or incident.status
+    if decision.action not in (Action.open_pr, Action.auto_merge):
+        return Proposal(decision, status, None, ranking)
+    assert fix is not None and cause is not None
+    pr = open_verified_pr(rt, incident, contract, cause, fix, ranking, ranked, decision, group)
+    if decision.action is Action.auto_merge:
+        try:
+            pr = rt.forge.merge(incident.id, pr.head_sha, actor=AUTONOMOUS)
+        except MergeBlocked as exc:  # branch protection outranks the policy: the PR waits for what it asks
+            return Proposal(decision, IncidentStatus.pr_opened, pr, ranking, merge_blocked=str(exc))
+    return Proposal(decision, status, pr, ranking)
+
+
+def open_verified_pr(rt: Runtime, incident: Incident, contract: Contract, cause: Candidate, fix: Verification,
+                     ranking: Ranking, ranked: Sequence[Candidate], decision: Decision,
+                     group: Sequence[tuple[Incident, Contract]] = ()) -> PullRequest:
+    """The only place Cairn opens a PR, and it refuses anything but a verified single-commit revert
+    (for a group: one that brought every member back)."""
+    behind = [f"#{m.incident_id}" for m in fix.members if m.verdict is not Verdict.verified]
+    if fix.verdict is not Verdict.verified or fix.reverted != (cause.sha,) or behind:
+        raise UnverifiedRevert(f"incident {incident.id}: revert of {cause.short_sha} is {fix.verdict.value}, "
+                               f"not verified on a clone{' for ' + ', '.join(behind) if behind else ''}; "
+                               "no pull request is opened")
+    path = suspects(incident).get("lineage_path", {}).get(cause.sha, [])
+    body = pr_body(incident=incident, contract=contract, candidate=cause, ranking=ranking, candidates=ranked,
+                   verification=fix, deltas=fix.deltas, lineage_path=path, mode=decision.mode.value, group=group)
+    return rt.forge.open_revert_pr(incident.id, rt.config.settings.branch, [cause.sha],
+                                   pr_title(incident, contract, cause, others=len(group)), body,
+                                   proof=check_proof(contract, fix))
+
+
+def model_refs(manifest: dict[str, Any], unique_ids: Sequence[str]) -> list[ModelRef]:
+    """What policy selectors see of the models a revert touches."""
+    nodes = manifest.get("nodes", {})
+    parents = {uid: node.get("depends_on", {}).get("nodes", []) for uid, node in nodes.items()}
+    refs = []
+    for uid in unique_ids:
+        node = nodes.get(uid)
+        if node is None:
+            continue
+        ancestors, stack = set(), list(parents.get(uid, []))
+        while stack:
+            parent = stack.pop()
+            if parent in nodes and nodes[parent]["name"] not in ancestors:
+                ancestors.add(nodes[parent]["name"])
+                stack.extend(parents.get(parent, []))
+        refs.append(ModelRef(node["name"], node.get("original_file_path", ""),
+                             frozenset(node.get("tags", [])), frozenset(ancestors)))
+    return refs
+
+
+def _blast_radius(fix: Verification | None) -> int:
+    """Models the revert rebuilt: what a merge would change in production."""
+    return len(fix.built) if fix else 0
