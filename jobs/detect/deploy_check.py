@@ -39,7 +39,15 @@ from dataclasses import dataclass, replace
 from jobs.contracts.spec import Contract, Kind
 from jobs.core.errors import CairnError
 from jobs.core.formatting import fmt_number
-from jobs.core.records import AssessmentStatus, BaselineStats, Candidate, Incident, Observation, Verdict
+from jobs.core.records import (
+    AssessmentStatus,
+    BaselineStats,
+    Candidate,
+    DeployDetail,
+    Incident,
+    Observation,
+    Verdict,
+)
 from jobs.detect.baseline import alerts_in_direction, change_pct, crosses_floors, metric_label
 from jobs.detect.observe import Change, follow, open_incident
 from jobs.runtime import Runtime
@@ -102,12 +110,12 @@ class Effect:
                 f"same data: {fmt_number(self.with_deploy)} with it, {fmt_number(self.without)} without it "
                 f"(clone {clone_id})")
 
-    def evidence(self, deploy: Deploy, verification) -> dict:
+    def evidence(self, deploy: Deploy, verification) -> DeployDetail:
         """What the incident keeps: enough to judge a revert and to show both values."""
-        return {"from_sha": deploy.from_sha, "to_sha": deploy.to_sha, "with": self.with_deploy,
-                "without": self.without, "change_pct": self.change_pct,
-                "commits": [c.sha for c in self.commits], "clone_id": verification.clone_id,
-                "dbt_command": verification.dbt_command, "reverted": list(verification.reverted)}
+        return DeployDetail(from_sha=deploy.from_sha, to_sha=deploy.to_sha, with_deploy=self.with_deploy,
+                            without=self.without, change_pct=self.change_pct,
+                            commits=tuple(c.sha for c in self.commits), clone_id=verification.clone_id,
+                            dbt_command=verification.dbt_command, reverted=verification.reverted)
 
 
 def deploys(rt: Runtime, outcomes: Sequence) -> dict[Deploy, list]:
