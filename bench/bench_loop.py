@@ -21,6 +21,7 @@ import pytest
 from examples.generate import add_day
 from jobs.config import load_config
 from jobs.core.clock import Clock
+from jobs.core.records import Verdict
 from jobs.detect.observe import Change
 from jobs.loop.queue import check_and_heal
 from jobs.runtime import Runtime
@@ -105,14 +106,15 @@ def test_builds_and_wall_time_per_incident(benchmark, baseline: Path, tmp_path: 
     finally:
         rt.close()
     culprit = deployed["shas"][PAYPAL_FILTER.message]
-    verification = incident.details["verification"]
+    details = incident.details
+    verification, attribution = details.verification, details.attribution
     loop_s = deployed["loop_s"]  # also the benchmark's one round; kept here for --benchmark-disable
     info = {
-        "candidates": len(incident.details["attribution"]["candidates"]),
+        "candidates": len(attribution.candidates),
         "commits": n,
         "culprit_position": position,
-        "culprit_rank": [c["sha"] for c in incident.details["attribution"]["ranking"]["causes"]].index(culprit) + 1,
-        "builds": verification["builds"],
+        "culprit_rank": [c.sha for c in attribution.ranking.causes].index(culprit) + 1,
+        "builds": verification.builds,
         "build_budget": math.ceil(math.log2(n)) + 3,
         "loop_s": round(loop_s, 2),
         "dbt_build_s": round(deployed["build_s"], 2),
@@ -121,16 +123,16 @@ def test_builds_and_wall_time_per_incident(benchmark, baseline: Path, tmp_path: 
         "deploy_check_builds": len(deploy_checks),
         "deploy_check_s": round(sum(sum(d["durations"].values()) for d in deploy_checks), 2),
         # Seconds per verification phase, summed over the sandbox builds.
-        "phases_s": {phase: round(sum(a["durations"].get(phase, 0) for a in verification["attempts"]), 2)
+        "phases_s": {phase: round(sum(a.durations.get(phase, 0) for a in verification.attempts), 2)
                      for phase in ("worktree", "revert", "clone", "build", "measure", "evidence")},
     }
     benchmark.extra_info.update(info)
     print(f"\nloop n={n}: " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    by_sha = {c["sha"]: c for c in incident.details["attribution"]["candidates"]}
-    for cause in incident.details["attribution"]["ranking"]["causes"][:info["culprit_rank"]]:
-        print(f"  {cause['confidence']:.3f} {by_sha[cause['sha']]['message'][:40]:40} {cause['rationale']}")
+    by_sha = {c.sha: c for c in attribution.candidates}
+    for cause in attribution.ranking.causes[:info["culprit_rank"]]:
+        print(f"  {cause.confidence:.3f} {by_sha[cause.sha].message[:40]:40} {cause.rationale}")
     assert info["candidates"] == n
     assert info["builds"] <= info["build_budget"], info
-    assert incident.details["verdict"] == "verified" and verification["fix"]["reverted"] == [culprit]
+    assert details.verdict is Verdict.verified and verification.fix.reverted == (culprit,)
     assert pr is not None
-    assert info["deploy_check_builds"] == 1 and incident.details["deploy"]["to_sha"] == rt.deployed_sha()
+    assert info["deploy_check_builds"] == 1 and details.deploy.to_sha == rt.deployed_sha()

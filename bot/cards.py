@@ -196,11 +196,11 @@ def _facts(incident: Incident, pr: PullRequest | None, mode: Mode, kill: KillSwi
     cause = escape(cause_phrase(top["sha"], top["files"], top["confidence"])) if top else "not attributed yet"
     verdict = (escape(proof_phrase(loop["verdict"], loop["clone_id"], loop["before"], loop["after"]))
                if loop["verdict"] else "not verified yet")
-    found = incident.details.get("triage")
-    facts = [("Triage", escape(f"{TRIAGE_LABEL[found['class']]}: {found['evidence'][0]}") if found else "not yet"),
+    found = incident.details.triage
+    facts = [("Triage", escape(f"{TRIAGE_LABEL[found.kind]}: {found.evidence[0]}") if found else "not yet"),
              ("Top cause", cause), ("Verdict", verdict)]
     if loop["decision"]:
-        facts.append(("Decision", escape(decision_phrase(loop["decision"]))))
+        facts.append(("Decision", escape(decision_phrase(incident.details.decision))))
     facts += [("Pull request", _pr_text(pr)), ("Mode", MODE_LABEL[mode]), ("Kill switch", _kill_text(kill))]
     return facts
 

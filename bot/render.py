@@ -66,7 +66,7 @@ def loop_lines(incident: Incident) -> list[str]:
     if loop["verdict"]:
         lines.append(f"  verdict: {proof_phrase(loop['verdict'], loop['clone_id'], loop['before'], loop['after'])}")
     if loop["decision"]:
-        lines.append(f"  decision: {decision_phrase(loop['decision'])}")
+        lines.append(f"  decision: {decision_phrase(incident.details.decision)}")
     if loop["pr"]:
         pr = loop["pr"]
         lines.append(f"  pull request: {pr_phrase(pr['number'], pr['url'], pr['branch'], pr['state'])}")

@@ -32,6 +32,7 @@ from jobs.core.records import (
     BaselineStats,
     Candidate,
     Incident,
+    IncidentDetails,
     IncidentStatus,
     MemberResult,
     Observation,
@@ -89,7 +90,7 @@ INCIDENT = Incident(
 
 
 def incident(status: IncidentStatus, **details) -> Incident:
-    return dataclasses.replace(INCIDENT, status=status, details=details)
+    return dataclasses.replace(INCIDENT, status=status, details=IncidentDetails.model_validate(details))
 
 
 PR_OPENED = incident(IncidentStatus.pr_opened, attribution=ATTRIBUTION, **VERIFIED, **DECIDED)
@@ -148,7 +149,7 @@ def test_detected_card_has_header_status_and_no_approve():
 def test_an_incident_that_follows_another_says_so_on_its_card_and_in_its_thread():
     root = incident(IncidentStatus.escalated, verdict="no_code_cause", followed_by=8)
     follower = dataclasses.replace(incident(IncidentStatus.detected, follows={"incident": 7, "level": 14_265.37,
-                                                                              "sha": ALT}),
+                                                                              "sha": ALT, "at": None}),
                                    id=8, follows_id=7, value=7020.0)
     card = " ".join(texts(serialized(incident_card(follower, None, Mode.assisted, None))))
     assert "Follows incident #7, still open" in card and "from 14,265 to 7,020" in card
@@ -194,7 +195,8 @@ def test_decided_incidents_show_no_buttons(status):
 
 def test_errored_card_shows_the_reason_and_error_id():
     errored = incident(IncidentStatus.errored, attribution=ATTRIBUTION,
-                       error={"reason": "the warehouse clone could not be created: disk full", "error_id": "E7F3"})
+                       error={"reason": "the warehouse clone could not be created: disk full", "error_id": "E7F3",
+                              "stage": "verify", "status_before": "verifying"})
     card = incident_card(errored, None, Mode.assisted, None)
     text = "\n".join(texts(serialized(card)))
     assert ":warning: *Errored*" in text
@@ -235,7 +237,7 @@ def test_fallback_text_names_the_metric_and_status(status):
 def test_hostile_commit_message_cannot_ping_or_link():
     evil = dataclasses.replace(CAUSE, message=HOSTILE)
     attribution = {**ATTRIBUTION, "candidates": to_json([evil, *OTHERS])}
-    hostile = dataclasses.replace(PR_OPENED, reason=HOSTILE, details={**PR_OPENED.details, "attribution": attribution})
+    hostile = dataclasses.replace(PR_OPENED, reason=HOSTILE, details=PR_OPENED.details.merged({"attribution": attribution}))
     messages = [incident_card(hostile, dataclasses.replace(PR, title=HOSTILE), Mode.assisted,
                               KillSwitch(reason=HOSTILE, by="<@U1>")),
                 *(thread_message(step) for step in thread_steps(hostile, None))]
@@ -348,14 +350,14 @@ def test_a_member_that_left_its_group_says_why_and_threads_its_own_loop_apart():
     # Its own steps get their own keys: the group's attribution and verification were posted under the others.
     assert [s.key for s in steps] == ["detected", "left_group", "attribution:own"]
     assert steps[1].lines == (note,)
-    unexplained = dataclasses.replace(left, status=IncidentStatus.escalated, details={
+    unexplained = dataclasses.replace(left, status=IncidentStatus.escalated, details=IncidentDetails.model_validate({
         "left_group": {"group": 7, "why": "unexplained", "fix": None}, "verdict": "no_code_cause",
-        "attribution": {**ATTRIBUTION, "candidates": [], "ranking": to_json(Ranking((), "scorer"))}})
+        "attribution": {**ATTRIBUTION, "candidates": [], "ranking": to_json(Ranking((), "scorer"))}}))
     assert [s.key for s in thread_steps(unexplained, None)] == ["detected", "left_group", "attribution"]
     assert "no commit in the suspect range touches this metric's lineage" in thread_steps(unexplained, None)[1].lines[0]
     # A split group: each part goes on with the revert that brought it back, verifying nothing again.
-    split = dataclasses.replace(left, status=IncidentStatus.verified, details={
-        "left_group": {"group": 7, "why": "split", "fix": SHA}, "attribution": ATTRIBUTION, **VERIFIED})
+    split = dataclasses.replace(left, status=IncidentStatus.verified, details=IncidentDetails.model_validate({
+        "left_group": {"group": 7, "why": "split", "fix": SHA}, "attribution": ATTRIBUTION, **VERIFIED}))
     steps = thread_steps(split, None)
     assert [s.key for s in steps] == ["detected", "left_group", "attribution", "evidence", "verification"]
     assert steps[1].title == "Group split" and steps[1].lines == (

@@ -39,8 +39,17 @@ from dataclasses import dataclass, replace
 from jobs.contracts.spec import Contract, Kind
 from jobs.core.errors import CairnError
 from jobs.core.formatting import fmt_number
-from jobs.core.records import AssessmentStatus, BaselineStats, Candidate, Incident, Observation, Verdict
+from jobs.core.records import (
+    AssessmentStatus,
+    BaselineStats,
+    Candidate,
+    DeployDetail,
+    Incident,
+    Observation,
+    Verdict,
+)
 from jobs.detect.baseline import alerts_in_direction, change_pct, crosses_floors, metric_label
+from jobs.detect.observe import Change, follow, open_incident
 from jobs.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -101,12 +110,12 @@ class Effect:
                 f"same data: {fmt_number(self.with_deploy)} with it, {fmt_number(self.without)} without it "
                 f"(clone {clone_id})")
 
-    def evidence(self, deploy: Deploy, verification) -> dict:
+    def evidence(self, deploy: Deploy, verification) -> DeployDetail:
         """What the incident keeps: enough to judge a revert and to show both values."""
-        return {"from_sha": deploy.from_sha, "to_sha": deploy.to_sha, "with": self.with_deploy,
-                "without": self.without, "change_pct": self.change_pct,
-                "commits": [c.sha for c in self.commits], "clone_id": verification.clone_id,
-                "dbt_command": verification.dbt_command, "reverted": list(verification.reverted)}
+        return DeployDetail(from_sha=deploy.from_sha, to_sha=deploy.to_sha, with_deploy=self.with_deploy,
+                            without=self.without, change_pct=self.change_pct,
+                            commits=tuple(c.sha for c in self.commits), clone_id=verification.clone_id,
+                            dbt_command=verification.dbt_command, reverted=verification.reverted)
 
 
 def deploys(rt: Runtime, outcomes: Sequence) -> dict[Deploy, list]:
@@ -183,8 +192,6 @@ def _check(rt: Runtime, sandboxes, deploy: Deploy, reached: list) -> list:
 
 def _act(rt: Runtime, deploy: Deploy, verification, effect: Effect, outcome):
     """Open, follow or annotate an incident for a material effect, or re-baseline an intended one."""
-    from jobs.detect.observe import Change, follow, open_incident
-
     contract, observation, store = effect.contract, effect.observation, rt.store
     if effect.intentional:
         since = observation.window_start or observation.observed_at

@@ -84,7 +84,8 @@ def perform_stage(rt, jobs: "Jobs", stage: str, incident_id: int, *, may_retry: 
 def perform_check(rt, jobs: "Jobs", contracts=None) -> list:
     """Observe and detect at the Runtime's clock; every incident that moved gets its card refreshed,
     new ones are healed."""
-    from jobs.detect.observe import Change, check
+    from jobs.detect.check import check
+    from jobs.detect.observe import Change
 
     outcomes = check(rt, contracts)
     opened = [o.incident for o in outcomes if o.change is Change.opened]

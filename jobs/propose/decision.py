@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.attribute.groups import suspects
 from jobs.attribute.ranking import score
 from jobs.contracts.spec import Contract
 from jobs.core.errors import CairnError
@@ -74,7 +73,8 @@ def open_verified_pr(rt: Runtime, incident: Incident, contract: Contract, cause:
         raise UnverifiedRevert(f"incident {incident.id}: revert of {cause.short_sha} is {fix.verdict.value}, "
                                f"not verified on a clone{' for ' + ', '.join(behind) if behind else ''}; "
                                "no pull request is opened")
-    path = suspects(incident).get("lineage_path", {}).get(cause.sha, [])
+    suspects = incident.details.suspects
+    path = suspects.lineage_path.get(cause.sha, []) if suspects else []
     body = pr_body(incident=incident, contract=contract, candidate=cause, ranking=ranking, candidates=ranked,
                    verification=fix, deltas=fix.deltas, lineage_path=path, mode=decision.mode.value, group=group)
     return rt.forge.open_revert_pr(incident.id, rt.config.settings.branch, [cause.sha],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from jobs.core.clock import Clock
 from jobs.core.errors import NotFound, StoreError
-from jobs.core.records import AuditEvent, BaselineStats, Incident, IncidentStatus, Observation
+from jobs.core.records import AuditEvent, BaselineStats, Incident, IncidentDetails, IncidentStatus, Observation
 from jobs.store.chat import ChatMessageStore
 from jobs.store.database import (
     alembic_config,
@@ -173,7 +173,7 @@ class Store(PullRequestStore, ChatMessageStore):
         reason: str,
         status: IncidentStatus = IncidentStatus.detected,
         follows: Incident | None = None,
-        details: dict[str, Any] | None = None,
+        details: Mapping[str, Any] | None = None,
     ) -> Incident:
         """Open an incident for the contract, or one that `follows` an open one; if it is already open,
         return that one unchanged.
@@ -200,7 +200,7 @@ class Store(PullRequestStore, ChatMessageStore):
             baseline=dataclasses.asdict(baseline) if baseline else None,
             change_pct=change_pct,
             reason=reason,
-            details=dict(details or {}),
+            details=IncidentDetails().merged(details or {}).to_json(),
             follows_id=follows.id if follows else None,
         )
         for _attempt in range(3):  # the open incident may close between our conflict and our read
@@ -233,8 +233,8 @@ class Store(PullRequestStore, ChatMessageStore):
         return chain[-1] if chain else None
 
     def update_incident(self, incident_id: int, **fields: Any) -> Incident:
-        """Change an incident's fields; `details` is merged key by key into the existing details (a key
-        given None is removed).
+        """Change an incident's fields; `details` (parts of `IncidentDetails`, typed or as JSON) is merged
+        part by part into the existing details (a part given None is removed).
 
         Moving to a closed status sets `resolved_at` to now, to an open one clears it, unless it is given.
         """
@@ -255,8 +255,8 @@ class Store(PullRequestStore, ChatMessageStore):
                 if row is None:
                     raise NotFound(f"incident {incident_id} does not exist in the store")
                 if "details" in fields:
-                    merged = {**row.details, **(fields["details"] or {})}
-                    values["details"] = {key: value for key, value in merged.items() if value is not None}
+                    current = IncidentDetails.model_validate(row.details or {})
+                    values["details"] = current.merged(fields["details"] or {}).to_json()
                 conn.execute(incidents.update().where(incidents.c.id == incident_id).values(values))
         except IntegrityError as exc:
             raise StoreError(
@@ -410,5 +410,5 @@ def _incident(row: sa.Row) -> Incident:
     values = {f.name: getattr(row, f.name) for f in dataclasses.fields(Incident)}
     values["status"] = IncidentStatus(row.status)
     values["baseline"] = BaselineStats.from_json(row.baseline) if row.baseline is not None else None
-    values["details"] = dict(row.details or {})
+    values["details"] = IncidentDetails.model_validate(row.details or {})
     return Incident(**values)

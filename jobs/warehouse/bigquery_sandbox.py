@@ -15,45 +15,27 @@ import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from jobs.core.errors import WarehouseError
-from jobs.warehouse import identifier
 from jobs.warehouse.bigquery import ADC, ANONYMOUS, BigQueryWarehouse, api_reason
-from jobs.warehouse.clone_build import CloneBuild, ClonedSandbox, write_profiles_yml
+from jobs.warehouse.clone_build import (
+    TARGET,
+    Clone,
+    CloneBuild,
+    ClonedSandbox,
+    snapshot_point,
+    write_profiles_yml,
+)
 from jobs.warehouse.request_guard import guarded
-from jobs.warehouse.sandboxes import SandboxRefused
 from jobs.warehouse.statement_guard import Dataset
 
 log = logging.getLogger(__name__)
 
 PREFIX = "cairn_sbx_"
-TARGET = "cairn_sandbox"
 LABEL_INCIDENT, LABEL_ORG = "cairn-incident", "cairn-org"
-MACROS_FILE = "_cairn_sandbox.sql"
-# A snapshot this close to the edge of the time-travel window may expire before the clone runs.
-TIME_TRAVEL_MARGIN = timedelta(hours=1)
-STATEFUL = ("incremental", "snapshot")  # materializations whose build reads their own last state
-
-
-class RelationOutsideSandbox(SandboxRefused):
-    """A node the build would write lies outside the sandbox dataset; dbt was not run."""
-
-
-@dataclass(frozen=True)
-class Clone:
-    """One production table cloned into the sandbox, and the state it was cloned at."""
-
-    source: str  # project.dataset.table
-    target: str
-    snapshot: datetime | None  # None: the table's current state
-    statement: str
-    note: str = ""
 
 
 class BigQuerySandbox(ClonedSandbox):
@@ -104,7 +86,7 @@ class BigQuerySandbox(ClonedSandbox):
         """
         made = []
         for project, dataset, table in sources:
-            snapshot, note = _snapshot(at, now, time_travel)
+            snapshot, note = snapshot_point(at, now, time_travel)
             source = f"`{project}.{dataset}.{table}`"
             target = f"`{self.dataset.project}.{self.dataset.dataset}.{table}`"
             statement = f"CREATE TABLE {target} CLONE {source}"
@@ -152,75 +134,6 @@ class BigQuerySandbox(ClonedSandbox):
         self.remove()
 
 
-def stateful_sources(production: Mapping[str, Any], selected: Iterable[str], default_project: str
-                     ) -> list[tuple[str, str, str]]:
-    """Production relations of the selected incremental models and snapshots: they need clones."""
-    nodes = production.get("nodes", {})
-    found = []
-    for uid in sorted(selected):
-        node = nodes.get(uid)
-        if node and (node.get("config") or {}).get("materialized") in STATEFUL:
-            found.append((node.get("database") or default_project, node["schema"], identifier(node)))
-    return found
-
-
-def selected_writes(manifest: Mapping[str, Any], built: Iterable[str]) -> dict[str, tuple[str, str, str]]:
-    """Every relation a build of `built` writes: the nodes, and tests storing failures on them."""
-    nodes = manifest.get("nodes", {})
-    writes = {uid: nodes[uid] for uid in built if uid in nodes}
-    built = set(writes)
-    for uid, node in nodes.items():
-        if node.get("resource_type") == "test" and (node.get("config") or {}).get("store_failures"):
-            if built & set((node.get("depends_on") or {}).get("nodes", ())):
-                writes[uid] = node
-    return {uid: (n.get("database") or "", n["schema"], identifier(n)) for uid, n in writes.items()}
-
-
-def check_relations(manifest: Mapping[str, Any], built: Iterable[str], sandbox: Dataset) -> None:
-    """Layer (b): refuse the build unless every relation it writes is in `sandbox`, and distinct."""
-    writes = selected_writes(manifest, built)
-    outside = [f"{uid} -> {'.'.join(r)}" for uid, r in sorted(writes.items())
-               if (r[0].lower(), r[1]) != (sandbox.project.lower(), sandbox.dataset)]
-    if outside:
-        raise RelationOutsideSandbox(
-            "refused to build: these nodes would write outside sandbox dataset "
-            f"{sandbox}: {'; '.join(outside)}. Their `database`/`schema` config or the project's "
-            "generate_schema_name/generate_database_name macros place them elsewhere; make those macros "
-            f"return target.schema and target.database when target.name == '{TARGET}' (docs/bigquery.md).")
-    seen: dict[tuple[str, str, str], str] = {}
-    for uid, relation in sorted(writes.items()):
-        if relation in seen:
-            raise RelationOutsideSandbox(
-                f"refused to build: {seen[relation]} and {uid} would both write {'.'.join(relation)} in "
-                "the sandbox; give one of them a distinct alias.")
-        seen[relation] = uid
-
-
-def redirect_macros(project_dir: Path, manifest: Mapping[str, Any], sandbox: Dataset) -> list[str]:
-    """Write schema/database macros placing every node in the sandbox, unless the project has its own.
-
-    The file goes into the Cairn-owned worktree only. Returns the macros written.
-    """
-    project = yaml.safe_load((project_dir / "dbt_project.yml").read_text())
-    name = project["name"]
-    own = {m["name"] for m in manifest.get("macros", {}).values() if m.get("package_name") == name}
-    bodies = {
-        "generate_schema_name": "{%% macro generate_schema_name(custom_schema_name=none, node=none) -%%}"
-                                "%s{%%- endmacro %%}" % sandbox.dataset,
-        "generate_database_name": "{%% macro generate_database_name(custom_database_name=none, node=none) -%%}"
-                                  "%s{%%- endmacro %%}" % sandbox.project,
-    }
-    written = [macro for macro in bodies if macro not in own]
-    if written:
-        paths = project.get("macro-paths") or ["macros"]
-        directory = project_dir / paths[0]
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / MACROS_FILE).write_text(
-            "{# Written by Cairn into its own worktree: every sandbox build writes the sandbox dataset. #}\n"
-            + "\n".join(bodies[m] for m in written) + "\n")
-    return written
-
-
 def gc_sandboxes(client: Any, *, org: str, now: datetime, dry_run: bool = False) -> list[str]:
     """Drop this org's sandbox datasets whose default table expiration has passed since creation."""
     from google.api_core.exceptions import GoogleAPIError
@@ -245,16 +158,6 @@ def gc_sandboxes(client: Any, *, org: str, now: datetime, dry_run: bool = False)
             raise WarehouseError(f"cannot drop expired sandbox {name}: {api_reason(error)}") from None
         removed.append(name)
     return removed
-
-
-def _snapshot(at: datetime | None, now: datetime, time_travel: timedelta) -> tuple[datetime | None, str]:
-    if at is None:
-        return None, "cloned at its current state"
-    at = min(at, now)
-    if now - at > time_travel - TIME_TRAVEL_MARGIN:
-        return None, (f"{at.isoformat()} is outside the {time_travel.days}-day time-travel window: "
-                      "cloned at its current state instead")
-    return at, ""
 
 
 def _timestamp(at: datetime) -> str:
@@ -342,9 +245,3 @@ class BigQueryBuild(CloneBuild):
 
         return {"estimated_bytes": self.estimated, "clones": self.clones(),
                 "billed_bytes": billed_by_dbt(self.target_path) + self.connection.spend.billed}
-
-
-def dbt_manifest(target_path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads((Path(target_path) / "manifest.json").read_text())

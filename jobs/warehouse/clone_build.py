@@ -9,13 +9,25 @@ admission check and the guard around dbt.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from jobs.core.errors import DbtError
+from jobs.warehouse import identifier
+from jobs.warehouse.sandboxes import SandboxRefused
+from jobs.warehouse.statement_guard import Dataset
+
+TARGET = "cairn_sandbox"
+MACROS_FILE = "_cairn_sandbox.sql"
+# A snapshot this close to the edge of the time-travel window may expire before the clone runs.
+TIME_TRAVEL_MARGIN = timedelta(hours=1)
+STATEFUL = ("incremental", "snapshot")  # materializations whose build reads their own last state
 
 
 def write_profiles_yml(directory: Path, profile: str, output: dict[str, Any]) -> Path:
@@ -23,8 +35,6 @@ def write_profiles_yml(directory: Path, profile: str, output: dict[str, Any]) ->
     import os
 
     import yaml
-
-    from jobs.warehouse.bigquery_sandbox import TARGET
 
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "profiles.yml"
@@ -75,16 +85,12 @@ class CloneBuild:
 
     def plan(self, dbt: Any) -> Mapping[str, Any]:
         """Parse with every write redirected into the sandbox (Cairn's macros, unless the project has its own)."""
-        from jobs.warehouse.bigquery_sandbox import redirect_macros
-
         if redirect_macros(self.project_dir, dbt.parse(), self.sandbox.dataset):
             dbt.parse()  # again, with Cairn's schema/database macros in place
         return dbt.manifest()
 
     def prepare(self, production: Mapping[str, Any], expected: set[str]) -> None:
         """Layer (b) on the planned manifest, then clones of the stateful tables the build reads."""
-        from jobs.warehouse.bigquery_sandbox import check_relations, dbt_manifest, stateful_sources
-
         check_relations(dbt_manifest(self.target_path), expected, self.sandbox.dataset)
         self.clone(stateful_sources(production, expected, self.production_database))
 
@@ -143,3 +149,108 @@ class CloneBuild:
         return tuple({"source": c.source, "target": c.target, "statement": c.statement,
                       "snapshot": c.snapshot.isoformat() if c.snapshot else None,
                       **({"note": c.note} if c.note else {})} for c in self.sandbox.clones)
+
+
+# -- what every clone build checks and writes before dbt runs -------------------------------------
+
+
+class RelationOutsideSandbox(SandboxRefused):
+    """A node the build would write lies outside the sandbox dataset; dbt was not run."""
+
+
+@dataclass(frozen=True)
+class Clone:
+    """One production table cloned into the sandbox, and the state it was cloned at."""
+
+    source: str  # project.dataset.table
+    target: str
+    snapshot: datetime | None  # None: the table's current state
+    statement: str
+    note: str = ""
+
+
+def stateful_sources(production: Mapping[str, Any], selected: Iterable[str], default_project: str
+                     ) -> list[tuple[str, str, str]]:
+    """Production relations of the selected incremental models and snapshots: they need clones."""
+    nodes = production.get("nodes", {})
+    found = []
+    for uid in sorted(selected):
+        node = nodes.get(uid)
+        if node and (node.get("config") or {}).get("materialized") in STATEFUL:
+            found.append((node.get("database") or default_project, node["schema"], identifier(node)))
+    return found
+
+
+def selected_writes(manifest: Mapping[str, Any], built: Iterable[str]) -> dict[str, tuple[str, str, str]]:
+    """Every relation a build of `built` writes: the nodes, and tests storing failures on them."""
+    nodes = manifest.get("nodes", {})
+    writes = {uid: nodes[uid] for uid in built if uid in nodes}
+    built = set(writes)
+    for uid, node in nodes.items():
+        if node.get("resource_type") == "test" and (node.get("config") or {}).get("store_failures"):
+            if built & set((node.get("depends_on") or {}).get("nodes", ())):
+                writes[uid] = node
+    return {uid: (n.get("database") or "", n["schema"], identifier(n)) for uid, n in writes.items()}
+
+
+def check_relations(manifest: Mapping[str, Any], built: Iterable[str], sandbox: Dataset) -> None:
+    """Layer (b): refuse the build unless every relation it writes is in `sandbox`, and distinct."""
+    writes = selected_writes(manifest, built)
+    outside = [f"{uid} -> {'.'.join(r)}" for uid, r in sorted(writes.items())
+               if (r[0].lower(), r[1]) != (sandbox.project.lower(), sandbox.dataset)]
+    if outside:
+        raise RelationOutsideSandbox(
+            "refused to build: these nodes would write outside sandbox dataset "
+            f"{sandbox}: {'; '.join(outside)}. Their `database`/`schema` config or the project's "
+            "generate_schema_name/generate_database_name macros place them elsewhere; make those macros "
+            f"return target.schema and target.database when target.name == '{TARGET}' (docs/bigquery.md, "
+            "docs/snowflake.md).")
+    seen: dict[tuple[str, str, str], str] = {}
+    for uid, relation in sorted(writes.items()):
+        if relation in seen:
+            raise RelationOutsideSandbox(
+                f"refused to build: {seen[relation]} and {uid} would both write {'.'.join(relation)} in "
+                "the sandbox; give one of them a distinct alias.")
+        seen[relation] = uid
+
+
+def redirect_macros(project_dir: Path, manifest: Mapping[str, Any], sandbox: Dataset) -> list[str]:
+    """Write schema/database macros placing every node in the sandbox, unless the project has its own.
+
+    The file goes into the Cairn-owned worktree only. Returns the macros written.
+    """
+    project = yaml.safe_load((project_dir / "dbt_project.yml").read_text())
+    name = project["name"]
+    own = {m["name"] for m in manifest.get("macros", {}).values() if m.get("package_name") == name}
+    bodies = {
+        "generate_schema_name": "{%% macro generate_schema_name(custom_schema_name=none, node=none) -%%}"
+                                "%s{%%- endmacro %%}" % sandbox.dataset,
+        "generate_database_name": "{%% macro generate_database_name(custom_database_name=none, node=none) -%%}"
+                                  "%s{%%- endmacro %%}" % sandbox.project,
+    }
+    written = [macro for macro in bodies if macro not in own]
+    if written:
+        paths = project.get("macro-paths") or ["macros"]
+        directory = project_dir / paths[0]
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / MACROS_FILE).write_text(
+            "{# Written by Cairn into its own worktree: every sandbox build writes the sandbox dataset. #}\n"
+            + "\n".join(bodies[m] for m in written) + "\n")
+    return written
+
+
+def snapshot_point(at: datetime | None, now: datetime, time_travel: timedelta) -> tuple[datetime | None, str]:
+    """The point a clone is taken at, or None (the current state) with the note saying why."""
+    if at is None:
+        return None, "cloned at its current state"
+    at = min(at, now)
+    if now - at > time_travel - TIME_TRAVEL_MARGIN:
+        return None, (f"{at.isoformat()} is outside the {time_travel.days}-day time-travel window: "
+                      "cloned at its current state instead")
+    return at, ""
+
+
+def dbt_manifest(target_path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads((Path(target_path) / "manifest.json").read_text())

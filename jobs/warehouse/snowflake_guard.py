@@ -18,13 +18,13 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
 from jobs.warehouse.statement_guard import (
-    _WRITES,
+    WRITES,
     Dataset,
     ProductionWriteRefused,
     Target,
-    _kind,
-    _quiet,
+    quiet_parser,
     refuse_outside,
+    statement_kind,
 )
 
 DIALECT = "snowflake"
@@ -40,7 +40,7 @@ def check(sql: str, *, sandbox: Dataset | None) -> list[Target]:
 def written_targets(sql: str) -> list[Target]:
     """Every object `sql` would write, with its database and schema as Snowflake resolves them."""
     try:
-        with _quiet():
+        with quiet_parser():
             statements = [s for s in sqlglot.parse(sql, read=DIALECT) if s is not None]
     except (ParseError, TokenError) as error:
         raise ProductionWriteRefused(
@@ -53,7 +53,7 @@ def written_targets(sql: str) -> list[Target]:
         if isinstance(statement, exp.Grant):
             targets.append(_target(statement, statement.args.get("securable"), "GRANT"))
             continue
-        if not isinstance(statement, (*_WRITES, exp.Comment)) or _session(statement):
+        if not isinstance(statement, (*WRITES, exp.Comment)) or _session(statement):
             raise ProductionWriteRefused(
                 f"refused before sending: Cairn does not send {_verb(statement)} statements "
                 f"({statement.sql(DIALECT)[:80]!r}) to Snowflake: it sends queries, metadata reads, "
@@ -62,7 +62,7 @@ def written_targets(sql: str) -> list[Target]:
             nodes = statement.args.get("tables") or [statement.this]
         else:
             nodes = statement.expressions if isinstance(statement, exp.TruncateTable) else [statement.this]
-        targets += [_target(statement, node, _kind(statement)) for node in nodes]
+        targets += [_target(statement, node, statement_kind(statement)) for node in nodes]
     return targets
 
 

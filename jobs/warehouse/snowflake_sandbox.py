@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.core.errors import WarehouseError
-from jobs.warehouse.bigquery_sandbox import TARGET, Clone, _snapshot
-from jobs.warehouse.clone_build import CloneBuild, ClonedSandbox, write_profiles_yml
+from jobs.warehouse.clone_build import TARGET, Clone, CloneBuild, ClonedSandbox, snapshot_point, write_profiles_yml
 from jobs.warehouse.snowflake import SnowflakeWarehouse, connect, private_key_path
 from jobs.warehouse.snowflake_guard import check
 from jobs.warehouse.statement_guard import Dataset
@@ -84,7 +83,7 @@ class SnowflakeSandbox(ClonedSandbox):
         """
         made = []
         for database, schema, table in sources:
-            snapshot, note = _snapshot(at, now, time_travel)
+            snapshot, note = snapshot_point(at, now, time_travel)
             source, target = f"{database}.{schema}.{table}", f"{self.dataset}.{table}"
             statement = f"CREATE TABLE {target} CLONE {source}"
             if snapshot is not None:
