@@ -102,7 +102,7 @@ def create_app(rt: Runtime, jobs: Jobs, client: WebClient, *, signing_secret: st
             jobs.notify(incident_id)
             return messages.STALE_APPROVAL.format(number=pr.number, shown=head_sha[:7], head=pr.head_sha[:7])
         rt.store.audit("approval.requested", incident_id=incident_id, actor=actor, data={"head_sha": head_sha})
-        jobs.propose.review("approve", incident_id, actor, head_sha, reply_to=body["channel"]["id"])
+        jobs.review("approve", incident_id, actor, head_sha, reply_to=body["channel"]["id"])
         return f"Approved: merging PR #{pr.number} at {head_sha[:7]}; the card updates when it is merged."
 
     def reject(body, act, actor) -> str | None:
@@ -143,7 +143,7 @@ def create_app(rt: Runtime, jobs: Jobs, client: WebClient, *, signing_secret: st
                            data={"action": ids.REJECT_MODAL})
             return
         reason = view["state"]["values"][ids.REJECT_REASON_BLOCK][ids.REJECT_REASON_INPUT]["value"].strip()
-        jobs.propose.review("reject", incident_id, f"slack:{user}", reason, reply_to=channel or None)
+        jobs.review("reject", incident_id, f"slack:{user}", reason, reply_to=channel or None)
 
     return app
 
