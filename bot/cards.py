@@ -41,6 +41,7 @@ from bot.thread import (
     proof_phrase,
     thread_steps,
 )
+from jobs.attribute.llm import NO_KEY
 from jobs.core.records import Incident, IncidentStatus, PullRequest
 from jobs.core.report import loop_json
 from policies.decide import KillSwitch
@@ -194,6 +195,8 @@ def _facts(incident: Incident, pr: PullRequest | None, mode: Mode, kill: KillSwi
     loop = loop_json(incident.details)
     top = loop["top_cause"]
     cause = escape(cause_phrase(top["sha"], top["files"], top["confidence"])) if top else "not attributed yet"
+    if top and (note := _fallback_note(incident)):
+        cause += f"\n_{escape(note)}_"
     verdict = (escape(proof_phrase(loop["verdict"], loop["clone_id"], loop["before"], loop["after"]))
                if loop["verdict"] else "not verified yet")
     found = incident.details.triage
@@ -203,6 +206,15 @@ def _facts(incident: Incident, pr: PullRequest | None, mode: Mode, kill: KillSwi
         facts.append(("Decision", escape(decision_phrase(incident.details.decision))))
     facts += [("Pull request", _pr_text(pr)), ("Mode", MODE_LABEL[mode]), ("Kill switch", _kill_text(kill))]
     return facts
+
+
+def _fallback_note(incident: Incident) -> str | None:
+    """Why the LLM's ranking was not used, when it was asked and its answer could not be (not when no key is set)."""
+    details = incident.details
+    ranking = details.ranking or (details.suspects.ranking if details.suspects else None)
+    if ranking is None or ranking.ranker != "scorer" or not ranking.note or NO_KEY in ranking.note:
+        return None
+    return ranking.note
 
 
 def _pr_text(pr: PullRequest | None) -> str:

@@ -28,6 +28,7 @@ from bot.cards import (
 from bot.chart import day_bands, metric_chart
 from bot.messages import STATUS_LABEL
 from bot.thread import render_terminal, thread_steps
+from jobs.attribute.llm import NO_KEY, UNAVAILABLE
 from jobs.core.records import (
     BaselineStats,
     Candidate,
@@ -548,3 +549,14 @@ def test_a_refused_verification_says_why_in_the_thread() -> None:
     assert step.title == "Verification refused"
     assert step.lines == ("estimated 3.2 TB exceeds the budget",
                           "Estimated 3,200,000,000,000 bytes against a budget of 1,000,000,000,000")
+
+
+def test_a_card_says_when_the_llms_answer_was_not_used_but_not_when_no_key_is_set():
+    unusable = dataclasses.replace(RANKING, note=UNAVAILABLE.format(reason="the answer is not JSON"))
+    asked = incident(IncidentStatus.verifying, attribution={**ATTRIBUTION, "ranking": to_json(unusable)})
+    fields = " ".join(texts(serialized(incident_card(asked, None, Mode.assisted, None))))
+    assert "LLM re-ranking unavailable (the answer is not JSON); kept the scorer's ranking" in fields
+    keyless = dataclasses.replace(RANKING, note=UNAVAILABLE.format(reason=NO_KEY))
+    unasked = incident(IncidentStatus.verifying, attribution={**ATTRIBUTION, "ranking": to_json(keyless)})
+    assert "re-ranking unavailable" not in " ".join(texts(serialized(incident_card(unasked, None, Mode.assisted,
+                                                                                    None))))
