@@ -75,15 +75,23 @@ def observe(ctx: click.Context, at: datetime | None) -> None:
 @click.pass_context
 def check(ctx: click.Context, at: datetime | None, contract_id: str | None) -> None:
     """Observe, detect, open/update/resolve incidents, and heal the new ones."""
+    from jobs.core.records import IncidentStatus
+    from jobs.loop.preflight import preflight
     from jobs.loop.queue import check_and_heal
 
     rt = runtime(ctx, at)
+    preflight(rt)
     contracts = [rt.contract(contract_id)] if contract_id else None
+    touched = []
     for outcome in check_and_heal(rt, contracts):
         click.echo(render.outcome_line(outcome))
+        touched += [i.id for i in (outcome.incident, *outcome.others) if i is not None]
         if outcome.change.value == "opened":
             click.echo(render.incident_detail(rt.store.incident(outcome.incident.id),
                                               rt.store.audit_events(outcome.incident.id)))
+    errored = [i for i in dict.fromkeys(touched) if rt.store.incident(i).status is IncidentStatus.errored]
+    if errored:  # a stage failed: the incident says why (`cairn incident N`); a script must see it too
+        raise CairnError(messages.CHECK_ERRORED.format(ids=", ".join(f"#{i}" for i in errored)))
 
 
 @cli.command()
@@ -157,7 +165,7 @@ def rebaseline(ctx: click.Context, contract_id: str, since: datetime | None, rea
     rt = runtime(ctx)
     rt.contract(contract_id)
     since = (since or rt.clock.now()).astimezone(timezone.utc)
-    rt.store.rebaseline(contract_id, since, actor="cli", reason=reason)
+    rt.store.rebaseline(contract_id, since, actor="cli", reason=reason)  # refuses an empty reason, a future since
     rt.store.audit("contract.rebaselined", actor="cli",
                    data={"contract": contract_id, "since": since.isoformat(), "reason": reason})
     click.echo(f"{contract_id}: baseline restarts at {since.isoformat()}")
@@ -191,6 +199,7 @@ def scheduler(ctx: click.Context, once: bool) -> None:
     from jobs.runtime import Runtime
 
     config = load_config(ctx.obj["config_path"])
+    _preflight(config)
     every = config.settings.schedule.check_every.total_seconds()
     while True:
         rt = Runtime(config)
@@ -218,6 +227,18 @@ def scheduler(ctx: click.Context, once: bool) -> None:
         time.sleep(every)
 
 
+def _preflight(config) -> None:
+    """A long-running process checks its configuration before it starts (jobs/loop/preflight.py)."""
+    from jobs.loop.preflight import preflight
+    from jobs.runtime import Runtime
+
+    rt = Runtime(config)
+    try:
+        preflight(rt)
+    finally:
+        rt.close()
+
+
 @cli.command()
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty (tests, one-off catch-up).")
 @click.pass_context
@@ -227,13 +248,12 @@ def worker(ctx: click.Context, burst: bool) -> None:
 
     from rq import Worker
 
-    from jobs.forge.github_auth import check_credentials
     from jobs.loop.queue import RQJobs
 
     config = load_config(ctx.obj["config_path"])
     if not config.env.redis_url:
         raise CairnError(messages.NO_REDIS)
-    check_credentials(config)
+    _preflight(config)
     os.environ["CAIRN_CONFIG"] = str(config.path)  # each job's work horse loads the same config
     logging.getLogger("rq.worker").setLevel(logging.INFO)
     jobs = RQJobs(config)
@@ -249,10 +269,9 @@ def worker(ctx: click.Context, burst: bool) -> None:
 def serve(ctx: click.Context, socket_mode: bool, host: str, port: int | None, threads: int) -> None:
     """Serve the Slack app (Procfile `web`): HTTP under gunicorn, or Socket Mode."""
     from bot.server import serve_http, serve_socket
-    from jobs.forge.github_auth import check_credentials
 
     config = load_config(ctx.obj["config_path"])
-    check_credentials(config)  # without Redis, approvals merge in this process
+    _preflight(config)  # without Redis, approvals merge in this process
     if socket_mode:
         serve_socket(config)
     else:
@@ -331,7 +350,10 @@ def _bigquery_settings(config):
 @click.pass_context
 def doctor(ctx: click.Context) -> None:
     """Check warehouse access: production readable, sandboxes writable, production NOT writable."""
+    from jobs.loop.preflight import preflight
+
     rt = runtime(ctx)
+    preflight(rt)
     if rt.config.settings.snowflake is not None:
         from jobs.warehouse.snowflake_doctor import doctor as snowflake_doctor
         from jobs.warehouse.snowflake_sandbox import query_tag

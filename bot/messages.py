@@ -29,6 +29,8 @@ NOT_AN_APPROVER = ("Only approvers can do that (slack.approvers in cairn.yml lis
 STALE_APPROVAL = ("PR #{number} changed after this card showed it (it showed {shown}, the branch is now at {head}): "
                   "review the new head on the refreshed card and approve again.")
 NO_REDIS = "`cairn worker` runs RQ jobs from Redis: set REDIS_URL (without it, `cairn check` runs the loop in-process)."
+CHECK_ERRORED = ("a stage failed: incident {ids} ended errored; `cairn incident N` shows the stage, the reason and the "
+                 "error ID")
 NO_SLACK = "`cairn serve` needs SLACK_BOT_TOKEN and, over HTTP, SLACK_SIGNING_SECRET (see docs/slack.md)."
 NO_APP_TOKEN = "`cairn serve --socket` needs SLACK_APP_TOKEN (an xapp- token with connections:write)."
 BACKFILL_SKIPPED = "Skipped (no time_column/window, cannot be replayed): {ids}"

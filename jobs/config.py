@@ -7,10 +7,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from jobs.contracts.spec import Contract, parse_duration
@@ -37,11 +47,26 @@ Duration = Annotated[timedelta, BeforeValidator(lambda v: v if isinstance(v, tim
 KeyPath = Annotated[Path | None, BeforeValidator(_path_not_key)]  # a key file's path, never the key
 
 
+def url_with_scheme(value: str, schemes: tuple[str, ...]) -> str:
+    """`value` if it is a URL with one of `schemes` and a host (a path for unix:); else ValueError saying so."""
+    parts = urlsplit(value)
+    if parts.scheme in schemes and (parts.netloc or (parts.scheme == "unix" and parts.path)):
+        return value
+    raise ValueError(f"must be a URL starting {' or '.join(s + '://' for s in schemes)}, got {value!r}")
+
+
+def _http_url(value: str | None) -> str | None:
+    return None if value is None else url_with_scheme(value, ("http", "https"))
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
 class GitHubForge(_Section):
     """The GitHub forge; the App settings may come from the environment instead (docs/github.md)."""
 
     repo: str = Field(description="owner/name of the dbt project's repository.")
-    base_url: str = Field(
+    base_url: HttpUrl = Field(
         "https://api.github.com",
         description="REST API root; GitHub Enterprise Server: https://HOST/api/v3.",
     )
@@ -119,7 +144,7 @@ class AttributionSettings(_Section):
         default_factory=lambda: ["[cairn:intentional]", "cairn: intentional"],
         description="A commit message holding one of these marks its metric change as intended: never reverted.")
     llm_model: str = Field("claude-sonnet-5-5", description="Anthropic model for re-ranking (with ANTHROPIC_API_KEY).")
-    llm_base_url: str | None = Field(None, description="Anthropic API base URL (proxies, tests).")
+    llm_base_url: HttpUrl | None = Field(None, description="Anthropic API base URL (proxies, tests).")
     llm_timeout: float = Field(30.0, gt=0, description="Seconds before the scorer's ranking is kept.")
     max_candidates: int = Field(64, ge=1, description="Most suspect commits considered per incident.")
 

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from jobs.core.clock import Clock
-from jobs.core.errors import NotFound, StoreError
+from jobs.core.errors import ContractError, NotFound, StoreError
 from jobs.core.records import AuditEvent, BaselineStats, Incident, IncidentDetails, IncidentStatus, Observation
 from jobs.store.chat import ChatMessageStore
 from jobs.store.database import (
@@ -327,8 +327,19 @@ class Store(PullRequestStore, ChatMessageStore):
     # -- rebaselines and org state ------------------------------------------------------------
 
     def rebaseline(self, contract_id: str, since: datetime, actor: str, reason: str) -> None:
-        """Record that the contract's baseline starts at `since`; the latest recorded rebaseline wins."""
-        row = dict(contract_id=contract_id, since=since, actor=actor, reason=reason, at=self.clock.now())
+        """Record that the contract's baseline starts at `since`; the latest recorded rebaseline wins.
+
+        A future `since` would drop every observation until then from the baseline, muting the contract
+        silently; a rebaseline without a reason leaves the audit trail unexplained: both are refused.
+        """
+        now = self.clock.now()
+        if not reason.strip():
+            raise ContractError(f"rebaseline {contract_id}: the reason is empty; say why the metric changed on "
+                                "purpose (it is kept in the audit trail)")
+        if since > now:
+            raise ContractError(f"rebaseline {contract_id}: {since.isoformat()} is in the future (now "
+                                f"{now.isoformat()}); a baseline restarts at a time already observed")
+        row = dict(contract_id=contract_id, since=since, actor=actor, reason=reason.strip(), at=now)
         with self._transaction(write=True) as conn:
             conn.execute(rebaselines.insert().values(row))
 

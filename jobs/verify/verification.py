@@ -80,6 +80,9 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
                 f"reverting {tree.conflict[:7]} at {deployed_sha[:7]} conflicts in "
                 f"{', '.join(tree.conflict_files)}; a later commit changed the same lines."))
         project_dir = tree.path / project_subdir
+        if not (project_dir / "dbt_project.yml").is_file():  # e.g. the revert of the commit that created the project
+            return Verification(verdict=Verdict.build_failed, **record,
+                                detail=f"the revert removes {Path(project_subdir) / 'dbt_project.yml'}: nothing to build")
         with timed(phases, "packages"):
             try:
                 record["packages"] = worktree_packages(tree, Path(repo), project_subdir)
