@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from jobs.core.errors import DbtError, WarehouseError
+from jobs.project.isolation import Isolation, resolve
 from jobs.warehouse import identifier
 from jobs.warehouse.bigquery import ADC, ANONYMOUS, BigQueryWarehouse, api_reason
 from jobs.warehouse.request_guard import guarded
@@ -296,10 +297,14 @@ class BigQuerySandboxes:
     name = "bigquery"
     checks_deploys = False  # a build per deploy is not under the byte budget's admission check yet
 
+    protected: tuple[Path, ...] = ()  # production is remote: IAM and the guards keep it read-only
+
     def __init__(self, client: Any, settings: Any, *, root: Path, now: datetime,
-                 snapshot_at: datetime | None = None, config_root: Path | None = None):
+                 snapshot_at: datetime | None = None, config_root: Path | None = None,
+                 isolation: Isolation | None = None):
         self.client, self.settings, self.root = client, settings, Path(root)
         self.now, self.snapshot_at, self.config_root = now, snapshot_at, config_root
+        self.isolation = isolation or resolve()
 
     @contextmanager
     def sandbox(self, label: str, project_dir: Path, profile: str,
@@ -327,6 +332,8 @@ class BigQuerySandboxes:
 class BigQueryBuild:
     """One verification's sandbox on BigQuery, as the sandbox protocol sees it."""
 
+    network = True  # dbt-bigquery calls the BigQuery API
+
     def __init__(self, sandbox: BigQuerySandbox, work: Path, project_dir: Path, settings: Any,
                  snapshot_at: datetime | None, now: datetime):
         self.sandbox, self.project_dir, self.settings = sandbox, project_dir, settings
@@ -338,6 +345,10 @@ class BigQueryBuild:
     @property
     def clone_id(self) -> str:
         return self.sandbox.clone_id
+
+    @property
+    def guard(self) -> str:
+        return str(self.sandbox.dataset)  # layer (a) inside the child that runs dbt
 
     @property
     def notes(self) -> str:

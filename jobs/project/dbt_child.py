@@ -1,0 +1,46 @@
+"""The child side of `jobs.project.isolation.Child`: one dbt invocation, its result written as JSON.
+
+`python -m jobs.project.dbt_child RESULT [--guard PROJECT.DATASET] -- DBT_ARGS...`
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+
+
+def main(argv: list[str]) -> int:
+    split = argv.index("--")
+    own, args = argv[:split], argv[split + 1:]
+    result_path = Path(own[0])
+    guard = own[own.index("--guard") + 1] if "--guard" in own else None
+    from dbt.cli.main import dbtRunner
+
+    with _guard(guard):
+        outcome = dbtRunner().invoke(args)
+    nodes = [[r.node.unique_id, str(getattr(r.status, "value", r.status)), r.message]
+             for r in (getattr(outcome.result, "results", None) or [])]
+    result_path.write_text(json.dumps({
+        "success": bool(outcome.success), "nodes": nodes,
+        "exception": None if outcome.exception is None else str(outcome.exception)}))
+    return 0
+
+
+def _guard(dataset: str | None):
+    """BigQuery's request guard (`jobs.warehouse.request_guard`), in the process that makes the requests."""
+    if dataset is None:
+        return nullcontext()
+    from jobs.warehouse.request_guard import guarded
+    from jobs.warehouse.statement_guard import Dataset
+
+    project, name = dataset.split(".", 1)
+    return guarded(Dataset(project, name))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
