@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 MODES = ("auto", "bwrap", "none")
 # What dbt and a generated sandbox profile need; anything else must be named in verification.environment.
 PASSED = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
-          "GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG")
-PASSED_PREFIXES = ("LC_", "DBT_")
+          "GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG", "LD_PRELOAD")
+# FAKETIME* and LD_PRELOAD: a clock faked for Cairn (libfaketime, .ci/run) is faked for its dbt too.
+PASSED_PREFIXES = ("LC_", "DBT_", "FAKETIME")
 # Cairn's own credentials and connections: never passed, whatever the configuration says.
 NEVER_PREFIXES = ("GITHUB_", "SLACK_", "ANTHROPIC_", "CAIRN_", "REDIS_")
 _ROOT = str(Path(__file__).resolve().parents[2])  # where `jobs` is importable from, for the child
