@@ -210,6 +210,7 @@ def _verification(details: IncidentDetails) -> Step | None:
         f"Clone {proof.clone_id}: reverted {', '.join(map(short_sha, proof.reverted or (proof.sha,)))}; "
         "production was not written",
         f"dbt: {proof.dbt_command}",
+        *([proof.isolation[:1].upper() + proof.isolation[1:]] if proof.isolation else []),
         f"{proof_phrase(proof.verdict.value, proof.clone_id, proof.before, proof.after)}, {in_band}",
         *([proof.detail] if proof.detail else []),
         f"Tests: {tests_line(proof.tests)}",

@@ -152,6 +152,27 @@ class AttributionSettings(_Section):
 class VerificationSettings(_Section):
     max_builds: int = Field(8, ge=1, description="Most sandbox builds per incident or group (bisection: ~log2 n).")
     sandboxes: Path = Field(Path(".cairn/sandboxes"), description="Where incident sandboxes are made.")
+    isolation: Literal["auto", "bwrap", "none"] = Field(
+        "auto", description="How dbt runs a revert's code (deps, parse, build): always in a child process without "
+                            "Cairn's secrets; `bwrap` also jails it (read-only filesystem but the sandbox, production "
+                            "read-only, no network on DuckDB) and refuses every build where bubblewrap does not work; "
+                            "`auto` jails where it works, and otherwise refuses selections with Python models; `none` "
+                            "never jails (Python models refused).")
+    bwrap: str = Field("bwrap", description="The bubblewrap binary (a name on PATH or a path); self-tested once per process.")
+    environment: list[str] = Field(
+        default_factory=list, description="More environment variables a sandbox build may see (e.g. a warehouse "
+                                          "password the profile reads with env_var); GITHUB_*, SLACK_*, ANTHROPIC_*, "
+                                          "CAIRN_* and REDIS_* are refused.")
+
+    @field_validator("environment")
+    @classmethod
+    def _no_secrets(cls, value: list[str]) -> list[str]:
+        from jobs.project.isolation import never_passed
+
+        refused = [name for name in value if never_passed(name)]
+        if refused:
+            raise ValueError(f"{', '.join(refused)} must never reach a sandbox build (Cairn's own credentials)")
+        return value
 
 
 class BigQuerySettings(_Section):

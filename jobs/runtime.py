@@ -14,6 +14,7 @@ from jobs.core.clock import Clock
 from jobs.core.errors import ConfigError, WarehouseError
 from jobs.project.dbt import Dbt
 from jobs.project.git import Git
+from jobs.project.isolation import Isolation, resolve
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,8 @@ class Runtime:
             from jobs.warehouse.bigquery_sandbox import BigQuerySandboxes
 
             return BigQuerySandboxes(client_for(bigquery, self.config.root), bigquery, root=self.sandboxes_root,
-                                     now=self.clock.now(), snapshot_at=snapshot_at, config_root=self.config.root)
+                                     now=self.clock.now(), snapshot_at=snapshot_at, config_root=self.config.root,
+                                     isolation=self.isolation)
         snowflake = self.config.settings.snowflake
         if snowflake is not None:
             from jobs.warehouse.snowflake_sandbox import SnowflakeSandboxes
@@ -147,10 +149,23 @@ class Runtime:
             return SnowflakeSandboxes(snowflake, password=self.config.env.snowflake_password,
                                       passphrase=self.config.env.snowflake_private_key_passphrase,
                                       root=self.sandboxes_root, now=self.clock.now(), snapshot_at=snapshot_at,
-                                      config_root=self.config.root)
+                                      config_root=self.config.root, isolation=self.isolation)
         from jobs.warehouse.sandbox import DuckDBSandboxes
 
-        return DuckDBSandboxes(self.production_db, self.sandboxes_root)
+        return DuckDBSandboxes(self.production_db, self.sandboxes_root, isolation=self.isolation)
+
+    @cached_property
+    def isolation(self) -> Isolation:
+        """How sandbox dbt runs (verification.isolation); Cairn's key file and SQLite store hidden from it."""
+        settings = self.config.settings.verification
+        hidden = [Path(self.config.env.github_app_private_key_file)] if self.config.env.github_app_private_key_file \
+            else []
+        forge = self.config.settings.forge
+        if forge != "local" and forge.github.private_key_file:
+            hidden.append(self.config.resolve(forge.github.private_key_file))
+        if self.config.store_url.startswith("sqlite:///"):
+            hidden.append(Path(self.config.store_url.removeprefix("sqlite:///")))
+        return resolve(settings.isolation, settings.bwrap, settings.environment, hidden)
 
     @property
     def sandboxes_root(self) -> Path:

@@ -245,6 +245,7 @@ class Verification:
     members: tuple[MemberResult, ...] = ()
     packages: str | None = None  # how the worktree got its dbt packages (None: the project declares none)
     clones: tuple[dict[str, Any], ...] = ()  # what the sandbox cloned, where the adapter clones per table
+    isolation: str = ""  # how dbt ran the revert's code: "built isolated (bwrap)…" or why not (jobs.project.isolation)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ noise. One build per deploy, however many contracts it reaches.
 - `deploy_checks` in the policy turns them off, org-wide or for selectors.
 
 Every check that builds is audited (`deploy.checked`) with the commits, the clone, the exact dbt
-command, each contract's two values and the durations; a build that fails is audited and opens
+command, how the build was isolated, each contract's two values and the durations; a build that fails is audited and opens
 nothing: it proves nothing either way.
 """
 
@@ -181,7 +181,8 @@ def _check(rt: Runtime, sandboxes, deploy: Deploy, reached: list) -> list:
     effects = [Effect(o.contract, o.observation, value, found) for (o, found), value in zip(affected, without)]
     rt.store.audit("deploy.checked", data={
         "from_sha": deploy.from_sha, "to_sha": deploy.to_sha, "reverted": shas, "clone_id": result.clone_id,
-        "dbt_command": result.dbt_command, "durations": result.durations, "tests": result.tests,
+        "dbt_command": result.dbt_command, "isolation": result.isolation, "durations": result.durations,
+        "tests": result.tests,
         "effects": [{"contract": e.contract.id, "with": e.with_deploy, "without": e.without,
                      "change_pct": e.change_pct, "material": e.material} for e in effects]},
         dedup_key=f"deploy:{deploy.from_sha}:{deploy.to_sha}:{','.join(sorted(e.contract.id for e in effects))}")

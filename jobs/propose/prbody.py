@@ -239,6 +239,8 @@ def _verification(contract: Contract, v: Verification) -> list[str]:
             ["Check", f"{v.verdict.value}: {tests_line(v.tests)}"]]
     if v.reverted and len(v.reverted) > 1:
         rows.append(["Reverted together", ", ".join(code(sha[:7]) for sha in v.reverted)])
+    if v.isolation:
+        rows.append(["Isolation", plain(v.isolation)])
     if v.packages:
         rows.append(["dbt packages", plain(v.packages)])
     if v.billed_bytes is not None:

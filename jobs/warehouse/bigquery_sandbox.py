@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.core.errors import WarehouseError
+from jobs.project.isolation import Isolation, resolve
 from jobs.warehouse.bigquery import ADC, ANONYMOUS, BigQueryWarehouse, api_reason
 from jobs.warehouse.clone_build import (
     TARGET,
@@ -184,10 +185,14 @@ class BigQuerySandboxes:
     name = "bigquery"
     checks_deploys = False  # a build per deploy is not under the byte budget's admission check yet
 
+    protected: tuple[Path, ...] = ()  # production is remote: IAM and the guards keep it read-only
+
     def __init__(self, client: Any, settings: Any, *, root: Path, now: datetime,
-                 snapshot_at: datetime | None = None, config_root: Path | None = None):
+                 snapshot_at: datetime | None = None, config_root: Path | None = None,
+                 isolation: Isolation | None = None):
         self.client, self.settings, self.root = client, settings, Path(root)
         self.now, self.snapshot_at, self.config_root = now, snapshot_at, config_root
+        self.isolation = isolation or resolve()
 
     @contextmanager
     def sandbox(self, label: str, project_dir: Path, profile: str,
@@ -215,6 +220,8 @@ class BigQuerySandboxes:
 class BigQueryBuild(CloneBuild):
     """One verification's sandbox on BigQuery, as the sandbox protocol sees it."""
 
+    network = True  # dbt-bigquery calls the BigQuery API
+
     def __init__(self, sandbox: BigQuerySandbox, work: Path, project_dir: Path, settings: Any,
                  snapshot_at: datetime | None, now: datetime):
         super().__init__(sandbox, work, project_dir, settings, snapshot_at, now)
@@ -224,6 +231,10 @@ class BigQueryBuild(CloneBuild):
     @property
     def production_database(self) -> str:
         return self.settings.project
+
+    @property
+    def guard(self) -> str:
+        return f"bigquery:{self.sandbox.dataset}"  # layer (a) inside the child that runs dbt
 
     def clone(self, sources: list[tuple[str, str, str]]) -> None:
         self.sandbox.clone(self.connection, sources, at=self.snapshot_at, now=self.now,

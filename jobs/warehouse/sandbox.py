@@ -12,7 +12,10 @@ DETACH it and ATTACH the file read-write):
    cursor, and the second cursor fails on the lock. `allowed_directories`/`allowed_paths` are
    not used: DuckDB refuses them before the database starts and once external access is off,
    and dbt's tables, views, incrementals and tests need no file access.
-3. Production is fingerprinted (size, mtime, sha256 of the file and its WAL) before the build and
+3. dbt runs in a child process (`jobs.project.isolation`) where the production file and its WAL are
+   bound read-only (bubblewrap), and no secret of Cairn's is in its environment: a Python model,
+   which runs Python inside dbt and is not bound by DuckDB's lockdown, cannot write them either.
+4. Production is fingerprinted (size, mtime, sha256 of the file and its WAL) before the build and
    checked after it: a change raises ProductionModified.
 """
 
@@ -34,6 +37,7 @@ import duckdb
 import yaml
 
 from jobs.core.errors import CairnError
+from jobs.project.isolation import Isolation, resolve
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +83,10 @@ class DuckDBSandboxes:
     name = "duckdb"
     checks_deploys = True  # a copy costs a file copy and a scoped local build
 
-    def __init__(self, production: Path, root: Path):
+    def __init__(self, production: Path, root: Path, isolation: Isolation | None = None):
         self.production, self.root = Path(production), Path(root)
+        self.isolation = isolation or resolve()
+        self.protected = (self.production, _wal(self.production))
 
     def sandbox(self, label: str, project_dir: Path, profile: str, production: Mapping[str, Any]) -> "Sandbox":
         _check_database(production, self.production)
@@ -94,6 +100,8 @@ class Sandbox:
     """A copy of production in its own directory, with a generated dbt profile pointing at it."""
 
     notes = ""  # a copy holds production as it is: nothing to add to the evidence
+    network = False  # dbt-duckdb opens a local file
+    guard = None
 
     def __init__(self, directory: Path, path: Path, production: Path, fingerprint: Fingerprint):
         self.dir, self.path, self.production, self.fingerprint = directory, path, production, fingerprint

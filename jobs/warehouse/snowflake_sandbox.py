@@ -22,11 +22,13 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from jobs.core.errors import WarehouseError
+from jobs.project.isolation import Isolation, resolve
 from jobs.warehouse.clone_build import TARGET, Clone, CloneBuild, ClonedSandbox, snapshot_point, write_profiles_yml
 from jobs.warehouse.snowflake import SnowflakeWarehouse, connect, private_key_path
 from jobs.warehouse.snowflake_guard import check
@@ -207,11 +209,17 @@ class SnowflakeSandboxes:
 
     name = "snowflake"
     checks_deploys = False  # a build per deploy is not under the warehouse-time budget's admission yet
+    protected: tuple[Path, ...] = ()  # production is remote: the statement guard and grants keep it read-only
+    # The generated profile reads these through env_var(): the child that runs dbt gets them, nothing else of Cairn's.
+    PROFILE_ENVIRONMENT = ("SNOWFLAKE_PASSWORD", "SNOWFLAKE_PRIVATE_KEY_PASSPHRASE")
 
     def __init__(self, settings: Any, *, password: str | None, passphrase: str | None = None, root: Path,
-                 now: datetime, snapshot_at: datetime | None = None, config_root: Path | None = None):
+                 now: datetime, snapshot_at: datetime | None = None, config_root: Path | None = None,
+                 isolation: Isolation | None = None):
         self.settings, self.password, self.passphrase = settings, password, passphrase
         self.root, self.now, self.snapshot_at, self.config_root = Path(root), now, snapshot_at, config_root
+        isolation = isolation or resolve()
+        self.isolation = replace(isolation, environment=(*isolation.environment, *self.PROFILE_ENVIRONMENT))
 
     def connection(self, tag: str) -> SnowflakeWarehouse:
         """A Cairn session (guarded: reads anywhere, writes nowhere until it is given a sandbox)."""
@@ -246,6 +254,8 @@ class SnowflakeSandboxes:
 class SnowflakeBuild(CloneBuild):
     """One verification's sandbox on Snowflake, as the sandbox protocol sees it."""
 
+    network = True  # dbt-snowflake calls Snowflake
+
     def __init__(self, sandbox: SnowflakeSandbox, work: Path, project_dir: Path, settings: Any,
                  snapshot_at: datetime | None, now: datetime):
         super().__init__(sandbox, work, project_dir, settings, snapshot_at, now)
@@ -268,8 +278,13 @@ class SnowflakeBuild(CloneBuild):
 
         check_budget(estimate, self.settings.budget_seconds, self.settings.scan_bytes_per_second, self.clone_id)
 
+    @property
+    def guard(self) -> str:
+        """Layer (a) for dbt's statements and the statement timeout, in the child that runs dbt."""
+        return f"snowflake:{self.sandbox.dataset}:{int(self.settings.budget_seconds)}"
+
     def guarded(self) -> AbstractContextManager[None]:
-        return guarded(self.sandbox.dataset, self.settings.budget_seconds)  # layer (a) for dbt's statements
+        return guarded(self.sandbox.dataset, self.settings.budget_seconds)  # Cairn's own statements meanwhile
 
     def spend(self) -> dict[str, Any]:
         return {"estimated_bytes": self.estimated, "clones": self.clones()}
