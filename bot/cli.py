@@ -229,6 +229,8 @@ def worker(ctx: click.Context, burst: bool) -> None:
 
     from jobs.forge.github_auth import check_credentials
     from jobs.loop.queue import RQJobs
+    from jobs.loop.reconcile import reconcile
+    from jobs.runtime import Runtime
 
     config = load_config(ctx.obj["config_path"])
     if not config.env.redis_url:
@@ -237,6 +239,13 @@ def worker(ctx: click.Context, burst: bool) -> None:
     os.environ["CAIRN_CONFIG"] = str(config.path)  # each job's work horse loads the same config
     logging.getLogger("rq.worker").setLevel(logging.INFO)
     jobs = RQJobs(config)
+    rt = Runtime(config)
+    try:  # what a dead worker left in flight goes back on the queue before this one starts
+        done = reconcile(rt, RQJobs(config, jobs.redis, store=rt.store))
+    finally:
+        rt.close()
+    for line in render.reconciled_lines(done):
+        click.echo(line)
     Worker(jobs.queues, connection=jobs.redis).work(with_scheduler=True, burst=burst)
 
 

@@ -12,8 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot import messages, render
-from jobs.core.errors import CairnError, NotFound
+from jobs.core.errors import CairnError, NotFound, QueueUnavailable
+from jobs.core.records import IncidentStatus
 from jobs.loop.queue import Jobs
+from jobs.loop.reconcile import survey
 from jobs.runtime import Runtime
 from jobs.store import switches
 from policies.model import Mode
@@ -67,11 +69,30 @@ def status_text(rt: Runtime, jobs: Jobs) -> str:
     kill = switches.kill_switch(rt.store)
     open_incidents = rt.store.incidents(open_only=True)
     health = jobs.health()
+    try:
+        found = survey(rt, jobs)
+        stuck, held = _ids(found.stuck), _ids(found.held)
+    except QueueUnavailable:
+        stuck = held = "unknown: the queue is unreachable"
     lines = [f"*Mode:* {(mode or rt.policy.mode).value}" + ("" if mode else " (policy default)"),
-             f"*Kill switch:* {'ON — ' + kill.reason + ' (by ' + kill.by + ')' if kill else 'off'}",
+             f"*Kill switch:* {_kill_text(kill)}",
              f"*Open incidents:* {len(open_incidents)}",
+             f"*Stuck (no live job; the next check resumes them):* {stuck}",
+             f"*Held by the kill switch:* {held}",
+             f"*Errored:* {_ids(rt.store.incidents(status=IncidentStatus.errored))}",
              f"*Queue:* {_health_text(health)}"]
     return "\n".join(lines)
+
+
+def _ids(incidents) -> str:
+    return f"{len(incidents)}" + (f" ({', '.join(f'#{i.id}' for i in incidents)})" if incidents else "")
+
+
+def _kill_text(kill) -> str:
+    if kill is None:
+        return "off"
+    scope = f" for {', '.join(kill.selectors)}" if kill.selectors else ""
+    return f"ON{scope} — {kill.reason} (by {kill.by})"
 
 
 def incidents_text(rt: Runtime) -> str:
@@ -180,6 +201,8 @@ _COMMANDS: dict[str, Callable[..., str]] = {
 
 
 def _health_text(health: dict) -> str:
+    if health.get("error"):
+        return f"RQ, {health['error']}"
     if health.get("backend") == "rq":
         queued = ", ".join(f"{name} {n}" for name, n in health["queued"].items())
         failed = sum(health["failed"].values())

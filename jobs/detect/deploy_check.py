@@ -244,7 +244,7 @@ def _commits(rt: Runtime, deploy: Deploy, contract: Contract) -> tuple[Candidate
 
 
 def _enabled(rt: Runtime, contract: Contract) -> bool:
-    from jobs.propose.decision import model_refs
+    from jobs.project.lineage import model_refs, model_uid
     from policies.model import matches
 
     settings = rt.policy.deploy_checks
@@ -252,8 +252,7 @@ def _enabled(rt: Runtime, contract: Contract) -> bool:
         return False
     if not settings.skip:
         return True
-    uid = next((u for u, n in rt.manifest.get("nodes", {}).items()
-                if n.get("resource_type") == "model" and n.get("name") == contract.relation_name), None)
+    uid = model_uid(rt.manifest, contract.relation_name)
     refs = model_refs(rt.manifest, [uid]) if uid else []
     return not any(matches(selector, ref) for selector in settings.skip for ref in refs)
 
