@@ -294,15 +294,17 @@ def mode(ctx: click.Context, mode: str, reason: str) -> None:
 
 
 @cli.command()
+@click.option("--select", "selectors", multiple=True, metavar="SELECTOR",
+              help="Only the incidents whose models this matches (tag:X, path:DIR, NAME, NAME+); repeatable.")
 @click.argument("reason", nargs=-1, required=True)
 @click.pass_context
-def kill(ctx: click.Context, reason: tuple[str, ...]) -> None:
-    """Pull the kill switch: every job records and does nothing more (as `/cairn kill`)."""
+def kill(ctx: click.Context, selectors: tuple[str, ...], reason: tuple[str, ...]) -> None:
+    """Pull the kill switch: no clone, build, PR or merge; jobs record what they would do (as `/cairn kill`)."""
     from bot.commands import pull_kill_switch
     from jobs.loop.queue import for_runtime
 
     rt = runtime(ctx)
-    click.echo(pull_kill_switch(rt, for_runtime(rt), " ".join(reason), _actor()))
+    click.echo(pull_kill_switch(rt, for_runtime(rt), " ".join(reason), _actor(), selectors))
 
 
 @cli.command()

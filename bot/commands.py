@@ -8,7 +8,7 @@ through the functions below, so both surfaces say the same thing.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bot import messages, render
@@ -28,7 +28,7 @@ USAGE = """*`/cairn` commands*
 `check [CONTRACT]` — measure now (all contracts, or one) and heal what broke
 `contracts` — the metric contracts and where they are declared
 `mode observe|assisted|autonomous` — the org's mode (approvers)
-`kill REASON` — stop every side effect: force observe mode (approvers)
+`kill [tag:X|path:DIR|--select SEL]... REASON` — stop every side effect beyond reading production: no clone, build, PR or merge, for the org or the incidents the selectors cover (approvers)
 `unkill` — release the kill switch (approvers)"""
 
 MUTATING = {"mode", "kill", "unkill", "check"}
@@ -36,6 +36,10 @@ MUTATING = {"mode", "kill", "unkill", "check"}
 
 class Refused(CairnError):
     """The person may not do this; the message says who may."""
+
+
+class BadInput(CairnError):
+    """The command's input is not valid; the message names the value and the shape expected."""
 
 
 @dataclass(frozen=True)
@@ -117,17 +121,21 @@ def set_mode(rt: Runtime, jobs: Jobs, mode: Mode, actor: str, reason: str = "") 
     return f"Mode is now *{mode.value}*: {MODE_MEANING[mode]}"
 
 
-def pull_kill_switch(rt: Runtime, jobs: Jobs, reason: str, actor: str) -> str:
-    switches.pull(rt.store, reason, actor)
+def pull_kill_switch(rt: Runtime, jobs: Jobs, reason: str, actor: str, selectors: Sequence[str] = ()) -> str:
+    try:
+        switches.pull(rt.store, reason, actor, selectors)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     refresh_open_cards(rt, jobs)
-    return (f"Kill switch ON ({reason}). Every job records what it would do and does nothing more; "
-            "`/cairn unkill` releases it.")
+    scope = f" for {', '.join(selectors)}" if selectors else ""
+    return (f"Kill switch ON{scope} ({reason}). No clone, sandbox build, PR or merge for the incidents it covers: "
+            "each job records what it would have done and stops. `/cairn unkill` releases it.")
 
 
 def release_kill_switch(rt: Runtime, jobs: Jobs, actor: str) -> str:
     switches.release(rt.store, actor)
     refresh_open_cards(rt, jobs)
-    return "Kill switch released: the mode applies again."
+    return "Kill switch released: the mode applies again; held incidents resume at the next check."
 
 
 def refresh_open_cards(rt: Runtime, jobs: Jobs) -> None:
@@ -184,10 +192,31 @@ def _mode(rt, jobs, args, who) -> str:
     return set_mode(rt, jobs, Mode(args[0]), who.actor, reason="/cairn mode")
 
 
+KILL_USAGE = ("Usage: `/cairn kill [tag:X|path:DIR|--select SEL]... REASON` — say why, it is shown on every card "
+              "it covers (e.g. `/cairn kill tag:finance quarter close`).")
+
+
 def _kill(rt, jobs, args, who) -> str:
-    if not args:
-        return "Usage: `/cairn kill REASON` — say why, it is shown on every card."
-    return pull_kill_switch(rt, jobs, " ".join(args), who.actor)
+    selectors, rest = kill_selectors(args)
+    if not rest:
+        return KILL_USAGE
+    return pull_kill_switch(rt, jobs, " ".join(rest), who.actor, selectors)
+
+
+def kill_selectors(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Leading selectors (`tag:X`, `path:DIR`, `--select SEL`), then the reason's words."""
+    selectors, words = [], list(args)
+    while words:
+        if words[0] == "--select":
+            if len(words) < 2:
+                raise BadInput(f"`--select` needs a selector after it. {KILL_USAGE}")
+            selectors.append(words[1])
+            words = words[2:]
+        elif words[0].startswith(("tag:", "path:")):
+            selectors.append(words.pop(0))
+        else:
+            break
+    return selectors, words
 
 
 def _unkill(rt, jobs, args, who) -> str:
