@@ -30,7 +30,7 @@ from slack_sdk.models.blocks import (
 from slack_sdk.models.views import View
 
 from bot import ids
-from bot.messages import STATUS_LABEL, TRIAGE_LABEL, chain_lines, group_lines, left_group_line, regression
+from bot.messages import HELD, STATUS_LABEL, TRIAGE_LABEL, chain_lines, group_lines, left_group_line, regression
 from bot.thread import (
     Step,
     cause_phrase,
@@ -162,7 +162,8 @@ def _omitted(count: int, more: str) -> ContextBlock:
 
 def incident_card(incident: Incident, pr: PullRequest | None, mode: Mode, kill: KillSwitch | None, *,
                   evidence_url: str | None = None, baseline_days: int | None = None) -> Message:
-    """The card in the alert channel, updated in place as the status moves; `mode` is the org's mode."""
+    """The card in the alert channel, updated in place as the status moves; `mode` is the org's mode, `kill`
+    the kill switch if it covers this incident (then Approve is not offered)."""
     pr = incident_pr(incident, pr)
     more = _more(evidence_url)
     label = STATUS_LABEL[incident.status]
@@ -170,7 +171,7 @@ def incident_card(incident: Incident, pr: PullRequest | None, mode: Mode, kill: 
     content: list[Block] = [
         HeaderBlock(text=PlainTextObject(text=_cut(f"{incident.contract_id} · {incident.severity} severity",
                                                    HEADER_TEXT), emoji=False)),
-        _section("\n".join([status, *map(escape, _why(incident, pr))]), more),
+        _section("\n".join([status, *map(escape, _held(incident, kill) + _why(incident, pr))]), more),
         SectionBlock(fields=[_mrkdwn(_cut(f"*{name}*\n{value}", CARD_FIELD, more))
                              for name, value in _facts(incident, pr, mode, kill)]),
         ContextBlock(elements=_context(incident, evidence_url)),
@@ -188,6 +189,12 @@ def _why(incident: Incident, pr: PullRequest | None) -> list[str]:
         return [*([refused] if refused else []), incident.reason, *chain_lines(incident), *group_lines(incident),
                 *([left] if left else [])]
     return [line for step in thread_steps(incident, pr) if step.key == incident.status.value for line in step.lines]
+
+
+def _held(incident: Incident, kill: KillSwitch | None) -> list[str]:
+    """What the kill switch stopped, while it still covers the incident."""
+    held = incident.details.held
+    return [HELD.format(would=held.would)] if held and kill is not None and incident.status.is_open else []
 
 
 def _facts(incident: Incident, pr: PullRequest | None, mode: Mode, kill: KillSwitch | None) -> list[tuple[str, str]]:
@@ -229,7 +236,8 @@ def _kill_text(kill: KillSwitch | None) -> str:
     if kill is None:
         return "off"
     scope = f"for {', '.join(kill.selectors)}" if kill.selectors else "for the whole org"
-    return escape(f":octagonal_sign: pulled {scope} by {kill.by}: {kill.reason}. Cairn only observes.")
+    return escape(f":octagonal_sign: pulled {scope} by {kill.by}: {kill.reason}. No clone, build, PR or merge "
+                  "for this incident; Cairn only reads production.")
 
 
 def _context(incident: Incident, evidence_url: str | None) -> list[MarkdownTextObject]:
@@ -246,7 +254,7 @@ def _context(incident: Incident, evidence_url: str | None) -> list[MarkdownTextO
 def _actions(incident: Incident, pr: PullRequest | None, mode: Mode, kill: KillSwitch | None) -> ActionsBlock:
     value = ids.button_value(incident.id)
     elements = []
-    if pr is not None and pr.state == "open":
+    if pr is not None and pr.state == "open" and kill is None:
         # The value binds the head the card showed: an approval never merges commits nobody saw.
         elements.append(_button(f"Approve & merge #{pr.number}", ids.APPROVE,
                                 ids.button_value(incident.id, pr.head_sha), style="primary"))
@@ -257,8 +265,8 @@ def _actions(incident: Incident, pr: PullRequest | None, mode: Mode, kill: KillS
     if kill is None:
         elements.append(_button("Kill switch", ids.KILL, value, style="danger", confirm=ConfirmObject(
             title="Pull the kill switch?",
-            text=PlainTextObject(text="Every Cairn job drops to observe mode before its next side effect: "
-                                      "no pull request is opened or merged until the switch is released."),
+            text=PlainTextObject(text="Every Cairn job stops before its next side effect: no clone, no sandbox "
+                                      "build, no pull request, no merge until the switch is released."),
             confirm="Pull it", deny="Cancel", style="danger")))
     else:
         elements.append(_button("Release kill switch", ids.UNKILL, value, confirm=ConfirmObject(

@@ -249,6 +249,8 @@ def worker(ctx: click.Context, burst: bool) -> None:
     from rq import Worker
 
     from jobs.loop.queue import RQJobs
+    from jobs.loop.reconcile import reconcile
+    from jobs.runtime import Runtime
 
     config = load_config(ctx.obj["config_path"])
     if not config.env.redis_url:
@@ -257,6 +259,13 @@ def worker(ctx: click.Context, burst: bool) -> None:
     os.environ["CAIRN_CONFIG"] = str(config.path)  # each job's work horse loads the same config
     logging.getLogger("rq.worker").setLevel(logging.INFO)
     jobs = RQJobs(config)
+    rt = Runtime(config)
+    try:  # what a dead worker left in flight goes back on the queue before this one starts
+        done = reconcile(rt, RQJobs(config, jobs.redis, store=rt.store))
+    finally:
+        rt.close()
+    for line in render.reconciled_lines(done):
+        click.echo(line)
     Worker(jobs.queues, connection=jobs.redis).work(with_scheduler=True, burst=burst)
 
 
@@ -304,15 +313,17 @@ def mode(ctx: click.Context, mode: str, reason: str) -> None:
 
 
 @cli.command()
+@click.option("--select", "selectors", multiple=True, metavar="SELECTOR",
+              help="Only the incidents whose models this matches (tag:X, path:DIR, NAME, NAME+); repeatable.")
 @click.argument("reason", nargs=-1, required=True)
 @click.pass_context
-def kill(ctx: click.Context, reason: tuple[str, ...]) -> None:
-    """Pull the kill switch: every job records and does nothing more (as `/cairn kill`)."""
+def kill(ctx: click.Context, selectors: tuple[str, ...], reason: tuple[str, ...]) -> None:
+    """Pull the kill switch: no clone, build, PR or merge; jobs record what they would do (as `/cairn kill`)."""
     from bot.commands import pull_kill_switch
     from jobs.loop.queue import for_runtime
 
     rt = runtime(ctx)
-    click.echo(pull_kill_switch(rt, for_runtime(rt), " ".join(reason), _actor()))
+    click.echo(pull_kill_switch(rt, for_runtime(rt), " ".join(reason), _actor(), selectors))
 
 
 @cli.command()

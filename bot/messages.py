@@ -28,6 +28,10 @@ NOT_AN_APPROVER = ("Only approvers can do that (slack.approvers in cairn.yml lis
                    "Your attempt was recorded in the audit trail.")
 STALE_APPROVAL = ("PR #{number} changed after this card showed it (it showed {shown}, the branch is now at {head}): "
                   "review the new head on the refreshed card and approve again.")
+KILLED_APPROVAL = ("The kill switch is on ({reason}, by {by}) and covers incident #{incident}: nothing is merged. "
+                   "Release it with `/cairn unkill`, then approve again.")
+HELD = ("Held by the kill switch: Cairn would now {would}; it did nothing beyond reading production and "
+        "resumes at the next check once the switch is released.")
 NO_REDIS = "`cairn worker` runs RQ jobs from Redis: set REDIS_URL (without it, `cairn check` runs the loop in-process)."
 CHECK_ERRORED = ("a stage failed: incident {ids} ended errored; `cairn incident N` shows the stage, the reason and the "
                  "error ID")

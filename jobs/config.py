@@ -125,6 +125,15 @@ class QueueSettings(_Section):
     retries: int = Field(3, ge=0, description="Retries of a transient failure (429, 5xx, lock, timeout).")
     backoff: list[int] = Field(default_factory=lambda: [10, 60, 300],
                                description="Seconds before each retry (RQ's scheduler runs them).")
+    lease: timedelta = Field(timedelta(minutes=1), description="A running stage renews its lease on the incident "
+                             "every third of this; a check resumes an incident whose lease expired (its worker died).")
+    max_resumes: int = Field(3, ge=0, description="Times checks resume an incident no live job works on before "
+                                                  "marking it errored.")
+
+    @field_validator("lease", mode="before")
+    @classmethod
+    def _lease(cls, value: Any) -> Any:
+        return value if isinstance(value, timedelta) else parse_duration(value)
 
     @field_validator("timeouts", mode="before")
     @classmethod

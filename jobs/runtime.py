@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from functools import cached_property
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,35 @@ class Runtime:
 
     def deployed_sha(self) -> str:
         return self.git.head_sha(self.config.settings.branch)
+
+    def kill_switch_over(self, models: Sequence[str]) -> Any:  # -> policies.decide.KillSwitch | None
+        """The kill switch, read now, if it covers any of these models (by unique ID); an org-wide one
+        covers everything, and the manifest is only parsed for a selector-scoped one."""
+        from jobs.project.lineage import model_refs
+        from jobs.store import switches
+
+        kill = switches.kill_switch(self.store)
+        if kill is None or not kill.selectors:
+            return kill
+        return kill if kill.covers(model_refs(self.manifest, models)) else None
+
+    def kill_switch_for(self, *incidents: Any) -> Any:  # -> policies.decide.KillSwitch | None
+        """The kill switch, read now, if it covers any of these incidents (`incident_models`)."""
+        from jobs.store import switches
+
+        if (kill := switches.kill_switch(self.store)) is None or not kill.selectors:
+            return kill
+        return self.kill_switch_over([m for incident in incidents for m in self.incident_models(incident)])
+
+    def incident_models(self, incident: Any) -> list[str]:
+        """The models an incident concerns: its metric's model and every model its suspects change."""
+        from jobs.project.lineage import model_uid
+
+        contract = next((c for c in self.contracts if c.id == incident.contract_id), None)
+        metric = model_uid(self.manifest, contract.relation_name) if contract else None
+        suspects = incident.details.suspects
+        changed = [m for c in suspects.candidates for m in c.models] if suspects else []
+        return list(dict.fromkeys([*([metric] if metric else []), *changed]))
 
     def close(self) -> None:
         """Release the warehouse file lock and the store's connections."""

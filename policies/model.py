@@ -43,6 +43,18 @@ def matches(selector: str, model: ModelRef) -> bool:
     return model.name == selector
 
 
+def check_selector(selector: str) -> str:
+    """The selector, stripped, if `matches` understands it; ValueError naming it otherwise."""
+    text = selector.strip()
+    kind, _, rest = text.partition(":")
+    ok = (bool(rest.strip("/")) if kind in ("tag", "path") and rest else
+          bool(text) and ":" not in text and text.rstrip("+") != "" and " " not in text)
+    if not ok:
+        raise ValueError(f"{selector!r} is not a selector: use tag:NAME, path:DIR, a model name, or NAME+ "
+                         "(the model and everything downstream)")
+    return text
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -217,11 +217,12 @@ def test_kill_switch_asks_for_confirmation_and_unkill_replaces_it_once_pulled():
     kill = actions(incident_card(PR_OPENED, None, Mode.assisted, None))[ids.KILL]
     assert kill["style"] == "danger"
     assert kill["confirm"]["title"]["text"] == "Pull the kill switch?" and kill["confirm"]["style"] == "danger"
-    assert "observe mode" in kill["confirm"]["text"]["text"]
+    assert "no clone, no sandbox build, no pull request, no merge" in kill["confirm"]["text"]["text"]
 
     pulled = KillSwitch(reason="quarter close", by="U0123ABCD")
     card = incident_card(PR_OPENED, None, Mode.assisted, pulled)
     assert ids.UNKILL in actions(card) and ids.KILL not in actions(card)
+    assert ids.APPROVE not in actions(card), "nothing is merged while the switch covers the incident"
     text = "\n".join(texts(serialized(card)))
     assert "pulled for the whole org by U0123ABCD: quarter close" in text
     scoped = incident_card(PR_OPENED, None, Mode.assisted, dataclasses.replace(pulled, selectors=("tag:finance",)))
@@ -560,3 +561,14 @@ def test_a_card_says_when_the_llms_answer_was_not_used_but_not_when_no_key_is_se
     unasked = incident(IncidentStatus.verifying, attribution={**ATTRIBUTION, "ranking": to_json(keyless)})
     assert "re-ranking unavailable" not in " ".join(texts(serialized(incident_card(unasked, None, Mode.assisted,
                                                                                     None))))
+
+
+def test_a_held_incident_says_what_the_kill_switch_stopped_while_it_covers_it():
+    held = incident(IncidentStatus.verifying, attribution=ATTRIBUTION,
+                    held={"stage": "verify", "would": "build the revert of its suspects on a sandbox clone",
+                          "by": "slack:U1", "reason": "quarter close"})
+    pulled = KillSwitch(reason="quarter close", by="slack:U1")
+    text = "\n".join(texts(serialized(incident_card(held, None, Mode.assisted, pulled))))
+    assert "Held by the kill switch: Cairn would now build the revert of its suspects on a sandbox clone" in text
+    released = "\n".join(texts(serialized(incident_card(held, None, Mode.assisted, None))))
+    assert "Held by the kill switch" not in released

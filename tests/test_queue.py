@@ -136,7 +136,7 @@ def test_help_and_unknown_input_answer_with_usage(rt: Runtime) -> None:
     assert run_command(rt, jobs, 'show "unclosed', STRANGER).startswith("Usage: `/cairn show ID`")
     assert run_command(rt, jobs, "show 41", STRANGER) == "incident 41 does not exist in the store"
     assert run_command(rt, jobs, "mode sideways", APPROVER).startswith("Usage: `/cairn mode observe|assisted|autonomous`")
-    assert run_command(rt, jobs, "kill", APPROVER).startswith("Usage: `/cairn kill REASON`")
+    assert run_command(rt, jobs, "kill", APPROVER).startswith("Usage: `/cairn kill [tag:X|path:DIR|--select SEL]... REASON`")
 
 
 def test_status_says_mode_kill_switch_incidents_and_queue(rt: Runtime) -> None:

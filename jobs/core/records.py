@@ -348,6 +348,16 @@ class ErrorDetail(Detail):
     status_before: str
 
 
+class HeldDetail(Detail):
+    """The kill switch stopped the loop before a stage: what it would have done; resumed on release."""
+
+    stage: str
+    would: str
+    by: str
+    reason: str
+    selectors: tuple[str, ...] = ()
+
+
 class IncidentDetails(BaseModel):
     """Everything the loop's stages found about an incident, each part set by the stage that owns it.
 
@@ -373,6 +383,7 @@ class IncidentDetails(BaseModel):
     merge_blocked: MergeBlockedDetail | None = None
     rejection: RejectionDetail | None = None
     error: ErrorDetail | None = None
+    held: HeldDetail | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {key: value for key, value in self.model_dump(mode="json", by_alias=True).items() if value is not None}

@@ -147,6 +147,8 @@ def check_deploys(rt: Runtime, outcomes: list) -> list:
         return outcomes
     changed = {}
     for deploy, reached in by_deploy.items():
+        if _killed(rt, deploy, reached):
+            continue
         for outcome in _check(rt, sandboxes, deploy, reached):
             changed[outcome.contract.id] = outcome
     return [changed.get(o.contract.id, o) for o in outcomes]
@@ -245,7 +247,7 @@ def _commits(rt: Runtime, deploy: Deploy, contract: Contract) -> tuple[Candidate
 
 
 def _enabled(rt: Runtime, contract: Contract) -> bool:
-    from jobs.propose.decision import model_refs
+    from jobs.project.lineage import model_refs, model_uid
     from policies.model import matches
 
     settings = rt.policy.deploy_checks
@@ -253,10 +255,23 @@ def _enabled(rt: Runtime, contract: Contract) -> bool:
         return False
     if not settings.skip:
         return True
-    uid = next((u for u, n in rt.manifest.get("nodes", {}).items()
-                if n.get("resource_type") == "model" and n.get("name") == contract.relation_name), None)
+    uid = model_uid(rt.manifest, contract.relation_name)
     refs = model_refs(rt.manifest, [uid]) if uid else []
     return not any(matches(selector, ref) for selector in settings.skip for ref in refs)
+
+
+def _killed(rt: Runtime, deploy: Deploy, reached: list) -> bool:
+    """The kill switch covers a contract the deploy reaches: no clone is built; recorded as skipped."""
+    from jobs.project.lineage import model_uid
+
+    kill = rt.kill_switch_over([uid for o in reached if (uid := model_uid(rt.manifest, o.contract.relation_name))])
+    if kill is None:
+        return False
+    rt.store.audit("deploy.skipped", data={"from_sha": deploy.from_sha, "to_sha": deploy.to_sha,
+                                           "reason": f"kill switch on ({kill.reason}, by {kill.by}): "
+                                                     "the deploy check's clone build was not run"},
+                   dedup_key=f"deploy:{deploy.from_sha}:{deploy.to_sha}:killed")
+    return True
 
 
 def _audit_failed(rt: Runtime, deploy: Deploy, shas: Sequence[str], detail: str) -> None:

@@ -19,6 +19,7 @@ from jobs.core.formatting import fmt_value
 from jobs.core.records import (
     AttributionDetail,
     Candidate,
+    HeldDetail,
     Incident,
     IncidentStatus,
     MergeBlockedDetail,
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 def attribute_stage(rt: Runtime, incident_id: int) -> list[int]:
     """Attribute the incident, or every member of the group it leads; the other incidents it moved."""
     # `attributing` too: a job killed mid-attribution is retried from the start.
-    if (turn := _turn(rt, incident_id, IncidentStatus.detected, IncidentStatus.attributing)) is None:
+    if (turn := _turn(rt, incident_id, "attribute", IncidentStatus.detected, IncidentStatus.attributing)) is None:
         return []
     incident, group = turn
     for member in group:
@@ -94,7 +95,7 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
     """Verify the incident's suspects, for every member of the group it leads at once; the others it moved."""
     from jobs.verify.verification import Target, verify_revert
 
-    if (turn := _turn(rt, incident_id, IncidentStatus.verifying)) is None:
+    if (turn := _turn(rt, incident_id, "verify", IncidentStatus.verifying)) is None:
         return []
     incident, group = turn
     # A retry after a killed worker: its sandbox and worktree are still on disk.
@@ -156,7 +157,7 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
 
 def propose_stage(rt: Runtime, incident_id: int) -> list[int]:
     """Decide, and open the PR: one for the group the incident leads; the others it moved."""
-    if (turn := _turn(rt, incident_id, IncidentStatus.verified, IncidentStatus.not_verified)) is None:
+    if (turn := _turn(rt, incident_id, "propose", IncidentStatus.verified, IncidentStatus.not_verified)) is None:
         return []
     incident, group = turn
     contract = rt.contract(incident.contract_id)
@@ -172,13 +173,39 @@ def propose_stage(rt: Runtime, incident_id: int) -> list[int]:
     return _others(group, incident_id)
 
 
-def _turn(rt: Runtime, incident_id: int, *waiting: IncidentStatus) -> tuple[Incident, list[Incident]] | None:
+def _turn(rt: Runtime, incident_id: int, stage: str,
+          *waiting: IncidentStatus) -> tuple[Incident, list[Incident]] | None:
     """The incident and its group's members in `waiting`, leader first; None if the stage has nothing to do:
-    the incident is past it, or a member whose leader does the work."""
+    the incident is past it, a member whose leader does the work, or held by the kill switch."""
     incident = rt.store.incident(incident_id)
     if incident.status not in waiting or not groups.leads(incident):
         return None
-    return incident, groups.members(rt.store, incident, waiting)
+    group = groups.members(rt.store, incident, waiting)
+    return None if _held(rt, group, stage) else (incident, group)
+
+
+WOULD = {"attribute": "attribute it: rank the suspect commits from git history and lineage",
+         "verify": "build the revert of its suspects on a sandbox clone of the warehouse",
+         "propose": "decide, and open or merge a pull request as policy says"}
+
+
+def _held(rt: Runtime, group: list[Incident], stage: str) -> bool:
+    """The kill switch covers the group: record what the stage would have done and do nothing (no clone,
+    no build, no PR); the incident stays where it is, and a check resumes it once the switch is released."""
+    kill = rt.kill_switch_for(*group)
+    if kill is None:
+        for member in group:
+            if member.details.held is not None:
+                rt.store.update_incident(member.id, details={"held": None})
+        return False
+    held = HeldDetail(stage=stage, would=WOULD[stage], by=kill.by, reason=kill.reason, selectors=kill.selectors)
+    for member in group:
+        if member.details.held == held:
+            continue  # held already, by the same switch
+        rt.store.update_incident(member.id, details={"held": held})
+        rt.store.audit("loop.held", incident_id=member.id, data=held.model_dump(mode="json"))
+        log.warning("incident %s: kill switch on (%s): %s not run", member.id, kill.reason, stage)
+    return True
 
 
 def _verified_triage(rt: Runtime, incident: Incident, search, fix) -> triage.Triage:

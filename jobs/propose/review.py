@@ -16,7 +16,6 @@ from jobs.core.errors import CairnError
 from jobs.core.records import IncidentStatus, MergeBlockedDetail, MergeDetail, RejectionDetail
 from jobs.forge import MergeBlocked, StaleApproval
 from jobs.runtime import Runtime
-from jobs.store import switches
 
 
 class ReviewRefused(CairnError):
@@ -30,7 +29,7 @@ def approve(rt: Runtime, incident_id: int, head_sha: str, actor: str) -> list[in
     owner = groups.leader_id(incident)
     pr = rt.store.pull_request_for(owner)
     refusal = None
-    kill = switches.kill_switch(rt.store)
+    kill = rt.kill_switch_for(incident)
     if kill is not None:
         refusal = f"the kill switch is on ({kill.reason}, by {kill.by}): nothing is merged until `/cairn unkill`"
     elif pr is None:

@@ -27,14 +27,15 @@ from jobs.store.database import (
     org_state,
     rebaselines,
 )
+from jobs.store.leases import LeaseStore
 from jobs.store.prs import PullRequestStore
 
 _INCIDENT_FIELDS = {"status", "severity", "value", "baseline", "change_pct", "reason", "details", "resolved_at",
                     "group_id"}
 
 
-# Pull requests and chat messages are mixins so this module stays one concept's size.
-class Store(PullRequestStore, ChatMessageStore):
+# Pull requests, chat messages and stage leases are mixins so this module stays one concept's size.
+class Store(PullRequestStore, ChatMessageStore, LeaseStore):
     """Every read and write Cairn makes to its own database; each method is one transaction."""
 
     def __init__(self, url: str, clock: Clock | None = None) -> None:

@@ -26,7 +26,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -211,16 +211,28 @@ def remove_incident_sandboxes(root: Path, incident_id: int) -> list[Path]:
     Called when a verification (re)starts; one verification runs per incident at a time (its RQ
     job ID is unique), so nothing removed here is in use.
     """
+    return _remove_labelled(root, lambda label: label == str(incident_id))
+
+
+def remove_orphan_sandboxes(root: Path, busy: set[int]) -> list[Path]:
+    """Remove the sandboxes and worktrees of every incident not in `busy` (no live job works on it): what a
+    dead worker left. A deploy check's (labelled, not numbered) are left to the age-based `gc_sandboxes`."""
+    return _remove_labelled(root, lambda label: label.isdigit() and int(label) not in busy)
+
+
+def _remove_labelled(root: Path, doomed: Callable[[str], bool]) -> list[Path]:
+    """Remove the sandbox and worktree directories whose label (the incident ID) is `doomed`."""
     from jobs.project.worktree import WORKTREE_PREFIX
 
     root = Path(root)
     if not root.is_dir():
         return []
     removed = []
-    for pattern in (f"{PREFIX}{incident_id}-*", f"{WORKTREE_PREFIX}{incident_id}-*"):
-        for entry in sorted(root.glob(pattern)):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
+    for prefix in (PREFIX, WORKTREE_PREFIX):
+        for entry in sorted(root.glob(f"{prefix}*")):
+            if entry.is_dir() and doomed(entry.name.removeprefix(prefix).split("-", 1)[0]):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
     return removed
 
 
