@@ -405,7 +405,15 @@ def parse_settings(data: dict[str, Any], source: str) -> Settings:
 def describe_validation_error(exc: ValidationError, data: Any, source: str) -> str:
     """One line per problem: file: field.path (contract id): message (got value)."""
     lines = []
-    for error in exc.errors():
+    errors = exc.errors()
+    for error in errors:
+        # A setting that is a literal or a section (forge: local | {github: ...}): only the branch of the
+        # shape given speaks; "should be 'local'" under a mapping, or "a valid dictionary" for a word, misleads.
+        loc = error["loc"]
+        if len(loc) > 1 and _is_union_tag(loc[1]):
+            given = data.get(loc[0]) if isinstance(data, dict) else None
+            if isinstance(given, dict) == str(loc[1]).startswith("literal["):
+                continue
         loc = [part for part in error["loc"] if not _is_union_tag(part)]
         lines.append(f"{source}: {_field_path(loc, data)}: {_message(error)}")
     return "\n".join(dict.fromkeys(lines))

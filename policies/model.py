@@ -109,9 +109,15 @@ class PolicyError(ValueError):
 def load_policy(path: Path | None = None) -> Policy:
     path = path or BUNDLED
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise PolicyError(f"{path}: cannot read the policy: {exc}") from exc
+        text = path.read_text()
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read the policy: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PolicyError(f"{path}: expected a mapping of policy settings, got {type(data).__name__}")
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:

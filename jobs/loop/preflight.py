@@ -34,7 +34,7 @@ def preflight(rt: Runtime) -> None:
         try:
             check(rt)
         except CairnError as error:
-            problems.append(str(error))
+            problems.append(str(error).removeprefix(f"{rt.config.path}: "))  # the heading names the file
     if problems:
         raise ConfigError(f"{rt.config.path}: the configuration cannot run:\n- " + "\n- ".join(problems))
 
