@@ -31,6 +31,7 @@ from bot.demo import commit as git_commit
 from examples.generate import add_day
 from jobs.config import load_config
 from jobs.core.clock import Clock
+from jobs.core.records import Verdict
 from jobs.detect.observe import Change
 from jobs.loop.queue import check_and_heal
 from jobs.project.git import Git
@@ -135,14 +136,15 @@ def test_builds_and_wall_time_per_incident(benchmark, baseline: Path, tmp_path: 
     finally:
         rt.close()
     culprit = deployed["shas"][PAYPAL_FILTER.message]
-    verification = incident.details["verification"]
+    details = incident.details
+    verification, attribution = details.verification, details.attribution
     loop_s = deployed["loop_s"]  # also the benchmark's one round; kept here for --benchmark-disable
     info = {
-        "candidates": len(incident.details["attribution"]["candidates"]),
+        "candidates": len(attribution.candidates),
         "commits": n,
         "culprit_position": position,
-        "culprit_rank": [c["sha"] for c in incident.details["attribution"]["ranking"]["causes"]].index(culprit) + 1,
-        "builds": verification["builds"],
+        "culprit_rank": [c.sha for c in attribution.ranking.causes].index(culprit) + 1,
+        "builds": verification.builds,
         "build_budget": math.ceil(math.log2(n)) + 3,
         "loop_s": round(loop_s, 2),
         "dbt_build_s": round(deployed["build_s"], 2),
@@ -151,19 +153,19 @@ def test_builds_and_wall_time_per_incident(benchmark, baseline: Path, tmp_path: 
         "deploy_check_builds": len(deploy_checks),
         "deploy_check_s": round(sum(sum(d["durations"].values()) for d in deploy_checks), 2),
         # Seconds per verification phase, summed over the sandbox builds.
-        "phases_s": {phase: round(sum(a["durations"].get(phase, 0) for a in verification["attempts"]), 2)
+        "phases_s": {phase: round(sum(a.durations.get(phase, 0) for a in verification.attempts), 2)
                      for phase in ("worktree", "revert", "clone", "build", "measure", "evidence")},
     }
     benchmark.extra_info.update(info)
     print(f"\nloop n={n}: " + ", ".join(f"{k}={v}" for k, v in info.items()))
-    by_sha = {c["sha"]: c for c in incident.details["attribution"]["candidates"]}
-    for cause in incident.details["attribution"]["ranking"]["causes"][:info["culprit_rank"]]:
-        print(f"  {cause['confidence']:.3f} {by_sha[cause['sha']]['message'][:40]:40} {cause['rationale']}")
+    by_sha = {c.sha: c for c in attribution.candidates}
+    for cause in attribution.ranking.causes[:info["culprit_rank"]]:
+        print(f"  {cause.confidence:.3f} {by_sha[cause.sha].message[:40]:40} {cause.rationale}")
     assert info["candidates"] == n
     assert info["builds"] <= info["build_budget"], info
-    assert incident.details["verdict"] == "verified" and verification["fix"]["reverted"] == [culprit]
+    assert details.verdict is Verdict.verified and verification.fix.reverted == (culprit,)
     assert pr is not None
-    assert info["deploy_check_builds"] == 1 and incident.details["deploy"]["to_sha"] == rt.deployed_sha()
+    assert info["deploy_check_builds"] == 1 and incident.details.deploy.to_sha == rt.deployed_sha()
 
 
 # ---------------------------------------------------------------- a 1,000-model project
@@ -235,24 +237,24 @@ def test_loop_on_a_large_project(benchmark, large_baseline: Path, tmp_path: Path
         deploy_checks = [e.data for e in rt.store.audit_events() if e.name == "deploy.checked"]
         nodes = rt.manifest["nodes"]
         models = sum(n["resource_type"] == "model" for n in nodes.values())
-        culprit_models = next(c["models"] for c in incident.details["attribution"]["candidates"]
-                              if c["sha"] == deployed["culprit"])
+        culprit_models = next(c.models for c in incident.details.attribution.candidates
+                              if c.sha == deployed["culprit"])
         # What the culprit's sandbox build parses (jobs.verify.scope): it grows with the incident, not the project.
         kept = kept_files(rt.manifest, [*culprit_models, f"model.analytics.{big_project.CONTRACT_MODEL}"])
         parsed = sum(n["resource_type"] == "model" and n["original_file_path"] in kept for n in nodes.values())
     finally:
         rt.close()
     culprit_sha = deployed["culprit"]
-    verification = incident.details["verification"]
-    ranking = [c["sha"] for c in incident.details["attribution"]["ranking"]["causes"]]
+    verification, attribution = incident.details.verification, incident.details.attribution
+    ranking = [c.sha for c in attribution.ranking.causes]
     info = {
         "models": models,
         "models_parsed_per_build": parsed,
         "build_nodes": deployed["nodes"],
         "commits": deployed["commits"],
-        "candidates": len(incident.details["attribution"]["candidates"]),
+        "candidates": len(attribution.candidates),
         "culprit_rank": ranking.index(culprit_sha) + 1,
-        "builds": verification["builds"],
+        "builds": verification.builds,
         "loop_s": round(deployed["loop_s"], 2),
         "dbt_build_s": round(deployed["build_s"], 2),
         "loop_over_build": round(deployed["loop_s"] / deployed["build_s"], 2),
@@ -261,16 +263,16 @@ def test_loop_on_a_large_project(benchmark, large_baseline: Path, tmp_path: Path
         "dbt_build_cpu_s": round(deployed["build_cpu_s"], 2),
         "loop_over_build_cpu": round(deployed["loop_cpu_s"] / deployed["build_cpu_s"], 2),
         "deploy_check_s": round(sum(sum(d["durations"].values()) for d in deploy_checks), 2),
-        "phases_s": {phase: round(sum(a["durations"].get(phase, 0) for a in verification["attempts"]), 2)
+        "phases_s": {phase: round(sum(a.durations.get(phase, 0) for a in verification.attempts), 2)
                      for phase in ("worktree", "revert", "packages", "scope", "clone", "build", "measure", "evidence")},
     }
     benchmark.extra_info.update(info)
     print(f"\nloop on {models} models: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     print(f"loop / full dbt build = {info['loop_over_build']} wall, {info['loop_over_build_cpu']} CPU (target <= 0.5)")
     assert models >= 1000
-    assert incident.details["verdict"] == "verified" and verification["fix"]["reverted"] == [culprit_sha]
+    assert incident.details.verdict is Verdict.verified and verification.fix.reverted == (culprit_sha,)
     assert pr is not None
     assert len(deploy_checks) == 1
-    by_sha = {c["sha"]: c for c in incident.details["attribution"]["candidates"]}
-    for cause in incident.details["attribution"]["ranking"]["causes"][:info["culprit_rank"]]:
-        print(f"  {cause['confidence']:.3f} {by_sha[cause['sha']]['message'][:40]:40} {cause['rationale']}")
+    by_sha = {c.sha: c for c in attribution.candidates}
+    for cause in attribution.ranking.causes[:info["culprit_rank"]]:
+        print(f"  {cause.confidence:.3f} {by_sha[cause.sha].message[:40]:40} {cause.rationale}")

@@ -93,7 +93,14 @@ def create_app(rt: Runtime, jobs: Jobs, client: WebClient, *, signing_secret: st
 
     def approve(body, act, actor) -> str | None:
         incident_id, head_sha = ids.parse_value(act["value"])
-        pr = groups.pull_request(rt.store, rt.store.incident(incident_id))  # a member's is its group's
+        incident = rt.store.incident(incident_id)
+        if (kill := rt.kill_switch_for(incident)) is not None:  # first: nothing else is said or queued
+            refusal = messages.KILLED_APPROVAL.format(reason=kill.reason, by=kill.by, incident=incident_id)
+            rt.store.audit("approval.refused", incident_id=incident_id, actor=actor,
+                           data={"head_sha": head_sha, "reason": refusal})
+            jobs.notify(incident_id)  # a card still offering Approve is refreshed without it
+            return refusal
+        pr = groups.pull_request(rt.store, incident)  # a member's is its group's
         if pr is None or head_sha is None:
             return f"Incident #{incident_id} has no pull request to approve."
         if pr.head_sha != head_sha:

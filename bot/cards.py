@@ -30,7 +30,7 @@ from slack_sdk.models.blocks import (
 from slack_sdk.models.views import View
 
 from bot import ids
-from bot.messages import STATUS_LABEL, TRIAGE_LABEL, chain_lines, group_lines, left_group_line, regression
+from bot.messages import HELD, STATUS_LABEL, TRIAGE_LABEL, chain_lines, group_lines, left_group_line, regression
 from bot.thread import (
     Step,
     cause_phrase,
@@ -41,6 +41,7 @@ from bot.thread import (
     proof_phrase,
     thread_steps,
 )
+from jobs.attribute.llm import NO_KEY
 from jobs.core.records import Incident, IncidentStatus, PullRequest
 from jobs.core.report import loop_json
 from policies.decide import KillSwitch
@@ -161,7 +162,8 @@ def _omitted(count: int, more: str) -> ContextBlock:
 
 def incident_card(incident: Incident, pr: PullRequest | None, mode: Mode, kill: KillSwitch | None, *,
                   evidence_url: str | None = None, baseline_days: int | None = None) -> Message:
-    """The card in the alert channel, updated in place as the status moves; `mode` is the org's mode."""
+    """The card in the alert channel, updated in place as the status moves; `mode` is the org's mode, `kill`
+    the kill switch if it covers this incident (then Approve is not offered)."""
     pr = incident_pr(incident, pr)
     more = _more(evidence_url)
     label = STATUS_LABEL[incident.status]
@@ -169,7 +171,7 @@ def incident_card(incident: Incident, pr: PullRequest | None, mode: Mode, kill: 
     content: list[Block] = [
         HeaderBlock(text=PlainTextObject(text=_cut(f"{incident.contract_id} · {incident.severity} severity",
                                                    HEADER_TEXT), emoji=False)),
-        _section("\n".join([status, *map(escape, _why(incident, pr))]), more),
+        _section("\n".join([status, *map(escape, _held(incident, kill) + _why(incident, pr))]), more),
         SectionBlock(fields=[_mrkdwn(_cut(f"*{name}*\n{value}", CARD_FIELD, more))
                              for name, value in _facts(incident, pr, mode, kill)]),
         ContextBlock(elements=_context(incident, evidence_url)),
@@ -189,20 +191,37 @@ def _why(incident: Incident, pr: PullRequest | None) -> list[str]:
     return [line for step in thread_steps(incident, pr) if step.key == incident.status.value for line in step.lines]
 
 
+def _held(incident: Incident, kill: KillSwitch | None) -> list[str]:
+    """What the kill switch stopped, while it still covers the incident."""
+    held = incident.details.held
+    return [HELD.format(would=held.would)] if held and kill is not None and incident.status.is_open else []
+
+
 def _facts(incident: Incident, pr: PullRequest | None, mode: Mode, kill: KillSwitch | None) -> list[tuple[str, str]]:
     """Top cause, verdict, decision, PR, mode and kill switch: the card's two-column fields."""
     loop = loop_json(incident.details)
     top = loop["top_cause"]
     cause = escape(cause_phrase(top["sha"], top["files"], top["confidence"])) if top else "not attributed yet"
+    if top and (note := _fallback_note(incident)):
+        cause += f"\n_{escape(note)}_"
     verdict = (escape(proof_phrase(loop["verdict"], loop["clone_id"], loop["before"], loop["after"]))
                if loop["verdict"] else "not verified yet")
-    found = incident.details.get("triage")
-    facts = [("Triage", escape(f"{TRIAGE_LABEL[found['class']]}: {found['evidence'][0]}") if found else "not yet"),
+    found = incident.details.triage
+    facts = [("Triage", escape(f"{TRIAGE_LABEL[found.kind]}: {found.evidence[0]}") if found else "not yet"),
              ("Top cause", cause), ("Verdict", verdict)]
     if loop["decision"]:
-        facts.append(("Decision", escape(decision_phrase(loop["decision"]))))
+        facts.append(("Decision", escape(decision_phrase(incident.details.decision))))
     facts += [("Pull request", _pr_text(pr)), ("Mode", MODE_LABEL[mode]), ("Kill switch", _kill_text(kill))]
     return facts
+
+
+def _fallback_note(incident: Incident) -> str | None:
+    """Why the LLM's ranking was not used, when it was asked and its answer could not be (not when no key is set)."""
+    details = incident.details
+    ranking = details.ranking or (details.suspects.ranking if details.suspects else None)
+    if ranking is None or ranking.ranker != "scorer" or not ranking.note or NO_KEY in ranking.note:
+        return None
+    return ranking.note
 
 
 def _pr_text(pr: PullRequest | None) -> str:
@@ -217,7 +236,8 @@ def _kill_text(kill: KillSwitch | None) -> str:
     if kill is None:
         return "off"
     scope = f"for {', '.join(kill.selectors)}" if kill.selectors else "for the whole org"
-    return escape(f":octagonal_sign: pulled {scope} by {kill.by}: {kill.reason}. Cairn only observes.")
+    return escape(f":octagonal_sign: pulled {scope} by {kill.by}: {kill.reason}. No clone, build, PR or merge "
+                  "for this incident; Cairn only reads production.")
 
 
 def _context(incident: Incident, evidence_url: str | None) -> list[MarkdownTextObject]:
@@ -234,7 +254,7 @@ def _context(incident: Incident, evidence_url: str | None) -> list[MarkdownTextO
 def _actions(incident: Incident, pr: PullRequest | None, mode: Mode, kill: KillSwitch | None) -> ActionsBlock:
     value = ids.button_value(incident.id)
     elements = []
-    if pr is not None and pr.state == "open":
+    if pr is not None and pr.state == "open" and kill is None:
         # The value binds the head the card showed: an approval never merges commits nobody saw.
         elements.append(_button(f"Approve & merge #{pr.number}", ids.APPROVE,
                                 ids.button_value(incident.id, pr.head_sha), style="primary"))
@@ -245,8 +265,8 @@ def _actions(incident: Incident, pr: PullRequest | None, mode: Mode, kill: KillS
     if kill is None:
         elements.append(_button("Kill switch", ids.KILL, value, style="danger", confirm=ConfirmObject(
             title="Pull the kill switch?",
-            text=PlainTextObject(text="Every Cairn job drops to observe mode before its next side effect: "
-                                      "no pull request is opened or merged until the switch is released."),
+            text=PlainTextObject(text="Every Cairn job stops before its next side effect: no clone, no sandbox "
+                                      "build, no pull request, no merge until the switch is released."),
             confirm="Pull it", deny="Cancel", style="danger")))
     else:
         elements.append(_button("Release kill switch", ids.UNKILL, value, confirm=ConfirmObject(

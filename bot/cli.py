@@ -75,15 +75,23 @@ def observe(ctx: click.Context, at: datetime | None) -> None:
 @click.pass_context
 def check(ctx: click.Context, at: datetime | None, contract_id: str | None) -> None:
     """Observe, detect, open/update/resolve incidents, and heal the new ones."""
+    from jobs.core.records import IncidentStatus
+    from jobs.loop.preflight import preflight
     from jobs.loop.queue import check_and_heal
 
     rt = runtime(ctx, at)
+    preflight(rt)
     contracts = [rt.contract(contract_id)] if contract_id else None
+    touched = []
     for outcome in check_and_heal(rt, contracts):
         click.echo(render.outcome_line(outcome))
+        touched += [i.id for i in (outcome.incident, *outcome.others) if i is not None]
         if outcome.change.value == "opened":
             click.echo(render.incident_detail(rt.store.incident(outcome.incident.id),
                                               rt.store.audit_events(outcome.incident.id)))
+    errored = [i for i in dict.fromkeys(touched) if rt.store.incident(i).status is IncidentStatus.errored]
+    if errored:  # a stage failed: the incident says why (`cairn incident N`); a script must see it too
+        raise CairnError(messages.CHECK_ERRORED.format(ids=", ".join(f"#{i}" for i in errored)))
 
 
 @cli.command()
@@ -157,7 +165,7 @@ def rebaseline(ctx: click.Context, contract_id: str, since: datetime | None, rea
     rt = runtime(ctx)
     rt.contract(contract_id)
     since = (since or rt.clock.now()).astimezone(timezone.utc)
-    rt.store.rebaseline(contract_id, since, actor="cli", reason=reason)
+    rt.store.rebaseline(contract_id, since, actor="cli", reason=reason)  # refuses an empty reason, a future since
     rt.store.audit("contract.rebaselined", actor="cli",
                    data={"contract": contract_id, "since": since.isoformat(), "reason": reason})
     click.echo(f"{contract_id}: baseline restarts at {since.isoformat()}")
@@ -191,6 +199,7 @@ def scheduler(ctx: click.Context, once: bool) -> None:
     from jobs.runtime import Runtime
 
     config = load_config(ctx.obj["config_path"])
+    _preflight(config)
     every = config.settings.schedule.check_every.total_seconds()
     while True:
         rt = Runtime(config)
@@ -218,6 +227,18 @@ def scheduler(ctx: click.Context, once: bool) -> None:
         time.sleep(every)
 
 
+def _preflight(config) -> None:
+    """A long-running process checks its configuration before it starts (jobs/loop/preflight.py)."""
+    from jobs.loop.preflight import preflight
+    from jobs.runtime import Runtime
+
+    rt = Runtime(config)
+    try:
+        preflight(rt)
+    finally:
+        rt.close()
+
+
 @cli.command()
 @click.option("--burst", is_flag=True, help="Exit when the queues are empty (tests, one-off catch-up).")
 @click.pass_context
@@ -227,16 +248,24 @@ def worker(ctx: click.Context, burst: bool) -> None:
 
     from rq import Worker
 
-    from jobs.forge.github_auth import check_credentials
     from jobs.loop.queue import RQJobs
+    from jobs.loop.reconcile import reconcile
+    from jobs.runtime import Runtime
 
     config = load_config(ctx.obj["config_path"])
     if not config.env.redis_url:
         raise CairnError(messages.NO_REDIS)
-    check_credentials(config)
+    _preflight(config)
     os.environ["CAIRN_CONFIG"] = str(config.path)  # each job's work horse loads the same config
     logging.getLogger("rq.worker").setLevel(logging.INFO)
     jobs = RQJobs(config)
+    rt = Runtime(config)
+    try:  # what a dead worker left in flight goes back on the queue before this one starts
+        done = reconcile(rt, RQJobs(config, jobs.redis, store=rt.store))
+    finally:
+        rt.close()
+    for line in render.reconciled_lines(done):
+        click.echo(line)
     Worker(jobs.queues, connection=jobs.redis).work(with_scheduler=True, burst=burst)
 
 
@@ -249,10 +278,9 @@ def worker(ctx: click.Context, burst: bool) -> None:
 def serve(ctx: click.Context, socket_mode: bool, host: str, port: int | None, threads: int) -> None:
     """Serve the Slack app (Procfile `web`): HTTP under gunicorn, or Socket Mode."""
     from bot.server import serve_http, serve_socket
-    from jobs.forge.github_auth import check_credentials
 
     config = load_config(ctx.obj["config_path"])
-    check_credentials(config)  # without Redis, approvals merge in this process
+    _preflight(config)  # without Redis, approvals merge in this process
     if socket_mode:
         serve_socket(config)
     else:
@@ -285,15 +313,17 @@ def mode(ctx: click.Context, mode: str, reason: str) -> None:
 
 
 @cli.command()
+@click.option("--select", "selectors", multiple=True, metavar="SELECTOR",
+              help="Only the incidents whose models this matches (tag:X, path:DIR, NAME, NAME+); repeatable.")
 @click.argument("reason", nargs=-1, required=True)
 @click.pass_context
-def kill(ctx: click.Context, reason: tuple[str, ...]) -> None:
-    """Pull the kill switch: every job records and does nothing more (as `/cairn kill`)."""
+def kill(ctx: click.Context, selectors: tuple[str, ...], reason: tuple[str, ...]) -> None:
+    """Pull the kill switch: no clone, build, PR or merge; jobs record what they would do (as `/cairn kill`)."""
     from bot.commands import pull_kill_switch
     from jobs.loop.queue import for_runtime
 
     rt = runtime(ctx)
-    click.echo(pull_kill_switch(rt, for_runtime(rt), " ".join(reason), _actor()))
+    click.echo(pull_kill_switch(rt, for_runtime(rt), " ".join(reason), _actor(), selectors))
 
 
 @cli.command()
@@ -317,33 +347,43 @@ def _actor() -> str:
         return "cli"
 
 
-# --- BigQuery: the IAM check and sandbox cleanup (docs/bigquery.md) ------------------------------
+# --- BigQuery and Snowflake: the grants check and sandbox cleanup (docs/bigquery.md, docs/snowflake.md) ---
 
 
 def _bigquery_settings(config):
     if config.settings.bigquery is None:
-        raise CairnError(f"{config.path}: no `bigquery:` section; `cairn doctor` and `cairn sandbox gc` "
-                         "check a BigQuery org (see docs/bigquery.md).")
+        raise CairnError(f"{config.path}: no `bigquery:` section, nor `snowflake:`; `cairn doctor` and `cairn sandbox "
+                         "gc` check a BigQuery or Snowflake org (see docs/bigquery.md, docs/snowflake.md).")
     return config.settings.bigquery
 
 
 @cli.command()
 @click.pass_context
 def doctor(ctx: click.Context) -> None:
-    """Check BigQuery access: production readable, sandboxes writable, production NOT writable."""
-    from jobs.warehouse.bigquery import client_for
-    from jobs.warehouse.bigquery_doctor import doctor as run_doctor
+    """Check warehouse access: production readable, sandboxes writable, production NOT writable."""
+    from jobs.loop.preflight import preflight
 
     rt = runtime(ctx)
-    settings = _bigquery_settings(rt.config)
-    client = client_for(settings, rt.config.root)
-    findings = run_doctor(client, project=settings.project, location=settings.location, org=settings.org,
-                          manifest=rt.manifest)
+    preflight(rt)
+    if rt.config.settings.snowflake is not None:
+        from jobs.warehouse.snowflake_doctor import doctor as snowflake_doctor
+        from jobs.warehouse.snowflake_sandbox import query_tag
+
+        settings, guide = rt.config.settings.snowflake, "docs/snowflake.md"
+        with rt.sandboxes().connection(query_tag(settings.org, "doctor")) as session:
+            findings = snowflake_doctor(session, settings, rt.manifest, rt.clock.now())
+    else:
+        from jobs.warehouse.bigquery import client_for
+        from jobs.warehouse.bigquery_doctor import doctor as run_doctor
+
+        settings, guide = _bigquery_settings(rt.config), "docs/bigquery.md"
+        client = client_for(settings, rt.config.root)
+        findings = run_doctor(client, project=settings.project, location=settings.location, org=settings.org,
+                              manifest=rt.manifest)
     for finding in findings:
         click.echo(f"{'ok  ' if finding.ok else 'FAIL'} {finding.check}: {finding.detail}")
     if not all(finding.ok for finding in findings):
-        raise CairnError("cairn doctor found the problems marked FAIL above; the roles Cairn needs are "
-                         "in docs/bigquery.md.")
+        raise CairnError(f"cairn doctor found the problems marked FAIL above; the grants Cairn needs are in {guide}.")
 
 
 @cli.group()
@@ -353,21 +393,35 @@ def sandbox() -> None:
 
 @sandbox.command("gc")
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@AT
 @click.pass_context
-def sandbox_gc(ctx: click.Context, dry_run: bool) -> None:
-    """Drop Cairn-labelled sandbox datasets past their expiry (a crashed worker's)."""
+def sandbox_gc(ctx: click.Context, dry_run: bool, at: datetime | None) -> None:
+    """Drop Cairn's sandbox datasets or schemas past their expiry (a crashed worker's)."""
     from jobs.core.clock import Clock
-    from jobs.warehouse.bigquery import client_for
-    from jobs.warehouse.bigquery_sandbox import gc_sandboxes
 
     config = load_config(ctx.obj["config_path"])
-    settings = _bigquery_settings(config)
-    client = client_for(settings, config.root)
-    removed = gc_sandboxes(client, org=settings.org, now=Clock().now(), dry_run=dry_run)
     verb = "would drop" if dry_run else "dropped"
+    if config.settings.snowflake is not None:
+        from jobs.warehouse.snowflake_sandbox import gc_sandboxes as snowflake_gc
+        from jobs.warehouse.snowflake_sandbox import query_tag
+
+        settings = config.settings.snowflake
+        rt = runtime(ctx, at)
+        with rt.sandboxes().connection(query_tag(settings.org, "gc")) as session:
+            removed = snowflake_gc(session, database=settings.sandbox_database_name,
+                                   older_than=settings.sandbox_retention, now=rt.clock.now(), dry_run=dry_run)
+        where, noun = f"database {settings.sandbox_database_name}", "schema"
+    else:
+        from jobs.warehouse.bigquery import client_for
+        from jobs.warehouse.bigquery_sandbox import gc_sandboxes
+
+        settings = _bigquery_settings(config)
+        client = client_for(settings, config.root)
+        removed = gc_sandboxes(client, org=settings.org, now=Clock(at).now(), dry_run=dry_run)
+        where, noun = client.project, "dataset"
     for name in removed:
         click.echo(f"{verb} {name}")
-    click.echo(f"{len(removed)} expired sandbox dataset(s) {verb} in {client.project}.")
+    click.echo(f"{len(removed)} expired sandbox {noun}(s) {verb} in {where}.")
 
 
 def main(argv: list[str] | None = None) -> None:

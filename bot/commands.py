@@ -8,12 +8,14 @@ through the functions below, so both surfaces say the same thing.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bot import messages, render
-from jobs.core.errors import CairnError, NotFound
+from jobs.core.errors import CairnError, NotFound, QueueUnavailable
+from jobs.core.records import IncidentStatus
 from jobs.loop.queue import Jobs
+from jobs.loop.reconcile import survey
 from jobs.runtime import Runtime
 from jobs.store import switches
 from policies.model import Mode
@@ -26,7 +28,7 @@ USAGE = """*`/cairn` commands*
 `check [CONTRACT]` — measure now (all contracts, or one) and heal what broke
 `contracts` — the metric contracts and where they are declared
 `mode observe|assisted|autonomous` — the org's mode (approvers)
-`kill REASON` — stop every side effect: force observe mode (approvers)
+`kill [tag:X|path:DIR|--select SEL]... REASON` — stop every side effect beyond reading production: no clone, build, PR or merge, for the org or the incidents the selectors cover (approvers)
 `unkill` — release the kill switch (approvers)"""
 
 MUTATING = {"mode", "kill", "unkill", "check"}
@@ -34,6 +36,10 @@ MUTATING = {"mode", "kill", "unkill", "check"}
 
 class Refused(CairnError):
     """The person may not do this; the message says who may."""
+
+
+class BadInput(CairnError):
+    """The command's input is not valid; the message names the value and the shape expected."""
 
 
 @dataclass(frozen=True)
@@ -67,11 +73,30 @@ def status_text(rt: Runtime, jobs: Jobs) -> str:
     kill = switches.kill_switch(rt.store)
     open_incidents = rt.store.incidents(open_only=True)
     health = jobs.health()
+    try:
+        found = survey(rt, jobs)
+        stuck, held = _ids(found.stuck), _ids(found.held)
+    except QueueUnavailable:
+        stuck = held = "unknown: the queue is unreachable"
     lines = [f"*Mode:* {(mode or rt.policy.mode).value}" + ("" if mode else " (policy default)"),
-             f"*Kill switch:* {'ON — ' + kill.reason + ' (by ' + kill.by + ')' if kill else 'off'}",
+             f"*Kill switch:* {_kill_text(kill)}",
              f"*Open incidents:* {len(open_incidents)}",
+             f"*Stuck (no live job; the next check resumes them):* {stuck}",
+             f"*Held by the kill switch:* {held}",
+             f"*Errored:* {_ids(rt.store.incidents(status=IncidentStatus.errored))}",
              f"*Queue:* {_health_text(health)}"]
     return "\n".join(lines)
+
+
+def _ids(incidents) -> str:
+    return f"{len(incidents)}" + (f" ({', '.join(f'#{i.id}' for i in incidents)})" if incidents else "")
+
+
+def _kill_text(kill) -> str:
+    if kill is None:
+        return "off"
+    scope = f" for {', '.join(kill.selectors)}" if kill.selectors else ""
+    return f"ON{scope} — {kill.reason} (by {kill.by})"
 
 
 def incidents_text(rt: Runtime) -> str:
@@ -96,17 +121,21 @@ def set_mode(rt: Runtime, jobs: Jobs, mode: Mode, actor: str, reason: str = "") 
     return f"Mode is now *{mode.value}*: {MODE_MEANING[mode]}"
 
 
-def pull_kill_switch(rt: Runtime, jobs: Jobs, reason: str, actor: str) -> str:
-    switches.pull(rt.store, reason, actor)
+def pull_kill_switch(rt: Runtime, jobs: Jobs, reason: str, actor: str, selectors: Sequence[str] = ()) -> str:
+    try:
+        switches.pull(rt.store, reason, actor, selectors)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     refresh_open_cards(rt, jobs)
-    return (f"Kill switch ON ({reason}). Every job records what it would do and does nothing more; "
-            "`/cairn unkill` releases it.")
+    scope = f" for {', '.join(selectors)}" if selectors else ""
+    return (f"Kill switch ON{scope} ({reason}). No clone, sandbox build, PR or merge for the incidents it covers: "
+            "each job records what it would have done and stops. `/cairn unkill` releases it.")
 
 
 def release_kill_switch(rt: Runtime, jobs: Jobs, actor: str) -> str:
     switches.release(rt.store, actor)
     refresh_open_cards(rt, jobs)
-    return "Kill switch released: the mode applies again."
+    return "Kill switch released: the mode applies again; held incidents resume at the next check."
 
 
 def refresh_open_cards(rt: Runtime, jobs: Jobs) -> None:
@@ -163,10 +192,31 @@ def _mode(rt, jobs, args, who) -> str:
     return set_mode(rt, jobs, Mode(args[0]), who.actor, reason="/cairn mode")
 
 
+KILL_USAGE = ("Usage: `/cairn kill [tag:X|path:DIR|--select SEL]... REASON` — say why, it is shown on every card "
+              "it covers (e.g. `/cairn kill tag:finance quarter close`).")
+
+
 def _kill(rt, jobs, args, who) -> str:
-    if not args:
-        return "Usage: `/cairn kill REASON` — say why, it is shown on every card."
-    return pull_kill_switch(rt, jobs, " ".join(args), who.actor)
+    selectors, rest = kill_selectors(args)
+    if not rest:
+        return KILL_USAGE
+    return pull_kill_switch(rt, jobs, " ".join(rest), who.actor, selectors)
+
+
+def kill_selectors(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Leading selectors (`tag:X`, `path:DIR`, `--select SEL`), then the reason's words."""
+    selectors, words = [], list(args)
+    while words:
+        if words[0] == "--select":
+            if len(words) < 2:
+                raise BadInput(f"`--select` needs a selector after it. {KILL_USAGE}")
+            selectors.append(words[1])
+            words = words[2:]
+        elif words[0].startswith(("tag:", "path:")):
+            selectors.append(words.pop(0))
+        else:
+            break
+    return selectors, words
 
 
 def _unkill(rt, jobs, args, who) -> str:
@@ -180,6 +230,8 @@ _COMMANDS: dict[str, Callable[..., str]] = {
 
 
 def _health_text(health: dict) -> str:
+    if health.get("error"):
+        return f"RQ, {health['error']}"
     if health.get("backend") == "rq":
         queued = ", ".join(f"{name} {n}" for name, n in health["queued"].items())
         failed = sum(health["failed"].values())

@@ -88,7 +88,8 @@ def run_demo(workdir: Path, days: int) -> None:
     from jobs.config import load_config
     from jobs.core.clock import Clock
     from jobs.detect.backfill import backfill
-    from jobs.detect.observe import Change, check
+    from jobs.detect.check import check
+    from jobs.detect.observe import Change
     from jobs.loop.queue import check_and_heal
     from jobs.project.dbt import Dbt
     from jobs.project.git import Git

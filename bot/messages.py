@@ -28,7 +28,13 @@ NOT_AN_APPROVER = ("Only approvers can do that (slack.approvers in cairn.yml lis
                    "Your attempt was recorded in the audit trail.")
 STALE_APPROVAL = ("PR #{number} changed after this card showed it (it showed {shown}, the branch is now at {head}): "
                   "review the new head on the refreshed card and approve again.")
+KILLED_APPROVAL = ("The kill switch is on ({reason}, by {by}) and covers incident #{incident}: nothing is merged. "
+                   "Release it with `/cairn unkill`, then approve again.")
+HELD = ("Held by the kill switch: Cairn would now {would}; it did nothing beyond reading production and "
+        "resumes at the next check once the switch is released.")
 NO_REDIS = "`cairn worker` runs RQ jobs from Redis: set REDIS_URL (without it, `cairn check` runs the loop in-process)."
+CHECK_ERRORED = ("a stage failed: incident {ids} ended errored; `cairn incident N` shows the stage, the reason and the "
+                 "error ID")
 NO_SLACK = "`cairn serve` needs SLACK_BOT_TOKEN and, over HTTP, SLACK_SIGNING_SECRET (see docs/slack.md)."
 NO_APP_TOKEN = "`cairn serve --socket` needs SLACK_APP_TOKEN (an xapp- token with connections:write)."
 BACKFILL_SKIPPED = "Skipped (no time_column/window, cannot be replayed): {ids}"
@@ -39,9 +45,9 @@ BACKFILL_CAVEAT = ("Backfilled values are what today's code says about past wind
 def regression(incident: Incident, baseline_days: int | None = None) -> str:
     """'-18.4% vs 28d baseline' — the figure people quote; '-28.2% from deploy 5a20dc5' when a deploy
     check measured the deploy's own effect (its change is against the value without the deploy)."""
-    deploy = incident.details.get("deploy")
+    deploy = incident.details.deploy
     if deploy and incident.change_pct is not None:
-        return f"{incident.change_pct:+.1f}% from deploy {short_sha(deploy['to_sha'])}"
+        return f"{incident.change_pct:+.1f}% from deploy {short_sha(deploy.to_sha)}"
     if incident.change_pct is None:
         return "no baseline to compare with"
     days = f"{baseline_days}d " if baseline_days else ""
@@ -57,14 +63,14 @@ def chain_lines(incident: Incident) -> list[str]:
     from jobs.core.formatting import fmt_number
 
     lines = []
-    follows = incident.details.get("follows")
+    follows = incident.details.follows
     if incident.follows_id is not None and follows:
         lines.append(f"Follows incident #{incident.follows_id}, still open: the deploy of "
-                     f"{short_sha(incident.first_bad_sha)} took the metric from {fmt_number(follows['level'])} to "
+                     f"{short_sha(incident.first_bad_sha)} took the metric from {fmt_number(follows.level)} to "
                      f"{fmt_number(incident.value or 0.0)}, so its own commits are the suspects and the fix must bring "
-                     f"it back to {fmt_number(follows['level'])}, not to the baseline.")
-    if incident.details.get("followed_by"):
-        lines.append(f"A later deploy made it worse: incident #{incident.details['followed_by']} has that deploy's "
+                     f"it back to {fmt_number(follows.level)}, not to the baseline.")
+    if incident.details.followed_by:
+        lines.append(f"A later deploy made it worse: incident #{incident.details.followed_by} has that deploy's "
                      "commits as suspects.")
     return lines
 
@@ -84,7 +90,7 @@ GROUP_PR = ("The group's PR, opened by incident #{leader}: Approve or Reject on 
 
 def group_lines(incident: Incident) -> list[str]:
     """Which incidents share its culprit, verification and PR."""
-    members = (incident.details.get("group") or {}).get("members") or []
+    members = incident.details.group.members if incident.details.group else ()
     others = [f"#{m}" for m in members if m != incident.id]
     if incident.group_id is None or not others:
         return []
@@ -98,8 +104,10 @@ def group_lines(incident: Incident) -> list[str]:
 
 def left_group_line(incident: Incident) -> str | None:
     """Why it left the group it was in, if it did."""
-    left = incident.details.get("left_group") or {}
-    why = "split_alone" if left.get("why") == "split" and not left.get("fix") else left.get("why")
+    left = incident.details.left_group
+    if left is None:
+        return None
+    why = "split_alone" if left.why == "split" and not left.fix else left.why
     if why not in LEFT_GROUP:
         return None
-    return LEFT_GROUP[why].format(group=left["group"], fix=short_sha(left.get("fix")))
+    return LEFT_GROUP[why].format(group=left.group, fix=short_sha(left.fix))

@@ -67,9 +67,9 @@ def tell_user(channel: str, user: str, text: str, rt: Runtime | None = None) -> 
 
 
 def render_card(rt: Runtime, incident: Incident, pr: PullRequest | None) -> Message:
-    """The card as of now: the org's mode and kill switch are part of it."""
+    """The card as of now: the org's mode, and the kill switch if it covers the incident, are part of it."""
     mode = switches.org_mode(rt.store) or rt.policy.mode
-    return incident_card(incident, pr, mode, switches.kill_switch(rt.store),
+    return incident_card(incident, pr, mode, rt.kill_switch_for(incident),
                          evidence_url=pr.url if pr else None, baseline_days=_baseline_days(rt, incident))
 
 

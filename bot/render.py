@@ -31,6 +31,13 @@ def outcome_line(outcome) -> str:
     return f"{outcome.contract.id:<28} {status:<10} {outcome.assessment.reason}{tail}"
 
 
+def reconciled_lines(done) -> list[str]:
+    """What a reconcile (`jobs.loop.reconcile`) did, one line each."""
+    return ([f"resumed incident #{i}: no live job was working on it" for i in done.resumed]
+            + [f"incident #{i} errored: resumed too often without finishing" for i in done.errored]
+            + [f"removed {path}: no live job works on its incident" for path in done.removed])
+
+
 def incident_line(incident: Incident) -> str:
     change = f"{incident.change_pct:+.1f}%" if incident.change_pct is not None else "—"
     return (f"#{incident.id:<4} {incident.contract_id:<28} {STATUS_LABEL[incident.status]:<15} "
@@ -66,7 +73,7 @@ def loop_lines(incident: Incident) -> list[str]:
     if loop["verdict"]:
         lines.append(f"  verdict: {proof_phrase(loop['verdict'], loop['clone_id'], loop['before'], loop['after'])}")
     if loop["decision"]:
-        lines.append(f"  decision: {decision_phrase(loop['decision'])}")
+        lines.append(f"  decision: {decision_phrase(incident.details.decision)}")
     if loop["pr"]:
         pr = loop["pr"]
         lines.append(f"  pull request: {pr_phrase(pr['number'], pr['url'], pr['branch'], pr['state'])}")

@@ -4,9 +4,7 @@ Steps are derived only from the incident (its status and details) and its PR, so
 always gives the same keys and text and the notifier can post each key once. Lines are plain
 text; each surface escapes them for itself.
 
-Details written by the loop are read as `jobs.core.report` shapes them. Later stages add, and these
-steps read: `rejection` {by, reason}, `merge` {by}, `merge_blocked` {by, reason, head_sha} and `error`
-{reason, error_id}.
+Details are the typed `IncidentDetails` each stage wrote (`jobs.core.records`).
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
 from bot.messages import (
     GROUP_PR,
@@ -29,13 +26,21 @@ from bot.messages import (
 )
 from jobs.attribute.groups import NOT_RECOVERED, SPLIT
 from jobs.core.formatting import fmt_value
-from jobs.core.records import BaselineStats, Incident, IncidentStatus, PullRequest, Verdict, Verification
-from jobs.core.report import candidate_from_json, ranking_from_json, verification_from_json
+from jobs.core.records import (
+    BaselineStats,
+    Incident,
+    IncidentDetails,
+    IncidentStatus,
+    PullRequest,
+    Verdict,
+    Verification,
+)
+from jobs.detect.observe import UNEXPLAINED
 from jobs.propose.prbody import MAX_SAMPLE_ROWS, tests_line
 from jobs.warehouse.row_deltas import sample_line
+from policies.decide import Decision
 
 TOP_CAUSES = 3
-UNEXPLAINED = {Verdict.no_code_cause.value, Verdict.intentional.value}
 
 
 @dataclass(frozen=True)
@@ -59,18 +64,18 @@ def thread_steps(incident: Incident, pr: PullRequest | None, *, baseline_days: i
         _merge_blocked(incident),
     ]
     left = left_group_line(incident)
-    if (details.get("left_group") or {}).get("why") == NOT_RECOVERED:
+    why_left = details.left_group.why if details.left_group else None
+    if why_left == NOT_RECOVERED:
         # Its own loop after the group's: new keys, so the notifier posts these steps under the group's.
         loop = [replace(step, key=f"{step.key}:own") if step else None for step in loop]
-    parted = "Group split" if (details.get("left_group") or {}).get("why") == SPLIT else "Left its group"
+    parted = "Group split" if why_left == SPLIT else "Left its group"
     steps = [_detected(incident, baseline_days), Step("left_group", parted, (left,)) if left else None, *loop]
     return [step for step in steps if step is not None] + _outcome(incident, pr)
 
 
 def incident_pr(incident: Incident, pr: PullRequest | None) -> PullRequest | None:
     """The PR as the forge sees it now if given, else as the loop recorded it."""
-    recorded = incident.details.get("pr")
-    return pr or (PullRequest(**recorded) if recorded else None)
+    return pr or incident.details.pr
 
 
 def render_terminal(steps: Sequence[Step]) -> str:
@@ -105,9 +110,9 @@ def proof_phrase(verdict: str, clone_id: str | None, before: float | None, after
     return f"{verdict} on {clone_id}: {fmt_value(before)} → {fmt_value(after)}" if clone_id else verdict
 
 
-def decision_phrase(decision: dict[str, Any]) -> str:
+def decision_phrase(decision: Decision) -> str:
     """'open_pr (org mode is assisted; verified revert; a human reviews and merges)'."""
-    return f"{decision['action']} ({'; '.join(decision['reasons'])})"
+    return f"{decision.action.value} ({'; '.join(decision.reasons)})"
 
 
 def pr_phrase(pr_number: int, url: str | None, branch: str, state: str) -> str:
@@ -127,7 +132,7 @@ def _detected(incident: Incident, baseline_days: int | None) -> Step:
     # Recovery overwrites value and reason with the healthy measurement: show those under the outcome.
     if incident.status not in (IncidentStatus.recovered, IncidentStatus.resolved):
         versus = f" against the {baseline_phrase(incident.baseline)}" if incident.baseline else ""
-        if incident.details.get("deploy") and incident.baseline and incident.value is not None \
+        if incident.details.deploy and incident.baseline and incident.value is not None \
                 and incident.baseline.contains(incident.value):
             versus += "; inside the band, where the day's noise hides it"
         lines[:0] = [incident.reason, f"{regression(incident, baseline_days)}: {fmt_value(incident.value)}{versus}",
@@ -136,20 +141,19 @@ def _detected(incident: Incident, baseline_days: int | None) -> Step:
 
 
 def _attribution(incident: Incident) -> Step | None:
-    attribution = incident.details.get("attribution")
+    attribution = incident.details.attribution
     if attribution is None:
         return None
-    candidates = {c.sha: c for c in map(candidate_from_json, attribution.get("candidates", []))}
+    candidates = {c.sha: c for c in attribution.candidates}
     lines = [f"Commits in the suspect range that touch the metric's lineage: {len(candidates)} "
-             f"({_count(attribution.get('lineage_nodes', 0), 'model')} walked)"]
-    verdict = incident.details.get("verdict")
-    if "verification" not in incident.details and verdict in UNEXPLAINED:
+             f"({_count(attribution.lineage_nodes or 0, 'model')} walked)"]
+    if incident.details.verification is None and incident.details.verdict in UNEXPLAINED:
         intentional = next((c for c in candidates.values() if c.intentional), None)
         lines.append(f"Commit {intentional.short_sha} marks this change as intentional: re-baseline with "
                      f"`cairn rebaseline {incident.contract_id} --reason ...`" if intentional else
                      "No code change in the suspect range explains this: look at the source data")
-    ranking = ranking_from_json(attribution["ranking"]) if attribution.get("ranking") else None
-    if ranking and ranking.causes:
+    ranking = attribution.ranking
+    if ranking.causes:
         for rank, cause in enumerate(ranking.causes[:TOP_CAUSES], start=1):
             found = candidates.get(cause.sha)
             subject = f" “{found.message.strip().splitlines()[0]}”" if found and found.message.strip() else ""
@@ -157,21 +161,19 @@ def _attribution(incident: Incident) -> Step | None:
                          f"{subject} — {cause.rationale}")
         if len(ranking.causes) > TOP_CAUSES:
             lines.append(f"and {_count(len(ranking.causes) - TOP_CAUSES, 'other candidate')}")
-        path = attribution.get("lineage_path", {}).get(ranking.causes[0].sha)
+        path = attribution.lineage_path.get(ranking.causes[0].sha)
         if path:
             lines.append("Lineage: " + " → ".join(path))
         lines.append(f"Ranked by {ranking.ranker}" + (f": {ranking.note}" if ranking.note else ""))
     return Step("attribution", "Attribution", tuple(lines))
 
 
-def _attempts(details: dict[str, Any]) -> tuple[list[Verification], Verification | None]:
-    verification = details.get("verification") or {}
-    attempts = [verification_from_json(a) for a in verification.get("attempts", [])]
-    fix = verification.get("fix")
-    return attempts, verification_from_json(fix) if fix else None
+def _attempts(details: IncidentDetails) -> tuple[Sequence[Verification], Verification | None]:
+    verification = details.verification
+    return (verification.attempts, verification.fix) if verification else ((), None)
 
 
-def _evidence(details: dict[str, Any]) -> Step | None:
+def _evidence(details: IncidentDetails) -> Step | None:
     """Row deltas of the verified fix, else of the leading candidate's revert."""
     attempts, fix = _attempts(details)
     shown = fix or (attempts[0] if attempts else None)
@@ -190,8 +192,8 @@ def _evidence(details: dict[str, Any]) -> Step | None:
     return Step("evidence", "Evidence", tuple(lines))
 
 
-def _verification(details: dict[str, Any]) -> Step | None:
-    refused = (details.get("verification") or {}).get("refused")
+def _verification(details: IncidentDetails) -> Step | None:
+    refused = details.verification.refused if details.verification else None
     if refused:
         estimate = refused.get("estimated_bytes")
         return Step("verification", "Verification refused",
@@ -201,13 +203,14 @@ def _verification(details: dict[str, Any]) -> Step | None:
     proof = fix or (attempts[-1] if attempts else None)
     if proof is None:
         return None
-    builds = details["verification"].get("builds", len(attempts))
-    where = "at its level without the deploy" if details.get("deploy") else "inside the baseline band"
+    builds = details.verification.builds
+    where = "at its level without the deploy" if details.deploy else "inside the baseline band"
     in_band = f"back {where}" if proof.verdict is Verdict.verified else f"not back {where}"
     lines = [
         f"Clone {proof.clone_id}: reverted {', '.join(map(short_sha, proof.reverted or (proof.sha,)))}; "
         "production was not written",
         f"dbt: {proof.dbt_command}",
+        *([proof.isolation[:1].upper() + proof.isolation[1:]] if proof.isolation else []),
         f"{proof_phrase(proof.verdict.value, proof.clone_id, proof.before, proof.after)}, {in_band}",
         *([proof.detail] if proof.detail else []),
         f"Tests: {tests_line(proof.tests)}",
@@ -226,22 +229,21 @@ def _verification(details: dict[str, Any]) -> Step | None:
     return Step("verification", title, tuple(lines))
 
 
-def _triage(details: dict[str, Any]) -> Step | None:
+def _triage(details: IncidentDetails) -> Step | None:
     """The class the incident was given and why; a new step when verification changes the verdict."""
-    found = details.get("triage")
+    found = details.triage
     if not found:
         return None
-    return Step(f"triage-{found.get('stage', 'attribution')}", f"Triage: {TRIAGE_LABEL[found['class']]}",
-                tuple(found["evidence"]))
+    return Step(f"triage-{found.stage}", f"Triage: {TRIAGE_LABEL[found.kind]}", found.evidence)
 
 
-def _decision(details: dict[str, Any]) -> Step | None:
-    decision = details.get("decision")
+def _decision(details: IncidentDetails) -> Step | None:
+    decision = details.decision
     if decision is None:
         return None
-    lines = [decision_phrase(decision), f"Mode: {decision['mode']}"]
-    if details.get("ranking"):
-        ranking = ranking_from_json(details["ranking"])
+    lines = [decision_phrase(decision), f"Mode: {decision.mode.value}"]
+    if details.ranking:
+        ranking = details.ranking
         if ranking.top:
             lines.append(f"Confidence after verification: {short_sha(ranking.top.sha)} "
                          f"{ranking.top.confidence:.0%} ({ranking.ranker})")
@@ -259,21 +261,21 @@ def _pull_request(incident: Incident, pr: PullRequest | None) -> Step | None:
 
 def merge_refusal(incident: Incident) -> str | None:
     """Why the approved merge did not happen, while the PR waits for what branch protection asks."""
-    blocked = incident.details.get("merge_blocked")
+    blocked = incident.details.merge_blocked
     if not blocked or incident.status is not IncidentStatus.pr_opened:
         return None
-    return f"Merge refused: {blocked['reason']}"
+    return f"Merge refused: {blocked.reason}"
 
 
 def _merge_blocked(incident: Incident) -> Step | None:
     refusal = merge_refusal(incident)
     if refusal is None:
         return None
-    blocked = incident.details["merge_blocked"]
+    blocked = incident.details.merge_blocked
     # One step per refusal: a later one for another reason (the reviews done, a check failing) is threaded too.
-    key = hashlib.sha1(blocked["reason"].encode()).hexdigest()[:8]
+    key = hashlib.sha1(blocked.reason.encode()).hexdigest()[:8]
     return Step(f"merge_blocked:{key}", "Merge refused",
-                (blocked["reason"], f"Approved by {blocked['by']} at {short_sha(blocked['head_sha'])}; "
+                (blocked.reason, f"Approved by {blocked.by} at {short_sha(blocked.head_sha)}; "
                                     "the PR stays open and the incident with it"))
 
 
@@ -283,8 +285,8 @@ def _outcome(incident: Incident, pr: PullRequest | None) -> list[Step]:
     steps = []
     # Only a merged revert leads to `recovered` (detect.py), so a recovered incident was merged first.
     if status in (IncidentStatus.merged, IncidentStatus.recovered) or (pr is not None and pr.state == "merged"):
-        by = (details.get("merge") or {}).get("by") or (
-            "Cairn (autonomous mode)" if (details.get("decision") or {}).get("action") == "auto_merge" else None)
+        by = details.merge.by if details.merge else (
+            "Cairn (autonomous mode)" if details.decision and details.decision.action.value == "auto_merge" else None)
         merged = f"PR #{pr.number} merged at head {short_sha(pr.head_sha)}" if pr else "The revert was merged"
         steps.append(Step("merged", STATUS_LABEL[IncidentStatus.merged],
                           (merged + (f" by {by}" if by else ""), "The next observation confirms recovery")))
@@ -296,12 +298,12 @@ def _outcome(incident: Incident, pr: PullRequest | None) -> list[Step]:
         steps.append(Step("resolved", STATUS_LABEL[status],
                           (f"{closed}: {incident.reason}", "It recovered without a merged fix")))
     elif status is IncidentStatus.rejected:
-        rejection = details.get("rejection") or {}
-        by = f" by {rejection['by']}" if rejection.get("by") else ""
+        rejection = details.rejection
+        by = f" by {rejection.by}" if rejection and rejection.by else ""
         steps.append(Step("rejected", STATUS_LABEL[status],
-                          (f"Rejected{by}: {rejection.get('reason') or 'no reason given'}",)))
+                          (f"Rejected{by}: {(rejection.reason if rejection else '') or 'no reason given'}",)))
     elif status is IncidentStatus.errored:
-        error = details.get("error") or {}
-        error_id = (f"Error ID {error['error_id']}: quote it when you report it",) if error.get("error_id") else ()
-        steps.append(Step("errored", STATUS_LABEL[status], (error.get("reason") or "no reason recorded", *error_id)))
+        error = details.error
+        error_id = (f"Error ID {error.error_id}: quote it when you report it",) if error else ()
+        steps.append(Step("errored", STATUS_LABEL[status], (error.reason if error else "no reason recorded", *error_id)))
     return steps

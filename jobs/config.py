@@ -7,10 +7,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from jobs.contracts.spec import Contract, parse_duration
@@ -33,11 +43,30 @@ def _path_not_key(value: Any) -> Any:
     return value
 
 
+Duration = Annotated[timedelta, BeforeValidator(lambda v: v if isinstance(v, timedelta) else parse_duration(v))]
+KeyPath = Annotated[Path | None, BeforeValidator(_path_not_key)]  # a key file's path, never the key
+
+
+def url_with_scheme(value: str, schemes: tuple[str, ...]) -> str:
+    """`value` if it is a URL with one of `schemes` and a host (a path for unix:); else ValueError saying so."""
+    parts = urlsplit(value)
+    if parts.scheme in schemes and (parts.netloc or (parts.scheme == "unix" and parts.path)):
+        return value
+    raise ValueError(f"must be a URL starting {' or '.join(s + '://' for s in schemes)}, got {value!r}")
+
+
+def _http_url(value: str | None) -> str | None:
+    return None if value is None else url_with_scheme(value, ("http", "https"))
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
 class GitHubForge(_Section):
     """The GitHub forge; the App settings may come from the environment instead (docs/github.md)."""
 
     repo: str = Field(description="owner/name of the dbt project's repository.")
-    base_url: str = Field(
+    base_url: HttpUrl = Field(
         "https://api.github.com",
         description="REST API root; GitHub Enterprise Server: https://HOST/api/v3.",
     )
@@ -96,6 +125,15 @@ class QueueSettings(_Section):
     retries: int = Field(3, ge=0, description="Retries of a transient failure (429, 5xx, lock, timeout).")
     backoff: list[int] = Field(default_factory=lambda: [10, 60, 300],
                                description="Seconds before each retry (RQ's scheduler runs them).")
+    lease: timedelta = Field(timedelta(minutes=1), description="A running stage renews its lease on the incident "
+                             "every third of this; a check resumes an incident whose lease expired (its worker died).")
+    max_resumes: int = Field(3, ge=0, description="Times checks resume an incident no live job works on before "
+                                                  "marking it errored.")
+
+    @field_validator("lease", mode="before")
+    @classmethod
+    def _lease(cls, value: Any) -> Any:
+        return value if isinstance(value, timedelta) else parse_duration(value)
 
     @field_validator("timeouts", mode="before")
     @classmethod
@@ -115,7 +153,7 @@ class AttributionSettings(_Section):
         default_factory=lambda: ["[cairn:intentional]", "cairn: intentional"],
         description="A commit message holding one of these marks its metric change as intended: never reverted.")
     llm_model: str = Field("claude-sonnet-5-5", description="Anthropic model for re-ranking (with ANTHROPIC_API_KEY).")
-    llm_base_url: str | None = Field(None, description="Anthropic API base URL (proxies, tests).")
+    llm_base_url: HttpUrl | None = Field(None, description="Anthropic API base URL (proxies, tests).")
     llm_timeout: float = Field(30.0, gt=0, description="Seconds before the scorer's ranking is kept.")
     max_candidates: int = Field(64, ge=1, description="Most suspect commits considered per incident.")
 
@@ -123,6 +161,27 @@ class AttributionSettings(_Section):
 class VerificationSettings(_Section):
     max_builds: int = Field(8, ge=1, description="Most sandbox builds per incident or group (bisection: ~log2 n).")
     sandboxes: Path = Field(Path(".cairn/sandboxes"), description="Where incident sandboxes are made.")
+    isolation: Literal["auto", "bwrap", "none"] = Field(
+        "auto", description="How dbt runs a revert's code (deps, parse, build): always in a child process without "
+                            "Cairn's secrets; `bwrap` also jails it (read-only filesystem but the sandbox, production "
+                            "read-only, no network on DuckDB) and refuses every build where bubblewrap does not work; "
+                            "`auto` jails where it works, and otherwise refuses selections with Python models; `none` "
+                            "never jails (Python models refused).")
+    bwrap: str = Field("bwrap", description="The bubblewrap binary (a name on PATH or a path); self-tested once per process.")
+    environment: list[str] = Field(
+        default_factory=list, description="More environment variables a sandbox build may see (e.g. a warehouse "
+                                          "password the profile reads with env_var); GITHUB_*, SLACK_*, ANTHROPIC_*, "
+                                          "CAIRN_* and REDIS_* are refused.")
+
+    @field_validator("environment")
+    @classmethod
+    def _no_secrets(cls, value: list[str]) -> list[str]:
+        from jobs.project.isolation import never_passed
+
+        refused = [name for name in value if never_passed(name)]
+        if refused:
+            raise ValueError(f"{', '.join(refused)} must never reach a sandbox build (Cairn's own credentials)")
+        return value
 
 
 class BigQuerySettings(_Section):
@@ -168,6 +227,41 @@ class BigQuerySettings(_Section):
         return self.sandbox_project or self.project
 
 
+class SnowflakeSettings(_Section):
+    """A Snowflake production warehouse (docs/snowflake.md): read production, write only sandbox schemas."""
+
+    account: str = Field(description="Account identifier (orgname-accountname, or the locator: xy12345.eu-west-1).")
+    user: str = Field(description="Cairn's user; its password comes from env SNOWFLAKE_PASSWORD unless private_key_file is set.")
+    role: str = Field(description="Cairn's role: read on production, create schemas in sandbox_database (docs/snowflake.md).")
+    warehouse: str = Field(description="Warehouse that runs Cairn's queries and its sandbox builds.")
+    database: str = Field(description="Production database: the one the dbt production target builds into.")
+    sandbox_database: str | None = Field(
+        None, description="Database for incident sandbox schemas (the only one Cairn writes); default: database.")
+    private_key_file: KeyPath = Field(
+        None, description="Key-pair authentication: the PKCS#8 private key's path, relative to cairn.yml (passphrase: env "
+                          "SNOWFLAKE_PRIVATE_KEY_PASSPHRASE). Never the key itself.")
+    host: str | None = Field(None, description="Account URL host for private links and tests; default: Snowflake's.")
+    port: int | None = Field(None, ge=1, le=65535, description="Port with host; default 443.")
+    protocol: Literal["https", "http"] = Field("https", description="'http' for local test servers only.")
+    org: str = Field("cairn", description="Named in each sandbox schema's comment and in every query tag.")
+    budget_seconds: int = Field(
+        3600, ge=60, description="Most warehouse-seconds one verification may use, by the EXPLAIN estimate; also the "
+                                 "statement timeout of the build's and Cairn's statements.")
+    scan_bytes_per_second: int = Field(
+        200 * 1024**2, ge=1024**2,
+        description="Bytes the warehouse scans per second (QUERY_HISTORY: bytes_scanned / execution_time): turns the "
+                    "EXPLAIN estimate into warehouse-seconds.")
+    sandbox_retention: Duration = Field(
+        timedelta(days=1), description="`cairn sandbox gc` drops sandbox schemas created longer ago than this.")
+    time_travel: Duration = Field(
+        timedelta(days=1), description="Production's DATA_RETENTION_TIME_IN_DAYS (1 by default, up to 90): older "
+                                       "snapshots clone the current state.")
+
+    @property
+    def sandbox_database_name(self) -> str:
+        return self.sandbox_database or self.database
+
+
 class Settings(_Section):
     """The keys of cairn.yml. Relative paths are relative to the file's own directory."""
 
@@ -184,12 +278,19 @@ class Settings(_Section):
     attribution: AttributionSettings = Field(default_factory=AttributionSettings, description="Ranking suspects.")
     verification: VerificationSettings = Field(default_factory=VerificationSettings, description="Clone builds.")
     bigquery: BigQuerySettings | None = Field(None, description="BigQuery production warehouse; omit on DuckDB.")
+    snowflake: SnowflakeSettings | None = Field(None, description="Snowflake production warehouse; omit on DuckDB.")
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings, description="The clock process.")
     queue: QueueSettings = Field(default_factory=QueueSettings, description="RQ workers (with REDIS_URL).")
     policy: Path | None = Field(None, description="Policy file; default: the bundled policies/default.yml.")
     contracts: list[Contract] = Field(
         default_factory=list, description="Metric contracts (dbt YAML meta.cairn.contracts adds more)."
     )
+
+    @model_validator(mode="after")
+    def _one_warehouse(self) -> "Settings":
+        if self.bigquery is not None and self.snowflake is not None:
+            raise ValueError("set `bigquery:` or `snowflake:`, not both: Cairn watches one production warehouse")
+        return self
 
 
 @dataclass(frozen=True)
@@ -209,6 +310,8 @@ class Environment:
     github_app_private_key: str | None = field(default=None, repr=False)
     github_app_installation_id: str | None = None
     anthropic_api_key: str | None = field(default=None, repr=False)
+    snowflake_password: str | None = field(default=None, repr=False)
+    snowflake_private_key_passphrase: str | None = field(default=None, repr=False)
 
     VARIABLES = {
         "database_url": ("CAIRN_DATABASE_URL", "Store URL; overrides `store` (may hold a password)."),
@@ -226,6 +329,9 @@ class Environment:
         "github_app_installation_id": ("GITHUB_APP_INSTALLATION_ID",
                                        "The App's installation; overrides forge.github.installation_id."),
         "anthropic_api_key": ("ANTHROPIC_API_KEY", "Enables the LLM re-ranker."),
+        "snowflake_password": ("SNOWFLAKE_PASSWORD", "Password of snowflake.user (without snowflake.private_key_file)."),
+        "snowflake_private_key_passphrase": ("SNOWFLAKE_PRIVATE_KEY_PASSPHRASE",
+                                             "Passphrase of an encrypted snowflake.private_key_file."),
     }
 
     @classmethod
@@ -299,7 +405,15 @@ def parse_settings(data: dict[str, Any], source: str) -> Settings:
 def describe_validation_error(exc: ValidationError, data: Any, source: str) -> str:
     """One line per problem: file: field.path (contract id): message (got value)."""
     lines = []
-    for error in exc.errors():
+    errors = exc.errors()
+    for error in errors:
+        # A setting that is a literal or a section (forge: local | {github: ...}): only the branch of the
+        # shape given speaks; "should be 'local'" under a mapping, or "a valid dictionary" for a word, misleads.
+        loc = error["loc"]
+        if len(loc) > 1 and _is_union_tag(loc[1]):
+            given = data.get(loc[0]) if isinstance(data, dict) else None
+            if isinstance(given, dict) == str(loc[1]).startswith("literal["):
+                continue
         loc = [part for part in error["loc"] if not _is_union_tag(part)]
         lines.append(f"{source}: {_field_path(loc, data)}: {_message(error)}")
     return "\n".join(dict.fromkeys(lines))
@@ -347,7 +461,7 @@ def config_reference() -> str:
                          ("Contract `threshold`", ThresholdSpec), ("`slack`", SlackSettings),
                          ("`schedule`", ScheduleSettings), ("`queue`", QueueSettings), ("`attribution`", AttributionSettings),
                          ("`verification`", VerificationSettings),
-                         ("`bigquery`", BigQuerySettings),
+                         ("`bigquery`", BigQuerySettings), ("`snowflake`", SnowflakeSettings),
                          ("`forge.github`", GitHubForge)):
         out += ["", f"## {title}", "", "| key | default | meaning |", "|---|---|---|"] + _rows(model)
     return "\n".join(out) + "\n"

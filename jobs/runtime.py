@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from functools import cached_property
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from jobs.core.clock import Clock
 from jobs.core.errors import ConfigError, WarehouseError
 from jobs.project.dbt import Dbt
 from jobs.project.git import Git
+from jobs.project.isolation import Isolation, resolve
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,15 @@ class Runtime:
             return BigQueryWarehouse(client_for(bigquery, self.config.root),
                                      maximum_bytes_billed=bigquery.budget_bytes,
                                      labels={"cairn-org": bigquery.org})
+        snowflake = self.config.settings.snowflake
+        if snowflake is not None:
+            from jobs.warehouse.snowflake_sandbox import query_tag
+
+            if self.credentials.type != "snowflake":
+                raise ConfigError(f"{self.config.path}: snowflake: is set, but the dbt target is "
+                                  f"{self.credentials.type!r}; point `target` at the Snowflake one.")
+            # Reads only: the guard refuses any write on a session without a sandbox.
+            return self.sandboxes().connection(query_tag(snowflake.org, "measure"))
         if self.credentials.type == "duckdb":
             from jobs.warehouse.duckdb import DuckDBWarehouse
 
@@ -123,17 +134,39 @@ class Runtime:
 
     def sandboxes(self, snapshot_at: datetime | None = None):  # -> jobs.warehouse.sandboxes.Sandboxes
         """Where verification builds: the production warehouse's sandbox adapter. `snapshot_at` is the
-        production state clones hold where the warehouse can travel in time (BigQuery)."""
+        production state clones hold where the warehouse can travel in time (BigQuery, Snowflake)."""
         bigquery = self.config.settings.bigquery
         if bigquery is not None:
             from jobs.warehouse.bigquery import client_for
             from jobs.warehouse.bigquery_sandbox import BigQuerySandboxes
 
             return BigQuerySandboxes(client_for(bigquery, self.config.root), bigquery, root=self.sandboxes_root,
-                                     now=self.clock.now(), snapshot_at=snapshot_at, config_root=self.config.root)
+                                     now=self.clock.now(), snapshot_at=snapshot_at, config_root=self.config.root,
+                                     isolation=self.isolation)
+        snowflake = self.config.settings.snowflake
+        if snowflake is not None:
+            from jobs.warehouse.snowflake_sandbox import SnowflakeSandboxes
+
+            return SnowflakeSandboxes(snowflake, password=self.config.env.snowflake_password,
+                                      passphrase=self.config.env.snowflake_private_key_passphrase,
+                                      root=self.sandboxes_root, now=self.clock.now(), snapshot_at=snapshot_at,
+                                      config_root=self.config.root, isolation=self.isolation)
         from jobs.warehouse.sandbox import DuckDBSandboxes
 
-        return DuckDBSandboxes(self.production_db, self.sandboxes_root)
+        return DuckDBSandboxes(self.production_db, self.sandboxes_root, isolation=self.isolation)
+
+    @cached_property
+    def isolation(self) -> Isolation:
+        """How sandbox dbt runs (verification.isolation); Cairn's key file and SQLite store hidden from it."""
+        settings = self.config.settings.verification
+        hidden = [Path(self.config.env.github_app_private_key_file)] if self.config.env.github_app_private_key_file \
+            else []
+        forge = self.config.settings.forge
+        if forge != "local" and forge.github.private_key_file:
+            hidden.append(self.config.resolve(forge.github.private_key_file))
+        if self.config.store_url.startswith("sqlite:///"):
+            hidden.append(Path(self.config.store_url.removeprefix("sqlite:///")))
+        return resolve(settings.isolation, settings.bwrap, settings.environment, hidden)
 
     @property
     def sandboxes_root(self) -> Path:
@@ -164,6 +197,35 @@ class Runtime:
 
     def deployed_sha(self) -> str:
         return self.git.head_sha(self.config.settings.branch)
+
+    def kill_switch_over(self, models: Sequence[str]) -> Any:  # -> policies.decide.KillSwitch | None
+        """The kill switch, read now, if it covers any of these models (by unique ID); an org-wide one
+        covers everything, and the manifest is only parsed for a selector-scoped one."""
+        from jobs.project.lineage import model_refs
+        from jobs.store import switches
+
+        kill = switches.kill_switch(self.store)
+        if kill is None or not kill.selectors:
+            return kill
+        return kill if kill.covers(model_refs(self.manifest, models)) else None
+
+    def kill_switch_for(self, *incidents: Any) -> Any:  # -> policies.decide.KillSwitch | None
+        """The kill switch, read now, if it covers any of these incidents (`incident_models`)."""
+        from jobs.store import switches
+
+        if (kill := switches.kill_switch(self.store)) is None or not kill.selectors:
+            return kill
+        return self.kill_switch_over([m for incident in incidents for m in self.incident_models(incident)])
+
+    def incident_models(self, incident: Any) -> list[str]:
+        """The models an incident concerns: its metric's model and every model its suspects change."""
+        from jobs.project.lineage import model_uid
+
+        contract = next((c for c in self.contracts if c.id == incident.contract_id), None)
+        metric = model_uid(self.manifest, contract.relation_name) if contract else None
+        suspects = incident.details.suspects
+        changed = [m for c in suspects.candidates for m in c.models] if suspects else []
+        return list(dict.fromkeys([*([metric] if metric else []), *changed]))
 
     def close(self) -> None:
         """Release the warehouse file lock and the store's connections."""

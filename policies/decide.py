@@ -21,7 +21,8 @@ class Action(str, Enum):
 
 @dataclass(frozen=True)
 class KillSwitch:
-    """Forces observe for the whole org (no selectors) or for the models the selectors match."""
+    """Stops every side effect beyond reading production for the whole org (no selectors) or for the models
+    the selectors match; the stages hold before acting, and `decide` forces observe as the last guard."""
 
     reason: str
     by: str

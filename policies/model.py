@@ -43,6 +43,18 @@ def matches(selector: str, model: ModelRef) -> bool:
     return model.name == selector
 
 
+def check_selector(selector: str) -> str:
+    """The selector, stripped, if `matches` understands it; ValueError naming it otherwise."""
+    text = selector.strip()
+    kind, _, rest = text.partition(":")
+    ok = (bool(rest.strip("/")) if kind in ("tag", "path") and rest else
+          bool(text) and ":" not in text and text.rstrip("+") != "" and " " not in text)
+    if not ok:
+        raise ValueError(f"{selector!r} is not a selector: use tag:NAME, path:DIR, a model name, or NAME+ "
+                         "(the model and everything downstream)")
+    return text
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -97,9 +109,15 @@ class PolicyError(ValueError):
 def load_policy(path: Path | None = None) -> Policy:
     path = path or BUNDLED
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise PolicyError(f"{path}: cannot read the policy: {exc}") from exc
+        text = path.read_text()
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read the policy: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PolicyError(f"{path}: expected a mapping of policy settings, got {type(data).__name__}")
     try:
         return Policy.model_validate(data)
     except ValidationError as exc:

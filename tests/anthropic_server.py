@@ -17,6 +17,8 @@ class Reply:
     body: dict[str, Any]
     status: int = 200
     delay: float = 0.0
+    raw: bytes | None = None  # sent instead of `body`: an answer that is not JSON
+    content_type: str = "application/json"
 
 
 def tool_use(tool_input: dict[str, Any], name: str = "submit_ranking", stop_reason: str = "tool_use") -> Reply:
@@ -34,6 +36,11 @@ def text(answer: str, stop_reason: str = "end_turn") -> Reply:
         "content": [{"type": "text", "text": answer}], "stop_reason": stop_reason, "stop_sequence": None,
         "usage": {"input_tokens": 100, "output_tokens": 5},
     })
+
+
+def garbage(payload: bytes, content_type: str = "application/json") -> Reply:
+    """A 200 whose body is not the API's JSON (a proxy's error page, a truncated answer)."""
+    return Reply({}, raw=payload, content_type=content_type)
 
 
 def error(status: int, kind: str = "api_error", message: str = "Internal server error") -> Reply:
@@ -66,10 +73,10 @@ class AnthropicServer:
                 if self.path != "/v1/messages":
                     reply = error(404, "not_found_error", f"no route {self.path}")
                 time.sleep(reply.delay)
-                payload = json.dumps(reply.body).encode()
+                payload = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
                 try:
                     self.send_response(reply.status)
-                    self.send_header("content-type", "application/json")
+                    self.send_header("content-type", reply.content_type)
                     self.send_header("request-id", "req_test")
                     self.send_header("content-length", str(len(payload)))
                     self.end_headers()

@@ -28,8 +28,8 @@ def at(day: date, hour: int = 1) -> datetime:
 
 
 def check_at(rt: Runtime, when: datetime, contracts=None) -> list:
-    """`jobs.detect.observe.check` with the Runtime's clock pinned at `when`, as `cairn check --at` runs it."""
-    from jobs.detect.observe import check
+    """`jobs.detect.check.check` with the Runtime's clock pinned at `when`, as `cairn check --at` runs it."""
+    from jobs.detect.check import check
 
     rt.clock.set(when)
     return check(rt, contracts)

@@ -94,13 +94,13 @@ def test_a_bigquery_org_gets_a_revert_verified_on_a_sandbox_and_a_pr_with_the_co
         rt.close()
 
     assert incident.status is IncidentStatus.pr_opened, incident.details
-    verification = incident.details["verification"]
-    fix = verification["fix"]
-    assert incident.details["verdict"] == "verified" and fix["sha"] == sha["regression"]
-    assert (fix["before"], fix["after"]) == (REGRESSED, HEALTHY)
+    verification = incident.details.verification
+    fix = verification.fix
+    assert incident.details.verdict == "verified" and fix.sha == sha["regression"]
+    assert (fix.before, fix.after) == (REGRESSED, HEALTHY)
     dataset = fake.requests[[r.call for r in fake.requests].index("datasets.insert")].body["datasetReference"]["datasetId"]
     assert dataset.startswith(f"cairn_sbx_{incident.id}_")
-    assert fix["clone_id"] == f"bigquery:acme-sbx.{dataset}@{incident.last_good_at.isoformat()}"
+    assert fix.clone_id == f"bigquery:acme-sbx.{dataset}@{incident.last_good_at.isoformat()}"
 
     # Detection read production (schema, then one capped query billed to the sandbox project) ...
     calls = fake.calls()
@@ -116,8 +116,8 @@ def test_a_bigquery_org_gets_a_revert_verified_on_a_sandbox_and_a_pr_with_the_co
     assert not [q for q in fake.queries() if PROD_WRITE.search(q)]
 
     # The cost is on the record, in the audit trail and in the PR's evidence.
-    assert fix["estimated_bytes"] == 3 * fake.default_bytes
-    assert fix["billed_bytes"] > 0 and [a["billed_bytes"] for a in verification["attempts"]] == [fix["billed_bytes"]]
+    assert fix.estimated_bytes == 3 * fake.default_bytes
+    assert fix.billed_bytes > 0 and [a.billed_bytes for a in verification.attempts] == [fix.billed_bytes]
     assert events.count("verification.cost") == 1 and "verification.finished" in events
     body = pr_row["body"]
     assert f"`bigquery:acme-sbx.{dataset}@" in body
@@ -138,8 +138,8 @@ def test_a_verification_over_budget_escalates_with_the_estimate(tmp_path, fake) 
         rt.close()
 
     assert incident.status is IncidentStatus.escalated and pr is None
-    assert incident.details["verdict"] == "refused"
-    refused = incident.details["verification"]["refused"]
+    assert incident.details.verdict == "refused"
+    refused = incident.details.verification.refused
     assert refused["estimated_bytes"] == 9 * GIB and refused["budget_bytes"] == 5 * GIB
     assert "estimates 9.0 GiB (9663676416 bytes), over the budget of 5.0 GiB" in refused["reason"]
     assert events["verification.refused"].data["estimated_bytes"] == 9 * GIB

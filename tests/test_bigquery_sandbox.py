@@ -11,12 +11,11 @@ import pytest
 import yaml
 
 from jobs.warehouse.bigquery_doctor import WRITE_PERMISSIONS, doctor, production_tables
-from jobs.warehouse.bigquery_sandbox import (
+from jobs.warehouse.bigquery_sandbox import BigQuerySandbox, gc_sandboxes
+from jobs.warehouse.clone_build import (
     MACROS_FILE,
-    BigQuerySandbox,
     RelationOutsideSandbox,
     check_relations,
-    gc_sandboxes,
     redirect_macros,
     stateful_sources,
 )

@@ -24,7 +24,8 @@ from jobs.core.records import BaselineStats, Verdict, Verification
 from jobs.project.dbt import Dbt
 from jobs.project.git import Git
 from jobs.verify.verification import Target, verify_revert
-from jobs.warehouse.bigquery_sandbox import BigQuerySandboxes, RelationOutsideSandbox
+from jobs.warehouse.bigquery_sandbox import BigQuerySandboxes
+from jobs.warehouse.clone_build import RelationOutsideSandbox
 from jobs.warehouse.cost_guard import CostRefused
 from tests.bigquery_server import FakeBigQuery
 from tests.conftest import SHOP, copy_shop

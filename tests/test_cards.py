@@ -28,10 +28,12 @@ from bot.cards import (
 from bot.chart import day_bands, metric_chart
 from bot.messages import STATUS_LABEL
 from bot.thread import render_terminal, thread_steps
+from jobs.attribute.llm import NO_KEY, UNAVAILABLE
 from jobs.core.records import (
     BaselineStats,
     Candidate,
     Incident,
+    IncidentDetails,
     IncidentStatus,
     MemberResult,
     Observation,
@@ -89,7 +91,7 @@ INCIDENT = Incident(
 
 
 def incident(status: IncidentStatus, **details) -> Incident:
-    return dataclasses.replace(INCIDENT, status=status, details=details)
+    return dataclasses.replace(INCIDENT, status=status, details=IncidentDetails.model_validate(details))
 
 
 PR_OPENED = incident(IncidentStatus.pr_opened, attribution=ATTRIBUTION, **VERIFIED, **DECIDED)
@@ -148,7 +150,7 @@ def test_detected_card_has_header_status_and_no_approve():
 def test_an_incident_that_follows_another_says_so_on_its_card_and_in_its_thread():
     root = incident(IncidentStatus.escalated, verdict="no_code_cause", followed_by=8)
     follower = dataclasses.replace(incident(IncidentStatus.detected, follows={"incident": 7, "level": 14_265.37,
-                                                                              "sha": ALT}),
+                                                                              "sha": ALT, "at": None}),
                                    id=8, follows_id=7, value=7020.0)
     card = " ".join(texts(serialized(incident_card(follower, None, Mode.assisted, None))))
     assert "Follows incident #7, still open" in card and "from 14,265 to 7,020" in card
@@ -194,7 +196,8 @@ def test_decided_incidents_show_no_buttons(status):
 
 def test_errored_card_shows_the_reason_and_error_id():
     errored = incident(IncidentStatus.errored, attribution=ATTRIBUTION,
-                       error={"reason": "the warehouse clone could not be created: disk full", "error_id": "E7F3"})
+                       error={"reason": "the warehouse clone could not be created: disk full", "error_id": "E7F3",
+                              "stage": "verify", "status_before": "verifying"})
     card = incident_card(errored, None, Mode.assisted, None)
     text = "\n".join(texts(serialized(card)))
     assert ":warning: *Errored*" in text
@@ -214,11 +217,12 @@ def test_kill_switch_asks_for_confirmation_and_unkill_replaces_it_once_pulled():
     kill = actions(incident_card(PR_OPENED, None, Mode.assisted, None))[ids.KILL]
     assert kill["style"] == "danger"
     assert kill["confirm"]["title"]["text"] == "Pull the kill switch?" and kill["confirm"]["style"] == "danger"
-    assert "observe mode" in kill["confirm"]["text"]["text"]
+    assert "no clone, no sandbox build, no pull request, no merge" in kill["confirm"]["text"]["text"]
 
     pulled = KillSwitch(reason="quarter close", by="U0123ABCD")
     card = incident_card(PR_OPENED, None, Mode.assisted, pulled)
     assert ids.UNKILL in actions(card) and ids.KILL not in actions(card)
+    assert ids.APPROVE not in actions(card), "nothing is merged while the switch covers the incident"
     text = "\n".join(texts(serialized(card)))
     assert "pulled for the whole org by U0123ABCD: quarter close" in text
     scoped = incident_card(PR_OPENED, None, Mode.assisted, dataclasses.replace(pulled, selectors=("tag:finance",)))
@@ -235,7 +239,7 @@ def test_fallback_text_names_the_metric_and_status(status):
 def test_hostile_commit_message_cannot_ping_or_link():
     evil = dataclasses.replace(CAUSE, message=HOSTILE)
     attribution = {**ATTRIBUTION, "candidates": to_json([evil, *OTHERS])}
-    hostile = dataclasses.replace(PR_OPENED, reason=HOSTILE, details={**PR_OPENED.details, "attribution": attribution})
+    hostile = dataclasses.replace(PR_OPENED, reason=HOSTILE, details=PR_OPENED.details.merged({"attribution": attribution}))
     messages = [incident_card(hostile, dataclasses.replace(PR, title=HOSTILE), Mode.assisted,
                               KillSwitch(reason=HOSTILE, by="<@U1>")),
                 *(thread_message(step) for step in thread_steps(hostile, None))]
@@ -348,14 +352,14 @@ def test_a_member_that_left_its_group_says_why_and_threads_its_own_loop_apart():
     # Its own steps get their own keys: the group's attribution and verification were posted under the others.
     assert [s.key for s in steps] == ["detected", "left_group", "attribution:own"]
     assert steps[1].lines == (note,)
-    unexplained = dataclasses.replace(left, status=IncidentStatus.escalated, details={
+    unexplained = dataclasses.replace(left, status=IncidentStatus.escalated, details=IncidentDetails.model_validate({
         "left_group": {"group": 7, "why": "unexplained", "fix": None}, "verdict": "no_code_cause",
-        "attribution": {**ATTRIBUTION, "candidates": [], "ranking": to_json(Ranking((), "scorer"))}})
+        "attribution": {**ATTRIBUTION, "candidates": [], "ranking": to_json(Ranking((), "scorer"))}}))
     assert [s.key for s in thread_steps(unexplained, None)] == ["detected", "left_group", "attribution"]
     assert "no commit in the suspect range touches this metric's lineage" in thread_steps(unexplained, None)[1].lines[0]
     # A split group: each part goes on with the revert that brought it back, verifying nothing again.
-    split = dataclasses.replace(left, status=IncidentStatus.verified, details={
-        "left_group": {"group": 7, "why": "split", "fix": SHA}, "attribution": ATTRIBUTION, **VERIFIED})
+    split = dataclasses.replace(left, status=IncidentStatus.verified, details=IncidentDetails.model_validate({
+        "left_group": {"group": 7, "why": "split", "fix": SHA}, "attribution": ATTRIBUTION, **VERIFIED}))
     steps = thread_steps(split, None)
     assert [s.key for s in steps] == ["detected", "left_group", "attribution", "evidence", "verification"]
     assert steps[1].title == "Group split" and steps[1].lines == (
@@ -546,3 +550,25 @@ def test_a_refused_verification_says_why_in_the_thread() -> None:
     assert step.title == "Verification refused"
     assert step.lines == ("estimated 3.2 TB exceeds the budget",
                           "Estimated 3,200,000,000,000 bytes against a budget of 1,000,000,000,000")
+
+
+def test_a_card_says_when_the_llms_answer_was_not_used_but_not_when_no_key_is_set():
+    unusable = dataclasses.replace(RANKING, note=UNAVAILABLE.format(reason="the answer is not JSON"))
+    asked = incident(IncidentStatus.verifying, attribution={**ATTRIBUTION, "ranking": to_json(unusable)})
+    fields = " ".join(texts(serialized(incident_card(asked, None, Mode.assisted, None))))
+    assert "LLM re-ranking unavailable (the answer is not JSON); kept the scorer's ranking" in fields
+    keyless = dataclasses.replace(RANKING, note=UNAVAILABLE.format(reason=NO_KEY))
+    unasked = incident(IncidentStatus.verifying, attribution={**ATTRIBUTION, "ranking": to_json(keyless)})
+    assert "re-ranking unavailable" not in " ".join(texts(serialized(incident_card(unasked, None, Mode.assisted,
+                                                                                    None))))
+
+
+def test_a_held_incident_says_what_the_kill_switch_stopped_while_it_covers_it():
+    held = incident(IncidentStatus.verifying, attribution=ATTRIBUTION,
+                    held={"stage": "verify", "would": "build the revert of its suspects on a sandbox clone",
+                          "by": "slack:U1", "reason": "quarter close"})
+    pulled = KillSwitch(reason="quarter close", by="slack:U1")
+    text = "\n".join(texts(serialized(incident_card(held, None, Mode.assisted, pulled))))
+    assert "Held by the kill switch: Cairn would now build the revert of its suspects on a sandbox clone" in text
+    released = "\n".join(texts(serialized(incident_card(held, None, Mode.assisted, None))))
+    assert "Held by the kill switch" not in released

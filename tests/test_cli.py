@@ -12,6 +12,7 @@ import pytest
 
 from bot.messages import BACKFILL_CAVEAT, NO_INCIDENTS, STATUS_LABEL
 from jobs.core.records import IncidentStatus
+from jobs.loop.failures import mark_errored
 from jobs.store.store import Store
 from tests.conftest import ROOT, SHOP_START
 from tests.deployment import CliResult, Deployment, at, deploy_shop, run_cli, sqlite_url
@@ -61,8 +62,9 @@ def ok(result: CliResult) -> str:
 
 
 def outage(cairn: Cairn) -> None:
-    """A week of baselines, a good check of the last loaded day, then a check after the loader stopped."""
-    ok(cairn("backfill", "--days", "7", "--at", LAST_DAY_CHECK))
+    """Two weeks of baselines (no learning contract opens an incident), a good check of the last loaded day,
+    then a check after the loader stopped."""
+    ok(cairn("backfill", "--days", "14", "--at", LAST_DAY_CHECK))
     ok(cairn("check", "--at", LAST_DAY_CHECK))
     ok(cairn("check", "--at", LOADER_STOPPED))
 
@@ -98,10 +100,29 @@ def test_check_at_judges_every_contract_and_pages_when_rows_stop(cairn: Cairn) -
     assert judged["orders.freshness"] == "healthy" and judged["revenue.net_daily"] == "learning"
     assert "anomalous" not in judged.values()
 
+    ok(cairn("backfill", "--days", "28", "--at", LAST_DAY_CHECK))
     stopped = ok(cairn("check", "--at", LOADER_STOPPED)).splitlines()
     revenue = next(line for line in stopped if line.startswith("revenue.net_daily"))
     assert "anomalous" in revenue and "sum(net_revenue) is 0: zero rows are an outage" in revenue
     assert re.search(r"✗ incident opened #\d+$", revenue)
+
+
+def test_a_learning_contract_opens_no_incident_even_when_rows_stop(cairn: Cairn, store: Store) -> None:
+    stopped = ok(cairn("check", "--at", LOADER_STOPPED)).splitlines()
+    revenue = next(line for line in stopped if line.startswith("revenue.net_daily"))
+    assert "learning" in revenue and "is 0, which would be an outage, but no incident opens while learning" in revenue
+    assert [i.contract_id for i in store.incidents()] == ["orders.freshness"]  # a deadline needs no baseline
+
+
+def test_check_exits_non_zero_when_an_incident_it_moved_ended_errored(cairn: Cairn, store: Store) -> None:
+    ok(cairn("backfill", "--days", "28", "--at", LAST_DAY_CHECK))
+    ok(cairn("check", "revenue.net_daily", "--at", LOADER_STOPPED))
+    [incident] = store.incidents()
+    mark_errored(store, incident.id, "attribute", RuntimeError("the warehouse went away"))  # as a failed stage does
+    again = cairn("check", "revenue.net_daily", "--at", "2026-10-09T01:00")
+    assert again.exit_code == 1 and "revenue.net_daily" in again.stdout
+    assert again.stderr == (f"Error: a stage failed: incident #{incident.id} ended errored; `cairn incident N` shows "
+                            "the stage, the reason and the error ID\n")
 
 
 def test_check_one_contract_and_an_unknown_one(cairn: Cairn) -> None:
@@ -150,7 +171,7 @@ def test_incidents_json_has_the_documented_fields(cairn: Cairn, deployment: Depl
     mrr = next(i for i in found if i["contract"] == "mrr.level")
     assert mrr["status"] in {s.value for s in IncidentStatus if s.is_open}  # later stages may have moved it on
     assert (mrr["severity"], mrr["value"], mrr["change_pct"]) == ("critical", 0.0, -100.0)
-    assert mrr["baseline"]["n"] == 8 and mrr["baseline"]["expected"] > 100_000
+    assert mrr["baseline"]["n"] == 15 and mrr["baseline"]["expected"] > 100_000  # 14 backfilled days and one check
     assert mrr["baseline"]["median"] == mrr["baseline"]["expected"]  # the pre-forecast field stays
     assert mrr["first_bad"]["at"] == "2026-10-08T01:00:00+00:00" and mrr["first_bad"]["sha"] == deployment.head()
     assert mrr["last_good"]["at"] == "2026-10-06T01:00:00+00:00" and mrr["last_good"]["sha"] == deployment.head()
@@ -168,6 +189,17 @@ def test_incident_shows_its_audit_trail(cairn: Cairn, deployment: Deployment) ->
     assert f"first bad: 2026-10-08 01:00 at {deployment.head()[:7]}" in detail
     assert f"last good: 2026-10-06 01:00 at {deployment.head()[:7]}" in detail
     assert re.search(r"audit trail:\n +\S+ \S+ cairn +incident\.opened\n", detail + "\n")
+
+
+@pytest.mark.parametrize("since, reason, refusal", [
+    ("2999-01-01", "PayPal settles later", "rebaseline revenue.net_daily: 2999-01-01T00:00:00+00:00 is in the future"),
+    ("2026-10-05", "  ", "rebaseline revenue.net_daily: the reason is empty; say why the metric changed on purpose"),
+])
+def test_rebaseline_refuses_a_future_start_and_an_empty_reason(cairn: Cairn, store: Store, since: str, reason: str,
+                                                                refusal: str) -> None:
+    result = cairn("rebaseline", "revenue.net_daily", "--since", since, "--reason", reason)
+    assert result.exit_code == 1 and result.stderr.startswith(f"Error: {refusal}") and result.stdout == ""
+    assert store.baseline_since("revenue.net_daily") is None and store.audit_events() == []
 
 
 def test_rebaseline_is_recorded_and_audited(cairn: Cairn, store: Store) -> None:
@@ -209,3 +241,69 @@ def test_a_bad_timestamp_is_refused_before_anything_runs(cairn: Cairn, store: St
     assert "Invalid value for '--at': 'yesterday' is not an ISO 8601 timestamp (e.g. 2026-11-23T06:00)" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert store.observations("revenue.net_daily") == []
+
+
+# --- the configuration checked at load (jobs/loop/preflight.py) --------------------------------
+
+
+def _configured(deployment: Deployment, tmp_path: Path, **replace: str) -> Path:
+    """The deployed cairn.yml with top-level settings replaced, written beside a copy in `tmp_path`."""
+    text = deployment.config_path.read_text()
+    for key, value in replace.items():
+        text = re.sub(rf"^{key}:.*$", f"{key}: {value}", text, count=1, flags=re.M)
+        if not re.search(rf"^{key}: ", text, flags=re.M):
+            text += f"\n{key}: {value}\n"
+    config = deployment.root / f"cairn-{tmp_path.name}.yml"  # beside the project: its paths resolve the same
+    config.write_text(text)
+    return config
+
+
+@pytest.mark.parametrize("replace, policy, problem", [
+    ({"policy": "nowhere.yml"}, None, "nowhere.yml"),
+    ({"policy": "yolo.yml"}, "mode: yolo\n", "yolo"),
+    ({"forge": "{github: {repo: acme/shop}}"}, None, "forge.github needs credentials"),
+    ({"verification": "{sandboxes: cairn.yml/sandboxes}"}, None, "verification.sandboxes: cannot write in"),
+])
+def test_check_refuses_a_configuration_that_cannot_run_before_anything_runs(
+        cairn: Cairn, deployment: Deployment, store: Store, tmp_path: Path, replace: dict, policy: str | None,
+        problem: str) -> None:
+    if policy is not None:
+        (deployment.root / replace["policy"]).write_text(policy)
+    config = _configured(deployment, tmp_path, **replace)
+    result = cairn("check", "--at", LAST_DAY_CHECK, config=config)
+    assert result.exit_code == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"Error: {config}: the configuration cannot run:\n- ") and problem in result.stderr
+    assert store.observations("revenue.net_daily") == [], "nothing was measured"
+
+
+def test_every_problem_is_named_at_once_and_a_secret_url_is_not_shown(cairn: Cairn, deployment: Deployment,
+                                                                       tmp_path: Path) -> None:
+    config = _configured(deployment, tmp_path, policy="nowhere.yml", forge="{github: {repo: acme/shop}}")
+    result = run_cli("--config", str(config), "check", env={
+        "CAIRN_DATABASE_URL": sqlite_url(tmp_path / "cairn.db"), "REDIS_URL": "localhost:6379 password=hunter2",
+        "SLACK_API_URL": "slack.example"})
+    assert result.exit_code == 2
+    problems = result.stderr.split("\n- ")[1:]
+    assert len(problems) == 4, result.stderr
+    assert "REDIS_URL must be a URL starting redis:// or rediss:// or unix://; its value is not shown" in result.stderr
+    assert "SLACK_API_URL must be a URL starting http:// or https://, got 'slack.example'" in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def test_a_url_setting_that_is_not_a_url_is_refused_at_load(cairn: Cairn, deployment: Deployment,
+                                                            tmp_path: Path) -> None:
+    config = _configured(deployment, tmp_path, attribution="{llm_base_url: not a url}")
+    result = cairn("check", config=config)
+    assert result.exit_code == 2
+    assert result.stderr == (f"Error: {config}: attribution.llm_base_url: must be a URL starting http:// or https://, "
+                             "got 'not a url'\n")
+
+
+@pytest.mark.parametrize("contract_id", ["", "a\nb", "revenue net"])
+def test_a_contract_id_that_cannot_name_a_contract_is_refused(cairn: Cairn, deployment: Deployment, tmp_path: Path,
+                                                              contract_id: str) -> None:
+    config = _configured(deployment, tmp_path)
+    config.write_text(config.read_text().replace("- id: revenue.net_daily", f"- id: {json.dumps(contract_id)}", 1))
+    result = cairn("contracts", config=config)
+    assert result.exit_code == 2
+    assert f"is not a contract ID: use letters, digits and . _ : -" in result.stderr

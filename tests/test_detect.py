@@ -165,9 +165,9 @@ def test_an_anomalous_observation_opens_an_incident_with_last_good_and_first_bad
     assert incident.baseline.expected * 0.9 > incident.value
     # A 24% drop hides in this noisy shop's band (|z| near 3); the deploy check saw the code's own effect.
     assert abs(opened.assessment.z) < 3.7
-    deploy = incident.details["deploy"]
-    assert (deploy["from_sha"], deploy["to_sha"], deploy["commits"]) == (shop.clean, shop.regressed, [shop.regressed])
-    assert deploy["with"] == incident.value and deploy["without"] * 0.8 > incident.value
+    deploy = incident.details.deploy
+    assert (deploy.from_sha, deploy.to_sha, deploy.commits) == (shop.clean, shop.regressed, (shop.regressed,))
+    assert deploy.with_deploy == incident.value and deploy.without * 0.8 > incident.value
     assert opened.assessment.reason.startswith(f"deploy {shop.regressed[:7]} changes "
                                                "sum(net_revenue) by -2")
 

@@ -16,12 +16,23 @@ from bot import ids
 from bot.cards import escape, incident_card
 from bot.thread import thread_steps
 from jobs.config import load_config
-from jobs.core.records import Candidate, IncidentStatus, PullRequest, Verdict, Verification
-from jobs.core.report import to_json
+from jobs.core.records import (
+    AttributionDetail,
+    Candidate,
+    IncidentStatus,
+    MergeBlockedDetail,
+    PullRequest,
+    RankedCause,
+    Ranking,
+    Verdict,
+    Verification,
+    VerificationDetail,
+)
 from jobs.loop.stages import propose_stage
 from jobs.propose.review import ReviewRefused, approve, reject
 from jobs.runtime import Runtime
 from jobs.store.store import Store
+from policies.decide import Action
 from policies.model import Mode
 from tests.github_server import FakeGitHub
 from tests.test_forge import TOKEN, Repo, forge_for, github, open_pr, repo, store  # noqa: F401 - fixtures
@@ -48,7 +59,7 @@ def runtime(tmp_path: Path, repo: Repo, github: FakeGitHub, env: dict[str, str],
 @pytest.fixture
 def deployment(tmp_path: Path, repo: Repo, store: Store, github: FakeGitHub):  # noqa: F811 - fixtures
     pr = open_pr(forge_for(github, repo, store), INCIDENT, [repo.shas[1]])
-    store.update_incident(INCIDENT, status=IncidentStatus.pr_opened, details={"pr": to_json(pr)})
+    store.update_incident(INCIDENT, status=IncidentStatus.pr_opened, details={"pr": pr})
     rt = runtime(tmp_path, repo, github, {"GITHUB_TOKEN": TOKEN})
     try:
         yield Deployment(rt, github, pr)
@@ -64,7 +75,7 @@ def test_an_approval_merges_the_github_pr_at_the_head_the_card_showed(deployment
     assert github.pulls[1]["merged_at"] is not None
     assert rt.store.pull_request_row(INCIDENT)["merged_by"] == "slack:U1"
     incident = rt.store.incident(INCIDENT)
-    assert incident.status is IncidentStatus.merged and incident.details["merge"]["by"] == "slack:U1"
+    assert incident.status is IncidentStatus.merged and incident.details.merge.by == "slack:U1"
     assert [e.name for e in rt.store.audit_events(INCIDENT)].count("pr.merged") == 1
 
 
@@ -100,8 +111,8 @@ def test_a_merge_branch_protection_refuses_leaves_the_incident_open_with_the_rea
     # Nothing is marked merged; the incident stays open, waiting, the reason audited and on it.
     assert rt.store.pull_request_for(INCIDENT).state == "open"
     incident = rt.store.incident(INCIDENT)
-    assert incident.status is IncidentStatus.pr_opened and incident.status.is_open and "merge" not in incident.details
-    assert incident.details["merge_blocked"] == {"by": "slack:U1", "reason": reason, "head_sha": pr.head_sha}
+    assert incident.status is IncidentStatus.pr_opened and incident.status.is_open and incident.details.merge is None
+    assert incident.details.merge_blocked == MergeBlockedDetail(by="slack:U1", reason=reason, head_sha=pr.head_sha)
     events = rt.store.audit_events(INCIDENT)
     assert "pr.merged" not in [e.name for e in events]
     [audited] = [e for e in events if e.name == "approval.refused"]
@@ -127,7 +138,7 @@ def test_once_protection_is_satisfied_the_next_approval_merges(deployment: Deplo
     assert len(set(keys)) == 2  # another reason, another step in the thread
     assert approve(rt, INCIDENT, pr.head_sha, "slack:U2") == [INCIDENT]
     merged = rt.store.incident(INCIDENT)
-    assert merged.status is IncidentStatus.merged and "merge_blocked" not in merged.details
+    assert merged.status is IncidentStatus.merged and merged.details.merge_blocked is None
     assert len(github.calls("PUT")) == 3 and github.pulls[1]["merged_at"] is not None
     assert [e.name for e in rt.store.audit_events(INCIDENT)].count("approval.refused") == 2
 
@@ -153,17 +164,17 @@ def test_an_autonomous_merge_branch_protection_refuses_waits_for_a_person(tmp_pa
         opened = open_pr(forge_for(github, repo, store), INCIDENT, [cause.sha])
         github.fail("PUT", r".*/merge", 405, 'Required status check "dbt-ci" is expected.')
         store.update_incident(INCIDENT, status=IncidentStatus.verified,
-                              details={"verification": {"fix": to_json(fix), "attempts": [], "builds": 1},
-                                       "attribution": {"candidates": [to_json(cause)],
-                                                       "ranking": {"causes": [{"sha": cause.sha}]}}})
+                              details={"verification": VerificationDetail(fix=fix, builds=1),
+                                       "attribution": AttributionDetail(candidates=(cause,), ranking=Ranking(
+                                           (RankedCause(cause.sha, 0.9, "touches model a"),), "scorer"))})
         assert propose_stage(rt, INCIDENT) == []
     finally:
         rt.close()
     incident = store.incident(INCIDENT)
-    assert incident.details["decision"]["action"] == "auto_merge"
+    assert incident.details.decision.action is Action.auto_merge
     assert incident.status is IncidentStatus.pr_opened and github.pulls[1]["merged_at"] is None
-    blocked = incident.details["merge_blocked"]
-    assert (blocked["by"], blocked["head_sha"]) == ("cairn (autonomous mode)", opened.head_sha)
-    assert blocked["reason"].startswith('GitHub refused to merge PR #1: Required status check "dbt-ci" is expected.')
+    blocked = incident.details.merge_blocked
+    assert (blocked.by, blocked.head_sha) == ("cairn (autonomous mode)", opened.head_sha)
+    assert blocked.reason.startswith('GitHub refused to merge PR #1: Required status check "dbt-ci" is expected.')
     [made] = [e for e in store.audit_events(INCIDENT) if e.name == "decision.made"]
-    assert made.data["merge_blocked"] == blocked["reason"] and made.data["status"] == "pr_opened"
+    assert made.data["merge_blocked"] == blocked.reason and made.data["status"] == "pr_opened"

@@ -22,9 +22,12 @@ from jobs.config import load_config
 from jobs.contracts.spec import Contract
 from jobs.core.clock import Clock
 from jobs.core.records import (
+    AttributionDetail,
     Candidate,
+    GroupDetail,
     Incident,
     IncidentStatus,
+    LeftGroupDetail,
     MemberResult,
     Observation,
     RankedCause,
@@ -32,7 +35,6 @@ from jobs.core.records import (
     Verdict,
     Verification,
 )
-from jobs.core.report import candidate_from_json, ranking_from_json
 from jobs.detect.observe import Change, detect
 from jobs.loop.failures import mark_errored
 from jobs.loop.queue import RQJobs, perform_review, perform_stage
@@ -136,8 +138,8 @@ def test_incidents_one_deploy_opens_over_the_same_range_form_one_group(shop: Sho
     (revenue, orders), _ = broken_together(shop)
     assert revenue.group_id == orders.group_id == revenue.id < orders.id  # the lowest ID leads, itself included
     assert groups.leads(revenue) and not groups.leads(orders)
-    assert revenue.details["group"] == orders.details["group"] == {"leader": revenue.id,
-                                                                   "members": [revenue.id, orders.id]}
+    assert revenue.details.group == orders.details.group == GroupDetail(leader=revenue.id,
+                                                                        members=(revenue.id, orders.id))
     assert [i.id for i in groups.members(shop.rt.store, orders)] == [revenue.id, orders.id]
     # Audited once per member, however often the grouping runs (a retried check job).
     groups.form(shop.rt.store, [revenue, orders])
@@ -185,7 +187,7 @@ def test_a_failing_leader_stops_its_whole_group(shop: Shop) -> None:
     assert stopped == [revenue.id, orders.id]
     for incident in (revenue, orders):
         after = shop.rt.store.incident(incident.id)
-        assert after.status is IncidentStatus.errored and after.details["error"]["reason"] == "RuntimeError: disk full"
+        assert after.status is IncidentStatus.errored and after.details.error.reason == "RuntimeError: disk full"
     assert mark_errored(shop.rt.store, revenue.id, "verify", RuntimeError("again")) == []  # written once
 
 
@@ -220,19 +222,19 @@ def test_a_member_the_fix_does_not_recover_leaves_and_runs_its_own_loop(shop: Sh
     store = shop.rt.store
     for incident in (revenue, orders):
         store.update_incident(incident.id, status=IncidentStatus.verifying, details={
-            "attribution": {"candidates": [], "ranking": {"causes": [], "ranker": "scorer"}}})
+            "attribution": AttributionDetail(ranking=Ranking((), "scorer"))})
     left = groups.leave(store, store.incident(revenue.id), groups.NOT_RECOVERED, fix=bad)
     assert left.group_id is None and left.status is IncidentStatus.detected
-    assert "attribution" not in left.details and "group" not in left.details  # its own loop recomputes them
-    assert left.details["left_group"] == {"group": revenue.id, "why": "not_recovered", "fix": bad}
+    assert left.details.attribution is None and left.details.group is None  # its own loop recomputes them
+    assert left.details.left_group == LeftGroupDetail(group=revenue.id, why="not_recovered", fix=bad)
     assert groups.run_label(left) == f"own{revenue.id}"
-    [alone] = groups.regroup(store, [store.incident(orders.id)], {"group_attribution": {"ranking": "the group's"}},
-                             fix=bad)
+    theirs = AttributionDetail(ranking=Ranking((RankedCause(bad, 0.9, "the group's"),), "scorer"))
+    [alone] = groups.regroup(store, [store.incident(orders.id)], {"group_attribution": theirs}, fix=bad)
     # A group of one is no group: the last member goes on alone, with the attribution its fix came from.
     assert alone.group_id is None and alone.status is IncidentStatus.verifying
-    assert alone.details["left_group"] == {"group": revenue.id, "why": "split", "fix": bad}
+    assert alone.details.left_group == LeftGroupDetail(group=revenue.id, why="split", fix=bad)
     assert groups.run_label(alone) == ""  # it verifies nothing again: its next job is its own propose
-    assert alone.details["group_attribution"] == {"ranking": "the group's"}
+    assert alone.details.group_attribution == theirs
     events = [(e.incident_id, e.data["why"]) for e in store.audit_events() if e.name == groups.LEFT]
     assert events == [(revenue.id, "not_recovered"), (orders.id, "split")]
 
@@ -244,10 +246,11 @@ def test_when_the_leader_leaves_the_lowest_remaining_member_leads(shop: Shop) ->
     groups.form(shop.rt.store, opened)
     leader, *rest = [shop.rt.store.incident(i.id) for i in opened]
     groups.leave(shop.rt.store, leader, groups.NOT_RECOVERED)
-    regrouped = groups.regroup(shop.rt.store, rest, {"group_attribution": {"x": 1}})
+    theirs = AttributionDetail(ranking=Ranking((), "scorer"))
+    regrouped = groups.regroup(shop.rt.store, rest, {"group_attribution": theirs})
     assert [i.group_id for i in regrouped] == [rest[0].id, rest[0].id]
-    assert regrouped[0].details["group"] == {"leader": rest[0].id, "members": [r.id for r in rest]}
-    assert regrouped[0].details["group_attribution"] == {"x": 1} and "group_attribution" not in regrouped[1].details
+    assert regrouped[0].details.group == GroupDetail(leader=rest[0].id, members=tuple(r.id for r in rest))
+    assert regrouped[0].details.group_attribution == theirs and regrouped[1].details.group_attribution is None
 
 
 # -- one PR for the group, and review acting on it from any member's card ----------------------
@@ -262,9 +265,7 @@ def open_group_pr(shop: Shop) -> tuple[list[Incident], Verification]:
                        group=[(orders, contract(shop, ORDERS))])
     assert proposal.status is IncidentStatus.pr_opened
     for incident in (revenue, orders):  # as the leader's propose stage moves its members
-        shop.rt.store.update_incident(incident.id, status=proposal.status, details={"pr": {
-            "incident_id": proposal.pr.incident_id, "number": proposal.pr.number, "branch": proposal.pr.branch,
-            "title": proposal.pr.title, "state": proposal.pr.state, "head_sha": proposal.pr.head_sha}})
+        shop.rt.store.update_incident(incident.id, status=proposal.status, details={"pr": proposal.pr})
     return [shop.rt.store.incident(i.id) for i in (revenue, orders)], fix
 
 
@@ -300,7 +301,7 @@ def test_approve_on_a_members_card_merges_the_groups_pr_and_every_member(shop: S
     assert shop.rt.store.pull_request_for(revenue.id).state == "merged"
     for incident in (revenue, orders):
         after = shop.rt.store.incident(incident.id)
-        assert after.status is IncidentStatus.merged and after.details["merge"]["by"] == "slack:U1"
+        assert after.status is IncidentStatus.merged and after.details.merge.by == "slack:U1"
         assert [e.name for e in shop.rt.store.audit_events(incident.id)].count("pr.merged") == 1
     assert approve(shop.rt, revenue.id, pr.head_sha, "slack:U2") == []  # a repeated click on the other card
 
@@ -312,7 +313,7 @@ def test_reject_on_a_members_card_closes_the_groups_pr_and_rejects_every_member(
     for incident in (revenue, orders):
         after = shop.rt.store.incident(incident.id)
         assert after.status is IncidentStatus.rejected
-        assert after.details["rejection"]["reason"] == "the division is intended"
+        assert after.details.rejection.reason == "the division is intended"
 
 
 # -- the group's suspects ----------------------------------------------------------------------
@@ -338,15 +339,15 @@ def test_a_commit_that_may_explain_several_members_leads_the_groups_ranking_with
     mrr = Attribution(lineage("fct_mrr", "stg_plans"), (suspect(macro, "stg_plans", 1),),
                       Ranking((RankedCause(macro, 0.8, "Its own model's parent."),), "scorer"))
     suspects = groups.group_attribution({1: revenue, 2: mrr})
-    ranking = ranking_from_json(suspects["ranking"])
+    ranking = suspects.ranking
     assert [c.sha for c in ranking.causes] == [macro, decoy]  # 0.3 + 0.8 over the decoy's 0.6 for one
     assert ranking.causes[0].confidence == 0.8 and ranking.causes[0].rationale == (
         "It touches the lineage of 2 of the group's 2 metrics. Its own model's parent.")
     assert ranking.causes[1].rationale.startswith("It touches the lineage of 1 of the group's 2 metrics.")
-    [group_macro] = [candidate_from_json(c) for c in suspects["candidates"] if c["sha"] == macro]
+    [group_macro] = [c for c in suspects.candidates if c.sha == macro]
     # Its revert must rebuild every model it touches in any member's lineage, not only the leader's.
     assert group_macro.models == ("model.shop.stg_payments", "model.shop.stg_plans")
-    assert group_macro.distance == 1 and suspects["lineage_path"][macro] == ["stg_plans", "fct_mrr"]
+    assert group_macro.distance == 1 and suspects.lineage_path[macro] == ["stg_plans", "fct_mrr"]
 
 
 # -- the queue: whose cards refresh, whose stages run ------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 
 from jobs.config import load_config
 from jobs.core.clock import Clock
-from jobs.core.records import IncidentStatus, Observation
+from jobs.core.records import FollowsDetail, IncidentStatus, Observation
 from jobs.detect.observe import Change, Outcome, detect
 from jobs.detect.recovery import recovery_band
 from jobs.runtime import Runtime
@@ -88,10 +88,10 @@ def test_a_deploy_that_makes_an_open_incident_worse_gets_an_incident_of_its_own(
     assert follower.follows_id == first.incident.id
     # Its suspect range is that deploy alone: the last morning at the old code to the first at the new.
     assert (follower.last_good_sha, follower.first_bad_sha) == (GOOD, BAD)
-    assert follower.details["follows"] == {"incident": first.incident.id, "level": 14_300, "sha": GOOD,
-                                           "at": (DAY0 + timedelta(days=30, hours=1)).isoformat()}
+    assert follower.details.follows == FollowsDetail(incident=first.incident.id, level=14_300, sha=GOOD,
+                                                     at=DAY0 + timedelta(days=30, hours=1))
     root = mornings.rt.store.incident(first.incident.id)
-    assert worse.others == (root,) and root.details["followed_by"] == follower.id
+    assert worse.others == (root,) and root.details.followed_by == follower.id
     assert [i.id for i in mornings.rt.store.open_incidents_for(CONTRACT)] == [root.id, follower.id]
     events = [e.name for e in mornings.rt.store.audit_events(root.id)]
     assert events == ["incident.opened", "incident.updated", "incident.followed"]

@@ -60,10 +60,10 @@ def test_an_error_carrying_a_token_or_the_key_reaches_neither_store_nor_card(
     mark_errored(store, incident.id, "propose", boom)
     errored = store.incident(incident.id)
     card = json.dumps([b.to_dict() for b in incident_card(errored, None, Mode.assisted, None).blocks])
-    stored = json.dumps([errored.details, [e.data for e in store.audit_events(incident.id)]])
+    stored = json.dumps([errored.details.to_json(), [e.data for e in store.audit_events(incident.id)]])
     for text in (card, stored):
         assert INSTALLATION_TOKEN not in text and "MIIEowIBAAKCAQEA" not in text and JWT not in text
-    assert '"key": "<private key>' in errored.details["error"]["reason"]
+    assert '"key": "<private key>' in errored.details.error.reason
 
 
 def test_logs_mask_messages_and_tracebacks() -> None:

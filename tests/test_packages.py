@@ -61,11 +61,11 @@ def verified(case: Case, baseline: Path, root: Path) -> dict:
     assert got.pr is not None and culprit in got.pr_message
     rt = Runtime(load_config(root / "cairn.yml", env={}), Clock(CHECK))
     try:
-        verification = rt.store.incident(got.incident).details["verification"]
+        verification = rt.store.incident(got.incident).details.verification
         body = rt.store.pull_request_row(got.incident)["body"]
     finally:
         rt.close()
-    assert f"| dbt packages | {plain(verification['fix']['packages'])} |" in body  # the PR says how
+    assert f"| dbt packages | {plain(verification.fix.packages)} |" in body  # the PR says how
     return verification
 
 
@@ -76,7 +76,7 @@ def test_a_revert_through_a_package_macro_builds_with_productions_packages(packa
         "cast(monthly_price_cents / 1000 as decimal(18, 2)) as monthly_price", (MRR,))), {MRR: "verified"})
     verification = verified(case, baseline, tmp_path / "shop")
     # The worktree has no dbt_packages/ (git-ignored); the revert leaves packages.yml alone.
-    assert verification["fix"]["packages"] == "reused production's installed packages (dbt_packages)"
+    assert verification.fix.packages == "reused production's installed packages (dbt_packages)"
 
 
 def test_a_package_upgrade_is_a_suspect_and_its_revert_is_built_with_the_old_package(packaged, tmp_path: Path) -> None:
@@ -85,7 +85,7 @@ def test_a_package_upgrade_is_a_suspect_and_its_revert_is_built_with_the_old_pac
     case = Case("package_upgrade", window(upgrade), {MRR: "verified"})
     root = tmp_path / "shop"
     verification = verified(case, baseline, root)
-    assert verification["fix"]["packages"] == "ran dbt deps in the worktree: the revert changes packages.yml"
+    assert verification.fix.packages == "ran dbt deps in the worktree: the revert changes packages.yml"
     assert Path((root / "dbt_packages" / "shop_utils").readlink()) == v2  # production runs 2.0
 
     # Cairn's own parse of production installs the packages a checkout lacks.

@@ -13,10 +13,12 @@ from jobs.core.records import (
     BaselineStats,
     Candidate,
     Incident,
+    IncidentDetails,
     IncidentStatus,
     RankedCause,
     Ranking,
     RowDelta,
+    TriageDetail,
     Verdict,
     Verification,
 )
@@ -34,8 +36,8 @@ INCIDENT = Incident(
     updated_at=AT, first_bad_at=AT, first_bad_sha=SHA, last_good_at=None, last_good_sha=None, value=81600.0,
     baseline=BaselineStats(expected=100000.0, lower=93330.0, upper=106670.0, n=28),
     change_pct=-18.4, reason="orders.revenue 81,600 is below its 28-day forecast 100,000",
-    details={"triage": {"class": "code_change", "stage": "verification", "upstream": [], "evidence": [
-        "proven: reverting 8f31c2a brings orders.revenue from 81,600 to 100,240 on clone cairn_clone_7_8f31c2a"]}},
+    details=IncidentDetails(triage=TriageDetail(kind="code_change", stage="verification", evidence=(
+        "proven: reverting 8f31c2a brings orders.revenue from 81,600 to 100,240 on clone cairn_clone_7_8f31c2a",))),
 )
 CAUSE = Candidate(
     sha=SHA, author="Dana Analyst", authored_at=AT, message="Exclude coupon payments from revenue\n\nLong body",

@@ -17,7 +17,7 @@ from slack_sdk.web import SlackResponse
 from bot.commands import USAGE, Invocation, Refused, run_command
 from jobs.config import load_config
 from jobs.core.errors import ConfigError, TransientError, WarehouseBusy
-from jobs.core.records import IncidentStatus, Observation
+from jobs.core.records import AttributionDetail, IncidentStatus, Observation, Ranking
 from jobs.loop.failures import is_transient, mark_errored
 from jobs.loop.queue import InlineJobs, next_stage
 from jobs.runtime import Runtime
@@ -72,18 +72,18 @@ def test_a_permanent_failure_marks_the_incident_errored_once(store: Store, monke
     token = "xoxb-1234567890-secret-value"
     monkeypatch.setenv("SLACK_BOT_TOKEN", token)
     incident = store.update_incident(open_incident(store).id, status=IncidentStatus.verifying,
-                                     details={"attribution": {"candidates": []}})
+                                     details={"attribution": AttributionDetail(ranking=Ranking((), "scorer"))})
     boom = RuntimeError(f"Slack said no to {token} at https://user:hunter2@example.com/x")
     mark_errored(store, incident.id, "verify", boom)
     mark_errored(store, incident.id, "verify", boom)  # a duplicate job failing the same way
     errored = store.incident(incident.id)
     assert errored.status is IncidentStatus.errored
-    error = errored.details["error"]
-    assert error["stage"] == "verify" and error["status_before"] == "verifying" and len(error["error_id"]) == 8
-    assert token not in error["reason"] and "hunter2" not in error["reason"] and "<SLACK_BOT_TOKEN>" in error["reason"]
-    assert errored.details["attribution"] == {"candidates": []}, "nothing already found is lost"
+    error = errored.details.error
+    assert error.stage == "verify" and error.status_before == "verifying" and len(error.error_id) == 8
+    assert token not in error.reason and "hunter2" not in error.reason and "<SLACK_BOT_TOKEN>" in error.reason
+    assert errored.details.attribution == AttributionDetail(ranking=Ranking((), "scorer")), "nothing found is lost"
     events = [e for e in store.audit_events(incident.id) if e.name == "stage.failed"]
-    assert len(events) == 1 and events[0].data["error_id"] == error["error_id"]
+    assert len(events) == 1 and events[0].data["error_id"] == error.error_id
 
 
 # --- chat message claims ----------------------------------------------------------------------
@@ -136,7 +136,7 @@ def test_help_and_unknown_input_answer_with_usage(rt: Runtime) -> None:
     assert run_command(rt, jobs, 'show "unclosed', STRANGER).startswith("Usage: `/cairn show ID`")
     assert run_command(rt, jobs, "show 41", STRANGER) == "incident 41 does not exist in the store"
     assert run_command(rt, jobs, "mode sideways", APPROVER).startswith("Usage: `/cairn mode observe|assisted|autonomous`")
-    assert run_command(rt, jobs, "kill", APPROVER).startswith("Usage: `/cairn kill REASON`")
+    assert run_command(rt, jobs, "kill", APPROVER).startswith("Usage: `/cairn kill [tag:X|path:DIR|--select SEL]... REASON`")
 
 
 def test_status_says_mode_kill_switch_incidents_and_queue(rt: Runtime) -> None:

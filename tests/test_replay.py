@@ -75,7 +75,7 @@ def replay(deployment: Deployment, store_url: str, first: date, last: date,
     """The check each morning from `first` to `last` (01:00 UTC): each contract's status, by day.
 
     `deploys[day]` runs before that morning's check, with the warehouse released so dbt can write it.
-    The detect stage runs in-process (`jobs.detect.observe.check`, what `cairn check --at` runs before it
+    The detect stage runs in-process (`jobs.detect.check.check`, what `cairn check --at` runs before it
     heals new incidents), with a fresh Runtime after each deploy.
     """
     statuses = {}
@@ -215,7 +215,7 @@ def test_a_regressing_commit_raises_exactly_one_incident(regression: Replay) -> 
     checks_since = sum(1 for day in regression.statuses if day > REGRESSION_DAY)
     assert len(flagged) == checks_since
     [incident] = regression.incidents
-    assert incident.details["deploy"]["commits"] == [regression.shas["regression"]]
+    assert incident.details.deploy.commits == (regression.shas["regression"],)
     assert incident.resolved_at is None
     names = [e.name for e in regression.events]
     assert names == ["deploy.checked", "incident.opened"] + ["incident.updated"] * (len(flagged) - 1)
@@ -232,9 +232,9 @@ def test_a_regression_behind_an_open_incident_gets_its_own(behind_an_outage: Rep
         (at(BEHIND_REGRESSION + timedelta(days=1)), replay.shas["regression"])]
     outage, regression = revenue
     # Its own incident, linked to the open one, its suspect range the deploy's commits only.
-    assert regression.follows_id == outage.id and outage.details["followed_by"] == regression.id
+    assert regression.follows_id == outage.id and outage.details.followed_by == regression.id
     assert (regression.last_good_sha, regression.last_good_at) == (replay.shas["clean"], at(BEHIND_REGRESSION))
-    assert regression.details["deploy"]["commits"] == [replay.shas["regression"]]
+    assert regression.details.deploy.commits == (replay.shas["regression"],)
     assert regression.status.is_open and outage.status.is_open  # the regression is still deployed
     # The outage is a data problem: no incident anywhere names the regression's SHA but revenue's own.
     assert [i.id for i in replay.incidents if i.first_bad_sha == replay.shas["regression"]] == [regression.id]

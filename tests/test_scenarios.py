@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,10 @@ from examples.generate import add_day, drop_source_rows, load
 from jobs.attribute import groups
 from jobs.config import load_config
 from jobs.core.clock import Clock
+from jobs.core.records import IncidentDetails, VerificationDetail
 from jobs.detect.backfill import backfill
-from jobs.detect.observe import Change, check
+from jobs.detect.check import check
+from jobs.detect.observe import Change
 from jobs.loop.queue import check_and_heal
 from jobs.project.dbt import Dbt, InvocationResult
 from jobs.project.git import Git
@@ -170,13 +172,13 @@ def data_change(case: "Case", run: "Run", root: Path) -> None:
     """No code to blame: each incident's triage is a data change that names the source that moved."""
     rt = Runtime(load_config(root / "cairn.yml", env={}), Clock(CHECK))
     try:
-        triaged = {f.contract: rt.store.incident(f.incident).details["triage"] for f in run.found.values()}
+        triaged = {f.contract: rt.store.incident(f.incident).details.triage for f in run.found.values()}
     finally:
         rt.close()
     for contract, found in triaged.items():
-        assert found["class"] == "data_change", (contract, found)
-        assert any(line.startswith("raw.payments loaded ") and "below the" in line for line in found["evidence"]), found
-        assert [f["source"] for f in found["upstream"] if f["source"] == "raw.payments"] == ["raw.payments"]
+        assert found.kind == "data_change", (contract, found)
+        assert any(line.startswith("raw.payments loaded ") and "below the" in line for line in found.evidence), found
+        assert [f["source"] for f in found.upstream if f["source"] == "raw.payments"] == ["raw.payments"]
 
 
 def window(*culprits: Commit) -> tuple[Commit, ...]:
@@ -369,7 +371,7 @@ def run_case(baseline: Path, case: Case, root: Path) -> Run:
             pr = groups.pull_request(rt.store, incident)  # a grouped incident's PR is its group's
             found[o.contract.id] = dataclasses.replace(
                 summarize(incident.details, o.contract.id, culprit_of.get(o.contract.id), pr, rt.git),
-                incident=incident.id, group=incident.group_id, left_group=incident.details.get("left_group"))
+                incident=incident.id, group=incident.group_id, left_group=incident.details.to_json().get("left_group"))
         events = rt.store.audit_events()
         attempts = Counter(e.incident_id for e in events if e.name == "verification.attempt")
         prs = len({groups.pull_request(rt.store, rt.store.incident(f.incident)) for f in found.values()} - {None})
@@ -386,17 +388,18 @@ def assert_parsed_from_copy(manifest: dict[str, Any], case: Case) -> None:
         assert e.new in code[e.path], f"{case.name}: the manifest does not hold the edit to {e.path}"
 
 
-def summarize(details: dict[str, Any], contract: str, culprit: str | None, pr, git: Git) -> Found:
-    attribution = [c["sha"] for c in details.get("attribution", {}).get("ranking", {}).get("causes", [])]
-    final = [c["sha"] for c in details.get("ranking", {}).get("causes", [])] or attribution
-    verification = details.get("verification", {})
-    fix = verification.get("fix")
+def summarize(details: IncidentDetails, contract: str, culprit: str | None, pr, git: Git) -> Found:
+    attribution = [c.sha for c in details.attribution.ranking.causes] if details.attribution else []
+    final = ([c.sha for c in details.ranking.causes] if details.ranking else []) or attribution
+    verification = details.verification or VerificationDetail()
+    fix = verification.fix
+    tried = fix or (verification.attempts[-1] if verification.attempts else None)
     return Found(
-        contract=contract, verdict=details.get("verdict"), culprit=culprit,
+        contract=contract, verdict=details.verdict.value if details.verdict else None, culprit=culprit,
         attribution_top=attribution[0] if attribution else None, attribution_top3=attribution[:3],
         final_top=final[0] if final else None,
-        verification=fix["verdict"] if fix else ((verification.get("attempts") or [{}])[-1].get("verdict")),
-        builds=verification.get("builds", 0), fixed_by=list(fix["reverted"]) if fix else None,
+        verification=tried.verdict.value if tried else None,
+        builds=verification.builds, fixed_by=list(fix.reverted) if fix else None,
         pr=pr.number if pr else None,
         pr_message=git.run("log", "-1", "--format=%B", pr.head_sha) if pr else "")
 

@@ -250,10 +250,10 @@ def test_the_story_is_threaded_under_the_card_with_a_chart(stack: Stack) -> None
                       "Decision", "PR opened"], texts
     store = stack.store()
     try:
-        fix = store.incident(stack.incident_id(REVENUE)).details["verification"]["fix"]
+        fix = store.incident(stack.incident_id(REVENUE)).details.verification.fix
     finally:
         store.close()
-    verification = next(r for r in replies if fix["clone_id"] in json.dumps(r.get("blocks", [])))
+    verification = next(r for r in replies if fix.clone_id in json.dumps(r.get("blocks", [])))
     assert "dbt build" in json.dumps(verification["blocks"]) and verification["text"].startswith("Verified revert")
     [chart] = [u for u in stack.slack.uploads if u.thread_ts == card_ts]
     assert chart.completed and chart.channel_id == CHANNEL and REVENUE in chart.title
@@ -405,9 +405,9 @@ def test_reject_asks_why_then_closes_the_pr_and_keeps_the_reason(stack: Stack) -
     try:
         incident = store.incident(mrr)
         assert incident.status.value == "rejected" and store.pull_request_for(mrr).state == "closed"
-        assert incident.details["rejection"]["reason"] == "prices really are in mills now"
-        assert incident.details["rejection"]["by"] == f"slack:{GROUPIE}"
-        assert incident.details["rejection"]["blamed_sha"]
+        assert incident.details.rejection.reason == "prices really are in mills now"
+        assert incident.details.rejection.by == f"slack:{GROUPIE}"
+        assert incident.details.rejection.blamed_sha
         names = [e.name for e in store.audit_events(mrr)]
     finally:
         store.close()

@@ -15,10 +15,20 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 
 from jobs.core.errors import NotFound, StoreError
-from jobs.core.records import BaselineStats, IncidentStatus, Observation
+from jobs.core.records import (
+    AttributionDetail,
+    BaselineStats,
+    IncidentDetails,
+    IncidentStatus,
+    Observation,
+    RankedCause,
+    Ranking,
+    Verdict,
+)
 from jobs.store.database import incidents, metadata
 from jobs.store.store import Store
 
@@ -223,13 +233,34 @@ def test_racing_workers_share_one_incident(store):
     assert len(store.incidents(open_only=True)) == 1
 
 
-def test_update_incident_merges_details(store):
+def test_update_incident_merges_typed_details_part_by_part(store):
     incident = open_for(store, "orders.revenue", store.add_observation(obs(1, 50.0)))
-    store.update_incident(incident.id, status="attributing", details={"attribution": {"top": "abc"}, "n": 1})
-    updated = store.update_incident(incident.id, details={"n": 2, "verdict": "verified"}, value=48.5)
-    assert updated.details == {"attribution": {"top": "abc"}, "n": 2, "verdict": "verified"}
+    ranking = Ranking(causes=(RankedCause("abc", 0.9, "touches the metric's model"),), ranker="scorer")
+    store.update_incident(incident.id, status="attributing",
+                          details={"attribution": AttributionDetail(ranking=ranking), "verdict": "conflict"})
+    updated = store.update_incident(incident.id, details={"verdict": Verdict.verified}, value=48.5)
+    assert updated.details.attribution == AttributionDetail(ranking=ranking)  # typed again when read back
+    assert updated.details.verdict is Verdict.verified and updated.details.suspects.ranking.top.sha == "abc"
     assert updated.status is IncidentStatus.attributing and updated.value == 48.5
     assert updated.updated_at >= incident.updated_at and updated.resolved_at is None
+    assert store.update_incident(incident.id, details={"verdict": None}).details.verdict is None  # None removes
+
+
+def test_details_refuse_a_part_they_do_not_know_or_a_wrong_shape(store):
+    incident = open_for(store, "orders.revenue", store.add_observation(obs(1, 50.0)))
+    with pytest.raises(ValueError, match="no part named verdcit"):
+        store.update_incident(incident.id, details={"verdcit": "verified"})
+    with pytest.raises(ValidationError, match="merge.head_sha"):
+        store.update_incident(incident.id, details={"merge": {"by": "slack:U1"}})
+    assert store.incident(incident.id).details == IncidentDetails(), "a refused write changes nothing"
+
+
+def test_a_detail_part_written_by_a_newer_cairn_is_kept(store):
+    incident = open_for(store, "orders.revenue", store.add_observation(obs(1, 50.0)))
+    with store.engine.begin() as conn:  # as a later version, with a part this one does not know, wrote it
+        conn.execute(incidents.update().where(incidents.c.id == incident.id).values(details={"runbook": {"url": "x"}}))
+    updated = store.update_incident(incident.id, details={"verdict": "verified"})
+    assert updated.details.to_json() == {"runbook": {"url": "x"}, "verdict": "verified"}
     with pytest.raises(TypeError, match="contract_id"):
         store.update_incident(incident.id, contract_id="x")
 

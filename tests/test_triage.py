@@ -39,7 +39,7 @@ HALF = SourceFact("raw.payments", rows=205, expected=400.0, lower=330.0, upper=4
 def test_the_class_and_the_evidence_that_decided_it(found, kind, evidence) -> None:
     assert found.kind is kind
     assert any(line.startswith(evidence) for line in found.evidence), found.evidence
-    assert found.to_json()["class"] == kind.value
+    assert found.detail().kind == kind.value and found.detail().evidence == found.evidence  # as the incident keeps it
 
 
 def test_a_stale_source_is_a_data_change_even_with_its_usual_rows() -> None:

@@ -22,8 +22,16 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from jobs.attribute.ranking import rank_group
-from jobs.core.records import Incident, IncidentStatus, PullRequest, Verdict, Verification
-from jobs.core.report import to_json
+from jobs.core.records import (
+    AttributionDetail,
+    GroupDetail,
+    Incident,
+    IncidentStatus,
+    LeftGroupDetail,
+    PullRequest,
+    Verdict,
+    Verification,
+)
 
 if TYPE_CHECKING:
     from jobs.attribute.attribution import Attribution
@@ -62,7 +70,7 @@ def join(store, together: Sequence[Incident]) -> list[Incident]:
     joined = []
     for incident in sorted(together, key=lambda i: i.id):
         joined.append(store.update_incident(incident.id, group_id=ids[0],
-                                            details={"group": {"leader": ids[0], "members": ids}}))
+                                            details={"group": GroupDetail(leader=ids[0], members=ids)}))
         store.audit(GROUPED, incident_id=incident.id, data={"group": ids[0], "members": ids},
                     dedup_key=f"incident:{incident.id}:{GROUPED}:{ids[0]}")
     return joined
@@ -86,25 +94,20 @@ def leave(store, incident: Incident, why: str, fix: str | None = None) -> Incide
     """Take it out of its group, saying why; one the group's fix did not recover goes back to detected,
     the group's results cleared, to run its own loop."""
     group, rerun = incident.group_id, why == NOT_RECOVERED
-    left = {"group": group, "why": why, "fix": fix}
+    left = LeftGroupDetail(group=group, why=why, fix=fix)
     details: dict[str, Any] = {"group": None, "left_group": left}
     fields: dict[str, Any] = {}
     if rerun:
         details.update(dict.fromkeys(_GROUP_RESULTS))
         fields["status"] = IncidentStatus.detected
-    store.audit(LEFT, incident_id=incident.id, data=left, dedup_key=f"incident:{incident.id}:{LEFT}:{group}")
+    store.audit(LEFT, incident_id=incident.id, data=left.model_dump(), dedup_key=f"incident:{incident.id}:{LEFT}:{group}")
     return store.update_incident(incident.id, group_id=None, details=details, **fields)
 
 
 def run_label(incident: Incident) -> str:
     """Tells a loop it runs on its own after leaving a group from the group's jobs (RQ job IDs are unique)."""
-    left = incident.details.get("left_group") or {}
-    return f"own{left['group']}" if left.get("why") == NOT_RECOVERED else ""
-
-
-def suspects(incident: Incident) -> dict[str, Any]:
-    """The attribution the loop works from: its group's, when it leads one, else its own."""
-    return incident.details.get("group_attribution") or incident.details.get("attribution") or {}
+    left = incident.details.left_group
+    return f"own{left.group}" if left and left.why == NOT_RECOVERED else ""
 
 
 def regroup(store, stay: Sequence[Incident], carry: Mapping[str, Any], fix: str | None = None) -> list[Incident]:
@@ -139,7 +142,7 @@ def split(store, group: Sequence[Incident], parts: Sequence[tuple[Verification, 
 # -- attribution and verification of a group --------------------------------------------------
 
 
-def group_attribution(found: Mapping[int, "Attribution"]) -> dict[str, Any]:
+def group_attribution(found: Mapping[int, "Attribution"]) -> AttributionDetail:
     """The group's suspects: every member's candidates and one ranking over them.
 
     Shaped like one incident's `attribution`, so verification and the PR read either.
@@ -159,7 +162,7 @@ def group_attribution(found: Mapping[int, "Attribution"]) -> dict[str, Any]:
         candidates[cause.sha] = candidate
         if seen[owner].models:
             paths[cause.sha] = found[owner].lineage_path(cause.sha)
-    return {"candidates": to_json(list(candidates.values())), "ranking": to_json(ranking), "lineage_path": paths}
+    return AttributionDetail(candidates=tuple(candidates.values()), ranking=ranking, lineage_path=paths)
 
 
 def partition(attempts: Sequence[Verification], incident_ids: Sequence[int]) -> list[tuple[Verification, list[int]]]:

@@ -55,6 +55,9 @@ TOOL = {
 }
 
 
+NO_KEY = "no API key configured"  # the one fallback that is a choice, not a failure: cards do not flag it
+
+
 class Unusable(Exception):
     """The answer cannot be used; `str()` is the reason shown in the ranking's note."""
 
@@ -70,7 +73,7 @@ def rerank(
 ) -> Ranking:
     """Ask the model to re-rank; on any failure, the scorer's ranking with a note saying why."""
     if client is None:
-        return _fallback(scorer_ranking, "no API key configured")
+        return _fallback(scorer_ranking, NO_KEY)
     if len(candidates) < 2:
         return scorer_ranking  # nothing to re-order
     try:
@@ -90,6 +93,8 @@ def rerank(
         return _fallback(scorer_ranking, f"API error: {type(error).__name__}")
     except Unusable as error:
         return _fallback(scorer_ranking, str(error))
+    except ValueError:  # a 200 whose body is not JSON (a proxy's page, a cut answer): the SDK's decoder raises
+        return _fallback(scorer_ranking, "the answer is not JSON")
 
 
 def _fallback(scorer_ranking: Ranking, reason: str) -> Ranking:
@@ -156,6 +161,8 @@ def user_message(candidates: Sequence[Candidate], bundle: Mapping[str, Any]) -> 
 
 def parse(message: Any, candidates: Sequence[Candidate], scorer_ranking: Ranking) -> Ranking:
     """A validated Ranking from the model's tool call, or Unusable saying what was wrong."""
+    if not isinstance(getattr(message, "content", None), list):  # not the API's message (text/html, other JSON)
+        raise Unusable("the answer is not an API message")
     if getattr(message, "stop_reason", None) == "refusal":
         raise Unusable("the model refused")
     calls = [b for b in message.content if getattr(b, "type", None) == "tool_use" and b.name == TOOL_NAME]

@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 from jobs.attribute.upstream import SourceFact
+from jobs.core.records import TriageDetail
 
 
 class TriageClass(str, Enum):
@@ -39,9 +39,10 @@ class Triage:
     upstream: tuple[SourceFact, ...] = ()
     stage: str = "attribution"  # which stage decided it: attribution or verification
 
-    def to_json(self) -> dict[str, Any]:
-        return {"class": self.kind.value, "evidence": list(self.evidence), "stage": self.stage,
-                "upstream": [fact.to_json() for fact in self.upstream]}
+    def detail(self) -> TriageDetail:
+        """As the incident keeps it."""
+        return TriageDetail(kind=self.kind.value, evidence=self.evidence, stage=self.stage,
+                            upstream=tuple(fact.to_json() for fact in self.upstream))
 
 
 def after_attribution(*, intentional: Sequence[str], revertable: Sequence[str],

@@ -29,6 +29,9 @@ class Profiler:
     categories: Callable[[exp.Expression], exp.Expression]
     quantiles: Callable[[exp.Expression], exp.Expression]
     quantile_positions: tuple[int, ...]  # where each of QUANTILES sits in the returned array
+    # Quote column and table names: false where cairn.yml's names are case-insensitive identifiers
+    # that a quote would make case-sensitive (Snowflake stores dbt's unquoted names upper-cased).
+    identify: bool = True
 
 
 def profiler(dialect: str) -> Profiler:
@@ -49,7 +52,13 @@ def profiler(dialect: str) -> Profiler:
             quantiles=lambda col: exp.func("approx_quantiles", col, exp.Literal.number(100), dialect="bigquery"),
             quantile_positions=tuple(round(q * 100) for q in QUANTILES),
         )
-    raise ContractError(f"Cairn measures contracts on duckdb or bigquery, not {dialect!r}.")
+    if dialect == "snowflake":
+        def unsupported(col: exp.Expression) -> exp.Expression:
+            raise ContractError("distribution contracts are not measured on Snowflake yet.")
+
+        return Profiler(timestamp="TIMESTAMPTZ",  # the session runs in UTC (jobs.warehouse.snowflake)
+                        categories=unsupported, quantiles=unsupported, quantile_positions=(), identify=False)
+    raise ContractError(f"Cairn measures contracts on duckdb, bigquery or snowflake, not {dialect!r}.")
 
 
 # ---------------------------------------------------------------- building the query
@@ -80,8 +89,8 @@ def _filter_each(node: exp.Expression, condition: exp.Expression | None) -> exp.
     return node.transform(add)
 
 
-def _column(name: str) -> exp.Column:
-    return exp.Column(this=exp.to_identifier(name, quoted=True))
+def _column(name: str, parts: Profiler) -> exp.Column:
+    return exp.Column(this=exp.to_identifier(name, quoted=parts.identify))
 
 
 def instant(at: datetime, dialect: Profiler, column_type: exp.DataType | None = None) -> exp.Expression:
@@ -115,7 +124,7 @@ def _aggregates(
             "den": _filter_each(aggregate(contract, "denominator", dialect), condition),
             "rows": rows,
         }
-    column = _column(contract.column or "")
+    column = _column(contract.column or "", parts)
     if contract.kind is Kind.freshness:
         # Bounded by `at`, so that a replay at a past time sees only the rows that existed then.
         up_to_at = exp.LTE(this=column.copy(), expression=instant(at, parts, column_type))
@@ -193,7 +202,7 @@ def compile_model_query(
         # Freshness asks how old the newest row is: a window would hide exactly that.
         if contract.window and contract.time_column and contract.kind is not Kind.freshness:
             start, end = window_bounds(contract.window, at)
-            ts = _column(contract.time_column)
+            ts = _column(contract.time_column, parts)
             in_window = exp.and_(
                 exp.GTE(this=ts.copy(), expression=instant(start, parts, column_type)),
                 exp.LT(this=ts.copy(), expression=instant(end, parts, column_type)),
@@ -204,7 +213,7 @@ def compile_model_query(
             aliases[part] = f"c{i}_{part}"
             selects.append(exp.alias_(node, aliases[part], quoted=True))
         measures.append(Measure(contract, aliases, start, end))
-    sql = exp.select(*selects).from_(table).sql(dialect=dialect, identify=True)
+    sql = exp.select(*selects).from_(table).sql(dialect=dialect, identify=parts.identify)
     columns = tuple(alias for m in measures for alias in m.columns.values())
     return ModelQuery(relation, sql, dialect, at, columns, tuple(measures))
 

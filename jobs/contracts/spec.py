@@ -82,10 +82,14 @@ class ThresholdSpec(_Strict):
     )
 
 
+# Contract IDs appear in commands (`/cairn rebaseline ID`), job IDs, PR titles and branch names.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,119}")
+
+
 class Contract(_Strict):
     """One metric on one dbt model or source, and what is expected of it."""
 
-    id: str = Field(description="Stable identifier, e.g. 'mrr.net_new'.")
+    id: str = Field(description="Stable identifier, e.g. 'mrr.net_new': letters, digits and . _ : - (no spaces).")
     kind: Kind
     model: str | None = Field(None, description="dbt model name the metric reads.")
     source: str | None = Field(None, description="'source_name.table_name' instead of a model.")
@@ -104,6 +108,14 @@ class Contract(_Strict):
     owner: str | None = None
     numeric: bool = Field(False, description="distribution: treat the column as numeric (quantiles).")
     declared_in: str | None = Field(None, exclude=True, description="Where it was declared.")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not ID_PATTERN.fullmatch(value):
+            raise ValueError(f"{value!r} is not a contract ID: use letters, digits and . _ : - (at most 120, "
+                             "starting with a letter or digit), e.g. 'revenue.net_daily'")
+        return value
 
     @field_validator("max_lag", mode="before")
     @classmethod

@@ -39,3 +39,7 @@ class StoreError(CairnError):
 
 class NotFound(CairnError):
     """A named record (incident, contract) does not exist."""
+
+
+class QueueUnavailable(CairnError):
+    """Redis cannot be reached: nothing was enqueued, or which jobs are live cannot be told."""

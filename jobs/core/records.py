@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from policies.decide import Decision
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,7 @@ class Incident:
     first_bad_observation_id: int | None = None
     last_good_observation_id: int | None = None
     resolved_at: datetime | None = None
-    details: dict[str, Any] = field(default_factory=dict)  # later stages: attribution, verdict, PR
+    details: IncidentDetails = field(default_factory=lambda: IncidentDetails())  # what later stages found
     follows_id: int | None = None  # the open incident a later deploy made worse (jobs.detect.observe)
     group_id: int | None = None  # the leader of the incidents one culprit caused
 
@@ -240,6 +245,7 @@ class Verification:
     members: tuple[MemberResult, ...] = ()
     packages: str | None = None  # how the worktree got its dbt packages (None: the project declares none)
     clones: tuple[dict[str, Any], ...] = ()  # what the sandbox cloned, where the adapter clones per table
+    isolation: str = ""  # how dbt ran the revert's code: "built isolated (bwrap)…" or why not (jobs.project.isolation)
 
 
 @dataclass(frozen=True)
@@ -251,3 +257,151 @@ class PullRequest:
     state: str  # open, merged, closed
     head_sha: str
     url: str | None = None
+
+
+# --- what the stages recorded on an incident (the store's `details` column) -------------------
+
+
+class Detail(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class AttributionDetail(Detail):
+    """The suspects and their ranking (an incident's own, or its group's over every member's)."""
+
+    candidates: tuple[Candidate, ...] = ()
+    ranking: Ranking
+    lineage_path: dict[str, list[str]] = Field(default_factory=dict)  # by SHA: the models from the change to the metric
+    lineage_nodes: int | None = None
+
+
+class VerificationDetail(Detail):
+    attempts: tuple[Verification, ...] = ()
+    builds: int = 0
+    fix: Verification | None = None  # the attempt that recovered the metric
+    refused: dict[str, Any] | None = None  # a sandbox guard's reason and figures, when it refused to build
+
+
+class TriageDetail(Detail):
+    kind: str = Field(alias="class")  # code_change, data_change, intentional, unknown
+    evidence: tuple[str, ...] = ()
+    stage: str
+    upstream: tuple[dict[str, Any], ...] = ()  # how each source under the metric moved
+
+
+class DeployDetail(Detail):
+    """A deploy check's measurement: the contract with the deploy and without it, on the same data."""
+
+    from_sha: str
+    to_sha: str
+    with_deploy: float | None = Field(alias="with")
+    without: float | None
+    change_pct: float | None
+    commits: tuple[str, ...] = ()
+    clone_id: str
+    dbt_command: str
+    reverted: tuple[str, ...] = ()
+
+
+class FollowsDetail(Detail):
+    """The open incident a later deploy made worse, at the level it had before that deploy."""
+
+    incident: int
+    level: float | None
+    sha: str | None
+    at: datetime | None
+
+
+class GroupDetail(Detail):
+    leader: int
+    members: tuple[int, ...]
+
+
+class LeftGroupDetail(Detail):
+    group: int | None
+    why: str
+    fix: str | None = None  # the group's revert, when the member left because it did not recover it
+
+
+class MergeDetail(Detail):
+    by: str
+    head_sha: str
+
+
+class MergeBlockedDetail(Detail):
+    by: str
+    reason: str
+    head_sha: str | None = None
+
+
+class RejectionDetail(Detail):
+    by: str
+    reason: str
+    blamed_sha: str | None = None
+    verdict: Verdict | None = None
+
+
+class ErrorDetail(Detail):
+    stage: str
+    reason: str
+    error_id: str
+    status_before: str
+
+
+class HeldDetail(Detail):
+    """The kill switch stopped the loop before a stage: what it would have done; resumed on release."""
+
+    stage: str
+    would: str
+    by: str
+    reason: str
+    selectors: tuple[str, ...] = ()
+
+
+class IncidentDetails(BaseModel):
+    """Everything the loop's stages found about an incident, each part set by the stage that owns it.
+
+    Stored as JSON (`to_json`); a part written by a newer Cairn than this one is kept as it is.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    follows: FollowsDetail | None = None
+    followed_by: int | None = None  # the incident a later deploy opened on top of this one
+    deploy: DeployDetail | None = None
+    group: GroupDetail | None = None
+    left_group: LeftGroupDetail | None = None
+    attribution: AttributionDetail | None = None
+    group_attribution: AttributionDetail | None = None  # the leader's: every member's suspects, one ranking
+    triage: TriageDetail | None = None
+    verdict: Verdict | None = None
+    verification: VerificationDetail | None = None
+    decision: Decision | None = None
+    ranking: Ranking | None = None  # the ranking the decision used (after the LLM, if one re-ranked)
+    pr: PullRequest | None = None
+    merge: MergeDetail | None = None
+    merge_blocked: MergeBlockedDetail | None = None
+    rejection: RejectionDetail | None = None
+    error: ErrorDetail | None = None
+    held: HeldDetail | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: value for key, value in self.model_dump(mode="json", by_alias=True).items() if value is not None}
+
+    def merged(self, changes: Mapping[str, Any]) -> IncidentDetails:
+        """These details with `changes` applied part by part (a part given None is removed), validated."""
+        unknown = set(changes) - set(type(self).model_fields)
+        if unknown:
+            raise ValueError(f"incident details have no part named {', '.join(sorted(unknown))}")
+        data: dict[str, Any] = self.to_json()
+        for key, value in changes.items():
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
+        return type(self).model_validate(data)
+
+    @property
+    def suspects(self) -> AttributionDetail | None:
+        """The attribution the loop works from: its group's, when it leads one, else its own."""
+        return self.group_attribution or self.attribution

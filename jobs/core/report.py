@@ -7,17 +7,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from jobs.core.records import (
-    BaselineStats,
-    Candidate,
-    Incident,
-    MemberResult,
-    RankedCause,
-    Ranking,
-    RowDelta,
-    Verdict,
-    Verification,
-)
+from jobs.core.records import BaselineStats, Incident, IncidentDetails
 
 
 def iso(value: datetime | None) -> str | None:
@@ -56,29 +46,28 @@ def incident_json(incident: Incident) -> dict[str, Any]:
     }
 
 
-def loop_json(details: dict[str, Any]) -> dict[str, Any]:
+def loop_json(details: IncidentDetails) -> dict[str, Any]:
     """What attribution, verification and the forge added: top cause, verdict, proof and PR."""
-    attribution = details.get("attribution", {})
-    candidates = {c["sha"]: c for c in attribution.get("candidates", [])}
-    causes = [{"sha": c["sha"], "files": candidates.get(c["sha"], {}).get("files", []),
-               "confidence": c["confidence"], "rationale": c["rationale"]}
-              for c in details.get("ranking", attribution.get("ranking", {})).get("causes", [])]
-    verification = details.get("verification", {})
-    proof = verification.get("fix") or (verification.get("attempts") or [{}])[-1]
-    pr = details.get("pr")
+    attribution = details.attribution
+    files = {c.sha: list(c.files) for c in attribution.candidates} if attribution else {}
+    ranking = details.ranking or (attribution.ranking if attribution else None)
+    causes = [{"sha": c.sha, "files": files.get(c.sha, []), "confidence": c.confidence, "rationale": c.rationale}
+              for c in (ranking.causes if ranking else ())]
+    verification = details.verification
+    proof = verification and (verification.fix or (verification.attempts[-1] if verification.attempts else None))
+    pr = details.pr
     return {
         "top_cause": causes[0] if causes else None,
         "alternates": causes[1:],
-        "verdict": details.get("verdict"),
-        "clone_id": proof.get("clone_id"),
-        "dbt_command": proof.get("dbt_command"),
-        "before": proof.get("before"),
-        "after": proof.get("after"),
-        "decision": details.get("decision"),
-        "triage": details.get("triage"),
-        "deploy_check": details.get("deploy"),
-        "pr": {"number": pr["number"], "url": pr.get("url"), "branch": pr["branch"], "state": pr["state"]}
-        if pr else None,
+        "verdict": details.verdict.value if details.verdict else None,
+        "clone_id": proof.clone_id if proof else None,
+        "dbt_command": proof.dbt_command if proof else None,
+        "before": proof.before if proof else None,
+        "after": proof.after if proof else None,
+        "decision": to_json(details.decision),
+        "triage": details.triage.model_dump(mode="json", by_alias=True) if details.triage else None,
+        "deploy_check": details.deploy.model_dump(mode="json", by_alias=True) if details.deploy else None,
+        "pr": {"number": pr.number, "url": pr.url, "branch": pr.branch, "state": pr.state} if pr else None,
     }
 
 
@@ -95,22 +84,3 @@ def to_json(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [to_json(v) for v in value]
     return value
-
-
-def candidate_from_json(data: dict[str, Any]) -> Candidate:
-    return Candidate(**{**data, "authored_at": datetime.fromisoformat(data["authored_at"]),
-                        "files": tuple(data["files"]), "models": tuple(data["models"])})
-
-
-def verification_from_json(data: dict[str, Any]) -> Verification:
-    deltas = tuple(RowDelta(**{**d, "key": tuple(d["key"]), "samples": tuple(d["samples"])})
-                   for d in data.get("deltas", ()))
-    members = tuple(MemberResult(**{**m, "verdict": Verdict(m["verdict"])}) for m in data.get("members", ()))
-    return Verification(**{**data, "verdict": Verdict(data["verdict"]), "reverted": tuple(data["reverted"]),
-                           "deltas": deltas, "built": tuple(data.get("built", ())), "members": members,
-                           "clones": tuple(data.get("clones", ()))})
-
-
-def ranking_from_json(data: dict[str, Any]) -> Ranking:
-    return Ranking(causes=tuple(RankedCause(**c) for c in data["causes"]), ranker=data["ranker"],
-                   note=data.get("note", ""))

@@ -25,7 +25,7 @@ noise. One build per deploy, however many contracts it reaches.
 - `deploy_checks` in the policy turns them off, org-wide or for selectors.
 
 Every check that builds is audited (`deploy.checked`) with the commits, the clone, the exact dbt
-command, each contract's two values and the durations; a build that fails is audited and opens
+command, how the build was isolated, each contract's two values and the durations; a build that fails is audited and opens
 nothing: it proves nothing either way.
 """
 
@@ -39,8 +39,17 @@ from dataclasses import dataclass, replace
 from jobs.contracts.spec import Contract, Kind
 from jobs.core.errors import CairnError
 from jobs.core.formatting import fmt_number
-from jobs.core.records import AssessmentStatus, BaselineStats, Candidate, Incident, Observation, Verdict
+from jobs.core.records import (
+    AssessmentStatus,
+    BaselineStats,
+    Candidate,
+    DeployDetail,
+    Incident,
+    Observation,
+    Verdict,
+)
 from jobs.detect.baseline import alerts_in_direction, change_pct, crosses_floors, metric_label
+from jobs.detect.observe import Change, follow, open_incident
 from jobs.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -101,12 +110,12 @@ class Effect:
                 f"same data: {fmt_number(self.with_deploy)} with it, {fmt_number(self.without)} without it "
                 f"(clone {clone_id})")
 
-    def evidence(self, deploy: Deploy, verification) -> dict:
+    def evidence(self, deploy: Deploy, verification) -> DeployDetail:
         """What the incident keeps: enough to judge a revert and to show both values."""
-        return {"from_sha": deploy.from_sha, "to_sha": deploy.to_sha, "with": self.with_deploy,
-                "without": self.without, "change_pct": self.change_pct,
-                "commits": [c.sha for c in self.commits], "clone_id": verification.clone_id,
-                "dbt_command": verification.dbt_command, "reverted": list(verification.reverted)}
+        return DeployDetail(from_sha=deploy.from_sha, to_sha=deploy.to_sha, with_deploy=self.with_deploy,
+                            without=self.without, change_pct=self.change_pct,
+                            commits=tuple(c.sha for c in self.commits), clone_id=verification.clone_id,
+                            dbt_command=verification.dbt_command, reverted=verification.reverted)
 
 
 def deploys(rt: Runtime, outcomes: Sequence) -> dict[Deploy, list]:
@@ -138,6 +147,8 @@ def check_deploys(rt: Runtime, outcomes: list) -> list:
         return outcomes
     changed = {}
     for deploy, reached in by_deploy.items():
+        if _killed(rt, deploy, reached):
+            continue
         for outcome in _check(rt, sandboxes, deploy, reached):
             changed[outcome.contract.id] = outcome
     return [changed.get(o.contract.id, o) for o in outcomes]
@@ -172,7 +183,8 @@ def _check(rt: Runtime, sandboxes, deploy: Deploy, reached: list) -> list:
     effects = [Effect(o.contract, o.observation, value, found) for (o, found), value in zip(affected, without)]
     rt.store.audit("deploy.checked", data={
         "from_sha": deploy.from_sha, "to_sha": deploy.to_sha, "reverted": shas, "clone_id": result.clone_id,
-        "dbt_command": result.dbt_command, "durations": result.durations, "tests": result.tests,
+        "dbt_command": result.dbt_command, "isolation": result.isolation, "durations": result.durations,
+        "tests": result.tests,
         "effects": [{"contract": e.contract.id, "with": e.with_deploy, "without": e.without,
                      "change_pct": e.change_pct, "material": e.material} for e in effects]},
         dedup_key=f"deploy:{deploy.from_sha}:{deploy.to_sha}:{','.join(sorted(e.contract.id for e in effects))}")
@@ -183,8 +195,6 @@ def _check(rt: Runtime, sandboxes, deploy: Deploy, reached: list) -> list:
 
 def _act(rt: Runtime, deploy: Deploy, verification, effect: Effect, outcome):
     """Open, follow or annotate an incident for a material effect, or re-baseline an intended one."""
-    from jobs.detect.observe import Change, follow, open_incident
-
     contract, observation, store = effect.contract, effect.observation, rt.store
     if effect.intentional:
         since = observation.window_start or observation.observed_at
@@ -237,7 +247,7 @@ def _commits(rt: Runtime, deploy: Deploy, contract: Contract) -> tuple[Candidate
 
 
 def _enabled(rt: Runtime, contract: Contract) -> bool:
-    from jobs.propose.decision import model_refs
+    from jobs.project.lineage import model_refs, model_uid
     from policies.model import matches
 
     settings = rt.policy.deploy_checks
@@ -245,10 +255,23 @@ def _enabled(rt: Runtime, contract: Contract) -> bool:
         return False
     if not settings.skip:
         return True
-    uid = next((u for u, n in rt.manifest.get("nodes", {}).items()
-                if n.get("resource_type") == "model" and n.get("name") == contract.relation_name), None)
+    uid = model_uid(rt.manifest, contract.relation_name)
     refs = model_refs(rt.manifest, [uid]) if uid else []
     return not any(matches(selector, ref) for selector in settings.skip for ref in refs)
+
+
+def _killed(rt: Runtime, deploy: Deploy, reached: list) -> bool:
+    """The kill switch covers a contract the deploy reaches: no clone is built; recorded as skipped."""
+    from jobs.project.lineage import model_uid
+
+    kill = rt.kill_switch_over([uid for o in reached if (uid := model_uid(rt.manifest, o.contract.relation_name))])
+    if kill is None:
+        return False
+    rt.store.audit("deploy.skipped", data={"from_sha": deploy.from_sha, "to_sha": deploy.to_sha,
+                                           "reason": f"kill switch on ({kill.reason}, by {kill.by}): "
+                                                     "the deploy check's clone build was not run"},
+                   dedup_key=f"deploy:{deploy.from_sha}:{deploy.to_sha}:killed")
+    return True
 
 
 def _audit_failed(rt: Runtime, deploy: Deploy, shas: Sequence[str], detail: str) -> None:

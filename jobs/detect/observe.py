@@ -1,4 +1,4 @@
-"""The observe → detect stage: measure every contract, judge each value, open/update/resolve incidents."""
+"""Observe and detect: measure contracts, judge each value, open/update/resolve the contract's incidents."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from datetime import datetime, timedelta
 from enum import Enum
 
 from jobs.contracts.spec import Contract
-from jobs.core.records import Assessment, AssessmentStatus, Incident, IncidentStatus, Observation
+from jobs.core.records import (
+    Assessment,
+    AssessmentStatus,
+    FollowsDetail,
+    Incident,
+    IncidentStatus,
+    Observation,
+    Verdict,
+)
 from jobs.detect.baseline import REACH_BACK, assess
 from jobs.detect.recovery import around, recovery_band
 from jobs.runtime import Runtime
@@ -44,16 +52,6 @@ def observe(rt: Runtime, at: datetime, contracts: Sequence[Contract] | None = No
     sha = rt.deployed_sha()
     measured = evaluate(rt.warehouse, rt.manifest, contracts, at)
     return [rt.store.add_observation(replace(obs, sha=sha, backfilled=backfilled)) for obs in measured]
-
-
-def check(rt: Runtime, contracts: Sequence[Contract] | None = None) -> list[Outcome]:
-    """Observe at the Runtime's clock, judge each observation and move its contract's incident, then
-    measure what a new deploy did to the contracts it reaches (`jobs.detect.deploy_check`)."""
-    from jobs.detect.deploy_check import check_deploys
-
-    contracts = list(rt.contracts if contracts is None else contracts)
-    observations = observe(rt, rt.clock.now(), contracts)
-    return check_deploys(rt, [detect(rt, contract, obs) for contract, obs in zip(contracts, observations)])
 
 
 def detect(rt: Runtime, contract: Contract, observation: Observation) -> Outcome:
@@ -107,14 +105,14 @@ def worse(head: Incident, assessment: Assessment) -> bool:
 
 
 RESOLVE_AFTER = 3  # healthy observations in a row that close an incident while its code stays deployed
-UNEXPLAINED = ("no_code_cause", "intentional")  # verdicts with no code of ours to blame
+UNEXPLAINED = (Verdict.no_code_cause, Verdict.intentional)  # verdicts with no code of ours to blame
 
 
 def proven_deployed(chain: Sequence[Incident], current: Observation) -> bool:
     """The latest incident was opened by a deploy check and that deploy's code still runs: a healthy
     value is the harm hidden by noise, not a recovery."""
     latest = chain[-1]
-    return "deploy" in latest.details and current.sha == latest.first_bad_sha
+    return latest.details.deploy is not None and current.sha == latest.first_bad_sha
 
 
 def recovered(chain: Sequence[Incident], current: Observation, history: Sequence[Observation]) -> bool:
@@ -127,7 +125,7 @@ def recovered(chain: Sequence[Incident], current: Observation, history: Sequence
     latest = chain[-1]
     if proven_deployed(chain, current):
         return False
-    if current.sha != latest.first_bad_sha or all(i.details.get("verdict") in UNEXPLAINED for i in chain):
+    if current.sha != latest.first_bad_sha or all(i.details.verdict in UNEXPLAINED for i in chain):
         return True
     # The first bad observation is anomalous, so the walk back stops at it at the latest.
     earlier = sorted((o for o in history if o.id != current.id and _when(o) < _when(current)), key=_when)
@@ -156,8 +154,8 @@ def open_incident(rt: Runtime, contract: Contract, observation: Observation, ass
 def follow(rt: Runtime, contract: Contract, observation: Observation, assessment: Assessment, head: Incident,
            previous: Observation | None, *, details: dict | None = None) -> Incident:
     """A new deploy made an open incident worse: an incident of its own, its suspect range that deploy."""
-    follows = {"incident": head.id, "level": head.value, "sha": previous.sha if previous else None,
-               "at": previous.observed_at.isoformat() if previous else None}
+    follows = FollowsDetail(incident=head.id, level=head.value, sha=previous.sha if previous else None,
+                            at=previous.observed_at if previous else None)
     incident = open_incident(rt, contract, observation, assessment, previous, follows=head,
                              details={"follows": follows, **(details or {})})
     rt.store.update_incident(head.id, details={"followed_by": incident.id})
@@ -177,7 +175,7 @@ def _undo(rt: Runtime, contract: Contract, observation: Observation, assessment:
 
 def _update(rt: Runtime, incident: Incident, observation: Observation, assessment: Assessment) -> Incident:
     # A deploy check's change is the deploy's own effect, measured once: a later day's noise does not move it.
-    change_pct = incident.change_pct if "deploy" in incident.details else assessment.change_pct
+    change_pct = incident.change_pct if incident.details.deploy is not None else assessment.change_pct
     incident = rt.store.update_incident(incident.id, value=assessment.value, change_pct=change_pct,
                                         reason=assessment.reason, baseline=assessment.baseline)
     rt.store.audit("incident.updated", incident_id=incident.id, data=_event_data(observation, assessment))

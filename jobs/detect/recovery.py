@@ -31,10 +31,10 @@ def recovery_band(contract: Contract, incident: Incident) -> BaselineStats:
     if contract.kind is Kind.freshness and contract.max_lag is not None:
         limit = contract.max_lag.total_seconds()
         return BaselineStats(expected=limit / 2, lower=0.0, upper=limit, n=0)
-    deploy = incident.details.get("deploy") or {}
-    if deploy.get("without") is not None:
-        return _one_sided(floors_around(contract, deploy["without"]),
-                          Direction.drop if (incident.value or 0.0) < deploy["without"] else Direction.rise)
+    deploy = incident.details.deploy
+    if deploy and deploy.without is not None:
+        return _one_sided(floors_around(contract, deploy.without),
+                          Direction.drop if (incident.value or 0.0) < deploy.without else Direction.rise)
     if incident.baseline is None:
         raise CairnError(f"incident {incident.id} has no baseline to recover into: its contract "
                          f"{contract.id} was still learning when it opened")
@@ -62,8 +62,8 @@ def _one_sided(band: BaselineStats, direction: Direction) -> BaselineStats:
 
 def previous_level(incident: Incident) -> float | None:
     """The level before the deploy an incident follows (None: it follows nothing)."""
-    follows = incident.details.get("follows") or {}
-    return follows.get("level") if incident.follows_id is not None else None
+    follows = incident.details.follows
+    return follows.level if follows and incident.follows_id is not None else None
 
 
 def around(band: BaselineStats, level: float) -> BaselineStats:

@@ -32,12 +32,6 @@ class AppCredentials:
     private_key: str = field(repr=False)
 
 
-def check_credentials(config: Config) -> None:
-    """At a process's start: a GitHub forge whose credentials are wrong stops it there, not at the first merge."""
-    if config.settings.forge != "local":
-        github_credentials(config)
-
-
 def github_credentials(config: Config) -> dict[str, Any]:
     """GitHubForge's credential arguments: the App's when any App setting is given, else GITHUB_TOKEN."""
     app = app_credentials(config)

@@ -1,4 +1,4 @@
-"""What a crashed worker can leave behind, removed by the clock before every check."""
+"""What a crashed worker can leave behind: removed by the clock before every check, and by every reconcile."""
 
 from __future__ import annotations
 
@@ -23,3 +23,14 @@ def remove_stale_sandboxes(rt: Runtime) -> Iterator[str]:
         yield f"removed stale sandbox {removed}"
     for name in rt.sandboxes().gc(stale, now):
         yield f"dropped expired sandbox dataset {name}"
+
+
+def remove_orphans(rt: Runtime, busy: set[int]) -> list[str]:
+    """Remove the local sandboxes and worktrees of incidents no live job works on, then forget the removed
+    worktrees in git; what was removed."""
+    from jobs.warehouse.sandbox import remove_orphan_sandboxes
+
+    removed = remove_orphan_sandboxes(rt.sandboxes_root, busy)
+    if removed:
+        rt.git.run("worktree", "prune", check=False)
+    return [str(path) for path in removed]

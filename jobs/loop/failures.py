@@ -13,7 +13,7 @@ import uuid
 
 from jobs.attribute import groups
 from jobs.core.errors import CairnError, TransientError
-from jobs.core.records import IncidentStatus
+from jobs.core.records import ErrorDetail, IncidentStatus
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,8 @@ def mark_errored(store, incident_id: int, stage: str, exc: BaseException) -> lis
     stopped = groups.members(store, incident) if groups.leads(incident) else [incident]
     stopped = [i for i in stopped if i.status is not IncidentStatus.errored]
     for member in stopped:
-        details = {**member.details, "error": {"stage": stage, "reason": reason, "error_id": error_id,
-                                               "status_before": member.status.value}}
-        store.update_incident(member.id, status=IncidentStatus.errored, details=details)
+        error = ErrorDetail(stage=stage, reason=reason, error_id=error_id, status_before=member.status.value)
+        store.update_incident(member.id, status=IncidentStatus.errored, details={"error": error})
         store.audit("stage.failed", incident_id=member.id,
                     data={"stage": stage, "reason": reason, "error_id": error_id},
                     dedup_key=f"incident:{member.id}:stage.failed:{stage}")

@@ -13,7 +13,9 @@ delayed retries: `cairn worker` starts it). A permanent one, or a transient one 
 marks the incident (and the group it leads) `errored` with the reason and an error ID
 (`jobs.loop.failures`), audits it once and refreshes the card, which says so in the thread. A worker
 killed mid-job (its work horse dies) is retried by RQ the same way; stages clean up what a killed
-predecessor left behind.
+predecessor left behind. A stage holds its incident's lease while it runs (`jobs.loop.lease`), and every
+check first reconciles (`jobs.loop.reconcile`): an in-flight incident no job works on is resumed. With
+Redis down, a stage or card refresh that cannot be enqueued is audited and left to that reconcile.
 
 Groups (`jobs.attribute.groups`): incidents one check opens over the same suspect range are grouped; only the
 leader's stages are enqueued, and each stage names the members it moved, whose cards are refreshed.
@@ -24,41 +26,47 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import threading
 import uuid
 from abc import ABC, abstractmethod
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from jobs.attribute import groups
 from jobs.config import Config, load_config
 from jobs.core.clock import Clock
-from jobs.core.records import Incident, IncidentStatus
+from jobs.core.errors import QueueUnavailable
 from jobs.loop.failures import is_transient, mark_errored, redact
+from jobs.loop.flow import next_stage
+from jobs.loop.lease import held
 
 log = logging.getLogger(__name__)
 
 NOTIFY = "bot.notify.notify_incident"  # by path: jobs never import bot
 TELL = "bot.notify.tell_user"
-STAGES = ("attribute", "verify", "propose")
-_NEXT = {IncidentStatus.detected: "attribute", IncidentStatus.attributing: "attribute",
-         IncidentStatus.verifying: "verify", IncidentStatus.verified: "propose",
-         IncidentStatus.not_verified: "propose"}
-
-
-def next_stage(incident: Incident) -> str | None:
-    """The stage an incident in this status waits for; None when the loop has nothing left to do."""
-    return _NEXT.get(incident.status)
-
-
 # --- what a job does, wherever it runs --------------------------------------------------------
 
 
-def perform_stage(rt, jobs: "Jobs", stage: str, incident_id: int, *, may_retry: bool) -> None:
-    """Run one stage, then enqueue the card refresh and the next stage; failures as described above."""
+def perform_stage(rt, jobs: "Jobs", stage: str, incident_id: int, *, may_retry: bool,
+                  holder: str | None = None) -> None:
+    """Run one stage holding the incident's lease (`holder`: the RQ job ID, so a retry takes over from its
+    killed predecessor), then enqueue the card refresh and the next stage; failures as described above."""
+    settings = rt.config.settings.queue
+    # The lease measures whether this process is alive: the wall clock, even when the check's is pinned.
+    with held(rt.store, incident_id, stage, holder or uuid.uuid4().hex, settings.lease, Clock()) as mine:
+        if not mine:
+            log.info("incident %s: another live job holds it; %s not run twice", incident_id, stage)
+            return
+        _perform_stage(rt, jobs, stage, incident_id, may_retry=may_retry)
+
+
+def _perform_stage(rt, jobs: "Jobs", stage: str, incident_id: int, *, may_retry: bool) -> None:
     from jobs.loop import stages
 
     run = {"attribute": stages.attribute_stage, "verify": stages.verify_stage,
@@ -84,8 +92,11 @@ def perform_stage(rt, jobs: "Jobs", stage: str, incident_id: int, *, may_retry: 
 def perform_check(rt, jobs: "Jobs", contracts=None) -> list:
     """Observe and detect at the Runtime's clock; every incident that moved gets its card refreshed,
     new ones are healed."""
-    from jobs.detect.observe import Change, check
+    from jobs.detect.check import check
+    from jobs.detect.observe import Change
+    from jobs.loop.reconcile import reconcile
 
+    reconcile(rt, jobs)  # first: what a dead worker or a failed enqueue left in flight goes on
     outcomes = check(rt, contracts)
     opened = [o.incident for o in outcomes if o.change is Change.opened]
     leaders = groups.form(rt.store, opened)  # one culprit's incidents: only the leader's loop runs
@@ -150,6 +161,14 @@ class Jobs(ABC):
     @abstractmethod
     def health(self) -> dict[str, Any]: ...
 
+    @abstractmethod
+    def waiting(self) -> set[int]:
+        """Incidents a stage job waits for here (queued, scheduled for a retry, or just started)."""
+
+    @abstractmethod
+    def resume(self, stage: str, incident_id: int, run: str = "") -> None:
+        """Enqueue a stage again for an incident no live job works on, replacing its dead job."""
+
 
 class InlineJobs(Jobs):
     """No Redis: jobs run in this process, one at a time, in the order they were enqueued.
@@ -166,11 +185,29 @@ class InlineJobs(Jobs):
         self._lock = threading.Lock()
         self._wake = threading.Event() if background else None
         self.errors: list[str] = []
+        self._staged: Counter[int] = Counter()
         if background:
             threading.Thread(target=self._serve, name="cairn-jobs", daemon=True).start()
 
     def stage(self, stage: str, incident_id: int, run: str = "") -> None:
-        self._submit(lambda: perform_stage(self.rt, self, stage, incident_id, may_retry=False))
+        with self._lock:
+            self._staged[incident_id] += 1
+
+        def job() -> None:
+            try:
+                perform_stage(self.rt, self, stage, incident_id, may_retry=False)
+            finally:
+                with self._lock:
+                    self._staged[incident_id] -= 1
+
+        self._submit(job)
+
+    def waiting(self) -> set[int]:
+        with self._lock:
+            return {incident_id for incident_id, n in self._staged.items() if n > 0}
+
+    def resume(self, stage: str, incident_id: int, run: str = "") -> None:
+        self.stage(stage, incident_id, run)
 
     def notify(self, incident_id: int) -> None:
         self._submit(lambda: self._notify(incident_id))
@@ -240,12 +277,13 @@ class RQJobs(Jobs):
     the check's time; with the wall clock, each job reads the wall where it runs.
     """
 
-    def __init__(self, config: Config, connection=None, clock: Clock | None = None):
+    def __init__(self, config: Config, connection=None, clock: Clock | None = None, store=None):
         from redis import Redis
         from rq import Queue
 
         self.config = config
         self.clock = clock or Clock()
+        self.store = store  # where a failed enqueue is audited
         self.settings = config.settings.queue
         self.redis = connection or Redis.from_url(config.env.redis_url)
         self.stages = Queue(self.settings.name, connection=self.redis)
@@ -257,19 +295,32 @@ class RQJobs(Jobs):
         return [self.notifications, self.stages]
 
     def stage(self, stage: str, incident_id: int, run: str = "") -> None:
-        # One job per (stage, incident, run) at a time: a duplicate enqueue is refused by RQ itself.
         self._enqueue(self.stages, "jobs.loop.queue.stage_job", (stage, incident_id), stage,
-                      job_id=f"cairn-{stage}-{incident_id}" + (f"-{run}" if run else ""))
+                      job_id=stage_job_id(stage, incident_id, run), incident_id=incident_id)
+
+    def resume(self, stage: str, incident_id: int, run: str = "") -> None:
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        try:  # the dead job's record (failed, abandoned, canceled) would refuse the same job ID
+            Job.fetch(stage_job_id(stage, incident_id, run), connection=self.redis).delete()
+        except NoSuchJobError:
+            pass
+        except RedisError as exc:
+            raise QueueUnavailable(f"Redis is unreachable ({exc}): incident {incident_id} is resumed by a "
+                                   "later check") from exc
+        self.stage(stage, incident_id, run)
 
     def notify(self, incident_id: int) -> None:
         # Many refreshes may queue; each re-reads the store, so the last one shows the latest state.
-        self._enqueue(self.notifications, NOTIFY, (incident_id,), "notify")
+        self._enqueue(self.notifications, NOTIFY, (incident_id,), "notify", incident_id=incident_id)
 
     def check(self, contract_ids: list[str] | None = None) -> None:
-        self._enqueue(self.stages, "jobs.loop.queue.check_job", (contract_ids,), "check")
+        self._enqueue(self.stages, "jobs.loop.queue.check_job", (contract_ids,), "check", lost=False)
 
     def review(self, action: str, incident_id: int, actor: str, arg: str, reply_to: str | None = None) -> None:
-        self._enqueue(self.stages, "jobs.loop.queue.review_job", (action, incident_id, actor, arg, reply_to), "propose")
+        self._enqueue(self.stages, "jobs.loop.queue.review_job", (action, incident_id, actor, arg, reply_to), "propose",
+                      incident_id=incident_id, lost=False)
 
     def tell(self, channel: str, user: str, text: str) -> None:
         self._enqueue(self.notifications, TELL, (channel, user, text), "notify")
@@ -277,11 +328,35 @@ class RQJobs(Jobs):
     def health(self) -> dict[str, Any]:
         from rq import Worker
 
-        return {"backend": "rq", "queued": {q.name: q.count for q in self.queues},
-                "failed": {q.name: q.failed_job_registry.count for q in self.queues},
-                "workers": len(Worker.all(connection=self.redis))}
+        try:
+            return {"backend": "rq", "queued": {q.name: q.count for q in self.queues},
+                    "failed": {q.name: q.failed_job_registry.count for q in self.queues},
+                    "workers": len(Worker.all(connection=self.redis))}
+        except RedisError as exc:
+            return {"backend": "rq", "error": f"Redis is unreachable: {redact(str(exc))}"}
 
-    def _enqueue(self, queue, func: str, args: tuple, stage: str, job_id: str | None = None) -> None:
+    def waiting(self) -> set[int]:
+        """Stage jobs queued, deferred or scheduled (a retry's backoff), and those started less than a
+        lease ago (they take the lease as they start); a started job past that lives only by its lease."""
+        from rq.job import Job
+
+        started_before = Clock().now() - self.settings.lease  # RQ stamps jobs with the wall's time
+        try:
+            found = {*self.stages.get_job_ids(), *self.stages.scheduled_job_registry.get_job_ids(),
+                     *self.stages.deferred_job_registry.get_job_ids()}
+            for job_id in self.stages.started_job_registry.get_job_ids():
+                job = Job.fetch(job_id, connection=self.redis)
+                if job.started_at is None or job.started_at.replace(tzinfo=timezone.utc) > started_before:
+                    found.add(job_id)
+        except RedisError as exc:
+            raise QueueUnavailable(f"Redis is unreachable ({redact(str(exc))}): cannot tell which jobs "
+                                   "are live") from exc
+        return {int(m.group(2)) for job_id in found if (m := _STAGE_JOB.match(job_id))}
+
+    def _enqueue(self, queue, func: str, args: tuple, stage: str, job_id: str | None = None,
+                 incident_id: int | None = None, lost: bool = True) -> None:
+        """Enqueue; with Redis down, a stage or card refresh is audited and left to the next check's
+        reconcile (`lost`), while a check or review the person asked for fails with a clear error."""
         from rq import Callback, Retry
         from rq.exceptions import DuplicateJobError
 
@@ -294,6 +369,23 @@ class RQJobs(Jobs):
                           on_failure=Callback(on_job_failure), failure_ttl=7 * 86400)
         except DuplicateJobError:
             log.info("%s already queued or running; not enqueued twice", job_id)
+        except RedisError as exc:
+            reason = redact(f"{type(exc).__name__}: {exc}")
+            log.error("could not enqueue %s %s: %s", func, args, reason)
+            if self.store is not None:
+                self.store.audit("job.enqueue_failed", incident_id=incident_id,
+                                 data={"job": func.rsplit(".", 1)[-1], "stage": stage, "reason": reason})
+            if not lost:
+                raise QueueUnavailable(f"the job queue is unreachable ({reason}); nothing was queued: "
+                                       "try again when Redis is back") from exc
+
+
+_STAGE_JOB = re.compile(r"^cairn-(attribute|verify|propose)-(\d+)(?:-.+)?$")
+
+
+def stage_job_id(stage: str, incident_id: int, run: str = "") -> str:
+    """One job per (stage, incident, run) at a time: a duplicate enqueue is refused by RQ itself."""
+    return f"cairn-{stage}-{incident_id}" + (f"-{run}" if run else "")
 
 
 # --- RQ entry points (run in a worker's work horse) ------------------------------------------
@@ -308,7 +400,8 @@ def stage_job(stage: str, incident_id: int, at: str | None = None) -> None:
         job.meta["pid"] = os.getpid()
         job.save_meta()
     with _job_runtime(at) as (rt, jobs):
-        perform_stage(rt, jobs, stage, incident_id, may_retry=_retries_left() > 0)
+        perform_stage(rt, jobs, stage, incident_id, may_retry=_retries_left() > 0,
+                      holder=job.id if job is not None else None)
 
 
 def check_job(contract_ids: list[str] | None = None, at: str | None = None) -> None:
@@ -334,7 +427,7 @@ def on_job_failure(job, connection, exc_type, exc, tb) -> None:
     rt = Runtime(load_config(), _clock(job.kwargs.get("at")))
     try:
         stopped = mark_errored(rt.store, incident_id, stage, exc or RuntimeError("the worker running it died"))
-        jobs = RQJobs(rt.config, connection, rt.clock)
+        jobs = RQJobs(rt.config, connection, rt.clock, store=rt.store)
         for changed in dict.fromkeys([incident_id, *stopped]):
             jobs.notify(changed)
     finally:
@@ -351,7 +444,7 @@ def _job_runtime(at: str | None) -> Iterator[tuple[Any, "RQJobs"]]:
     rt = Runtime(load_config(), _clock(at))
     try:
         job = get_current_job()
-        yield rt, RQJobs(rt.config, job.connection if job else None, rt.clock)
+        yield rt, RQJobs(rt.config, job.connection if job else None, rt.clock, store=rt.store)
     finally:
         rt.close()
 
@@ -371,7 +464,7 @@ def _retries_left() -> int:
 def for_runtime(rt, *, background: bool = False) -> Jobs:
     """RQ when REDIS_URL is set, else in-process."""
     if rt.config.env.redis_url:
-        return RQJobs(rt.config, clock=rt.clock)
+        return RQJobs(rt.config, clock=rt.clock, store=rt.store)
     return InlineJobs(rt, background=background)
 
 

@@ -16,8 +16,17 @@ from jobs.attribute import groups, triage
 from jobs.attribute.attribution import Attribution, attribute
 from jobs.core.errors import CairnError
 from jobs.core.formatting import fmt_value
-from jobs.core.records import Candidate, Incident, IncidentStatus, Verdict
-from jobs.core.report import candidate_from_json, ranking_from_json, to_json, verification_from_json
+from jobs.core.records import (
+    AttributionDetail,
+    Candidate,
+    HeldDetail,
+    Incident,
+    IncidentStatus,
+    MergeBlockedDetail,
+    Verdict,
+    VerificationDetail,
+)
+from jobs.core.report import to_json
 from jobs.detect.recovery import recovery_band
 from jobs.propose.decision import AUTONOMOUS, propose
 from jobs.runtime import Runtime
@@ -31,7 +40,7 @@ log = logging.getLogger(__name__)
 def attribute_stage(rt: Runtime, incident_id: int) -> list[int]:
     """Attribute the incident, or every member of the group it leads; the other incidents it moved."""
     # `attributing` too: a job killed mid-attribution is retried from the start.
-    if (turn := _turn(rt, incident_id, IncidentStatus.detected, IncidentStatus.attributing)) is None:
+    if (turn := _turn(rt, incident_id, "attribute", IncidentStatus.detected, IncidentStatus.attributing)) is None:
         return []
     incident, group = turn
     for member in group:
@@ -50,21 +59,21 @@ def attribute_stage(rt: Runtime, incident_id: int) -> list[int]:
     carry = {"group_attribution": groups.group_attribution({m.id: found[m.id] for m in stay})} if len(stay) > 1 else {}
     leader = min((m.id for m in stay), default=None)
     for member in _last(stay, incident_id):
-        ranking = ranking_from_json(carry["group_attribution"]["ranking"]) if carry else found[member.id].ranking
+        ranking = carry["group_attribution"].ranking if carry else found[member.id].ranking
         top = ranking.top
         _move(rt, member, IncidentStatus.verifying, "attribution.finished",
               {"candidates": len(found[member.id].candidates), "top": top.sha if top else None,
                "ranker": ranking.ranker, "note": ranking.note},
               {**_attribution_details(found[member.id]), **(carry if member.id == leader else {}),
                "triage": triage.after_attribution(intentional=(), upstream=(), revertable=[
-                   _line(c) for c in found[member.id].revertable]).to_json()})
+                   _line(c) for c in found[member.id].revertable]).detail()})
     return _others(group, incident_id)
 
 
 def _attribution_details(found: Attribution) -> dict:
     lineage_path = {c.sha: found.lineage_path(c.sha) for c in found.candidates if c.models}
-    return {"attribution": {"candidates": to_json(found.candidates), "ranking": to_json(found.ranking),
-                            "lineage_path": lineage_path, "lineage_nodes": len(found.lineage.names)}}
+    return {"attribution": AttributionDetail(candidates=found.candidates, ranking=found.ranking,
+                                             lineage_path=lineage_path, lineage_nodes=len(found.lineage.names))}
 
 
 def _escalate(rt: Runtime, incident: Incident, found: Attribution) -> None:
@@ -79,14 +88,14 @@ def _escalate(rt: Runtime, incident: Incident, found: Attribution) -> None:
                                       upstream=facts)
     _move(rt, incident, IncidentStatus.escalated, "attribution.finished",
           {"verdict": verdict.value, "candidates": len(found.candidates), "reason": reason},
-          {**_attribution_details(found), "verdict": verdict.value, "triage": judged.to_json()})
+          {**_attribution_details(found), "verdict": verdict, "triage": judged.detail()})
 
 
 def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
     """Verify the incident's suspects, for every member of the group it leads at once; the others it moved."""
     from jobs.verify.verification import Target, verify_revert
 
-    if (turn := _turn(rt, incident_id, IncidentStatus.verifying)) is None:
+    if (turn := _turn(rt, incident_id, "verify", IncidentStatus.verifying)) is None:
         return []
     incident, group = turn
     # A retry after a killed worker: its sandbox and worktree are still on disk.
@@ -123,8 +132,7 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
     except SandboxRefused as refused:
         # Over the org's byte budget, or a build that would write outside the sandbox: a person decides.
         data = {"reason": str(refused), **refused.audit_data()}
-        details = {"verification": {"attempts": [], "builds": 0, "fix": None, "refused": data},
-                   "verdict": Verdict.refused.value}
+        details = {"verification": VerificationDetail(refused=data), "verdict": Verdict.refused}
         for member in _last(group, incident_id):
             _move(rt, member, IncidentStatus.escalated, "verification.refused", data, details)
         return _others(group, incident_id)
@@ -134,14 +142,14 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
         # No revert brought every member back: those one revert brought back go on with it (the most
         # first), and verify nothing again; members none brought back leave to run their own loop.
         groups.split(rt.store, _last(group, incident_id), parts,
-                     {k: v for k, v in incident.details.items() if k == "group_attribution"})
+                     {"group_attribution": incident.details.group_attribution} if incident.details.group_attribution else {})
     fixes = {i: fix for fix, part in parts for i in part}
     for member in _last([m for m in group if m.id in fixes] or group, incident_id):
         fix = fixes.get(member.id)
         verdict = fix.verdict if fix else _worst(search)
-        details = {"verification": {"attempts": [to_json(groups.view(a, member)) for a in search.attempts],
-                                    "builds": search.builds, "fix": to_json(groups.view(fix, member)) if fix else None},
-                   "verdict": verdict.value, "triage": _verified_triage(rt, member, search, fix).to_json()}
+        details = {"verification": VerificationDetail(attempts=tuple(groups.view(a, member) for a in search.attempts),
+                                                      builds=search.builds, fix=groups.view(fix, member) if fix else None),
+                   "verdict": verdict, "triage": _verified_triage(rt, member, search, fix).detail()}
         _move(rt, member, IncidentStatus.verified if fix else IncidentStatus.not_verified, "verification.finished",
               {"verdict": verdict.value, "builds": search.builds}, details)
     return _others(group, incident_id)
@@ -149,30 +157,55 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
 
 def propose_stage(rt: Runtime, incident_id: int) -> list[int]:
     """Decide, and open the PR: one for the group the incident leads; the others it moved."""
-    if (turn := _turn(rt, incident_id, IncidentStatus.verified, IncidentStatus.not_verified)) is None:
+    if (turn := _turn(rt, incident_id, "propose", IncidentStatus.verified, IncidentStatus.not_verified)) is None:
         return []
     incident, group = turn
     contract = rt.contract(incident.contract_id)
-    fix = incident.details.get("verification", {}).get("fix")
-    outcome = propose(rt, incident, contract, verification_from_json(fix) if fix else None,
+    verification = incident.details.verification
+    outcome = propose(rt, incident, contract, verification.fix if verification else None,
                       _ranked_candidates(incident), group=[(m, rt.contract(m.contract_id)) for m in group[1:]])
-    blocked = {"by": AUTONOMOUS, "reason": outcome.merge_blocked,
-               "head_sha": outcome.pr.head_sha} if outcome.merge_blocked and outcome.pr else None
+    blocked = MergeBlockedDetail(by=AUTONOMOUS, reason=outcome.merge_blocked, head_sha=outcome.pr.head_sha) \
+        if outcome.merge_blocked and outcome.pr else None
     for member in _last(group, incident_id):
         _move(rt, member, outcome.status, "decision.made",
               {**to_json(outcome.decision), **({"merge_blocked": outcome.merge_blocked} if blocked else {})},
-              {"decision": to_json(outcome.decision), "pr": to_json(outcome.pr), "ranking": to_json(outcome.ranking),
-               "merge_blocked": blocked})
+              {"decision": outcome.decision, "pr": outcome.pr, "ranking": outcome.ranking, "merge_blocked": blocked})
     return _others(group, incident_id)
 
 
-def _turn(rt: Runtime, incident_id: int, *waiting: IncidentStatus) -> tuple[Incident, list[Incident]] | None:
+def _turn(rt: Runtime, incident_id: int, stage: str,
+          *waiting: IncidentStatus) -> tuple[Incident, list[Incident]] | None:
     """The incident and its group's members in `waiting`, leader first; None if the stage has nothing to do:
-    the incident is past it, or a member whose leader does the work."""
+    the incident is past it, a member whose leader does the work, or held by the kill switch."""
     incident = rt.store.incident(incident_id)
     if incident.status not in waiting or not groups.leads(incident):
         return None
-    return incident, groups.members(rt.store, incident, waiting)
+    group = groups.members(rt.store, incident, waiting)
+    return None if _held(rt, group, stage) else (incident, group)
+
+
+WOULD = {"attribute": "attribute it: rank the suspect commits from git history and lineage",
+         "verify": "build the revert of its suspects on a sandbox clone of the warehouse",
+         "propose": "decide, and open or merge a pull request as policy says"}
+
+
+def _held(rt: Runtime, group: list[Incident], stage: str) -> bool:
+    """The kill switch covers the group: record what the stage would have done and do nothing (no clone,
+    no build, no PR); the incident stays where it is, and a check resumes it once the switch is released."""
+    kill = rt.kill_switch_for(*group)
+    if kill is None:
+        for member in group:
+            if member.details.held is not None:
+                rt.store.update_incident(member.id, details={"held": None})
+        return False
+    held = HeldDetail(stage=stage, would=WOULD[stage], by=kill.by, reason=kill.reason, selectors=kill.selectors)
+    for member in group:
+        if member.details.held == held:
+            continue  # held already, by the same switch
+        rt.store.update_incident(member.id, details={"held": held})
+        rt.store.audit("loop.held", incident_id=member.id, data=held.model_dump(mode="json"))
+        log.warning("incident %s: kill switch on (%s): %s not run", member.id, kill.reason, stage)
+    return True
 
 
 def _verified_triage(rt: Runtime, incident: Incident, search, fix) -> triage.Triage:
@@ -213,9 +246,11 @@ def _line(candidate: Candidate) -> str:
 
 def _ranked_candidates(incident: Incident) -> list[Candidate]:
     """Revertable candidates in ranked order (intentional and docs-only ones are never reverted)."""
-    attribution = groups.suspects(incident)
-    by_sha = {c["sha"]: candidate_from_json(c) for c in attribution.get("candidates", [])}
-    ranked = [by_sha[c["sha"]] for c in attribution.get("ranking", {}).get("causes", []) if c["sha"] in by_sha]
+    attribution = incident.details.suspects
+    if attribution is None:
+        return []
+    by_sha = {c.sha: c for c in attribution.candidates}
+    ranked = [by_sha[c.sha] for c in attribution.ranking.causes if c.sha in by_sha]
     return [c for c in ranked if not c.intentional and not c.docs_only]
 
 

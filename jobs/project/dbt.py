@@ -1,4 +1,4 @@
-"""dbt, in-process: one runner per process, one invocation at a time, artifacts kept apart."""
+"""dbt, in-process (one runner per process, one invocation at a time) or in an isolated child, artifacts kept apart."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.core.errors import DbtError
+from jobs.project.isolation import Child
 
 # dbt reads this at import time in some versions: set it before dbt is imported anywhere.
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
@@ -43,15 +44,20 @@ class InvocationResult:
 
 
 class Dbt:
-    """A dbt project at one target, invoked through dbtRunner with its own target path."""
+    """A dbt project at one target, invoked through dbtRunner with its own target path.
+
+    With `child`, every invocation runs in a child process (`jobs.project.isolation`): the project
+    is a revert's, candidate code that must not run beside Cairn's secrets or reach production.
+    """
 
     def __init__(self, project_dir: Path, profiles_dir: Path, target: str | None = None,
-                 target_path: Path | None = None, env: dict[str, str] | None = None):
+                 target_path: Path | None = None, env: dict[str, str] | None = None, child: Child | None = None):
         self.project_dir = Path(project_dir)
         self.profiles_dir = Path(profiles_dir)
         self.target = target
         self.target_path = Path(target_path or self.project_dir / "target")
         self.env = dict(env or {})
+        self.child = child
 
     def invoke(self, *args: str, select: str | None = None, extra: tuple[str, ...] = ()) -> InvocationResult:
         """Run one dbt command; raise DbtError when dbt itself could not run."""
@@ -76,6 +82,17 @@ class Dbt:
         return result
 
     def _run(self, argv: list[str]) -> InvocationResult:
+        if self.child is not None:
+            reported = self.child.run(argv, self.target_path, self.env)
+            success, exception = reported["success"], reported["exception"]
+            nodes = tuple(NodeResult(*node) for node in reported["nodes"])
+        else:
+            success, exception, nodes = self._in_process(argv)
+        if exception is not None:
+            raise DbtError(f"dbt {argv[0]} failed to run in {self.project_dir}: {exception}")
+        return InvocationResult(tuple(argv), bool(success), nodes)
+
+    def _in_process(self, argv: list[str]) -> tuple[bool, Any, tuple[NodeResult, ...]]:
         from dbt.cli.main import dbtRunner
 
         with _INVOCATION_LOCK, _environment(self.env):
@@ -83,13 +100,11 @@ class Dbt:
                 result = dbtRunner().invoke(argv)
             finally:
                 _release_duckdb()
-        if result.exception is not None:
-            raise DbtError(f"dbt {argv[0]} failed to run in {self.project_dir}: {result.exception}")
         nodes = tuple(
             NodeResult(r.node.unique_id, str(getattr(r.status, "value", r.status)), r.message)
             for r in (getattr(result.result, "results", None) or [])
         )
-        return InvocationResult(tuple(a for a in argv), bool(result.success), nodes)
+        return bool(result.success), result.exception, nodes
 
     def parse(self) -> dict[str, Any]:
         """Parse the project and return manifest.json as a dict."""

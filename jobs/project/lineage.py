@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from sqlglot.schema import MappingSchema
 
 from jobs.core.errors import ContractError
 from jobs.project.packages import PACKAGE_FILES
+from policies.model import ModelRef
 
 PROJECT_FILE = "dbt_project.yml"
 # dbt's own macros and its adapters' ship with dbt, not with the project's packages.
@@ -295,3 +296,29 @@ def _trace(sql: str | None, columns: set[str], schema: MappingSchema,
                         elif isinstance(source, Scope):
                             todo.append((col.name, source))
     return leaves
+
+
+def model_refs(manifest: Mapping[str, Any], unique_ids: Sequence[str]) -> list[ModelRef]:
+    """What policy selectors see of the models a revert touches."""
+    nodes = manifest.get("nodes", {})
+    parents = {uid: node.get("depends_on", {}).get("nodes", []) for uid, node in nodes.items()}
+    refs = []
+    for uid in unique_ids:
+        node = nodes.get(uid)
+        if node is None:
+            continue
+        ancestors, stack = set(), list(parents.get(uid, []))
+        while stack:
+            parent = stack.pop()
+            if parent in nodes and nodes[parent]["name"] not in ancestors:
+                ancestors.add(nodes[parent]["name"])
+                stack.extend(parents.get(parent, []))
+        refs.append(ModelRef(node["name"], node.get("original_file_path", ""),
+                             frozenset(node.get("tags", [])), frozenset(ancestors)))
+    return refs
+
+
+def model_uid(manifest: Mapping[str, Any], name: str) -> str | None:
+    """The unique ID of the model called `name`, if the manifest has one (a source has none)."""
+    return next((uid for uid, node in manifest.get("nodes", {}).items()
+                 if node.get("resource_type") == "model" and node.get("name") == name), None)

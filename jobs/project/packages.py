@@ -28,6 +28,7 @@ import yaml
 
 from jobs.core.errors import DbtError
 from jobs.project.dbt import Dbt
+from jobs.project.isolation import Child
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,11 @@ def ensure_installed(dbt: Dbt) -> str | None:
 
 
 def provide(worktree_project: Path, production_project: Path, changed: Iterable[str], repo: Path,
-            worktree_repo: Path, env: dict[str, str] | None = None) -> str | None:
+            worktree_repo: Path, env: dict[str, str] | None = None, child: Child | None = None) -> str | None:
     """Give a verification worktree its packages (see the module docstring); say how (None: none declared).
 
-    `changed` are the repository paths the revert changes; `repo` and `worktree_repo` the two roots.
+    `changed` are the repository paths the revert changes; `repo` and `worktree_repo` the two roots;
+    `child` where `dbt deps` runs (the revert's packages.yml is candidate code: its Jinja reads env_var).
     """
     packages = declared(worktree_project)
     if not packages:
@@ -80,7 +82,7 @@ def provide(worktree_project: Path, production_project: Path, changed: Iterable[
         target = install_dir(worktree_project)
         shutil.copytree(install_dir(production_project), target, symlinks=True, dirs_exist_ok=True)
         return f"reused production's installed packages ({install_dir(production_project).relative_to(repo)})"
-    Dbt(worktree_project, worktree_project, env=env).deps()
+    Dbt(worktree_project, worktree_project, env=env, child=child).deps()
     why = f"the revert changes {', '.join(touched)}" if touched else "production has none installed"
     return f"ran dbt deps in the worktree: {why}"
 

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from jobs.attribute.groups import suspects
 from jobs.attribute.ranking import score
 from jobs.contracts.spec import Contract
 from jobs.core.errors import CairnError
 from jobs.core.records import Candidate, Incident, IncidentStatus, PullRequest, Ranking, Verdict, Verification
 from jobs.forge import MergeBlocked
+from jobs.project.lineage import model_refs
 from jobs.propose.prbody import check_proof, pr_body, pr_title
 from jobs.runtime import Runtime
 from jobs.store import switches
 from policies.decide import Action, Decision, Facts, decide
-from policies.model import ModelRef
 
 _STATUS = {Action.record_only: None, Action.escalate: IncidentStatus.escalated,
            Action.open_pr: IncidentStatus.pr_opened, Action.auto_merge: IncidentStatus.merged}
@@ -74,32 +72,13 @@ def open_verified_pr(rt: Runtime, incident: Incident, contract: Contract, cause:
         raise UnverifiedRevert(f"incident {incident.id}: revert of {cause.short_sha} is {fix.verdict.value}, "
                                f"not verified on a clone{' for ' + ', '.join(behind) if behind else ''}; "
                                "no pull request is opened")
-    path = suspects(incident).get("lineage_path", {}).get(cause.sha, [])
+    suspects = incident.details.suspects
+    path = suspects.lineage_path.get(cause.sha, []) if suspects else []
     body = pr_body(incident=incident, contract=contract, candidate=cause, ranking=ranking, candidates=ranked,
                    verification=fix, deltas=fix.deltas, lineage_path=path, mode=decision.mode.value, group=group)
     return rt.forge.open_revert_pr(incident.id, rt.config.settings.branch, [cause.sha],
                                    pr_title(incident, contract, cause, others=len(group)), body,
                                    proof=check_proof(contract, fix))
-
-
-def model_refs(manifest: dict[str, Any], unique_ids: Sequence[str]) -> list[ModelRef]:
-    """What policy selectors see of the models a revert touches."""
-    nodes = manifest.get("nodes", {})
-    parents = {uid: node.get("depends_on", {}).get("nodes", []) for uid, node in nodes.items()}
-    refs = []
-    for uid in unique_ids:
-        node = nodes.get(uid)
-        if node is None:
-            continue
-        ancestors, stack = set(), list(parents.get(uid, []))
-        while stack:
-            parent = stack.pop()
-            if parent in nodes and nodes[parent]["name"] not in ancestors:
-                ancestors.add(nodes[parent]["name"])
-                stack.extend(parents.get(parent, []))
-        refs.append(ModelRef(node["name"], node.get("original_file_path", ""),
-                             frozenset(node.get("tags", [])), frozenset(ancestors)))
-    return refs
 
 
 def _blast_radius(fix: Verification | None) -> int:

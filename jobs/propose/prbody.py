@@ -176,9 +176,9 @@ def _contract(contract: Contract) -> list[str]:
 
 
 def _regression(incident: Incident, contract: Contract) -> list[str]:
-    deploy = incident.details.get("deploy")
+    deploy = incident.details.deploy
     # A deploy check's change is against the same data without the deploy, not against the forecast.
-    expected = deploy["without"] if deploy else incident.baseline.expected if incident.baseline else None
+    expected = deploy.without if deploy else incident.baseline.expected if incident.baseline else None
     row = [metric_value(contract, incident.value), metric_value(contract, expected), _change(incident),
            incident.first_bad_at.strftime("%Y-%m-%d %H:%M UTC"), code((incident.first_bad_sha or "unknown")[:7])]
     header = ["Observed", "Without the deploy" if deploy else "Expected", "Change", "First bad", "Deployed at"]
@@ -186,12 +186,12 @@ def _regression(incident: Incident, contract: Contract) -> list[str]:
 
 
 def _triage(incident: Incident) -> list[str]:
-    found = incident.details.get("triage")
+    found = incident.details.triage
     if not found:
         return ["### Triage", "", "Not triaged."]
-    label = found["class"].replace("_", " ").capitalize()
+    label = found.kind.replace("_", " ").capitalize()
     return ["### Triage", "", f"**{label}**", "",
-            *(f"- {plain(line)}" for line in found["evidence"])]
+            *(f"- {plain(line)}" for line in found.evidence)]
 
 
 def _attribution(path: Sequence[str]) -> list[str]:
@@ -239,6 +239,8 @@ def _verification(contract: Contract, v: Verification) -> list[str]:
             ["Check", f"{v.verdict.value}: {tests_line(v.tests)}"]]
     if v.reverted and len(v.reverted) > 1:
         rows.append(["Reverted together", ", ".join(code(sha[:7]) for sha in v.reverted)])
+    if v.isolation:
+        rows.append(["Isolation", plain(v.isolation)])
     if v.packages:
         rows.append(["dbt packages", plain(v.packages)])
     if v.billed_bytes is not None:

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from jobs.attribute import groups
 from jobs.core.errors import CairnError
-from jobs.core.records import IncidentStatus
+from jobs.core.records import IncidentStatus, MergeBlockedDetail, MergeDetail, RejectionDetail
 from jobs.forge import MergeBlocked, StaleApproval
 from jobs.runtime import Runtime
-from jobs.store import switches
 
 
 class ReviewRefused(CairnError):
@@ -30,7 +29,7 @@ def approve(rt: Runtime, incident_id: int, head_sha: str, actor: str) -> list[in
     owner = groups.leader_id(incident)
     pr = rt.store.pull_request_for(owner)
     refusal = None
-    kill = switches.kill_switch(rt.store)
+    kill = rt.kill_switch_for(incident)
     if kill is not None:
         refusal = f"the kill switch is on ({kill.reason}, by {kill.by}): nothing is merged until `/cairn unkill`"
     elif pr is None:
@@ -54,7 +53,7 @@ def approve(rt: Runtime, incident_id: int, head_sha: str, actor: str) -> list[in
     merged = [m for m in groups.members(rt.store, incident) if m.status is IncidentStatus.pr_opened]
     for member in merged:
         rt.store.update_incident(member.id, status=IncidentStatus.merged,
-                                 details={"merge": {"by": actor, "head_sha": head_sha}, "merge_blocked": None})
+                                 details={"merge": MergeDetail(by=actor, head_sha=head_sha), "merge_blocked": None})
         rt.store.audit("pr.merged", incident_id=member.id, actor=actor,
                        data={"number": pr.number, "head_sha": head_sha},
                        dedup_key=f"incident:{member.id}:pr.merged")
@@ -65,8 +64,8 @@ def block_merge(rt: Runtime, incident, reason: str, actor: str, head_sha: str) -
     """Record on every member still waiting for the merge why the code host refused it; the incidents."""
     blocked = groups.members(rt.store, incident, [IncidentStatus.pr_opened])
     for member in blocked:
-        rt.store.update_incident(member.id, details={"merge_blocked": {"by": actor, "reason": reason,
-                                                                       "head_sha": head_sha}})
+        rt.store.update_incident(member.id, details={
+            "merge_blocked": MergeBlockedDetail(by=actor, reason=reason, head_sha=head_sha)})
     return [m.id for m in blocked]
 
 
@@ -82,12 +81,13 @@ def reject(rt: Runtime, incident_id: int, reason: str, actor: str) -> list[int]:
     pr = rt.store.pull_request_for(owner)
     if pr is not None and pr.state == "open":
         rt.forge.close(owner, reason, actor=actor)
-    blamed = (incident.details.get("ranking") or incident.details.get("attribution", {}).get("ranking") or {})
-    top = (blamed.get("causes") or [{}])[0].get("sha")
-    feedback = {"by": actor, "reason": reason, "blamed_sha": top, "verdict": incident.details.get("verdict")}
+    details = incident.details
+    blamed = details.ranking or (details.attribution.ranking if details.attribution else None)
+    feedback = RejectionDetail(by=actor, reason=reason, blamed_sha=blamed.top.sha if blamed and blamed.top else None,
+                               verdict=details.verdict)
     rejected = [m for m in groups.members(rt.store, incident) if m.status is not IncidentStatus.merged]
     for member in rejected:
         rt.store.update_incident(member.id, status=IncidentStatus.rejected, details={"rejection": feedback})
-        rt.store.audit("incident.rejected", incident_id=member.id, actor=actor, data=feedback,
+        rt.store.audit("incident.rejected", incident_id=member.id, actor=actor, data=feedback.model_dump(mode="json"),
                        dedup_key=f"incident:{member.id}:incident.rejected")
     return [m.id for m in rejected]

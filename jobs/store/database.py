@@ -187,6 +187,17 @@ chat_messages = sa.Table(
 )
 
 
+stage_leases = sa.Table(
+    "stage_leases",
+    metadata,
+    # Which job is running an incident's stage right now: held while it runs, renewed by a heartbeat,
+    # so a check can tell an incident whose worker died (an expired lease) from one still being worked.
+    sa.Column("incident_id", sa.Integer, sa.ForeignKey("incidents.id"), primary_key=True),
+    sa.Column("stage", sa.String(32), nullable=False),
+    sa.Column("holder", sa.String(128), nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+)
+
 def alembic_config(connection: Connection | None = None, url: str | None = None):
     """The Alembic config for Cairn's migrations, built in code (no alembic.ini)."""
     from alembic.config import Config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -15,8 +15,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from jobs.core.clock import Clock
-from jobs.core.errors import NotFound, StoreError
-from jobs.core.records import AuditEvent, BaselineStats, Incident, IncidentStatus, Observation
+from jobs.core.errors import ContractError, NotFound, StoreError
+from jobs.core.records import AuditEvent, BaselineStats, Incident, IncidentDetails, IncidentStatus, Observation
 from jobs.store.chat import ChatMessageStore
 from jobs.store.database import (
     alembic_config,
@@ -27,14 +27,15 @@ from jobs.store.database import (
     org_state,
     rebaselines,
 )
+from jobs.store.leases import LeaseStore
 from jobs.store.prs import PullRequestStore
 
 _INCIDENT_FIELDS = {"status", "severity", "value", "baseline", "change_pct", "reason", "details", "resolved_at",
                     "group_id"}
 
 
-# Pull requests and chat messages are mixins so this module stays one concept's size.
-class Store(PullRequestStore, ChatMessageStore):
+# Pull requests, chat messages and stage leases are mixins so this module stays one concept's size.
+class Store(PullRequestStore, ChatMessageStore, LeaseStore):
     """Every read and write Cairn makes to its own database; each method is one transaction."""
 
     def __init__(self, url: str, clock: Clock | None = None) -> None:
@@ -173,7 +174,7 @@ class Store(PullRequestStore, ChatMessageStore):
         reason: str,
         status: IncidentStatus = IncidentStatus.detected,
         follows: Incident | None = None,
-        details: dict[str, Any] | None = None,
+        details: Mapping[str, Any] | None = None,
     ) -> Incident:
         """Open an incident for the contract, or one that `follows` an open one; if it is already open,
         return that one unchanged.
@@ -200,7 +201,7 @@ class Store(PullRequestStore, ChatMessageStore):
             baseline=dataclasses.asdict(baseline) if baseline else None,
             change_pct=change_pct,
             reason=reason,
-            details=dict(details or {}),
+            details=IncidentDetails().merged(details or {}).to_json(),
             follows_id=follows.id if follows else None,
         )
         for _attempt in range(3):  # the open incident may close between our conflict and our read
@@ -233,8 +234,8 @@ class Store(PullRequestStore, ChatMessageStore):
         return chain[-1] if chain else None
 
     def update_incident(self, incident_id: int, **fields: Any) -> Incident:
-        """Change an incident's fields; `details` is merged key by key into the existing details (a key
-        given None is removed).
+        """Change an incident's fields; `details` (parts of `IncidentDetails`, typed or as JSON) is merged
+        part by part into the existing details (a part given None is removed).
 
         Moving to a closed status sets `resolved_at` to now, to an open one clears it, unless it is given.
         """
@@ -255,8 +256,8 @@ class Store(PullRequestStore, ChatMessageStore):
                 if row is None:
                     raise NotFound(f"incident {incident_id} does not exist in the store")
                 if "details" in fields:
-                    merged = {**row.details, **(fields["details"] or {})}
-                    values["details"] = {key: value for key, value in merged.items() if value is not None}
+                    current = IncidentDetails.model_validate(row.details or {})
+                    values["details"] = current.merged(fields["details"] or {}).to_json()
                 conn.execute(incidents.update().where(incidents.c.id == incident_id).values(values))
         except IntegrityError as exc:
             raise StoreError(
@@ -327,8 +328,19 @@ class Store(PullRequestStore, ChatMessageStore):
     # -- rebaselines and org state ------------------------------------------------------------
 
     def rebaseline(self, contract_id: str, since: datetime, actor: str, reason: str) -> None:
-        """Record that the contract's baseline starts at `since`; the latest recorded rebaseline wins."""
-        row = dict(contract_id=contract_id, since=since, actor=actor, reason=reason, at=self.clock.now())
+        """Record that the contract's baseline starts at `since`; the latest recorded rebaseline wins.
+
+        A future `since` would drop every observation until then from the baseline, muting the contract
+        silently; a rebaseline without a reason leaves the audit trail unexplained: both are refused.
+        """
+        now = self.clock.now()
+        if not reason.strip():
+            raise ContractError(f"rebaseline {contract_id}: the reason is empty; say why the metric changed on "
+                                "purpose (it is kept in the audit trail)")
+        if since > now:
+            raise ContractError(f"rebaseline {contract_id}: {since.isoformat()} is in the future (now "
+                                f"{now.isoformat()}); a baseline restarts at a time already observed")
+        row = dict(contract_id=contract_id, since=since, actor=actor, reason=reason.strip(), at=now)
         with self._transaction(write=True) as conn:
             conn.execute(rebaselines.insert().values(row))
 
@@ -410,5 +422,5 @@ def _incident(row: sa.Row) -> Incident:
     values = {f.name: getattr(row, f.name) for f in dataclasses.fields(Incident)}
     values["status"] = IncidentStatus(row.status)
     values["baseline"] = BaselineStats.from_json(row.baseline) if row.baseline is not None else None
-    values["details"] = dict(row.details or {})
+    values["details"] = IncidentDetails.model_validate(row.details or {})
     return Incident(**values)

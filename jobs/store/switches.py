@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from policies.decide import KillSwitch
-from policies.model import Mode
+from policies.model import Mode, check_selector
 
 MODE_KEY = "mode"
 KILL_KEY = "kill_switch"
@@ -30,7 +30,9 @@ def kill_switch(store) -> KillSwitch | None:
 
 
 def pull(store, reason: str, actor: str, selectors: Sequence[str] = ()) -> None:
-    """Force observe mode for the org (or the selectors) before the next side effect of any job."""
+    """Stop every side effect beyond reading production (no clone, build, PR or merge) for the org, or for
+    the incidents whose models the selectors match, before the next side effect of any job."""
+    selectors = [check_selector(s) for s in selectors]
     store.set_state(KILL_KEY, {"reason": reason, "by": actor, "selectors": list(selectors)}, actor)
     store.audit("kill_switch.pulled", actor=actor, data={"reason": reason, "selectors": list(selectors)})
 

@@ -7,6 +7,10 @@ several broken contracts) runs through every member's metric model and measures 
 sandbox: verified only when every member is back in its own band. Distribution contracts are never
 verified here: their value is a divergence from the baseline profiles, which this stage does not
 hold, so they come back `not_recovered` with the measured profile's reason in `detail`.
+
+Every dbt invocation on the reverted worktree runs the revert's code, so it runs in a child process
+(`jobs.project.isolation`), jailed where the machine can; where it cannot, a selection holding
+Python models is refused (`Unisolated`) instead of built. The evidence says which.
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ from jobs.core.errors import CairnError, DbtError
 from jobs.core.formatting import fmt_number
 from jobs.core.records import BaselineStats, MemberResult, Verdict, Verification
 from jobs.project.dbt import Dbt, InvocationResult, NodeResult
+from jobs.project.isolation import Child, Isolation
 from jobs.project.packages import provide
 from jobs.project.worktree import Worktree
 from jobs.verify.scope import narrow
 from jobs.warehouse.sandbox import ProductionModified
-from jobs.warehouse.sandboxes import Sandbox, Sandboxes
+from jobs.warehouse.sandboxes import Sandbox, Sandboxes, Unisolated
 
 BUILT = ("model", "seed", "snapshot")  # node types a selector must have run when expected
 TEST_STATUSES = {"pass": "pass", "fail": "fail", "warn": "warn", "error": "error",
@@ -68,8 +73,12 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
     targets, metrics = group_targets(incident_id, contract, band, before, metric_model, also)
     select = selector(models, *metrics)
     extra = ("--defer", "--state", str(prod_state), "--favor-state")
+    isolation = sandboxes.isolation
+    if isolation.refuses_all:
+        raise Unisolated(f"refused to build: verification.isolation is bwrap, but {isolation.reason}. Install "
+                         "bubblewrap where Cairn's workers run (or set verification.isolation to auto).", isolation)
     record = dict(sha=shas[0], clone_id="", dbt_command=f"dbt build --select {select} {' '.join(extra)}",
-                  before=before, after=None, durations=phases, reverted=tuple(shas))
+                  before=before, after=None, durations=phases, reverted=tuple(shas), isolation=isolation.describe())
     name = label or str(incident_id)
     with ExitStack() as cleanup:  # unwinds worktree and sandbox even when an exception escapes
         with timed(phases, "worktree"):
@@ -81,9 +90,13 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
                 f"reverting {tree.conflict[:7]} at {deployed_sha[:7]} conflicts in "
                 f"{', '.join(tree.conflict_files)}; a later commit changed the same lines."))
         project_dir = tree.path / project_subdir
+        if not (project_dir / "dbt_project.yml").is_file():  # e.g. the revert of the commit that created the project
+            return Verification(verdict=Verdict.build_failed, **record,
+                                detail=f"the revert removes {Path(project_subdir) / 'dbt_project.yml'}: nothing to build")
         with timed(phases, "packages"):
             try:
-                record["packages"] = worktree_packages(tree, Path(repo), project_subdir)
+                record["packages"] = worktree_packages(tree, Path(repo), project_subdir, Child(
+                    isolation, writable=(tree.path,), readonly=sandboxes.protected, network=True))
             except DbtError as exc:
                 return Verification(verdict=Verdict.build_failed, **record, detail=str(exc))
         production = production_manifest(prod_state)
@@ -97,9 +110,14 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
             sandbox = cleanup.enter_context(sandboxes.sandbox(name, project_dir, profile_name(project_dir),
                                                               production))
             record["clone_id"] = sandbox.clone_id
-            dbt = Dbt(project_dir, sandbox.profiles_dir, target=sandbox.target, target_path=sandbox.target_path)
+            child = Child(isolation, writable=(sandbox.profiles_dir,), readonly=sandboxes.protected,
+                          network=sandbox.network, guard=sandbox.guard)
+            dbt = Dbt(project_dir, sandbox.profiles_dir, target=sandbox.target, target_path=sandbox.target_path,
+                      child=child)
             try:
                 planned = narrowed.fallback(lambda: sandbox.plan(dbt))
+                if not isolation.isolated:
+                    refuse_python(planned if planned is not None else dbt.parse(), models, metrics, isolation)
             except DbtError as exc:  # e.g. the reverted project no longer parses
                 return done(Verdict.build_failed, str(exc))
             if planned is not None:  # the adapter places and checks writes before building
@@ -159,9 +177,22 @@ def group_targets(incident_id: int, contract: Contract, band: BaselineStats, bef
     return targets, [metric_model, *(t.contract.relation_name for t in also)]
 
 
-def worktree_packages(tree: Worktree, repo: Path, project_subdir: str) -> str | None:
+def worktree_packages(tree: Worktree, repo: Path, project_subdir: str, child: Child | None = None) -> str | None:
     """The reverted worktree's dbt packages, as production has them (`jobs.project.packages`); raises DbtError."""
-    return provide(tree.path / project_subdir, repo / project_subdir, tree.changed(), repo, tree.path)
+    return provide(tree.path / project_subdir, repo / project_subdir, tree.changed(), repo, tree.path, child=child)
+
+
+def refuse_python(manifest: Mapping[str, Any], models: Sequence[str], metrics: Sequence[str],
+                  isolation: Isolation) -> None:
+    """Unisolated, SQL may build (DuckDB's lockdown holds it) but Python models may not: raise Unisolated."""
+    _, expected = reached(manifest, models, metrics)
+    python = tuple(sorted(uid for uid in expected if manifest["nodes"][uid].get("language") == "python"))
+    if python:
+        raise Unisolated(
+            f"refused to build: {', '.join(python)} {'is a Python model' if len(python) == 1 else 'are Python models'}"
+            f", which run inside dbt's process, and sandbox builds here are not isolated ({isolation.reason}). "
+            "Install bubblewrap where Cairn's workers run (verification.isolation: auto or bwrap), or verify this "
+            "revert by hand.", isolation, python)
 
 
 def reached(manifest: Mapping[str, Any], models: Sequence[str],

@@ -11,7 +11,7 @@ from sqlglot import exp
 class Warehouse(Protocol):
     """A read-only connection to the warehouse dbt builds into."""
 
-    dialect: str  # a sqlglot dialect name: 'duckdb', 'bigquery'
+    dialect: str  # a sqlglot dialect name: 'duckdb', 'bigquery', 'snowflake'
 
     def query(self, sql: str) -> list[dict[str, Any]]:
         """Run one read-only statement; rows as dicts keyed by column name."""

@@ -10,54 +10,39 @@ Production stays read-only in three layers (docs/bigquery.md):
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from jobs.core.errors import DbtError, WarehouseError
-from jobs.warehouse import identifier
+from jobs.core.errors import WarehouseError
+from jobs.project.isolation import Isolation, resolve
 from jobs.warehouse.bigquery import ADC, ANONYMOUS, BigQueryWarehouse, api_reason
+from jobs.warehouse.clone_build import (
+    TARGET,
+    Clone,
+    CloneBuild,
+    ClonedSandbox,
+    snapshot_point,
+    write_profiles_yml,
+)
 from jobs.warehouse.request_guard import guarded
-from jobs.warehouse.sandboxes import SandboxRefused
 from jobs.warehouse.statement_guard import Dataset
 
 log = logging.getLogger(__name__)
 
 PREFIX = "cairn_sbx_"
-TARGET = "cairn_sandbox"
 LABEL_INCIDENT, LABEL_ORG = "cairn-incident", "cairn-org"
-MACROS_FILE = "_cairn_sandbox.sql"
-# A snapshot this close to the edge of the time-travel window may expire before the clone runs.
-TIME_TRAVEL_MARGIN = timedelta(hours=1)
-STATEFUL = ("incremental", "snapshot")  # materializations whose build reads their own last state
 
 
-class RelationOutsideSandbox(SandboxRefused):
-    """A node the build would write lies outside the sandbox dataset; dbt was not run."""
-
-
-@dataclass(frozen=True)
-class Clone:
-    """One production table cloned into the sandbox, and the state it was cloned at."""
-
-    source: str  # project.dataset.table
-    target: str
-    snapshot: datetime | None  # None: the table's current state
-    statement: str
-    note: str = ""
-
-
-class BigQuerySandbox:
+class BigQuerySandbox(ClonedSandbox):
     """The dataset `cairn_sbx_<incident>_<short>` in the sandbox project; dropped on exit."""
+
+    kind = "bigquery"
 
     def __init__(self, client: Any, dataset: Dataset, incident_id: int, location: str, labels: dict[str, str]):
         self.client, self.dataset, self.incident_id, self.location = client, dataset, incident_id, location
@@ -88,19 +73,6 @@ class BigQuerySandbox:
         log.info("sandbox %s created for incident %s", dataset, incident_id)
         return cls(client, dataset, incident_id, location, labels)
 
-    @property
-    def snapshot(self) -> datetime | None:
-        """The point in time the clones hold (the earliest, when they differ)."""
-        times = [c.snapshot for c in self.clones if c.snapshot is not None]
-        return min(times) if times else None
-
-    @property
-    def clone_id(self) -> str:
-        """What the evidence records: the dataset, and the snapshot time its clones hold."""
-        at = self.snapshot
-        state = at.astimezone(timezone.utc).isoformat() if at else ("current" if self.clones else "none")
-        return f"bigquery:{self.dataset}@{state}"
-
     def warehouse(self, maximum_bytes_billed: int | None) -> BigQueryWarehouse:
         """A connection that may write only this dataset; its jobs carry the incident's labels."""
         return BigQueryWarehouse(self.client, maximum_bytes_billed=maximum_bytes_billed,
@@ -115,7 +87,7 @@ class BigQuerySandbox:
         """
         made = []
         for project, dataset, table in sources:
-            snapshot, note = _snapshot(at, now, time_travel)
+            snapshot, note = snapshot_point(at, now, time_travel)
             source = f"`{project}.{dataset}.{table}`"
             target = f"`{self.dataset.project}.{self.dataset.dataset}.{table}`"
             statement = f"CREATE TABLE {target} CLONE {source}"
@@ -143,11 +115,7 @@ class BigQuerySandbox:
         output.update(_auth(credentials))
         if api_endpoint:
             output["api_endpoint"] = api_endpoint
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "profiles.yml"
-        path.write_text(yaml.safe_dump({profile: {"target": TARGET, "outputs": {TARGET: output}}}, sort_keys=False))
-        os.chmod(path, 0o600)
-        return path
+        return write_profiles_yml(directory, profile, output)
 
     def remove(self) -> None:
         """datasets.delete with deleteContents: the clones and everything dbt built go with it."""
@@ -165,75 +133,6 @@ class BigQuerySandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
-
-
-def stateful_sources(production: Mapping[str, Any], selected: Iterable[str], default_project: str
-                     ) -> list[tuple[str, str, str]]:
-    """Production relations of the selected incremental models and snapshots: they need clones."""
-    nodes = production.get("nodes", {})
-    found = []
-    for uid in sorted(selected):
-        node = nodes.get(uid)
-        if node and (node.get("config") or {}).get("materialized") in STATEFUL:
-            found.append((node.get("database") or default_project, node["schema"], identifier(node)))
-    return found
-
-
-def selected_writes(manifest: Mapping[str, Any], built: Iterable[str]) -> dict[str, tuple[str, str, str]]:
-    """Every relation a build of `built` writes: the nodes, and tests storing failures on them."""
-    nodes = manifest.get("nodes", {})
-    writes = {uid: nodes[uid] for uid in built if uid in nodes}
-    built = set(writes)
-    for uid, node in nodes.items():
-        if node.get("resource_type") == "test" and (node.get("config") or {}).get("store_failures"):
-            if built & set((node.get("depends_on") or {}).get("nodes", ())):
-                writes[uid] = node
-    return {uid: (n.get("database") or "", n["schema"], identifier(n)) for uid, n in writes.items()}
-
-
-def check_relations(manifest: Mapping[str, Any], built: Iterable[str], sandbox: Dataset) -> None:
-    """Layer (b): refuse the build unless every relation it writes is in `sandbox`, and distinct."""
-    writes = selected_writes(manifest, built)
-    outside = [f"{uid} -> {'.'.join(r)}" for uid, r in sorted(writes.items())
-               if (r[0].lower(), r[1]) != (sandbox.project.lower(), sandbox.dataset)]
-    if outside:
-        raise RelationOutsideSandbox(
-            "refused to build: these nodes would write outside sandbox dataset "
-            f"{sandbox}: {'; '.join(outside)}. Their `database`/`schema` config or the project's "
-            "generate_schema_name/generate_database_name macros place them elsewhere; make those macros "
-            f"return target.schema and target.database when target.name == '{TARGET}' (docs/bigquery.md).")
-    seen: dict[tuple[str, str, str], str] = {}
-    for uid, relation in sorted(writes.items()):
-        if relation in seen:
-            raise RelationOutsideSandbox(
-                f"refused to build: {seen[relation]} and {uid} would both write {'.'.join(relation)} in "
-                "the sandbox; give one of them a distinct alias.")
-        seen[relation] = uid
-
-
-def redirect_macros(project_dir: Path, manifest: Mapping[str, Any], sandbox: Dataset) -> list[str]:
-    """Write schema/database macros placing every node in the sandbox, unless the project has its own.
-
-    The file goes into the Cairn-owned worktree only. Returns the macros written.
-    """
-    project = yaml.safe_load((project_dir / "dbt_project.yml").read_text())
-    name = project["name"]
-    own = {m["name"] for m in manifest.get("macros", {}).values() if m.get("package_name") == name}
-    bodies = {
-        "generate_schema_name": "{%% macro generate_schema_name(custom_schema_name=none, node=none) -%%}"
-                                "%s{%%- endmacro %%}" % sandbox.dataset,
-        "generate_database_name": "{%% macro generate_database_name(custom_database_name=none, node=none) -%%}"
-                                  "%s{%%- endmacro %%}" % sandbox.project,
-    }
-    written = [macro for macro in bodies if macro not in own]
-    if written:
-        paths = project.get("macro-paths") or ["macros"]
-        directory = project_dir / paths[0]
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / MACROS_FILE).write_text(
-            "{# Written by Cairn into its own worktree: every sandbox build writes the sandbox dataset. #}\n"
-            + "\n".join(bodies[m] for m in written) + "\n")
-    return written
 
 
 def gc_sandboxes(client: Any, *, org: str, now: datetime, dry_run: bool = False) -> list[str]:
@@ -262,16 +161,6 @@ def gc_sandboxes(client: Any, *, org: str, now: datetime, dry_run: bool = False)
     return removed
 
 
-def _snapshot(at: datetime | None, now: datetime, time_travel: timedelta) -> tuple[datetime | None, str]:
-    if at is None:
-        return None, "cloned at its current state"
-    at = min(at, now)
-    if now - at > time_travel - TIME_TRAVEL_MARGIN:
-        return None, (f"{at.isoformat()} is outside the {time_travel.days}-day time-travel window: "
-                      "cloned at its current state instead")
-    return at, ""
-
-
 def _timestamp(at: datetime) -> str:
     return at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
 
@@ -296,10 +185,14 @@ class BigQuerySandboxes:
     name = "bigquery"
     checks_deploys = False  # a build per deploy is not under the byte budget's admission check yet
 
+    protected: tuple[Path, ...] = ()  # production is remote: IAM and the guards keep it read-only
+
     def __init__(self, client: Any, settings: Any, *, root: Path, now: datetime,
-                 snapshot_at: datetime | None = None, config_root: Path | None = None):
+                 snapshot_at: datetime | None = None, config_root: Path | None = None,
+                 isolation: Isolation | None = None):
         self.client, self.settings, self.root = client, settings, Path(root)
         self.now, self.snapshot_at, self.config_root = now, snapshot_at, config_root
+        self.isolation = isolation or resolve()
 
     @contextmanager
     def sandbox(self, label: str, project_dir: Path, profile: str,
@@ -324,78 +217,42 @@ class BigQuerySandboxes:
         return gc_sandboxes(self.client, org=self.settings.org, now=now)
 
 
-class BigQueryBuild:
+class BigQueryBuild(CloneBuild):
     """One verification's sandbox on BigQuery, as the sandbox protocol sees it."""
+
+    network = True  # dbt-bigquery calls the BigQuery API
 
     def __init__(self, sandbox: BigQuerySandbox, work: Path, project_dir: Path, settings: Any,
                  snapshot_at: datetime | None, now: datetime):
-        self.sandbox, self.project_dir, self.settings = sandbox, project_dir, settings
-        self.snapshot_at, self.now = snapshot_at, now
-        self.profiles_dir, self.target, self.target_path = work, sandbox.target, work / "target"
+        super().__init__(sandbox, work, project_dir, settings, snapshot_at, now)
         self.connection = sandbox.warehouse(settings.budget_bytes)
         self.estimated = 0
 
     @property
-    def clone_id(self) -> str:
-        return self.sandbox.clone_id
+    def production_database(self) -> str:
+        return self.settings.project
 
     @property
-    def notes(self) -> str:
-        return "".join(f" {c.target}: {c.note}." for c in self.sandbox.clones if c.note)
+    def guard(self) -> str:
+        return f"bigquery:{self.sandbox.dataset}"  # layer (a) inside the child that runs dbt
 
-    def plan(self, dbt: Any) -> Mapping[str, Any]:
-        """Parse with every write redirected into the dataset (Cairn's macros, unless the project has its own)."""
-        if redirect_macros(self.project_dir, dbt.parse(), self.sandbox.dataset):
-            dbt.parse()  # again, with Cairn's schema/database macros in place
-        return dbt.manifest()
+    def clone(self, sources: list[tuple[str, str, str]]) -> None:
+        self.sandbox.clone(self.connection, sources, at=self.snapshot_at, now=self.now,
+                           time_travel=self.settings.time_travel)
 
-    def prepare(self, production: Mapping[str, Any], expected: set[str]) -> None:
-        check_relations(dbt_manifest(self.target_path), expected, self.sandbox.dataset)  # layer (b)
-        self.sandbox.clone(self.connection, stateful_sources(production, expected, self.settings.project),
-                           at=self.snapshot_at, now=self.now, time_travel=self.settings.time_travel)
+    def scan(self, sql: str) -> int:
+        return self.connection.dry_run(sql)  # bytes the dry run would process
 
-    def admit(self, dbt: Any, select: str, extra: tuple[str, ...], expected: set[str]) -> None:
-        """The dry run of every node the build runs, summed against bigquery.budget_bytes."""
-        from jobs.warehouse.cost_guard import check_budget, estimate
+    def check_budget(self, estimate: Any) -> None:
+        from jobs.warehouse.cost_guard import check_budget
 
-        with guarded(self.sandbox.dataset):
-            try:
-                result = dbt.invoke("compile", select=select, extra=(*extra, "--log-level", "none"))
-                compiled = dbt.manifest() if result.success else None
-            except DbtError:
-                compiled = None
-        if compiled is None:
-            raise DbtError("dbt compile failed in the sandbox; see its log")
-        guess = estimate(self.connection.dry_run, compiled, expected)
-        self.estimated = guess.total
-        check_budget(guess, self.settings.budget_bytes, self.clone_id)
+        check_budget(estimate, self.settings.budget_bytes, self.clone_id)  # against bigquery.budget_bytes
 
     def guarded(self) -> AbstractContextManager[None]:
         return guarded(self.sandbox.dataset)  # dbt's own requests: layer (a) for hooks and macros too
 
-    def after_build(self) -> None:
-        return None  # layers (a) and (b) refused any write outside the dataset before it was sent
-
-    @contextmanager
-    def warehouse(self) -> Iterator[BigQueryWarehouse]:
-        yield self.connection  # closed with the sandbox: its spend is the verification's
-
-    def deltas(self, manifest: Mapping[str, Any], production: Mapping[str, Any], models: Sequence[str]) -> list:
-        from jobs.warehouse.row_deltas import relation_deltas
-
-        return relation_deltas(self.connection, manifest, production, models)
-
     def spend(self) -> dict[str, Any]:
         from jobs.warehouse.cost_guard import billed_by_dbt
 
-        clones = tuple({"source": c.source, "target": c.target, "statement": c.statement,
-                        "snapshot": c.snapshot.isoformat() if c.snapshot else None,
-                        **({"note": c.note} if c.note else {})} for c in self.sandbox.clones)
-        return {"estimated_bytes": self.estimated, "clones": clones,
+        return {"estimated_bytes": self.estimated, "clones": self.clones(),
                 "billed_bytes": billed_by_dbt(self.target_path) + self.connection.spend.billed}
-
-
-def dbt_manifest(target_path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads((Path(target_path) / "manifest.json").read_text())

@@ -95,8 +95,12 @@ def row_delta(
     sample_size: int = 5,
 ) -> RowDelta:
     """Compare `before_relation` (without the commit) with `after_relation` (with it) on `key`."""
-    run, dialect = _runner(con_or_warehouse)
-    before, after = _probe(run, before_relation), _probe(run, after_relation)
+    probe, dialect = _runner(con_or_warehouse)
+    before, after = _probe(probe, before_relation), _probe(probe, after_relation)
+
+    def run(sql: str) -> list[dict[str, Any]]:  # Cairn's own aliases, which Snowflake upper-cases
+        return [{name.lower(): value for name, value in row.items()} for row in probe(sql)]
+
     key_cols = tuple(_resolve(k, before, before_relation) for k in key)
     for k in key_cols:
         _resolve(k, after, after_relation)
@@ -152,7 +156,7 @@ def _probe(run: Run, relation: str) -> dict[str, Any]:
     if not rows:
         raise WarehouseError(f"{relation}: the column probe returned no row")
     row = rows[0]
-    row.pop("__cairn_probe")
+    row.pop(next(name for name in row if name.lower() == "__cairn_probe"))  # Snowflake upper-cases it
     return row
 
 

@@ -12,7 +12,10 @@ DETACH it and ATTACH the file read-write):
    cursor, and the second cursor fails on the lock. `allowed_directories`/`allowed_paths` are
    not used: DuckDB refuses them before the database starts and once external access is off,
    and dbt's tables, views, incrementals and tests need no file access.
-3. Production is fingerprinted (size, mtime, sha256 of the file and its WAL) before the build and
+3. dbt runs in a child process (`jobs.project.isolation`) where the production file and its WAL are
+   bound read-only (bubblewrap), and no secret of Cairn's is in its environment: a Python model,
+   which runs Python inside dbt and is not bound by DuckDB's lockdown, cannot write them either.
+4. Production is fingerprinted (size, mtime, sha256 of the file and its WAL) before the build and
    checked after it: a change raises ProductionModified.
 """
 
@@ -23,7 +26,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,6 +37,7 @@ import duckdb
 import yaml
 
 from jobs.core.errors import CairnError
+from jobs.project.isolation import Isolation, resolve
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +83,10 @@ class DuckDBSandboxes:
     name = "duckdb"
     checks_deploys = True  # a copy costs a file copy and a scoped local build
 
-    def __init__(self, production: Path, root: Path):
+    def __init__(self, production: Path, root: Path, isolation: Isolation | None = None):
         self.production, self.root = Path(production), Path(root)
+        self.isolation = isolation or resolve()
+        self.protected = (self.production, _wal(self.production))
 
     def sandbox(self, label: str, project_dir: Path, profile: str, production: Mapping[str, Any]) -> "Sandbox":
         _check_database(production, self.production)
@@ -94,6 +100,8 @@ class Sandbox:
     """A copy of production in its own directory, with a generated dbt profile pointing at it."""
 
     notes = ""  # a copy holds production as it is: nothing to add to the evidence
+    network = False  # dbt-duckdb opens a local file
+    guard = None
 
     def __init__(self, directory: Path, path: Path, production: Path, fingerprint: Fingerprint):
         self.dir, self.path, self.production, self.fingerprint = directory, path, production, fingerprint
@@ -203,16 +211,28 @@ def remove_incident_sandboxes(root: Path, incident_id: int) -> list[Path]:
     Called when a verification (re)starts; one verification runs per incident at a time (its RQ
     job ID is unique), so nothing removed here is in use.
     """
+    return _remove_labelled(root, lambda label: label == str(incident_id))
+
+
+def remove_orphan_sandboxes(root: Path, busy: set[int]) -> list[Path]:
+    """Remove the sandboxes and worktrees of every incident not in `busy` (no live job works on it): what a
+    dead worker left. A deploy check's (labelled, not numbered) are left to the age-based `gc_sandboxes`."""
+    return _remove_labelled(root, lambda label: label.isdigit() and int(label) not in busy)
+
+
+def _remove_labelled(root: Path, doomed: Callable[[str], bool]) -> list[Path]:
+    """Remove the sandbox and worktree directories whose label (the incident ID) is `doomed`."""
     from jobs.project.worktree import WORKTREE_PREFIX
 
     root = Path(root)
     if not root.is_dir():
         return []
     removed = []
-    for pattern in (f"{PREFIX}{incident_id}-*", f"{WORKTREE_PREFIX}{incident_id}-*"):
-        for entry in sorted(root.glob(pattern)):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
+    for prefix in (PREFIX, WORKTREE_PREFIX):
+        for entry in sorted(root.glob(f"{prefix}*")):
+            if entry.is_dir() and doomed(entry.name.removeprefix(prefix).split("-", 1)[0]):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
     return removed
 
 

@@ -21,7 +21,7 @@ resolve against a default dataset Cairn never sets.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -33,7 +33,7 @@ from sqlglot.tokens import TokenType
 from jobs.core.errors import CairnError
 
 _NO_WRITES = (exp.Query, exp.Semicolon)  # a Semicolon is an empty statement: a comment before `;`
-_WRITES = (exp.Create, exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.TruncateTable, exp.Drop,
+WRITES = (exp.Create, exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.TruncateTable, exp.Drop,
            exp.Alter, exp.LoadData)
 _DATASET_KINDS = {"SCHEMA", "DATABASE"}
 
@@ -68,21 +68,26 @@ class Target:
 
 def check(sql: str, *, default_project: str, sandbox: Dataset | None) -> list[Target]:
     """Refuse `sql` unless every target is inside `sandbox` (None: refuse every write)."""
-    targets = written_targets(sql, default_project)
-    outside = [t for t in targets if not _inside(t, sandbox)]
+    return refuse_outside(written_targets(sql, default_project), lambda t: _inside(t, sandbox), sandbox, "dataset")
+
+
+def refuse_outside(targets: list[Target], inside: Callable[[Target], bool], sandbox: object | None,
+                   place: str) -> list[Target]:
+    """`targets`, unless one is not `inside` the sandbox (a `place`: 'dataset', 'schema'): then refuse."""
+    outside = [t for t in targets if not inside(t)]
     if outside:
-        where = f"sandbox dataset {sandbox}" if sandbox else "no dataset (this connection only reads)"
+        where = f"sandbox {place} {sandbox}" if sandbox else f"no {place} (this connection only reads)"
         names = ", ".join(f"{t.statement} {t}" for t in outside)
         raise ProductionWriteRefused(
             f"refused before sending: {names} writes outside {where}. Cairn writes only inside "
-            "an incident's sandbox dataset; production is read-only.")
+            f"an incident's sandbox {place}; production is read-only.")
     return targets
 
 
 def written_targets(sql: str, default_project: str) -> list[Target]:
     """Every table or dataset `sql` (one statement or a script) would write, fully qualified."""
     try:
-        with _quiet():
+        with quiet_parser():
             statements = [s for s in sqlglot.parse(sql, read="bigquery") if s is not None]
     except (ParseError, TokenError) as error:
         raise ProductionWriteRefused(
@@ -95,7 +100,7 @@ def written_targets(sql: str, default_project: str) -> list[Target]:
             statement = _clone_at(statement)
         if isinstance(statement, _NO_WRITES) or _sets_variables(statement):
             continue
-        if not isinstance(statement, _WRITES):
+        if not isinstance(statement, WRITES):
             raise ProductionWriteRefused(
                 f"refused before sending: Cairn does not send {_verb(statement)} statements "
                 f"({statement.sql('bigquery')[:80]!r}), alone or in a script: it sends queries, DDL/DML "
@@ -164,7 +169,7 @@ def _targets(statement: exp.Expression, default_project: str, temp_tables: set[s
 
 def _target(statement: exp.Expression, node: exp.Expression | None, default_project: str,
             temp_tables: set[str]) -> Target:
-    kind = _kind(statement)
+    kind = statement_kind(statement)
     while isinstance(node, (exp.Schema, exp.UserDefinedFunction)):
         node = node.this
     if not isinstance(node, exp.Table):
@@ -187,7 +192,7 @@ def _target(statement: exp.Expression, node: exp.Expression | None, default_proj
         "Cairn writes only `project.dataset.table` names inside its sandbox.")
 
 
-def _kind(statement: exp.Expression) -> str:
+def statement_kind(statement: exp.Expression) -> str:
     verb = {exp.TruncateTable: "TRUNCATE TABLE", exp.LoadData: "LOAD DATA"}.get(type(statement))
     if verb:
         return verb
@@ -208,7 +213,7 @@ def _temporary(statement: exp.Expression, name: str, temp_tables: set[str]) -> b
 def _clone_at(command: exp.Command) -> exp.Expression:
     """`CREATE … CLONE src FOR SYSTEM_TIME AS OF ts` parsed without its time-travel clause."""
     text = command.sql("bigquery")
-    with _quiet():
+    with quiet_parser():
         tokens = sqlglot.Dialect.get_or_raise("bigquery").tokenize(text)
     words = [t.text.upper() for t in tokens]
     for i, token in enumerate(tokens):
@@ -216,7 +221,7 @@ def _clone_at(command: exp.Command) -> exp.Expression:
             if any(t.token_type is TokenType.SEMICOLON for t in tokens[i:]):
                 break
             try:
-                with _quiet():
+                with quiet_parser():
                     head = sqlglot.parse_one(text[:token.start], read="bigquery")
             except (ParseError, TokenError):
                 break
@@ -227,7 +232,7 @@ def _clone_at(command: exp.Command) -> exp.Expression:
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_parser() -> Iterator[None]:
     """sqlglot logs a warning for every fallback to a command; the guard reports its own."""
     logger = logging.getLogger("sqlglot")
     level = logger.level
