@@ -76,3 +76,35 @@ def test_build_budget_is_respected() -> None:
 def test_no_candidates_no_builds() -> None:
     search = find_fix([], lambda group: pytest.fail("nothing to build"))
     assert search.builds == 0 and search.fix is None
+
+
+def conflicting_world(culprit: Candidate, follower: str):
+    """Reverting `culprit` alone conflicts; with `follower` it recovers."""
+    built: list[tuple[str, ...]] = []
+
+    def try_revert(group, followers=()) -> Verification:
+        shas = (*followers, *(c.sha for c in group))
+        built.append(shas)
+        verdict = (Verdict.verified if follower in followers else Verdict.conflict) if culprit.sha in shas \
+            else Verdict.not_recovered
+        return Verification(sha=group[0].sha, verdict=verdict, clone_id="c", dbt_command="d", before=1.0, after=2.0,
+                            reverted=shas, followers=tuple(followers))
+    return try_revert, built
+
+
+def test_a_conflicting_culprit_is_retried_with_its_followers() -> None:
+    ranked = commits(3)[::-1]
+    follower = "f" * 40
+    try_revert, built = conflicting_world(ranked[1], follower)
+    search = find_fix(ranked, try_revert, followers=lambda c: (follower,) if c == ranked[1] else ())
+    assert built == [(ranked[0].sha,), (ranked[1].sha,), (follower, ranked[1].sha)]
+    assert search.fix is not None and search.fix.reverted == (follower, ranked[1].sha)
+
+
+def test_the_retry_counts_against_the_budget() -> None:
+    [culprit] = commits(1)
+    try_revert, built = conflicting_world(culprit, "f" * 40)
+    search = find_fix([culprit], try_revert, max_builds=1, followers=lambda c: ("f" * 40,))
+    assert search.builds == 1 and search.fix is None and search.attempts[0].verdict is Verdict.conflict
+    no_followers = find_fix([culprit], try_revert, followers=lambda c: ())
+    assert no_followers.builds == 1 and no_followers.fix is None

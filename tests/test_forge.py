@@ -185,6 +185,16 @@ def test_local_conflicting_revert_leaves_nothing_behind(repo, store):
         open_pr(forge, iid, ["deadbeef" * 5])
 
 
+
+def test_local_reverts_a_conflicting_commit_with_the_later_one_that_changes_its_lines(repo, store):
+    rewrite = repo.commit("Rewrite a", {"models/a.sql": "select 42 as a where false\n"})
+    forge, iid = LocalForge(repo.git, store), incident(store)
+    pr = open_pr(forge, iid, [repo.shas[1], rewrite])
+    subjects = repo.git.run("log", "--format=%s", f"main..{pr.branch}").splitlines()
+    assert subjects == [f"Revert {repo.shas[1][:7]}: Filter a", f"Revert {rewrite[:7]}: Rewrite a"]
+    assert repo.show(pr.head_sha, "models/a.sql") == repo.show(repo.shas[0], "models/a.sql")
+    assert store.pull_request_row(iid)["reverted"] == [rewrite, repo.shas[1]]
+
 # -- the GitHub forge --------------------------------------------------------------------------
 
 def seed_from(server: FakeGitHub, git: Git, branch: str = "main") -> None:

@@ -19,6 +19,7 @@ from jobs.core.records import (
     Verification,
 )
 from jobs.forge import branch_name
+from jobs.project.followers import conflicting_followers
 from jobs.propose.decision import UnverifiedRevert, open_verified_pr, propose
 from jobs.runtime import Runtime
 from jobs.store import switches
@@ -139,3 +140,105 @@ def test_observe_mode_set_from_chat_records_only(rt: Runtime) -> None:
     switches.set_mode(rt.store, Mode.observe, "U9", "trial week")
     proposal = propose(rt, opened, CONTRACT, verification(cause.sha, Verdict.verified), [cause])
     assert proposal.decision.action is Action.record_only and proposal.pr is None
+
+
+# --- a culprit whose revert conflicts: reverted with the later commits that change its lines ------------
+
+MODEL = "select\n  1 as amount,\n  'a' as a,\n  'b' as b,\n  'c' as c,\n  2 as qty\nfrom orders\n"
+
+
+@pytest.fixture
+def followed(tmp_path: Path):
+    """A culprit, a later commit rewriting its line, and two decoys: the same file elsewhere, another file."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "model.sql").write_text(MODEL)
+    (repo / "other.sql").write_text("select 1\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    sha = {}
+    for name, message, path, old, new in [
+        ("culprit", "Divide amounts by 100", "model.sql", "1 as amount", "1 / 100 as amount"),
+        ("follower", "Round amounts", "model.sql", "1 / 100 as amount", "round(1 / 100, 2) as amount"),
+        ("same_file", "Rename qty", "model.sql", "2 as qty", "2 as quantity"),
+        ("other_file", "Touch other", "other.sql", "select 1", "select 2"),
+    ]:
+        (repo / path).write_text((repo / path).read_text().replace(old, new))
+        git(repo, "commit", "-qam", message)
+        sha[name] = git(repo, "rev-parse", "HEAD")
+    (tmp_path / "cairn.yml").write_text(f"repo: {repo}\nproject: {repo}\nstore: sqlite:///{tmp_path}/cairn.db\n")
+    runtime = Runtime(load_config(tmp_path / "cairn.yml", env={}))
+    yield runtime, sha
+    runtime.close()
+
+
+def culprit_of(sha: dict[str, str]) -> Candidate:
+    return Candidate(sha=sha["culprit"], author="T", authored_at=NOW, message="Divide amounts by 100",
+                     files=("model.sql",), models=(), distance=0, touches_metric_columns=True)
+
+
+def group_fix(culprit_sha: str, *followers: str) -> Verification:
+    return Verification(sha=culprit_sha, verdict=Verdict.verified, clone_id="duckdb:incident-1-abc",
+                        dbt_command="dbt build", before=80.0, after=100.0, reverted=(*followers, culprit_sha),
+                        followers=followers)
+
+
+def test_conflicting_followers_are_the_later_commits_of_the_same_lines(followed) -> None:
+    rt, sha = followed
+    deployed = rt.deployed_sha()
+    assert conflicting_followers(rt.config.repo_dir, sha["culprit"], deployed) == (sha["follower"],)
+    assert conflicting_followers(rt.config.repo_dir, sha["same_file"], deployed) == ()  # reverts alone
+    assert conflicting_followers(rt.config.repo_dir, sha["culprit"], deployed, limit=0) == ()  # over the bound
+    assert git(rt.config.repo_dir, "worktree", "list").count("\n") == 0  # only the checkout
+
+
+def test_a_verified_group_revert_opens_one_pr_reverting_both_newest_first(followed) -> None:
+    rt, sha = followed
+    opened = incident(rt)
+    cause = culprit_of(sha)
+    proposal = propose(rt, opened, CONTRACT, group_fix(sha["culprit"], sha["follower"]), [cause])
+    assert proposal.pr is not None and proposal.status is IncidentStatus.pr_opened
+    branch = branch_name(opened.id)
+    subjects = git(rt.config.repo_dir, "log", "--format=%s", f"main..{branch}").splitlines()
+    # git log lists newest first: the follower was reverted first, the culprit on top of it.
+    assert subjects == [f"Revert {sha['culprit'][:7]}: Divide amounts by 100",
+                        f"Revert {sha['follower'][:7]}: Round amounts"]
+    assert git(rt.config.repo_dir, "show", f"{branch}:model.sql") == MODEL.replace("2 as qty", "2 as quantity").strip()
+    assert git(rt.config.repo_dir, "show", f"{branch}:other.sql") == "select 2"
+    row = rt.store.pull_request_row(opened.id)
+    assert row["reverted"] == [sha["follower"], sha["culprit"]]
+    assert row["title"].startswith(f"Revert {sha['culprit'][:7]} with {sha['follower'][:7]}: Divide amounts by 100")
+    body = row["body"]
+    assert "### Commits this PR reverts" in body
+    assert f"| `{sha['follower'][:7]}` | Round amounts | reverted with it because it changes the same lines |" in body
+    assert f"| `{sha['culprit'][:7]}` | Divide amounts by 100 | the suspected commit |" in body
+    section = body.split("### Commits this PR reverts")[1].split("###")[0]
+    assert section.count("| `") == 2 and sha["same_file"][:7] not in section  # the decoys are not reverted
+
+
+@pytest.mark.parametrize("followers", [("same_file", "follower"), ("other_file",), ()])
+def test_a_group_that_is_not_exactly_the_conflicting_followers_is_refused(followed, followers) -> None:
+    rt, sha = followed
+    opened = incident(rt)
+    cause = culprit_of(sha)
+    fix = group_fix(sha["culprit"], *(sha[f] for f in followers))
+    if not followers:  # the follower reverted, but not declared as one
+        fix = Verification(**{**fix.__dict__, "reverted": (sha["follower"], sha["culprit"])})
+    from policies.decide import Decision
+
+    with pytest.raises(UnverifiedRevert, match="not verified on a clone"):
+        open_verified_pr(rt, opened, CONTRACT, cause, fix, Ranking((), "scorer"), [cause],
+                         Decision(Action.open_pr, Mode.assisted))
+    assert rt.store.pull_request_for(opened.id) is None and branches(rt) == ""
+
+
+def test_followers_claimed_for_a_culprit_that_reverts_alone_are_refused(rt: Runtime) -> None:
+    opened, cause = incident(rt), culprit(rt)
+    base = git(rt.config.repo_dir, "rev-parse", "HEAD~1")
+    from policies.decide import Decision
+
+    with pytest.raises(UnverifiedRevert):
+        open_verified_pr(rt, opened, CONTRACT, cause, group_fix(cause.sha, base), Ranking((), "scorer"), [cause],
+                         Decision(Action.open_pr, Mode.assisted))
+    assert rt.store.pull_request_for(opened.id) is None and branches(rt) == ""

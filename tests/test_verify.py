@@ -19,10 +19,12 @@ import yaml
 
 from jobs.contracts.measure import evaluate
 from jobs.contracts.spec import Contract
-from jobs.core.records import BaselineStats, Verdict, Verification
+from jobs.core.records import BaselineStats, Candidate, Verdict, Verification
 from jobs.project.dbt import Dbt
+from jobs.project.followers import conflicting_followers
 from jobs.project.git import Git
 from jobs.project.worktree import Worktree
+from jobs.verify.bisect import find_fix
 from jobs.verify.verification import Target, VerifyError, selector, verify_revert
 from jobs.warehouse.duckdb import DuckDBWarehouse
 from jobs.warehouse.sandbox import LOCKDOWN, DuckDBSandboxes, ProductionModified, Sandbox, SandboxError, gc_sandboxes
@@ -133,6 +135,11 @@ def history(built_shop, tmp_path_factory) -> History:
     sha["uses_column"] = _commit(repo, "Show payment methods per order", ORDERS_SQL,
                                  "payments.primary_payment_method,",
                                  "payments.primary_payment_method,\n        payments.method_count,")
+    # The culprit, a later commit rewriting its line, and a decoy after it in another file.
+    _git(repo, "checkout", "-q", "-b", "followed", sha["regression"])
+    sha["paypal"] = _commit(repo, "Also count PayPal", PAYMENTS_SQL, "'card', 'bank_transfer')",
+                            "'card', 'bank_transfer', 'paypal')")
+    sha["followed"] = _commit(repo, "Explain revenue", REVENUE_SQL, "-- Daily revenue.", "-- Daily revenue (net).")
     _git(repo, "checkout", "-q", "main")
     return History(repo, prod_db, prod_state, root / "sandboxes", sha, contract, band, healthy, before)
 
@@ -347,3 +354,34 @@ def test_worktree_conflict_names_the_commit(history) -> None:
         assert tree.conflict_files == (PAYMENTS_SQL,)
         assert not subprocess.run(["git", "-C", str(tree.path), "status", "--porcelain"],
                                   capture_output=True, text=True).stdout
+
+
+def _search(h: History, deployed: str, culprit: str):
+    """find_fix over the one suspect, building on the clone as the verify stage does."""
+    suspect = Candidate(sha=h.sha[culprit], author="T", authored_at=AT, message=culprit, files=(PAYMENTS_SQL,),
+                        models=("model.shop.int_order_payments",), distance=2, touches_metric_columns=True)
+
+    def try_revert(group, followers=()):
+        return _verify(h, deployed, [culprit], list(group[0].models), followers=followers)
+
+    return find_fix([suspect], try_revert, max_builds=8, followers=lambda c: conflicting_followers(
+        h.repo, c.sha, h.sha[deployed], h.sandboxes, label="12"))
+
+
+@pytest.mark.slow
+def test_a_conflicting_revert_is_verified_with_the_commit_that_changes_its_lines(history, leaves_nothing) -> None:
+    search = _search(history, "followed", "regression")
+    conflict, group = search.attempts
+    assert conflict.verdict is Verdict.conflict and conflict.reverted == (history.sha["regression"],)
+    assert search.fix is group and group.verdict is Verdict.verified, group.detail
+    # Newest first, and the decoy (a later commit of another file) is not reverted.
+    assert group.reverted == (history.sha["paypal"], history.sha["regression"])
+    assert group.sha == history.sha["regression"] and group.followers == (history.sha["paypal"],)
+    assert group.after == pytest.approx(history.healthy)
+
+
+@pytest.mark.slow
+def test_a_culprit_that_reverts_cleanly_is_still_a_single_commit_revert(history, leaves_nothing) -> None:
+    search = _search(history, "comment", "regression")
+    assert search.builds == 1 and search.fix is not None and search.fix.verdict is Verdict.verified
+    assert search.fix.reverted == (history.sha["regression"],) and search.fix.followers == ()

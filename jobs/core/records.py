@@ -246,6 +246,8 @@ class Verification:
     packages: str | None = None  # how the worktree got its dbt packages (None: the project declares none)
     clones: tuple[dict[str, Any], ...] = ()  # what the sandbox cloned, where the adapter clones per table
     isolation: str = ""  # how dbt ran the revert's code: "built isolated (bwrap)…" or why not (jobs.project.isolation)
+    # Later commits reverted with `sha` because they change its lines (jobs.project.followers), newest first.
+    followers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ incidents it moved, so their cards are refreshed and their own next stage enqueu
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 
 from jobs.attribute import groups, triage
@@ -28,6 +29,7 @@ from jobs.core.records import (
 )
 from jobs.core.report import to_json
 from jobs.detect.recovery import recovery_band
+from jobs.project.followers import conflicting_followers
 from jobs.propose.decision import AUTONOMOUS, propose
 from jobs.runtime import Runtime
 from jobs.verify.bisect import find_fix
@@ -112,14 +114,15 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
     # warehouse travels in time). A group's members share the last good SHA; the latest time is nearest.
     sandboxes = rt.sandboxes(snapshot_at=max((m.last_good_at for m in group if m.last_good_at), default=None))
 
-    def try_revert(suspects: list[Candidate]):
+    def try_revert(suspects: list[Candidate], followers: Sequence[str] = ()):
         shas = [c.sha for c in sorted(suspects, key=lambda c: c.authored_at, reverse=True)]
         result = verify_revert(
             sandboxes=sandboxes, repo=rt.config.repo_dir, project_subdir=rt.project_subdir, deployed_sha=deployed,
             shas=shas, models=tuple(dict.fromkeys(m for c in suspects for m in c.models)), contract=contract,
             metric_model=contract.relation_name, prod_state=rt.state_dir, band=band, before=incident.value,
-            at=incident.first_bad_at, incident_id=incident.id, sandboxes_root=rt.sandboxes_root, also=also)
-        key = f"{_scope(incident)}:verification.attempt:{','.join(shas)}"
+            at=incident.first_bad_at, incident_id=incident.id, sandboxes_root=rt.sandboxes_root, also=also,
+            followers=followers)
+        key = f"{_scope(incident)}:verification.attempt:{','.join([*followers, *shas])}"
         if result.billed_bytes is not None or result.clones:
             rt.store.audit("verification.cost", incident_id=incident.id, dedup_key=key.replace("attempt", "cost"),
                            data={"estimated_bytes": result.estimated_bytes, "billed_bytes": result.billed_bytes,
@@ -128,7 +131,8 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
         return result
 
     try:
-        search = find_fix(ranked, try_revert, rt.config.settings.verification.max_builds)
+        search = find_fix(ranked, try_revert, rt.config.settings.verification.max_builds, followers=lambda c: (
+            conflicting_followers(rt.config.repo_dir, c.sha, deployed, rt.sandboxes_root, label=str(incident.id))))
     except SandboxRefused as refused:
         # Over the org's byte budget, or a build that would write outside the sandbox: a person decides.
         data = {"reason": str(refused), **refused.audit_data()}

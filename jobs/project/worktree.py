@@ -56,6 +56,12 @@ class Worktree:
             return False
         return True
 
+    def applies(self, shas: Sequence[str]) -> bool:
+        """Whether `shas` revert cleanly together, newest first; the worktree is left at its SHA either way."""
+        clean = self.revert(shas)
+        self._reset()
+        return clean
+
     def changed(self) -> list[str]:
         """Repository paths the uncommitted revert changes (both sides of a rename)."""
         return self.git.run("diff", "--name-only", "--no-renames", "HEAD").split()

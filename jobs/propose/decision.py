@@ -10,8 +10,9 @@ from jobs.contracts.spec import Contract
 from jobs.core.errors import CairnError
 from jobs.core.records import Candidate, Incident, IncidentStatus, PullRequest, Ranking, Verdict, Verification
 from jobs.forge import MergeBlocked
+from jobs.project.followers import conflicting_followers
 from jobs.project.lineage import model_refs
-from jobs.propose.prbody import check_proof, pr_body, pr_title
+from jobs.propose.prbody import Follower, check_proof, pr_body, pr_title
 from jobs.runtime import Runtime
 from jobs.store import switches
 from policies.decide import Action, Decision, Facts, decide
@@ -65,20 +66,33 @@ def propose(rt: Runtime, incident: Incident, contract: Contract, fix: Verificati
 def open_verified_pr(rt: Runtime, incident: Incident, contract: Contract, cause: Candidate, fix: Verification,
                      ranking: Ranking, ranked: Sequence[Candidate], decision: Decision,
                      group: Sequence[tuple[Incident, Contract]] = ()) -> PullRequest:
-    """The only place Cairn opens a PR, and it refuses anything but a verified single-commit revert
-    (for a group: one that brought every member back)."""
+    """The only place Cairn opens a PR, and it refuses anything but a verified revert of the culprit alone,
+    or of the culprit with exactly its conflicting followers (for a group: one that brought every member back)."""
     behind = [f"#{m.incident_id}" for m in fix.members if m.verdict is not Verdict.verified]
-    if fix.verdict is not Verdict.verified or fix.reverted != (cause.sha,) or behind:
-        raise UnverifiedRevert(f"incident {incident.id}: revert of {cause.short_sha} is {fix.verdict.value}, "
-                               f"not verified on a clone{' for ' + ', '.join(behind) if behind else ''}; "
-                               "no pull request is opened")
+    if fix.verdict is not Verdict.verified or not _culprit_revert(rt, incident, cause, fix) or behind:
+        reverted = ", ".join(sha[:7] for sha in fix.reverted) or cause.short_sha
+        raise UnverifiedRevert(f"incident {incident.id}: revert of {reverted} is {fix.verdict.value}, "
+                               f"not verified on a clone{' for ' + ', '.join(behind) if behind else ''} as the "
+                               f"revert of {cause.short_sha} (alone, or with the later commits that change its "
+                               "lines); no pull request is opened")
     suspects = incident.details.suspects
     path = suspects.lineage_path.get(cause.sha, []) if suspects else []
+    followers = [Follower(sha, rt.git.run("log", "-1", "--format=%B", sha)) for sha in fix.followers]
     body = pr_body(incident=incident, contract=contract, candidate=cause, ranking=ranking, candidates=ranked,
-                   verification=fix, deltas=fix.deltas, lineage_path=path, mode=decision.mode.value, group=group)
-    return rt.forge.open_revert_pr(incident.id, rt.config.settings.branch, [cause.sha],
-                                   pr_title(incident, contract, cause, others=len(group)), body,
-                                   proof=check_proof(contract, fix))
+                   verification=fix, deltas=fix.deltas, lineage_path=path, mode=decision.mode.value, group=group,
+                   followers=followers)
+    return rt.forge.open_revert_pr(incident.id, rt.config.settings.branch, list(fix.reverted),
+                                   pr_title(incident, contract, cause, others=len(group), followers=followers),
+                                   body, proof=check_proof(contract, fix))
+
+
+def _culprit_revert(rt: Runtime, incident: Incident, cause: Candidate, fix: Verification) -> bool:
+    """The culprit alone; or the culprit with its followers, newest first, when git (asked again, at the
+    deployed SHA) says exactly those later commits are what its revert needs to apply."""
+    if fix.sha != cause.sha or fix.reverted != (*fix.followers, cause.sha):
+        return False
+    return not fix.followers or fix.followers == conflicting_followers(
+        rt.config.repo_dir, cause.sha, rt.deployed_sha(), rt.sandboxes_root, label=str(incident.id))
 
 
 def _blast_radius(fix: Verification | None) -> int:

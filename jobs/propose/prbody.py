@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from jobs.contracts.spec import Contract, Kind
@@ -21,6 +22,14 @@ MAX_TITLE = 200  # GitHub allows 256; leave room for a prefix a reviewer adds
 _CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
 _INLINE = re.compile(r"([\\`*_\[\]|~])")  # emphasis, code, links, tables, strikethrough
 _BLOCK_START = re.compile(r"^(\d*)([#+=.)-])")  # would start a heading, list or rule at a line start
+
+
+@dataclass(frozen=True)
+class Follower:
+    """A later commit reverted with the culprit because it changes the same lines."""
+
+    sha: str
+    message: str
 
 
 # -- making repository text inert -------------------------------------------------------------
@@ -94,16 +103,19 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 # -- the PR ------------------------------------------------------------------------------------
 
-def pr_title(incident: Incident, contract: Contract, cause: Candidate, others: int = 0) -> str:
+def pr_title(incident: Incident, contract: Contract, cause: Candidate, others: int = 0,
+             followers: Sequence[Follower] = ()) -> str:
     """'Revert 8f31c2a: <subject> (orders.revenue -18.4%, Cairn #7)' — plain text, one line; a group's
-    names how many other contracts it recovers ('… -18.4% and 5 more, …')."""
+    names how many other contracts it recovers ('… -18.4% and 5 more, …'); a revert with followers names
+    them ('Revert 8f31c2a with 2b4c6d8: …')."""
     more = f" and {others} more" if others else ""
     suffix = f" ({redact(contract.id)} {_change(incident)}{more}, Cairn #{incident.id})"
     subject = redact(_first_line(cause.message))
-    room = MAX_TITLE - len(suffix) - len(f"Revert {cause.short_sha}: ")
+    reverts = cause.short_sha + (" with " + ", ".join(f.sha[:7] for f in followers) if followers else "")
+    room = MAX_TITLE - len(suffix) - len(f"Revert {reverts}: ")
     if len(subject) > room:
         subject = subject[: room - 1] + "…"
-    return f"Revert {cause.short_sha}: {subject}{suffix}"
+    return f"Revert {reverts}: {subject}{suffix}"
 
 
 def pr_body(
@@ -118,13 +130,16 @@ def pr_body(
     lineage_path: Sequence[str],
     mode: str,
     group: Sequence[tuple[Incident, Contract]] = (),
+    followers: Sequence[Follower] = (),
 ) -> str:
     """The PR body: the evidence a reviewer needs to decide, in the order they need it.
 
     `group`: the other incidents one culprit caused, whose contracts the same build measured.
+    `followers`: later commits reverted with the culprit because they change the same lines.
     """
     sections = [
-        _summary(incident, contract, candidate, verification, len(group)),
+        _summary(incident, contract, candidate, verification, len(group), len(followers)),
+        *([_followers(candidate, followers)] if followers else []),
         *([_group(incident, contract, verification, group)] if group else []),
         _contract(contract),
         _regression(incident, contract),
@@ -139,13 +154,16 @@ def pr_body(
     return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
 
 
-def _summary(incident: Incident, contract: Contract, cause: Candidate, v: Verification, others: int) -> list[str]:
+def _summary(incident: Incident, contract: Contract, cause: Candidate, v: Verification, others: int,
+             later: int = 0) -> list[str]:
     also = f", and {others} more contract{'s' * (others > 1)} of the incidents grouped with it (below)," \
         if others else ""
+    together = f" with the {later} later commit{'s' * (later > 1)} that change{'s' * (later == 1)} its lines" \
+        if later else ""
     return [
         f"## Cairn incident #{incident.id}: {code(contract.id)} {_change(incident)}",
         "",
-        f"Reverting {code(cause.short_sha)} brings {code(contract.id)} from "
+        f"Reverting {code(cause.short_sha)}{together} brings {code(contract.id)} from "
         f"**{metric_value(contract, v.before)}** back to **{metric_value(contract, v.after)}**{also} "
         f"on a warehouse clone (verdict: **{v.verdict.value}**).",
     ]
@@ -166,6 +184,17 @@ def _group(incident: Incident, contract: Contract, v: Verification,
             f"One commit broke {len(rows)} contracts in one deploy: Cairn verified one revert for all of them, "
             "each measured on the same build.", "",
             *_table(["Incident", "Contract", "Change", "Before", "After (reverted)", "Verdict"], rows)]
+
+
+def _followers(cause: Candidate, followers: Sequence[Follower]) -> list[str]:
+    """Every commit the PR reverts, newest first, and why each is reverted."""
+    rows = [[code(f.sha[:7]), plain(_first_line(f.message)), "reverted with it because it changes the same lines"]
+            for f in followers]
+    rows.append([code(cause.short_sha), plain(_first_line(cause.message)), "the suspected commit"])
+    return ["### Commits this PR reverts", "",
+            f"Reverting {code(cause.short_sha)} alone conflicts: later commits changed the same lines. This PR "
+            "reverts them together, newest first, as the clone verified.", "",
+            *_table(["Commit", "Message", "Why"], rows)]
 
 
 def _contract(contract: Contract) -> list[str]:

@@ -5,6 +5,9 @@ log2(n) + 3: the top-ranked alone (usually right), every candidate at once (if e
 recover, no code change in the range explains the regression), a binary search over suffixes of
 the range in commit order (reverting the newest k commits, newest first, applies cleanly where an
 arbitrary subset might conflict), and finally the culprit alone, which is what the PR carries.
+
+A culprit whose revert alone conflicts (a later commit changed the same lines) is tried once more with
+those later commits, its followers, reverted together newest first: one more build, within the budget.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from jobs.core.records import Candidate, Verdict, Verification
 
 LINEAR_LIMIT = 4  # up to this many candidates, try each in rank order
 
-TryRevert = Callable[[Sequence[Candidate]], Verification]
+# try_revert(group) builds the revert of `group`; try_revert([culprit], followers) the culprit's with its followers.
+TryRevert = Callable[..., Verification]
+Followers = Callable[[Candidate], Sequence[str]]  # a culprit's conflicting followers (jobs.project.followers)
 
 
 @dataclass(frozen=True)
 class Search:
-    """Every build tried, in order, and the single-commit revert that verified (if any)."""
+    """Every build tried, in order, and the culprit's revert that verified (if any): alone, or with its
+    conflicting followers."""
 
     attempts: tuple[Verification, ...]
     fix: Verification | None
@@ -31,15 +37,24 @@ class Search:
         return len(self.attempts)
 
 
-def find_fix(ranked: Sequence[Candidate], try_revert: TryRevert, max_builds: int = 8) -> Search:
+def find_fix(ranked: Sequence[Candidate], try_revert: TryRevert, max_builds: int = 8,
+             followers: Followers | None = None) -> Search:
     attempts: list[Verification] = []
 
-    def attempt(group: Sequence[Candidate]) -> Verification | None:
+    def attempt(group: Sequence[Candidate], *with_followers: Sequence[str]) -> Verification | None:
         if len(attempts) >= max_builds:
             return None
-        result = try_revert(group)
+        result = try_revert(group, *with_followers)
         attempts.append(result)
         return result
+
+    def alone(culprit: Candidate) -> Verification | None:
+        """The culprit's revert; when it conflicts, the culprit's with its followers instead."""
+        result = attempt([culprit])
+        if result is None or result.verdict is not Verdict.conflict or followers is None:
+            return result
+        later = followers(culprit)
+        return (attempt([culprit], later) or result) if later else result
 
     def done(fix: Verification | None) -> Search:
         return Search(tuple(attempts), fix)
@@ -48,12 +63,12 @@ def find_fix(ranked: Sequence[Candidate], try_revert: TryRevert, max_builds: int
         return done(None)
     if len(ranked) <= LINEAR_LIMIT:
         for candidate in ranked:
-            result = attempt([candidate])
+            result = alone(candidate)
             if result is None or result.verdict is Verdict.verified:
                 return done(result)
         return done(None)
 
-    first = attempt([ranked[0]])
+    first = alone(ranked[0])
     if first is not None and first.verdict is Verdict.verified:
         return done(first)
     history = sorted(ranked, key=lambda c: c.authored_at)  # oldest first
@@ -73,5 +88,5 @@ def find_fix(ranked: Sequence[Candidate], try_revert: TryRevert, max_builds: int
     culprit = history[lo]
     if culprit.sha == ranked[0].sha:
         return done(None)  # already tried alone, and it did not recover alone
-    alone = next((a for a in attempts if a.reverted == (culprit.sha,)), None) or attempt([culprit])
-    return done(alone if alone is not None and alone.verdict is Verdict.verified else None)
+    fix = next((a for a in attempts if a.reverted == (culprit.sha,)), None) or alone(culprit)
+    return done(fix if fix is not None and fix.verdict is Verdict.verified else None)

@@ -63,11 +63,12 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
                   shas: Sequence[str], models: Sequence[str], contract: Contract, metric_model: str,
                   prod_state: Path, band: BaselineStats, before: float | None, at: datetime, incident_id: int,
                   sandboxes_root: Path, also: Sequence[Target] = (), label: str | None = None,
-                  deltas: bool = True) -> Verification:
+                  deltas: bool = True, followers: Sequence[str] = ()) -> Verification:
     """Revert `shas` at `deployed_sha`, build reverted models through `metric_model` (and the metric
     models of `also`, the incident's group) in a sandbox of `sandboxes` (the warehouse's adapter,
     `jobs.warehouse.sandboxes`), and measure there. `label` names the worktree and sandbox (default:
-    the incident ID; a deploy check has no incident); `deltas` takes sample-row deltas."""
+    the incident ID; a deploy check has no incident); `deltas` takes sample-row deltas. `followers`: later
+    commits reverted with the culprit `shas[0]` because they change its lines (`jobs.project.followers`)."""
     check_inputs(shas, models, contract, metric_model)
     phases: dict[str, float] = {}
     targets, metrics = group_targets(incident_id, contract, band, before, metric_model, also)
@@ -78,13 +79,14 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
         raise Unisolated(f"refused to build: verification.isolation is bwrap, but {isolation.reason}. Install "
                          "bubblewrap where Cairn's workers run (or set verification.isolation to auto).", isolation)
     record = dict(sha=shas[0], clone_id="", dbt_command=f"dbt build --select {select} {' '.join(extra)}",
-                  before=before, after=None, durations=phases, reverted=tuple(shas), isolation=isolation.describe())
+                  before=before, after=None, durations=phases, reverted=(*followers, *shas),
+                  isolation=isolation.describe(), followers=tuple(followers))
     name = label or str(incident_id)
     with ExitStack() as cleanup:  # unwinds worktree and sandbox even when an exception escapes
         with timed(phases, "worktree"):
             tree = cleanup.enter_context(Worktree.create(repo, deployed_sha, sandboxes_root, label=name))
         with timed(phases, "revert"):
-            reverted = tree.revert(shas)
+            reverted = tree.revert([*followers, *shas])
         if not reverted:
             return Verification(verdict=Verdict.conflict, **record, detail=(
                 f"reverting {tree.conflict[:7]} at {deployed_sha[:7]} conflicts in "
