@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime
 from functools import cached_property
@@ -23,9 +24,11 @@ log = logging.getLogger(__name__)
 class Runtime:
     """One process's view of a Cairn deployment; shared state lives in the store, never here."""
 
-    def __init__(self, config: Config, clock: Clock | None = None):
+    def __init__(self, config: Config, clock: Clock | None = None, *, parse: bool = True):
         self.config = config
         self.clock = clock or Clock()  # the check's time: every stage and store timestamp reads it
+        # parse=False: the manifest is the one the last parse left on disk and dbt never runs (card refreshes).
+        self.parse = parse
 
     @cached_property
     def store(self):  # -> jobs.store.store.Store
@@ -45,11 +48,20 @@ class Runtime:
 
     @cached_property
     def manifest(self) -> dict[str, Any]:
+        if not self.parse:
+            return self.cached_manifest
         from jobs.project.packages import ensure_installed
 
         if (done := ensure_installed(self.dbt)) is not None:  # a checkout that git-ignores dbt_packages/
             log.info("%s", done)
         return self.dbt.parse()
+
+    @property
+    def cached_manifest(self) -> dict[str, Any]:
+        """The manifest.json Cairn's last parse left in its target path; empty before the first parse
+        (then the contracts are cairn.yml's alone)."""
+        path = self.dbt.target_path / "manifest.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
 
     @cached_property
     def contracts(self) -> list[Contract]:
