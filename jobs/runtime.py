@@ -27,7 +27,8 @@ class Runtime:
     def __init__(self, config: Config, clock: Clock | None = None, *, parse: bool = True):
         self.config = config
         self.clock = clock or Clock()  # the check's time: every stage and store timestamp reads it
-        # parse=False: the manifest is the one the last parse left on disk and dbt never runs (card refreshes).
+        # parse=False (card refreshes): the manifest the last parse left on disk; dbt runs only if there is none
+        # yet (a worker whose disk never saw a check), and that parse leaves it for the next refresh.
         self.parse = parse
 
     @cached_property
@@ -48,20 +49,14 @@ class Runtime:
 
     @cached_property
     def manifest(self) -> dict[str, Any]:
-        if not self.parse:
-            return self.cached_manifest
+        cached = self.dbt.target_path / "manifest.json"
+        if not self.parse and cached.is_file():
+            return json.loads(cached.read_text())
         from jobs.project.packages import ensure_installed
 
         if (done := ensure_installed(self.dbt)) is not None:  # a checkout that git-ignores dbt_packages/
             log.info("%s", done)
         return self.dbt.parse()
-
-    @property
-    def cached_manifest(self) -> dict[str, Any]:
-        """The manifest.json Cairn's last parse left in its target path; empty before the first parse
-        (then the contracts are cairn.yml's alone)."""
-        path = self.dbt.target_path / "manifest.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
 
     @cached_property
     def contracts(self) -> list[Contract]:

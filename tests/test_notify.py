@@ -40,6 +40,15 @@ def deployment(tmp_path: Path):
             rt.close()
 
 
+@pytest.fixture
+def worker_env(deployment, monkeypatch) -> None:
+    """The environment an RQ worker runs `notify_incident(id)` in: its own Runtime from $CAIRN_CONFIG."""
+    rt, api, _, _ = deployment
+    for name, value in {"CAIRN_CONFIG": str(rt.config.path), "SLACK_BOT_TOKEN": api.token,
+                        "SLACK_API_URL": api.base_url}.items():
+        monkeypatch.setenv(name, value)
+
+
 def _card(api: SlackAPI) -> dict:
     top = [m for m in api.messages(ALERT_CHANNEL).values() if not m.get("thread_ts") or m["thread_ts"] == m["ts"]]
     assert len(top) == 1, top
@@ -75,14 +84,11 @@ def test_a_card_already_current_is_updated_once(deployment) -> None:
     assert len(api.calls_to("chat.postMessage")) >= 1 and len(api.calls_to("chat.update")) == 1
 
 
-def test_a_refresh_job_renders_from_the_store_and_the_cached_manifest_without_dbt(deployment, monkeypatch) -> None:
+def test_a_refresh_job_renders_from_the_store_and_the_cached_manifest_without_dbt(deployment, worker_env) -> None:
     rt, api, _, _ = deployment
     assert rt.manifest["nodes"]  # the last check's parse, left in Cairn's target path
     incident = open_incident(rt.store, "orders.daily_count", T0, -30.0, "c" * 40)
     (rt.config.project_dir / "dbt_project.yml").write_text("name: [a project dbt cannot parse\n")
-    for name, value in {"CAIRN_CONFIG": str(rt.config.path), "SLACK_BOT_TOKEN": api.token,
-                        "SLACK_API_URL": api.base_url}.items():
-        monkeypatch.setenv(name, value)
 
     notify_incident(incident.id)  # as an RQ worker runs it: its own Runtime from $CAIRN_CONFIG
 
@@ -90,3 +96,12 @@ def test_a_refresh_job_renders_from_the_store_and_the_cached_manifest_without_db
     assert "-30.0% vs 28d baseline" in _card(api)["text"]
     with pytest.raises(DbtError):
         _ = Runtime(load_config()).manifest  # a parse, had the job run one, fails on this project
+
+
+def test_a_refresh_job_on_a_disk_without_a_manifest_parses_once_and_leaves_it(deployment, worker_env) -> None:
+    rt, api, _, _ = deployment
+    incident = open_incident(rt.store, "orders.daily_count", T0, -30.0, "c" * 40)
+    assert not (rt.dbt.target_path / "manifest.json").exists()  # no check ever ran on this disk
+    notify_incident(incident.id)
+    assert "-30.0% vs 28d baseline" in _card(api)["text"]
+    assert (rt.dbt.target_path / "manifest.json").is_file()  # the next refresh reads it
