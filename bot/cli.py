@@ -119,10 +119,12 @@ def backfill(ctx: click.Context, days: int, at: datetime | None) -> None:
 def incidents(ctx: click.Context, as_json: bool, show_all: bool) -> None:
     """List incidents (open ones by default)."""
     from jobs.core.report import incident_json
+    from jobs.propose.current import current_pull_request
 
-    found = runtime(ctx).store.incidents(open_only=not show_all)
+    rt = runtime(ctx)
+    found = rt.store.incidents(open_only=not show_all)
     if as_json:
-        click.echo(json.dumps([incident_json(i) for i in found], indent=2))
+        click.echo(json.dumps([incident_json(i, current_pull_request(rt, i)) for i in found], indent=2))
     elif not found:
         click.echo(messages.NO_INCIDENTS)
     else:
@@ -137,13 +139,15 @@ def incidents(ctx: click.Context, as_json: bool, show_all: bool) -> None:
 def incident(ctx: click.Context, incident_id: int, as_json: bool) -> None:
     """Show one incident and its audit trail."""
     from jobs.core.report import incident_json
+    from jobs.propose.current import current_pull_request
 
     rt = runtime(ctx)
     found = rt.store.incident(incident_id)
+    pr = current_pull_request(rt, found)
     if as_json:
-        click.echo(json.dumps(incident_json(found), indent=2))
+        click.echo(json.dumps(incident_json(found, pr), indent=2))
     else:
-        click.echo(render.incident_detail(found, rt.store.audit_events(incident_id)))
+        click.echo(render.incident_detail(found, rt.store.audit_events(incident_id), pr))
 
 
 @cli.command()

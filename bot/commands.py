@@ -1,7 +1,8 @@
 """`/cairn` commands: parse the text, check who may do what, answer in a few lines.
 
 Every command only reads or writes the store and enqueues jobs, so a listener answers well
-inside Slack's 3 seconds; `check` is queued, never run here. The CLI offers the same actions
+inside Slack's 3 seconds; `check` is queued, never run here. `show` also reads its PR from GitHub
+(one request) while it is not merged, so a merge done there shows at once. The CLI offers the same actions
 through the functions below, so both surfaces say the same thing.
 """
 
@@ -16,6 +17,7 @@ from jobs.core.errors import CairnError, NotFound, QueueUnavailable
 from jobs.core.records import IncidentStatus
 from jobs.loop.queue import Jobs
 from jobs.loop.reconcile import survey
+from jobs.propose.current import current_pull_request
 from jobs.runtime import Runtime
 from jobs.store import switches
 from policies.model import Mode
@@ -108,7 +110,8 @@ def incidents_text(rt: Runtime) -> str:
 
 def show_text(rt: Runtime, incident_id: int) -> str:
     incident = rt.store.incident(incident_id)
-    return _code(render.incident_detail(incident, rt.store.audit_events(incident_id)))
+    pr = current_pull_request(rt, incident)
+    return _code(render.incident_detail(incident, rt.store.audit_events(incident_id), pr))
 
 
 def contracts_text(rt: Runtime) -> str:

@@ -154,13 +154,18 @@ def _baseline_days(rt: Runtime, incident: Incident) -> int | None:
 
 @contextmanager
 def _runtime(rt: Runtime | None) -> Iterator[Runtime]:
-    """The caller's Runtime (in-process), or one of our own (an RQ job: from $CAIRN_CONFIG)."""
+    """The caller's Runtime (in-process), or one of our own (an RQ job: from $CAIRN_CONFIG).
+
+    Ours does not run dbt: a card renders from the store, cairn.yml and the manifest the last check's parse
+    left on disk, so a refresh takes a fraction of a second instead of a project parse (a worker whose disk
+    has no manifest yet parses once, so the contracts and a selector kill switch's coverage stay right).
+    """
     if rt is not None:
         yield rt
         return
     from jobs.config import load_config
 
-    own = Runtime(load_config())
+    own = Runtime(load_config(), parse=False)
     try:
         yield own
     finally:

@@ -14,7 +14,7 @@ from bot.thread import baseline_phrase, cause_phrase, decision_phrase, moment, p
 from jobs.config import Config
 from jobs.contracts.spec import Contract
 from jobs.core.formatting import fmt_value
-from jobs.core.records import AuditEvent, Incident, Observation
+from jobs.core.records import AuditEvent, Incident, Observation, PullRequest
 
 
 def observation_line(obs: Observation) -> str:
@@ -44,7 +44,7 @@ def incident_line(incident: Incident) -> str:
             f"{change:>8}  {incident.severity:<8} since {incident.first_bad_at:%Y-%m-%d %H:%M}")
 
 
-def incident_detail(incident: Incident, events: Sequence[AuditEvent]) -> str:
+def incident_detail(incident: Incident, events: Sequence[AuditEvent], pr: PullRequest | None = None) -> str:
     lines = [
         f"Incident #{incident.id} · {incident.contract_id} · {STATUS_LABEL[incident.status]} · {incident.severity}",
         f"  {incident.reason}",
@@ -53,17 +53,18 @@ def incident_detail(incident: Incident, events: Sequence[AuditEvent]) -> str:
     ]
     if incident.baseline:
         lines.append(f"  baseline: {baseline_phrase(incident.baseline)}")
-    lines += loop_lines(incident)
+    lines += loop_lines(incident, pr)
     lines.append("  audit trail:")
     lines += [f"    {e.at:%Y-%m-%d %H:%M:%S} {e.actor:<8} {e.name}" for e in events]
     return "\n".join(lines)
 
 
-def loop_lines(incident: Incident) -> list[str]:
-    """Top cause, verdict with its proof, decision and PR: what the loop added to the incident."""
+def loop_lines(incident: Incident, pr: PullRequest | None = None) -> list[str]:
+    """Top cause, verdict with its proof, decision and PR (as the forge sees it now, when given): what the loop
+    added to the incident."""
     from jobs.core.report import loop_json
 
-    loop = loop_json(incident.details)
+    loop = loop_json(incident.details, pr)
     lines = []
     if loop["top_cause"]:
         top = loop["top_cause"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime
 from functools import cached_property
@@ -23,9 +24,12 @@ log = logging.getLogger(__name__)
 class Runtime:
     """One process's view of a Cairn deployment; shared state lives in the store, never here."""
 
-    def __init__(self, config: Config, clock: Clock | None = None):
+    def __init__(self, config: Config, clock: Clock | None = None, *, parse: bool = True):
         self.config = config
         self.clock = clock or Clock()  # the check's time: every stage and store timestamp reads it
+        # parse=False (card refreshes): the manifest the last parse left on disk; dbt runs only if there is none
+        # yet (a worker whose disk never saw a check), and that parse leaves it for the next refresh.
+        self.parse = parse
 
     @cached_property
     def store(self):  # -> jobs.store.store.Store
@@ -45,6 +49,9 @@ class Runtime:
 
     @cached_property
     def manifest(self) -> dict[str, Any]:
+        cached = self.dbt.target_path / "manifest.json"
+        if not self.parse and cached.is_file():
+            return json.loads(cached.read_text())
         from jobs.project.packages import ensure_installed
 
         if (done := ensure_installed(self.dbt)) is not None:  # a checkout that git-ignores dbt_packages/

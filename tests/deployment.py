@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from datetime import date, datetime, time, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from bot.cli import main
 from bot.demo import REGRESSION, commit
 from jobs.config import load_config
+from jobs.core.records import Incident, Observation
 from jobs.project.dbt import Dbt
 from jobs.project.git import Git
 from jobs.runtime import Runtime
@@ -25,6 +26,14 @@ DOCS_EDIT = ("models/marts/_marts.yml", "Primary key; the day.", "Primary key; t
 
 def at(day: date, hour: int = 1) -> datetime:
     return datetime.combine(day, time(hour), tzinfo=timezone.utc)
+
+
+def open_incident(store, contract_id: str, at: datetime, change_pct: float, sha: str) -> Incident:
+    """An open incident on one bad observation of a metric that was 100: what detection leaves behind."""
+    value = 100.0 * (1 + change_pct / 100)
+    bad = store.add_observation(Observation(contract_id, at + timedelta(hours=1), value, at - timedelta(days=1), at, sha))
+    return store.open_incident(contract_id, severity="high", first_bad=bad, last_good=None, value=value,
+                               baseline=None, change_pct=change_pct, reason=f"down {-change_pct:g}%")
 
 
 def check_at(rt: Runtime, when: datetime, contracts=None) -> list:

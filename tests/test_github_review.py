@@ -6,15 +6,20 @@ server of tests/github_server.py, and every assertion is on what it was asked.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from github import Auth, Github
+from slack_bolt import BoltRequest
+from slack_sdk import WebClient
 
 from bot import ids
+from bot.app import create_app
 from bot.cards import escape, incident_card
-from bot.thread import thread_steps
+from bot.thread import pr_phrase, thread_steps
 from jobs.config import load_config
 from jobs.core.records import (
     AttributionDetail,
@@ -28,16 +33,20 @@ from jobs.core.records import (
     Verification,
     VerificationDetail,
 )
+from jobs.loop.queue import InlineJobs
 from jobs.loop.stages import propose_stage
 from jobs.propose.review import ReviewRefused, approve, reject
 from jobs.runtime import Runtime
 from jobs.store.store import Store
 from policies.decide import Action
 from policies.model import Mode
+from tests.deployment import run_cli
 from tests.github_server import FakeGitHub
+from tests.slack_server import SlackAPI, signed_headers, slash_command_body
 from tests.test_forge import TOKEN, Repo, forge_for, github, open_pr, repo, store  # noqa: F401 - fixtures
 
 INCIDENT = 7  # the `github` fixture opens incidents #1 to #7
+SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 
 
 @dataclass
@@ -178,3 +187,38 @@ def test_an_autonomous_merge_branch_protection_refuses_waits_for_a_person(tmp_pa
     assert blocked.reason.startswith('GitHub refused to merge PR #1: Required status check "dbt-ci" is expected.')
     [made] = [e for e in store.audit_events(INCIDENT) if e.name == "decision.made"]
     assert made.data["merge_blocked"] == blocked.reason and made.data["status"] == "pr_opened"
+
+
+def test_a_pr_merged_on_github_reads_as_merged_in_every_report(deployment: Deployment) -> None:
+    rt, server, pr = deployment.rt, deployment.github, deployment.pr
+    assert rt.store.incident(INCIDENT).details.pr.state == "open"  # what propose recorded
+    # Someone merges it in GitHub's own UI: Cairn is not told.
+    pull = Github(base_url=server.base_url, auth=Auth.Token(TOKEN)).get_repo("acme/shop").get_pull(pr.number)
+    assert pull.merge(sha=pr.head_sha).merged
+
+    env = {"GITHUB_TOKEN": TOKEN}
+    shown = run_cli("--config", str(rt.config.path), "incident", str(INCIDENT), "--json", env=env)
+    assert shown.exit_code == 0, shown.stderr
+    assert json.loads(shown.stdout)["pr"] == {"number": pr.number, "url": pr.url, "branch": pr.branch,
+                                              "state": "merged"}
+    listed = json.loads(run_cli("--config", str(rt.config.path), "incidents", "--json", env=env).stdout)
+    assert [i["pr"]["state"] for i in listed if i["id"] == INCIDENT] == ["merged"]
+    terminal = run_cli("--config", str(rt.config.path), "incident", str(INCIDENT), env=env).stdout
+    assert f"pull request: {pr_phrase(pr.number, pr.url, pr.branch, 'merged')}" in terminal
+
+    with SlackAPI() as api:
+        app = create_app(rt, InlineJobs(rt), WebClient(token=api.token, base_url=api.base_url),
+                         signing_secret=SECRET)
+        body = slash_command_body(f"show {INCIDENT}", user_id="U0STRANGER")
+        reply = app.dispatch(BoltRequest(body=body, headers=signed_headers(SECRET, body))).body
+    assert f"pull request: {pr_phrase(pr.number, pr.url, pr.branch, 'merged')}" in json.loads(reply)["text"]
+    assert rt.store.pull_request_for(INCIDENT).state == "merged"  # the store's row caught up
+
+
+def test_a_report_github_refuses_shows_the_store_s_copy(deployment: Deployment) -> None:
+    rt, server = deployment.rt, deployment.github
+    server.fail("GET", r"^/repos/acme/shop/pulls$", 401, "Bad credentials")
+    shown = run_cli("--config", str(rt.config.path), "incident", str(INCIDENT), "--json", env={"GITHUB_TOKEN": TOKEN})
+    assert shown.exit_code == 0, shown.stderr
+    assert not server.failures  # GitHub was asked, and refused
+    assert json.loads(shown.stdout)["pr"]["state"] == "open"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -11,10 +11,12 @@ import yaml
 from bot.messages import STATUS_LABEL
 from bot.notify import notify_incident
 from jobs.config import load_config
-from jobs.core.records import IncidentStatus, Observation
+from jobs.core.errors import DbtError
+from jobs.core.records import IncidentStatus
 from jobs.runtime import Runtime
 from jobs.store.store import Store
 from tests.conftest import SHOP, copy_shop
+from tests.deployment import open_incident
 from tests.slack_server import ALERT_CHANNEL, SlackAPI
 
 T0 = datetime(2026, 11, 2, tzinfo=timezone.utc)
@@ -31,14 +33,20 @@ def deployment(tmp_path: Path):
     with SlackAPI() as api:
         rt = Runtime(load_config(project / "cairn.yml", env={"SLACK_BOT_TOKEN": api.token,
                                                             "SLACK_API_URL": api.base_url}))
-        bad = rt.store.add_observation(Observation("revenue.net_daily", T0 + timedelta(hours=1), 80.0,
-                                                   T0 - timedelta(days=1), T0, "b" * 40))
-        incident = rt.store.open_incident("revenue.net_daily", severity="high", first_bad=bad, last_good=None,
-                                          value=80.0, baseline=None, change_pct=-20.0, reason="down 20%")
+        incident = open_incident(rt.store, "revenue.net_daily", T0, -20.0, "b" * 40)
         try:
             yield rt, api, incident.id, store_url
         finally:
             rt.close()
+
+
+@pytest.fixture
+def worker_env(deployment, monkeypatch) -> None:
+    """The environment an RQ worker runs `notify_incident(id)` in: its own Runtime from $CAIRN_CONFIG."""
+    rt, api, _, _ = deployment
+    for name, value in {"CAIRN_CONFIG": str(rt.config.path), "SLACK_BOT_TOKEN": api.token,
+                        "SLACK_API_URL": api.base_url}.items():
+        monkeypatch.setenv(name, value)
 
 
 def _card(api: SlackAPI) -> dict:
@@ -74,3 +82,26 @@ def test_a_card_already_current_is_updated_once(deployment) -> None:
     notify_incident(incident_id, rt)
     notify_incident(incident_id, rt)
     assert len(api.calls_to("chat.postMessage")) >= 1 and len(api.calls_to("chat.update")) == 1
+
+
+def test_a_refresh_job_renders_from_the_store_and_the_cached_manifest_without_dbt(deployment, worker_env) -> None:
+    rt, api, _, _ = deployment
+    assert rt.manifest["nodes"]  # the last check's parse, left in Cairn's target path
+    incident = open_incident(rt.store, "orders.daily_count", T0, -30.0, "c" * 40)
+    (rt.config.project_dir / "dbt_project.yml").write_text("name: [a project dbt cannot parse\n")
+
+    notify_incident(incident.id)  # as an RQ worker runs it: its own Runtime from $CAIRN_CONFIG
+
+    # orders.daily_count is declared beside its model in dbt YAML: its 28-day baseline came from the cached manifest.
+    assert "-30.0% vs 28d baseline" in _card(api)["text"]
+    with pytest.raises(DbtError):
+        _ = Runtime(load_config()).manifest  # a parse, had the job run one, fails on this project
+
+
+def test_a_refresh_job_on_a_disk_without_a_manifest_parses_once_and_leaves_it(deployment, worker_env) -> None:
+    rt, api, _, _ = deployment
+    incident = open_incident(rt.store, "orders.daily_count", T0, -30.0, "c" * 40)
+    assert not (rt.dbt.target_path / "manifest.json").exists()  # no check ever ran on this disk
+    notify_incident(incident.id)
+    assert "-30.0% vs 28d baseline" in _card(api)["text"]
+    assert (rt.dbt.target_path / "manifest.json").is_file()  # the next refresh reads it

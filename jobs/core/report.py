@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from jobs.core.records import BaselineStats, Incident, IncidentDetails
+from jobs.core.records import BaselineStats, Incident, IncidentDetails, PullRequest
 
 
 def iso(value: datetime | None) -> str | None:
@@ -22,8 +22,9 @@ def baseline_json(stats: BaselineStats | None) -> dict[str, Any] | None:
             "seasonal": stats.seasonal, "trend": stats.trend, "median": stats.expected, "mad": None}
 
 
-def incident_json(incident: Incident) -> dict[str, Any]:
-    """The documented `cairn incident --json` shape (docs/cli.md); add fields, never rename them."""
+def incident_json(incident: Incident, pr: PullRequest | None = None) -> dict[str, Any]:
+    """The documented `cairn incident --json` shape (docs/cli.md); add fields, never rename them. `pr` is the
+    PR as the forge sees it now (`jobs.propose.current`); without it, the one recorded at propose time."""
     return {
         "id": incident.id,
         "contract": incident.contract_id,
@@ -42,11 +43,11 @@ def incident_json(incident: Incident) -> dict[str, Any]:
                       "observation_id": incident.first_bad_observation_id},
         "follows": incident.follows_id,
         "group": incident.group_id,
-        **loop_json(incident.details),
+        **loop_json(incident.details, pr),
     }
 
 
-def loop_json(details: IncidentDetails) -> dict[str, Any]:
+def loop_json(details: IncidentDetails, pr: PullRequest | None = None) -> dict[str, Any]:
     """What attribution, verification and the forge added: top cause, verdict, proof and PR."""
     attribution = details.attribution
     files = {c.sha: list(c.files) for c in attribution.candidates} if attribution else {}
@@ -55,7 +56,7 @@ def loop_json(details: IncidentDetails) -> dict[str, Any]:
               for c in (ranking.causes if ranking else ())]
     verification = details.verification
     proof = verification and (verification.fix or (verification.attempts[-1] if verification.attempts else None))
-    pr = details.pr
+    pr = pr or details.pr
     return {
         "top_cause": causes[0] if causes else None,
         "alternates": causes[1:],

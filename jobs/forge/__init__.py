@@ -60,6 +60,11 @@ class Forge(Protocol):
         """The incident's PR, if one was opened."""
         ...
 
+    def refresh(self, incident_id: int) -> PullRequest | None:
+        """The incident's PR as the code host has it now (merged or closed there by a person), the store's copy
+        brought up to date."""
+        ...
+
     def merge(self, incident_id: int, expected_head_sha: str, actor: str) -> PullRequest:
         """Merge the PR if its head is still `expected_head_sha`; raise StaleApproval if it moved, MergeBlocked
         if the code host's branch protection refuses it."""

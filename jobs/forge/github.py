@@ -135,6 +135,12 @@ class GitHubForge:
         pull = self._find(incident_id)
         return _record(incident_id, pull) if pull is not None else None
 
+    def refresh(self, incident_id: int) -> PullRequest | None:
+        pull = self._find(incident_id)
+        if pull is None:
+            return self.store.pull_request_for(incident_id)
+        return self._mirror(incident_id, pull, **({"merged_at": pull.merged_at} if pull.merged_at else {}))
+
     def merge(self, incident_id: int, expected_head_sha: str, actor: str) -> PullRequest:
         pull = self._require(incident_id)
         record = _record(incident_id, pull)

@@ -62,6 +62,9 @@ class LocalForge:
     def get(self, incident_id: int) -> PullRequest | None:
         return self.store.pull_request_for(incident_id)
 
+    def refresh(self, incident_id: int) -> PullRequest | None:
+        return self.get(incident_id)  # the store is where local PRs live: nothing can change them elsewhere
+
     def merge(self, incident_id: int, expected_head_sha: str, actor: str) -> PullRequest:
         pr = self._require(incident_id)
         if pr.state == "merged":
