@@ -110,7 +110,7 @@ def test_check_at_judges_every_contract_and_pages_when_rows_stop(cairn: Cairn) -
 def test_a_learning_contract_opens_no_incident_even_when_rows_stop(cairn: Cairn, store: Store) -> None:
     stopped = ok(cairn("check", "--at", LOADER_STOPPED)).splitlines()
     revenue = next(line for line in stopped if line.startswith("revenue.net_daily"))
-    assert "learning" in revenue and "is 0, which would be an outage, but no incident opens while learning" in revenue
+    assert "learning" in revenue and "is 0: zero rows are an outage" in revenue and "no incident opens while the contract is learning" in revenue
     assert [i.contract_id for i in store.incidents()] == ["orders.freshness"]  # a deadline needs no baseline
 
 

@@ -35,14 +35,15 @@ the history, sampling noise from the observation's counts). Defaults, and why ea
   `baseline.days` for the newest healthy points instead, so a lasting regression keeps being
   scored (and its incident kept open) rather than going quiet as "learning" a week in.
 - Direction: drop alerts only below the band, rise only above, both either; freshness always rise.
-- Zero rows: a volume or row_count of 0 (row_count: or None) is an outage and pages, unless the
-  contract is still learning (no incident opens without a band to recover into: the reason says
-  0), or the band itself holds 0 (a few events a day: an empty day happens), or most
+- Zero rows: a volume or row_count of 0 (row_count: or None) is an outage and pages even while
+  learning, unless the band itself holds 0 (a few events a day: an empty day happens), or most
   of the contract's own recent points, and at least two, are 0 (on that weekday, unless
   `seasonality: none`: a business closed on Sundays). Past zeros count here even when they were flagged anomalous: detection
   flags the first closed Sunday, and if flagged zeros never counted, every later Sunday would page
   forever. Two guards keep a real outage from turning "normal": one past zero is not a pattern,
-  and a zero right after an anomalous observation continues that incident.
+  and a zero right after an anomalous observation continues that incident. A learning contract's
+  zero is flagged, kept out of the baseline it is learning, but opens no incident: there is no
+  band for a fix to recover into (`jobs.detect.observe`).
 - Freshness: the value is the lag in seconds; anomalous iff it exceeds `max_lag`. No baseline is
   needed; one is attached for display when history allows. change_pct is relative to max_lag.
 - Distribution: see `jobs.detect.distribution`; anomalous iff PSI > threshold.psi (0.2) for categories,
@@ -272,12 +273,7 @@ def assess(
     if is_zero_outage(contract, current.value):
         found = None if base.shortfall else forecast_band(contract, current, base.points)
         if found is None or found.lower > 0:
-            judged = assess_zero(contract, current, recent, base, found)
-            if found is None and judged.status is AssessmentStatus.anomalous and not outage_ongoing(recent):
-                # A learning contract opens no incident: there is no band for a fix to bring it back into.
-                return Assessment(contract.id, AssessmentStatus.learning, f"{metric_label(contract)} is 0, which "
-                                  f"would be an outage, but no incident opens while {base.shortfall}", 0.0)
-            return judged
+            return assess_zero(contract, current, recent, base, found)
     if current.value is None:
         return Assessment(contract.id, AssessmentStatus.learning, f"{metric_label(contract)}: no value to score", None)
     if base.shortfall:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import Enum
 
-from jobs.contracts.spec import Contract
+from jobs.contracts.spec import Contract, Kind
 from jobs.core.records import (
     Assessment,
     AssessmentStatus,
@@ -70,6 +70,12 @@ def detect(rt: Runtime, contract: Contract, observation: Observation) -> Outcome
         observation = store.record_judgement(observation.id, True, assessment.baseline)
         return Outcome(contract, observation, assessment, Change.updated, _update(rt, chain[-1], observation, assessment))
     if assessment.status is AssessmentStatus.anomalous:
+        if not chain and assessment.baseline is None and contract.kind is not Kind.freshness:
+            # Zero rows while learning: flagged (kept out of the baseline it is learning), but a learning
+            # contract opens no incident, having no band for a fix to bring it back into.
+            assessment = replace(assessment, status=AssessmentStatus.learning, reason=(
+                f"{assessment.reason}; no incident opens while the contract is learning"))
+            return Outcome(contract, observation, assessment, Change.none, None)
         if not chain:
             incident = open_incident(rt, contract, observation, assessment, _last_good(history, observation))
             return Outcome(contract, observation, assessment, Change.opened, incident)
