@@ -26,7 +26,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot import ids, messages
 from bot.approvers import Approvers
-from bot.cards import reject_modal
+from bot.cards import mentions, reject_modal
 from bot.commands import Invocation, pull_kill_switch, release_kill_switch, run_command, set_mode
 from jobs.attribute import groups
 from jobs.core.errors import CairnError, NotFound
@@ -58,6 +58,10 @@ def create_app(rt: Runtime, jobs: Jobs, client: WebClient, *, signing_secret: st
             return BoltResponse(status=200, body="")  # the first delivery was handled
         return next()
 
+    def say(channel: str, user: str, text: str) -> None:
+        """An ephemeral note to the person who acted; people in it appear as mentions."""
+        client.chat_postEphemeral(channel=channel, user=user, text=mentions(text))
+
     @app.error
     def explain_error(error: Exception, body: dict[str, Any], request) -> BoltResponse:
         """The one error handler: what escaped a listener becomes an ephemeral note; Slack gets the ack."""
@@ -65,7 +69,7 @@ def create_app(rt: Runtime, jobs: Jobs, client: WebClient, *, signing_secret: st
         text = explain(error)
         if user and channel:
             try:
-                client.chat_postEphemeral(channel=channel, user=user, text=text)
+                say(channel, user, text)
             except SlackApiError as exc:  # the error ID is in the log already
                 log.warning("could not tell %s about the error: %s", user, exc.response.get("error"))
         return request.context.ack.response or BoltResponse(status=200, body="")
@@ -78,7 +82,7 @@ def create_app(rt: Runtime, jobs: Jobs, client: WebClient, *, signing_secret: st
                                 Invocation(f"slack:{user}", approvers.may_act(user)))
         except Exception as exc:  # answered in the ack: the person sees why at once
             reply = explain(exc)
-        ack(text=reply, response_type="ephemeral")
+        ack(text=mentions(reply), response_type="ephemeral")
 
     def action(handler: Callable[[dict[str, Any], dict[str, Any], str], str | None]) -> Callable:
         """Ack, drop repeated clicks, check the approver, run `handler`, tell the person the outcome."""
@@ -93,11 +97,11 @@ def create_app(rt: Runtime, jobs: Jobs, client: WebClient, *, signing_secret: st
             if not approvers.may_act(user):
                 rt.store.audit("action.refused", actor=f"slack:{user}",
                                incident_id=_incident_of(rt, act), data={"action": act["action_id"]})
-                client.chat_postEphemeral(channel=channel, user=user, text=messages.NOT_AN_APPROVER)
+                say(channel, user, messages.NOT_AN_APPROVER)
                 return
             reply = handler(body, act, f"slack:{user}")
             if reply:
-                client.chat_postEphemeral(channel=channel, user=user, text=reply)
+                say(channel, user, reply)
 
         listener.__name__ = handler.__name__
         return listener
@@ -139,7 +143,7 @@ def create_app(rt: Runtime, jobs: Jobs, client: WebClient, *, signing_secret: st
         return set_mode(rt, jobs, mode, actor, reason="incident card")
 
     def kill(body, act, actor) -> str | None:
-        return pull_kill_switch(rt, jobs, f"pulled from the incident card by <@{actor.split(':', 1)[1]}>", actor)
+        return pull_kill_switch(rt, jobs, f"pulled from the incident card by {actor}", actor)
 
     def unkill(body, act, actor) -> str | None:
         return release_kill_switch(rt, jobs, actor)

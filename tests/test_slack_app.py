@@ -22,9 +22,17 @@ from slack_sdk import WebClient
 
 from bot import messages
 from bot.app import create_app
+from bot.cards import thread_message
 from bot.server import EVENTS_PATH, SignedOnly
+from bot.thread import render_terminal, thread_steps
+from jobs.core.records import IncidentStatus
 from jobs.loop.queue import InlineJobs
-from tests.slack_server import ALERT_CHANNEL, block_action_body, signed_headers, slash_command_body
+from tests.slack_server import (
+    ALERT_CHANNEL,
+    block_action_body,
+    signed_headers,
+    slash_command_body,
+)
 from tests.test_killswitch import APPROVER, HEAD, SECRET, shop  # noqa: F401 - the fixture
 
 ERROR_ID = re.compile(r"error(?: ID)? ([0-9a-f]{8})")
@@ -122,9 +130,43 @@ def test_garbage_signed_is_400_unsigned_or_badly_signed_401_and_nothing_is_said(
 
 
 def test_a_signed_click_goes_through_and_a_forged_one_does_not(served) -> None:
-    post, api, rt, incident_id = served
+    post, api, _, incident_id = served
     click = block_action_body("cairn.reject", value=str(incident_id), user_id=APPROVER)
     assert post(click, headers=signed_headers("another-secret", click))[0] == 401
     assert api.views == []
     assert post(click)[:2] == (200, "")
     assert [v["callback_id"] for v in api.views] == ["cairn.reject_modal"]
+
+
+# --- people appear as mentions on Slack's surfaces, as IDs in the terminal ---------------------
+
+
+def test_people_are_mentions_in_replies_cards_and_threads_and_ids_in_the_terminal(served) -> None:
+    post, api, rt, incident_id = served
+    InlineJobs(rt).notify(incident_id)  # the card, posted before anyone acts on it
+    card_kill = block_action_body("cairn.kill", value=str(incident_id), user_id=APPROVER, action_ts="5.000001")
+    assert post(card_kill)[:2] == (200, "")
+    status, body, _ = post(slash_command_body("status", user_id=APPROVER))
+    assert status == 200
+    reply = json.loads(body)["text"]
+    assert f"pulled from the incident card by <@{APPROVER}>" in reply and f"(by <@{APPROVER}>)" in reply
+    assert "slack:" not in reply
+
+    click = block_action_body("cairn.approve", value=f"{incident_id}:{HEAD}", user_id=APPROVER, action_ts="6.000001")
+    assert post(click)[:2] == (200, "")
+    said = api.ephemerals[-1]["text"]
+    assert f"by <@{APPROVER}>" in said and "slack:" not in said
+
+    deadline = time.monotonic() + 10
+    while not [m for m in api.messages(ALERT_CHANNEL).values() if "pulled" in json.dumps(m.get("blocks", []))]:
+        assert time.monotonic() < deadline, "the card was never refreshed with the kill switch"
+        time.sleep(0.05)
+    shown = json.dumps([m.get("blocks", []) for m in api.messages(ALERT_CHANNEL).values()])
+    assert f"by <@{APPROVER}>" in shown and "slack:U" not in shown
+
+    rt.store.update_incident(incident_id, status=IncidentStatus.rejected,
+                             details={"rejection": {"by": f"slack:{APPROVER}", "reason": "an intended change"}})
+    steps = thread_steps(rt.store.incident(incident_id), None)
+    posted = json.dumps(thread_message(steps[-1]).blocks[0].to_dict())
+    assert f"Rejected by <@{APPROVER}>: an intended change" in posted
+    assert f"Rejected by slack:{APPROVER}: an intended change" in render_terminal(steps)
