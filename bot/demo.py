@@ -21,6 +21,7 @@ MARKER = ".cairn-demo"
 # The demo reads these and nothing else of the environment: it shows its card in the reader's own workspace.
 DEMO_ENV = ("SLACK_BOT_TOKEN", "SLACK_API_URL", "REDIS_URL")
 DEMO_CHANNEL = "C0CAIRNDEMO"  # examples/shop/cairn.yml's placeholder
+DEMO_QUEUE = "cairn-demo"
 AUTHOR = {"GIT_AUTHOR_NAME": "Dana Analyst", "GIT_AUTHOR_EMAIL": "dana@shop.example",
           "GIT_COMMITTER_NAME": "Dana Analyst", "GIT_COMMITTER_EMAIL": "dana@shop.example"}
 
@@ -88,9 +89,12 @@ def demo_config(workdir: Path, env: Mapping[str, str], channel: str | None):
     from bot.slack import check_can_post, web_client
     from jobs.config import load_config
 
+    cairn_yml = workdir / "cairn.yml"
+    text = cairn_yml.read_text()
     if channel:
-        cairn_yml = workdir / "cairn.yml"
-        cairn_yml.write_text(cairn_yml.read_text().replace(f"channel: {DEMO_CHANNEL}", f"channel: {channel}", 1))
+        text = text.replace(f"channel: {DEMO_CHANNEL}", f"channel: {channel}", 1)
+    # Its own queue: workers of a real deployment on the same Redis must never take the demo's jobs.
+    cairn_yml.write_text(text + f"queue: {{name: {DEMO_QUEUE}}}\n")
     config = load_config(workdir / "cairn.yml", env={k: env[k] for k in DEMO_ENV if env.get(k)})
     client = web_client(config)
     if client is not None:
@@ -161,6 +165,9 @@ def run_demo(workdir: Path, days: int, env: Mapping[str, str] | None = None, cha
     try:
         with step(f"Today's check ({now:%Y-%m-%d %H:%M} UTC): detect, attribute, verify on a clone, propose"):
             outcomes = check_and_heal(rt)
+        if config.env.redis_url:
+            with step(f"Running the loop's jobs from Redis (queues {DEMO_QUEUE}, {DEMO_QUEUE}-notify) with an RQ worker"):
+                work_off(config)
         for outcome in outcomes:
             click.echo("    " + render.outcome_line(outcome))
         opened = [rt.store.incident(o.incident.id) for o in outcomes if o.change is Change.opened]
@@ -179,6 +186,26 @@ def run_demo(workdir: Path, days: int, env: Mapping[str, str] | None = None, cha
         rt.close()
     click.echo(f"\nDone in {time.monotonic() - started:.0f}s. Explore with "
                f"`cairn --config {workdir / 'cairn.yml'} incidents`.")
+
+
+def work_off(config) -> None:
+    """A worker in this process runs the queued jobs until the queues are empty, as `cairn worker --burst` would."""
+    import os
+
+    from rq import SimpleWorker
+
+    from jobs.loop.queue import RQJobs
+
+    before = os.environ.get("CAIRN_CONFIG")
+    os.environ["CAIRN_CONFIG"] = str(config.path)  # each job loads the demo's config, as under `cairn worker`
+    try:
+        jobs = RQJobs(config)
+        SimpleWorker(jobs.queues, connection=jobs.redis).work(burst=True)
+    finally:
+        if before is None:
+            del os.environ["CAIRN_CONFIG"]
+        else:
+            os.environ["CAIRN_CONFIG"] = before
 
 
 def _build(dbt) -> None:
