@@ -2,7 +2,10 @@
 
 Every listener acknowledges at once and only reads or writes the store and enqueues jobs: Bolt
 runs listeners on a small thread pool, and a merge or a dbt build there would starve every
-other click. Bolt verifies each request's signature and age before any listener runs. Bolt does
+other click. Listeners run before the HTTP answer (`process_before_response`), so a failure after the
+ack reaches the one error handler while the request is still open: it tells the person (with an
+error ID) and answers Slack with the ack, never a 404 or 500. `bot.server` verifies each request's
+signature and age before anything parses it; Bolt checks them again. Bolt does
 not de-duplicate: a request Slack re-sends (`X-Slack-Retry-Num`) is acknowledged and dropped, and
 a repeated click (same user and `action_ts`) is acknowledged and ignored.
 """
@@ -12,19 +15,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from slack_bolt import App, BoltResponse
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 
 from bot import ids, messages
 from bot.approvers import Approvers
-from bot.cards import reject_modal
+from bot.cards import mentions, reject_modal
 from bot.commands import Invocation, pull_kill_switch, release_kill_switch, run_command, set_mode
 from jobs.attribute import groups
 from jobs.core.errors import CairnError, NotFound
+from jobs.core.masking import mask
 from jobs.core.records import IncidentStatus
 from jobs.loop.queue import Jobs
 from jobs.runtime import Runtime
@@ -41,7 +47,7 @@ def create_app(rt: Runtime, jobs: Jobs, client: WebClient, *, signing_secret: st
     """The app, wired to one Runtime (store, config) and the job queue; no listener does slow work."""
     from concurrent.futures import ThreadPoolExecutor
 
-    app = App(client=client, signing_secret=signing_secret, logger=log,
+    app = App(client=client, signing_secret=signing_secret, logger=log, process_before_response=True,
               listener_executor=ThreadPoolExecutor(max_workers=LISTENER_THREADS, thread_name_prefix="bolt"))
     approvers = Approvers(rt.config.settings.slack.approvers, client)
     clicks = clicks or Clicks()
@@ -52,12 +58,21 @@ def create_app(rt: Runtime, jobs: Jobs, client: WebClient, *, signing_secret: st
             return BoltResponse(status=200, body="")  # the first delivery was handled
         return next()
 
+    def say(channel: str, user: str, text: str) -> None:
+        """An ephemeral note to the person who acted; people in it appear as mentions."""
+        client.chat_postEphemeral(channel=channel, user=user, text=mentions(text))
+
     @app.error
-    def explain_error(error: Exception, body: dict[str, Any]) -> None:
-        """The one error handler: what escaped a listener becomes an ephemeral note, never a silent 500."""
+    def explain_error(error: Exception, body: dict[str, Any], request) -> BoltResponse:
+        """The one error handler: what escaped a listener becomes an ephemeral note; Slack gets the ack."""
         user, channel = _who(body)
+        text = explain(error)
         if user and channel:
-            client.chat_postEphemeral(channel=channel, user=user, text=explain(error))
+            try:
+                say(channel, user, text)
+            except SlackApiError as exc:  # the error ID is in the log already
+                log.warning("could not tell %s about the error: %s", user, exc.response.get("error"))
+        return request.context.ack.response or BoltResponse(status=200, body="")
 
     @app.command("/cairn")
     def cairn_command(ack, command: dict[str, Any]) -> None:
@@ -67,7 +82,7 @@ def create_app(rt: Runtime, jobs: Jobs, client: WebClient, *, signing_secret: st
                                 Invocation(f"slack:{user}", approvers.may_act(user)))
         except Exception as exc:  # answered in the ack: the person sees why at once
             reply = explain(exc)
-        ack(text=reply, response_type="ephemeral")
+        ack(text=mentions(reply), response_type="ephemeral")
 
     def action(handler: Callable[[dict[str, Any], dict[str, Any], str], str | None]) -> Callable:
         """Ack, drop repeated clicks, check the approver, run `handler`, tell the person the outcome."""
@@ -82,11 +97,11 @@ def create_app(rt: Runtime, jobs: Jobs, client: WebClient, *, signing_secret: st
             if not approvers.may_act(user):
                 rt.store.audit("action.refused", actor=f"slack:{user}",
                                incident_id=_incident_of(rt, act), data={"action": act["action_id"]})
-                client.chat_postEphemeral(channel=channel, user=user, text=messages.NOT_AN_APPROVER)
+                say(channel, user, messages.NOT_AN_APPROVER)
                 return
             reply = handler(body, act, f"slack:{user}")
             if reply:
-                client.chat_postEphemeral(channel=channel, user=user, text=reply)
+                say(channel, user, reply)
 
         listener.__name__ = handler.__name__
         return listener
@@ -128,7 +143,7 @@ def create_app(rt: Runtime, jobs: Jobs, client: WebClient, *, signing_secret: st
         return set_mode(rt, jobs, mode, actor, reason="incident card")
 
     def kill(body, act, actor) -> str | None:
-        return pull_kill_switch(rt, jobs, f"pulled from the incident card by <@{actor.split(':', 1)[1]}>", actor)
+        return pull_kill_switch(rt, jobs, f"pulled from the incident card by {actor}", actor)
 
     def unkill(body, act, actor) -> str | None:
         return release_kill_switch(rt, jobs, actor)
@@ -156,12 +171,14 @@ def create_app(rt: Runtime, jobs: Jobs, client: WebClient, *, signing_secret: st
 
 
 def explain(error: BaseException) -> str:
-    """Our typed errors say what to do; anything else gets an ID that is in the log with its traceback."""
-    if isinstance(error, CairnError):
-        return f":warning: {error}"
+    """Our typed errors say what to do, anything else says it failed; both carry an ID logged with the traceback."""
     error_id = uuid.uuid4().hex[:8]
-    log.error("error %s in a Slack listener", error_id, exc_info=(type(error), error, error.__traceback__))
-    return f":x: {messages.UNEXPECTED_ERROR.format(error_id=error_id, error=type(error).__name__)}"
+    trace = mask("".join(traceback.format_exception(error)))
+    if isinstance(error, CairnError):
+        log.warning("error %s in a Slack listener:\n%s", error_id, trace)
+        return f":warning: {messages.CAIRN_ERROR.format(error=mask(str(error)), error_id=error_id)}"
+    log.error("error %s in a Slack listener:\n%s", error_id, trace)
+    return f":x: {messages.UNEXPECTED_ERROR.format(error_id=error_id)}"
 
 
 class Clicks:

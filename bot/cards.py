@@ -9,6 +9,7 @@ forge a link: only the links built here are links.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -102,6 +103,14 @@ class Message:
 def escape(text: str) -> str:
     """Slack's three control characters as entities, so relayed text cannot mention or link."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_ACTOR = re.compile(r"\bslack:([UW][A-Z0-9]{2,})\b")
+
+
+def mentions(text: str) -> str:
+    """People as the store names them ('slack:U123') as Slack mentions ('<@U123>'); for Slack's surfaces only."""
+    return _ACTOR.sub(r"<@\1>", text)
 
 
 def _cut(text: str, limit: int, more: str = "…") -> str:
@@ -236,8 +245,8 @@ def _kill_text(kill: KillSwitch | None) -> str:
     if kill is None:
         return "off"
     scope = f"for {', '.join(kill.selectors)}" if kill.selectors else "for the whole org"
-    return escape(f":octagonal_sign: pulled {scope} by {kill.by}: {kill.reason}. No clone, build, PR or merge "
-                  "for this incident; Cairn only reads production.")
+    return mentions(escape(f":octagonal_sign: pulled {scope} by {kill.by}: {kill.reason}. No clone, build, PR or "
+                           "merge for this incident; Cairn only reads production."))
 
 
 def _context(incident: Incident, evidence_url: str | None) -> list[MarkdownTextObject]:
@@ -289,7 +298,7 @@ def thread_message(step: Step, evidence_url: str | None = None) -> Message:
     more = _more(evidence_url)
     chunks, current = [], f"*{escape(step.title)}*"
     for line in step.lines:
-        line = _cut(escape(line), SECTION_TEXT, more)
+        line = mentions(_cut(escape(line), SECTION_TEXT, more))
         if len(current) + 1 + len(line) > SECTION_TEXT:
             chunks.append(current)
             current = line
@@ -298,7 +307,7 @@ def thread_message(step: Step, evidence_url: str | None = None) -> Message:
     chunks.append(current)
     first = step.lines[0] if step.lines else ""
     return Message(blocks=_fit([_section(chunk, more) for chunk in chunks], more),
-                   text=_fallback(f"{step.title}: {first}"))
+                   text=mentions(_fallback(f"{step.title}: {first}")))
 
 
 def reject_modal(incident_id: int) -> View:

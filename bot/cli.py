@@ -179,11 +179,17 @@ def rebaseline(ctx: click.Context, contract_id: str, since: datetime | None, rea
 @click.option("--dir", "workdir", type=click.Path(file_okay=False), default="cairn-demo",
               show_default=True, help="Work directory (replaced if it holds an earlier demo).")
 @click.option("--days", type=click.IntRange(14, 120), default=35, show_default=True)
-def demo(workdir: str, days: int) -> None:
-    """Build the example warehouse with git history, break a metric, and watch Cairn catch it."""
+@click.option("--channel", help="Slack channel ID (C…) for the card when SLACK_BOT_TOKEN is set; the bot must be in it.")
+def demo(workdir: str, days: int, channel: str | None) -> None:
+    """Build the example warehouse with git history, break a metric, and watch Cairn catch it.
+
+    With SLACK_BOT_TOKEN (and SLACK_API_URL, REDIS_URL) set, the card, its thread and buttons go to --channel too.
+    """
+    import os
+
     from bot.demo import run_demo
 
-    run_demo(Path(workdir), days)
+    run_demo(Path(workdir), days, env=os.environ, channel=channel)
 
 
 @cli.command()

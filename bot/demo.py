@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -18,6 +18,10 @@ from jobs.core.errors import CairnError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "shop"
 MARKER = ".cairn-demo"
+# The demo reads these and nothing else of the environment: it shows its card in the reader's own workspace.
+DEMO_ENV = ("SLACK_BOT_TOKEN", "SLACK_API_URL", "REDIS_URL")
+DEMO_CHANNEL = "C0CAIRNDEMO"  # examples/shop/cairn.yml's placeholder
+DEMO_QUEUE = "cairn-demo"
 AUTHOR = {"GIT_AUTHOR_NAME": "Dana Analyst", "GIT_AUTHOR_EMAIL": "dana@shop.example",
           "GIT_COMMITTER_NAME": "Dana Analyst", "GIT_COMMITTER_EMAIL": "dana@shop.example"}
 
@@ -80,12 +84,32 @@ def _os_env() -> dict[str, str]:
     return dict(os.environ)
 
 
-def run_demo(workdir: Path, days: int) -> None:
+def demo_config(workdir: Path, env: Mapping[str, str], channel: str | None):
+    """The demo's config: Slack and Redis from `env` when set; with a bot token, a channel it can post in."""
+    from bot.slack import check_can_post, web_client
+    from jobs.config import load_config
+
+    cairn_yml = workdir / "cairn.yml"
+    text = cairn_yml.read_text()
+    if channel:
+        text = text.replace(f"channel: {DEMO_CHANNEL}", f"channel: {channel}", 1)
+    # Its own queue: workers of a real deployment on the same Redis must never take the demo's jobs.
+    cairn_yml.write_text(text + f"queue: {{name: {DEMO_QUEUE}}}\n")
+    config = load_config(workdir / "cairn.yml", env={k: env[k] for k in DEMO_ENV if env.get(k)})
+    client = web_client(config)
+    if client is not None:
+        if not channel:
+            raise CairnError("SLACK_BOT_TOKEN is set: pass --channel C… (a channel the bot is in) to see the demo's "
+                             "card there, or unset it to see the card in the terminal only")
+        check_can_post(client, config)
+    return config
+
+
+def run_demo(workdir: Path, days: int, env: Mapping[str, str] | None = None, channel: str | None = None) -> None:
     from bot.notify import render_card
     from bot.thread import render_terminal, thread_steps
     from examples import generate
     from jobs.attribute import groups
-    from jobs.config import load_config
     from jobs.core.clock import Clock
     from jobs.detect.backfill import backfill
     from jobs.detect.check import check
@@ -105,14 +129,16 @@ def run_demo(workdir: Path, days: int) -> None:
     with step(f"Copying the example dbt project to {workdir}"):
         prepare_workdir(workdir)
         Git(workdir).run("init", "-q", "-b", "main")
+        config = demo_config(workdir, env or {}, channel)  # a Slack problem is said before the slow steps
         commit(workdir, "Shop analytics project", _at(first_day, 9))
+    if config.env.slack_bot_token:
+        click.echo(f"    the card and its thread go to Slack channel {config.settings.slack.channel}")
     with step(f"Loading {days - 1} days of source data ({first_day} → {yesterday - timedelta(days=1)})"):
         generate.load(db, first_day, days - 1)
     dbt = Dbt(workdir, workdir, env={"CAIRN_DUCKDB_PATH": str(db)}, target_path=workdir / "target")
     with step("Building the warehouse with dbt (the production deploy)"):
         _build(dbt)
 
-    config = load_config(workdir / "cairn.yml", env={})
     morning = _at(yesterday, 1)
     rt = Runtime(config, Clock(morning))
     try:
@@ -139,6 +165,9 @@ def run_demo(workdir: Path, days: int) -> None:
     try:
         with step(f"Today's check ({now:%Y-%m-%d %H:%M} UTC): detect, attribute, verify on a clone, propose"):
             outcomes = check_and_heal(rt)
+        if config.env.redis_url:
+            with step(f"Running the loop's jobs from Redis (queues {DEMO_QUEUE}, {DEMO_QUEUE}-notify) with an RQ worker"):
+                work_off(config)
         for outcome in outcomes:
             click.echo("    " + render.outcome_line(outcome))
         opened = [rt.store.incident(o.incident.id) for o in outcomes if o.change is Change.opened]
@@ -157,6 +186,26 @@ def run_demo(workdir: Path, days: int) -> None:
         rt.close()
     click.echo(f"\nDone in {time.monotonic() - started:.0f}s. Explore with "
                f"`cairn --config {workdir / 'cairn.yml'} incidents`.")
+
+
+def work_off(config) -> None:
+    """A worker in this process runs the queued jobs until the queues are empty, as `cairn worker --burst` would."""
+    import os
+
+    from rq import SimpleWorker
+
+    from jobs.loop.queue import RQJobs
+
+    before = os.environ.get("CAIRN_CONFIG")
+    os.environ["CAIRN_CONFIG"] = str(config.path)  # each job loads the demo's config, as under `cairn worker`
+    try:
+        jobs = RQJobs(config)
+        SimpleWorker(jobs.queues, connection=jobs.redis).work(burst=True)
+    finally:
+        if before is None:
+            del os.environ["CAIRN_CONFIG"]
+        else:
+            os.environ["CAIRN_CONFIG"] = before
 
 
 def _build(dbt) -> None:

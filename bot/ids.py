@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 
+from bot import messages
+from jobs.core.errors import CairnError
+
 APPROVE = "cairn.approve"  # button: merge the incident's revert PR
 REJECT = "cairn.reject"  # button: opens the reason modal
 MODE = "cairn.mode"  # static_select: the org's mode
@@ -12,6 +15,12 @@ UNKILL = "cairn.unkill"  # button: release the kill switch
 REJECT_MODAL = "cairn.reject_modal"  # view callback_id
 REJECT_REASON_BLOCK = "reject_reason"  # the modal's input block
 REJECT_REASON_INPUT = "reason"  # its plain_text_input
+
+
+
+class BadValue(CairnError, ValueError):
+    """A button value Cairn did not make: forged, or from another app."""
+
 
 _VALUE = re.compile(r"(?P<incident>[1-9][0-9]*)(?::(?P<sha>[0-9a-f]{7,64}))?")
 
@@ -25,5 +34,5 @@ def parse_value(value: str) -> tuple[int, str | None]:
     """The incident ID and PR head SHA a button carries; anything else is a forged or stale payload."""
     match = _VALUE.fullmatch(value or "")
     if match is None:
-        raise ValueError(f"not a Cairn button value: {value!r} (expected 'INCIDENT_ID' or 'INCIDENT_ID:HEAD_SHA')")
+        raise BadValue(messages.BAD_BUTTON.format(value=(value or "")[:40]))
     return int(match["incident"]), match["sha"]

@@ -23,7 +23,13 @@ TRIAGE_LABEL = {"code_change": "code change", "data_change": "data change", "int
                 "unknown": "unknown"}
 
 NO_INCIDENTS = "No open incidents. Every contract is inside its baseline band."
-UNEXPECTED_ERROR = "Unexpected error {error_id}: {error}. It was logged with its traceback; quote the ID when you report it."
+UNEXPECTED_ERROR = ("Cairn could not do that: something failed on its side. The failure is logged with its traceback "
+                    "as error {error_id}; quote that ID when you report it.")
+CAIRN_ERROR = "{error} (error ID {error_id})"
+UNSIGNED_REQUEST = "Not signed by Slack with this app's signing secret (or signed more than five minutes ago)."
+UNREADABLE_REQUEST = "Signed, but not a request Slack sends: the body is neither form fields nor a JSON object."
+BAD_BUTTON = ("This button carries {value!r}, which is not a value Cairn puts on its cards: use the buttons on the "
+              "incident's current card.")
 NOT_AN_APPROVER = ("Only approvers can do that (slack.approvers in cairn.yml lists their user or user-group IDs). "
                    "Your attempt was recorded in the audit trail.")
 STALE_APPROVAL = ("PR #{number} changed after this card showed it (it showed {shown}, the branch is now at {head}): "

@@ -19,7 +19,7 @@ from datetime import timedelta
 
 from slack_sdk import WebClient
 
-from bot.cards import Message, incident_card, thread_message
+from bot.cards import Message, incident_card, mentions, thread_message
 from bot.chart import metric_chart
 from bot.slack import alert_channel, web_client
 from bot.thread import thread_steps
@@ -63,7 +63,7 @@ def tell_user(channel: str, user: str, text: str, rt: Runtime | None = None) -> 
     with _runtime(rt) as rt:
         client = web_client(rt.config)
         if client is not None:
-            client.chat_postEphemeral(channel=channel, user=user, text=text)
+            client.chat_postEphemeral(channel=channel, user=user, text=mentions(text))
 
 
 def render_card(rt: Runtime, incident: Incident, pr: PullRequest | None) -> Message:

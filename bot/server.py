@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterable
+from io import BytesIO
 
 from bot import messages
 from bot.app import Clicks, create_app
@@ -39,12 +41,56 @@ def build(config: Config):
 
 
 def wsgi_app(config: Config):
-    """The WSGI callable gunicorn serves: Bolt's request handler on /slack/events."""
+    """The WSGI callable gunicorn serves: Bolt's request handler on /slack/events, behind the signature check."""
     from slack_bolt.adapter.wsgi import SlackRequestHandler
 
     if not config.env.slack_signing_secret:
         raise CairnError(messages.NO_SLACK)
-    return SlackRequestHandler(build(config), path=EVENTS_PATH)
+    return SignedOnly(SlackRequestHandler(build(config), path=EVENTS_PATH), config.env.slack_signing_secret)
+
+
+class SignedOnly:
+    """WSGI middleware: a POST to /slack/events Slack did not sign gets 401, a signed one Bolt cannot read 400.
+
+    Bolt parses the body before it checks the signature, and a body it cannot parse becomes a 500
+    with a traceback, signed or not: so the signature is checked here, on the raw bytes, first.
+    """
+
+    def __init__(self, app: Callable, signing_secret: str):
+        from slack_sdk.signature import SignatureVerifier
+
+        self.app = app
+        self.verifier = SignatureVerifier(signing_secret)
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") != EVENTS_PATH:
+            return self.app(environ, start_response)
+        raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        headers = {key[5:].replace("_", "-").lower(): value for key, value in environ.items() if key.startswith("HTTP_")}
+        headers["content-type"] = environ.get("CONTENT_TYPE", "")
+        if not self.verifier.is_valid_request(raw, headers):
+            return _refuse(start_response, "401 Unauthorized", messages.UNSIGNED_REQUEST)
+        if not _readable(raw, headers):
+            return _refuse(start_response, "400 Bad Request", messages.UNREADABLE_REQUEST)
+        environ["wsgi.input"] = BytesIO(raw)
+        return self.app(environ, start_response)
+
+
+def _readable(raw: bytes, headers: dict[str, str]) -> bool:
+    """Whether Bolt can build its request from the body: form fields or JSON, an object at the top."""
+    from slack_bolt.request import BoltRequest
+
+    try:
+        return isinstance(BoltRequest(body=raw.decode("utf-8"), headers=headers).body, dict)
+    except (ValueError, TypeError, AttributeError):  # bad UTF-8 or JSON (ValueError), a non-object payload
+        return False
+
+
+def _refuse(start_response: Callable, status: str, text: str) -> list[bytes]:
+    log.warning("refused a request on %s: %s", EVENTS_PATH, status)
+    body = text.encode()
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+    return [body]
 
 
 def serve_http(config: Config, host: str, port: int | None, threads: int) -> None:

@@ -133,14 +133,15 @@ def test_slack_refuses_approval_first_and_the_card_hides_approve_while_a_selecto
     _wait(lambda: switches.kill_switch(rt.store).selectors == ("fct_orders+",))
     _wait(lambda: "cairn.approve" not in _card_actions(api))
     [card] = [m for m in api.messages(ALERT_CHANNEL).values() if m.get("thread_ts", m["ts"]) == m["ts"]]
-    assert "pulled for fct_orders+ by slack:U0123ABCD: quarter close" in json.dumps(card["blocks"])
+    assert "pulled for fct_orders+ by <@U0123ABCD>: quarter close" in json.dumps(card["blocks"])  # a mention in Slack
+    assert "slack:U0123ABCD" not in json.dumps(card["blocks"])
     before = len(api.ephemerals)
     _dispatch(app, block_action_body("cairn.approve", value=f"{incident_id}:{HEAD}", user_id=APPROVER,
                                      action_ts="9.000001"))
     _wait(lambda: len(api.ephemerals) > before)
     time.sleep(0.3)  # anything else the click would say arrives by now
     said = [e["text"] for e in api.ephemerals[before:]]
-    assert said == [KILLED_APPROVAL.format(reason="quarter close", by="slack:U0123ABCD", incident=incident_id)]
+    assert said == [KILLED_APPROVAL.format(reason="quarter close", by="<@U0123ABCD>", incident=incident_id)]
     names = [e.name for e in rt.store.audit_events(incident_id)]
     assert "approval.refused" in names and "approval.requested" not in names and "pr.merged" not in names
 
