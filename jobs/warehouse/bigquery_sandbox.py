@@ -10,8 +10,6 @@ Production stays read-only in three layers (docs/bigquery.md):
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -28,6 +26,7 @@ from jobs.warehouse.clone_build import (
     CloneBuild,
     ClonedSandbox,
     snapshot_point,
+    work_directory,
     write_profiles_yml,
 )
 from jobs.warehouse.request_guard import guarded
@@ -200,17 +199,13 @@ class BigQuerySandboxes:
         from jobs.warehouse.bigquery import credentials_setting
 
         settings = self.settings
-        self.root.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f"incident-{label}-", dir=self.root))
-        try:
-            with BigQuerySandbox.create(self.client, incident_id=label, location=settings.location,
-                                        org=settings.org, expiration=settings.sandbox_expiration) as sandbox:
-                sandbox.write_profile(work, profile, production_project=settings.project,
-                                      credentials=credentials_setting(settings, self.config_root),
-                                      maximum_bytes_billed=settings.budget_bytes, api_endpoint=settings.api_endpoint)
-                yield BigQueryBuild(sandbox, work, project_dir, settings, self.snapshot_at, self.now)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        with work_directory(self.root, label) as work, \
+                BigQuerySandbox.create(self.client, incident_id=label, location=settings.location,
+                                       org=settings.org, expiration=settings.sandbox_expiration) as sandbox:
+            sandbox.write_profile(work, profile, production_project=settings.project,
+                                  credentials=credentials_setting(settings, self.config_root),
+                                  maximum_bytes_billed=settings.budget_bytes, api_endpoint=settings.api_endpoint)
+            yield BigQueryBuild(sandbox, work, project_dir, settings, self.snapshot_at, self.now)
 
     def gc(self, older_than: timedelta, now: datetime) -> list[str]:
         # Datasets expire on their own clock (sandbox_expiration); `older_than` is the local files'.

@@ -30,6 +30,20 @@ TIME_TRAVEL_MARGIN = timedelta(hours=1)
 STATEFUL = ("incremental", "snapshot")  # materializations whose build reads their own last state
 
 
+@contextmanager
+def work_directory(root: Path, label: str) -> Iterator[Path]:
+    """The sandbox's local directory under the sandboxes root (profile, target, logs), removed on exit."""
+    import shutil
+    import tempfile
+
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"incident-{label}-", dir=root))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def write_profiles_yml(directory: Path, profile: str, output: dict[str, Any]) -> Path:
     """profiles.yml with the one target `cairn_sandbox`, readable only by Cairn."""
     import os

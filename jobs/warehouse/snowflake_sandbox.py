@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -29,7 +27,15 @@ from typing import Any
 
 from jobs.core.errors import WarehouseError
 from jobs.project.isolation import Isolation, resolve
-from jobs.warehouse.clone_build import TARGET, Clone, CloneBuild, ClonedSandbox, snapshot_point, write_profiles_yml
+from jobs.warehouse.clone_build import (
+    TARGET,
+    Clone,
+    CloneBuild,
+    ClonedSandbox,
+    snapshot_point,
+    work_directory,
+    write_profiles_yml,
+)
 from jobs.warehouse.snowflake import SnowflakeWarehouse, connect, private_key_path
 from jobs.warehouse.snowflake_guard import check
 from jobs.warehouse.statement_guard import Dataset
@@ -231,18 +237,14 @@ class SnowflakeSandboxes:
     def sandbox(self, label: str, project_dir: Path, profile: str,
                 production: Mapping[str, Any]) -> Iterator["SnowflakeBuild"]:
         settings = self.settings
-        self.root.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f"incident-{label}-", dir=self.root))
-        try:
-            with self.connection(query_tag(settings.org, "verify", incident=label)) as warehouse, \
-                    SnowflakeSandbox.create(warehouse, database=settings.sandbox_database_name, label=label,
-                                            org=settings.org, now=self.now) as sandbox:
-                tag = query_tag(settings.org, "verify", incident=label, sandbox=sandbox.dataset.dataset)
-                sandbox.write_profile(work, profile, settings, tag=tag,
-                                      key_path=private_key_path(settings, self.config_root))
-                yield SnowflakeBuild(sandbox, work, project_dir, settings, self.snapshot_at, self.now)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        with work_directory(self.root, label) as work, \
+                self.connection(query_tag(settings.org, "verify", incident=label)) as warehouse, \
+                SnowflakeSandbox.create(warehouse, database=settings.sandbox_database_name, label=label,
+                                        org=settings.org, now=self.now) as sandbox:
+            tag = query_tag(settings.org, "verify", incident=label, sandbox=sandbox.dataset.dataset)
+            sandbox.write_profile(work, profile, settings, tag=tag,
+                                  key_path=private_key_path(settings, self.config_root))
+            yield SnowflakeBuild(sandbox, work, project_dir, settings, self.snapshot_at, self.now)
 
     def gc(self, older_than: timedelta, now: datetime) -> list[str]:
         # Schemas age by snowflake.sandbox_retention; `older_than` is the local files'.
