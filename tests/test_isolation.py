@@ -14,7 +14,7 @@ import pytest
 from jobs.config import ConfigError, load_config, parse_settings
 from jobs.core.records import Verdict
 from jobs.core.report import to_json
-from jobs.project.isolation import jail_argv, resolve, scrubbed
+from jobs.project.isolation import DbtServers, jail_argv, resolve, scrubbed
 from jobs.runtime import Runtime
 from jobs.warehouse.sandbox import DuckDBSandboxes, Fingerprint
 from jobs.warehouse.sandboxes import SandboxRefused, Unisolated
@@ -47,6 +47,7 @@ COLLECT = (
     "    print(text)\n"
     "    open(os.path.join(os.getcwd(), 'probe-seen'), 'w').write(text)\n"
     "    return session.sql(f\"select '{text}' as seen\")\n")
+EXIT = "    os._exit(3)\n    return session.sql(\"select 1 as never\")\n"  # takes dbt's process down with it
 ENV_SQL = ("select '{{ env_var(\"GITHUB_TOKEN\", \"none\") }}' as github, "
            "'{{ env_var(\"SLACK_BOT_TOKEN\", \"none\") }}' as slack\n"
            "-- depends_on: {{ ref('int_order_payments') }}\n")
@@ -70,6 +71,7 @@ def _deploy_probe(h, name: str, files: dict[str, str]) -> None:
 def probes(history):
     _deploy_probe(history, "appends", {PROBE_PY: _python_model(APPEND.format(prod=str(history.prod_db)))})
     _deploy_probe(history, "collects", {PROBE_PY: _python_model(COLLECT), PROBE_SQL: ENV_SQL})
+    _deploy_probe(history, "exits", {PROBE_PY: _python_model(EXIT)})
     return history
 
 
@@ -127,6 +129,26 @@ def test_a_revert_sees_no_secret_of_cairns(probes, tmp_path, monkeypatch, caplog
                 (output.out + output.err).encode()]
     for secret in (GITHUB_TOKEN, SLACK_TOKEN):
         assert not any(secret.encode() in blob for blob in evidence)
+
+
+@bwrap
+@pytest.mark.slow
+def test_a_verifications_builds_share_one_warm_dbt_which_a_build_cannot_take_down(probes) -> None:
+    """Bisection's builds go to one jailed dbt server; a model that kills it fails its own build only."""
+    h = probes
+    sandboxes = DuckDBSandboxes(h.prod_db, h.sandboxes, isolation=resolve("bwrap"))
+    with DbtServers(sandboxes.isolation, h.sandboxes, sandboxes.protected) as servers:
+        killed = _verify(h, "exits", ["regression"], ["model.shop.int_order_payments"], sandboxes=sandboxes,
+                         servers=servers)
+        first = _verify(h, "regression", ["regression"], ["model.shop.int_order_payments"], sandboxes=sandboxes,
+                        servers=servers)
+        second = _verify(h, "collects", ["regression"], ["model.shop.int_order_payments"], sandboxes=sandboxes,
+                         servers=servers)
+    assert killed.verdict is Verdict.build_failed and "dbt build exited (3) without a result" in killed.detail
+    # `collects` prints every environment it saw on stdout: none of it was taken for dbt's answer.
+    assert first.verdict is Verdict.verified and second.verdict is Verdict.verified, (first.detail, second.detail)
+    assert servers.started == 2  # the one the probe killed, and one for both later builds
+    assert not any(h.sandboxes.iterdir())
 
 
 @pytest.mark.slow

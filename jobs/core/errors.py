@@ -33,6 +33,10 @@ class DbtError(CairnError):
     """A dbt invocation failed."""
 
 
+class DbtExited(DbtError):
+    """dbt's process died before it answered (a model that exits, a crash, a kill): no parse problem to widen."""
+
+
 class StoreError(CairnError):
     """The store is missing, unreachable or at the wrong schema version."""
 

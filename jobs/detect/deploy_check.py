@@ -50,6 +50,7 @@ from jobs.core.records import (
 )
 from jobs.detect.baseline import alerts_in_direction, change_pct, crosses_floors, metric_label
 from jobs.detect.observe import Change, follow, open_incident
+from jobs.project.isolation import DbtServers
 from jobs.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -146,15 +147,16 @@ def check_deploys(rt: Runtime, outcomes: list) -> list:
                            dedup_key=f"deploy:{deploy.from_sha}:{deploy.to_sha}:skipped")
         return outcomes
     changed = {}
-    for deploy, reached in by_deploy.items():
-        if _killed(rt, deploy, reached):
-            continue
-        for outcome in _check(rt, sandboxes, deploy, reached):
-            changed[outcome.contract.id] = outcome
+    with DbtServers(sandboxes.isolation, rt.sandboxes_root, sandboxes.protected) as servers:
+        for deploy, reached in by_deploy.items():
+            if _killed(rt, deploy, reached):
+                continue
+            for outcome in _check(rt, sandboxes, servers, deploy, reached):
+                changed[outcome.contract.id] = outcome
     return [changed.get(o.contract.id, o) for o in outcomes]
 
 
-def _check(rt: Runtime, sandboxes, deploy: Deploy, reached: list) -> list:
+def _check(rt: Runtime, sandboxes, servers: DbtServers, deploy: Deploy, reached: list) -> list:
     from jobs.verify.verification import Target, verify_revert
 
     affected = [(o, commits) for o in reached if (commits := _commits(rt, deploy, o.contract))]
@@ -172,7 +174,7 @@ def _check(rt: Runtime, sandboxes, deploy: Deploy, reached: list) -> list:
             prod_state=rt.state_dir, band=unbounded, before=first.observation.value,
             at=first.observation.observed_at, incident_id=0, label=deploy.label, sandboxes_root=rt.sandboxes_root,
             also=[Target(i, o.contract, unbounded, o.observation.value) for i, o in enumerate(rest, start=1)],
-            deltas=False)
+            deltas=False, servers=servers)
     except CairnError as error:
         _audit_failed(rt, deploy, shas, str(error))
         return []

@@ -30,6 +30,7 @@ from jobs.core.records import (
 from jobs.core.report import to_json
 from jobs.detect.recovery import recovery_band
 from jobs.project.followers import conflicting_followers
+from jobs.project.isolation import DbtServers
 from jobs.propose.decision import AUTONOMOUS, propose
 from jobs.runtime import Runtime
 from jobs.verify.bisect import find_fix
@@ -121,7 +122,7 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
             shas=shas, models=tuple(dict.fromkeys(m for c in suspects for m in c.models)), contract=contract,
             metric_model=contract.relation_name, prod_state=rt.state_dir, band=band, before=incident.value,
             at=incident.first_bad_at, incident_id=incident.id, sandboxes_root=rt.sandboxes_root, also=also,
-            followers=followers)
+            followers=followers, servers=servers)
         key = f"{_scope(incident)}:verification.attempt:{','.join([*followers, *shas])}"
         if result.billed_bytes is not None or result.clones:
             rt.store.audit("verification.cost", incident_id=incident.id, dedup_key=key.replace("attempt", "cost"),
@@ -130,9 +131,11 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
         rt.store.audit("verification.attempt", incident_id=incident.id, data=to_json(result), dedup_key=key)
         return result
 
-    try:
-        search = find_fix(ranked, try_revert, rt.config.settings.verification.max_builds, followers=lambda c: (
-            conflicting_followers(rt.config.repo_dir, c.sha, deployed, rt.sandboxes_root, label=str(incident.id))))
+    try:  # one warm dbt for every build of this verification (jobs.project.isolation.DbtServers)
+        with DbtServers(sandboxes.isolation, rt.sandboxes_root, sandboxes.protected) as servers:
+            search = find_fix(ranked, try_revert, rt.config.settings.verification.max_builds, followers=lambda c: (
+                conflicting_followers(rt.config.repo_dir, c.sha, deployed, rt.sandboxes_root, label=str(incident.id))),
+                recovered_without=_recovered_by_deploy_check(group))
     except SandboxRefused as refused:
         # Over the org's byte budget, or a build that would write outside the sandbox: a person decides.
         data = {"reason": str(refused), **refused.audit_data()}
@@ -157,6 +160,14 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
         _move(rt, member, IncidentStatus.verified if fix else IncidentStatus.not_verified, "verification.finished",
               {"verdict": verdict.value, "builds": search.builds}, details)
     return _others(group, incident_id)
+
+
+def _recovered_by_deploy_check(group: list[Incident]) -> frozenset[str]:
+    """What the deploy check reverted, when every member came from that check: its build brought each back."""
+    deploys = [m.details.deploy for m in group]
+    if not deploys or any(d is None or d.without is None for d in deploys):
+        return frozenset()
+    return frozenset.intersection(*(frozenset(d.reverted) for d in deploys))
 
 
 def propose_stage(rt: Runtime, incident_id: int) -> list[int]:

@@ -83,7 +83,7 @@ class Dbt:
 
     def _run(self, argv: list[str]) -> InvocationResult:
         if self.child is not None:
-            reported = self.child.run(argv, self.target_path, self.env)
+            reported = self.child.run(argv, self.env)
             success, exception = reported["success"], reported["exception"]
             nodes = tuple(NodeResult(*node) for node in reported["nodes"])
         else:
@@ -95,11 +95,11 @@ class Dbt:
     def _in_process(self, argv: list[str]) -> tuple[bool, Any, tuple[NodeResult, ...]]:
         from dbt.cli.main import dbtRunner
 
-        with _INVOCATION_LOCK, _environment(self.env):
+        with _INVOCATION_LOCK, environment(self.env):
             try:
                 result = dbtRunner().invoke(argv)
             finally:
-                _release_duckdb()
+                release_duckdb()
         nodes = tuple(
             NodeResult(r.node.unique_id, str(getattr(r.status, "value", r.status)), r.message)
             for r in (getattr(result.result, "results", None) or [])
@@ -133,7 +133,7 @@ class Dbt:
         from dbt_common.context import set_invocation_context
 
         project = yaml.safe_load((self.project_dir / "dbt_project.yml").read_text())
-        with _INVOCATION_LOCK, _environment(self.env):
+        with _INVOCATION_LOCK, environment(self.env):
             set_from_args(Namespace(PROFILES_DIR=str(self.profiles_dir)), None)
             set_invocation_context(os.environ)
             raw = read_profile(str(self.profiles_dir))
@@ -145,7 +145,7 @@ class Dbt:
         return profile.credentials
 
 
-def _release_duckdb() -> None:
+def release_duckdb() -> None:
     """dbt-duckdb keeps the file open read-write after a run, which locks Cairn's readers out."""
     connections = sys.modules.get("dbt.adapters.duckdb.connections")
     if connections is not None:
@@ -153,7 +153,7 @@ def _release_duckdb() -> None:
         gc.collect()
 
 
-class _environment:
+class environment:
     """Temporarily overlay environment variables (dbt reads env_var() from os.environ)."""
 
     def __init__(self, overlay: dict[str, str]):

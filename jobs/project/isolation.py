@@ -10,6 +10,11 @@ replaced by an empty one, a fresh /proc and a minimal /dev, no capabilities, and
 the warehouse is reached over one. We run as root, so permissions alone protect nothing: the
 read-only binds do.
 
+The child is a dbt server (`jobs.project.dbt_server`, `DbtServer`): it imports dbt once and answers
+invocations one at a time. A verification's builds share one (`DbtServers`, jailed with the sandboxes
+root writable), so only its first build pays for a cold dbt; a build that kills the server fails alone,
+and the next starts another.
+
 Cairn's own parse of the deployed project stays in-process (`jobs.project.dbt`): it runs no revert.
 """
 
@@ -22,13 +27,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jobs.core.errors import DbtError
+from jobs.core.errors import DbtExited
 from jobs.core.masking import mask
 
 log = logging.getLogger(__name__)
@@ -142,27 +149,120 @@ def jail_argv(bwrap: str, argv: Sequence[str], *, writable: Sequence[Path], read
 
 @dataclass(frozen=True)
 class Child:
-    """Where a dbt invocation on candidate code runs: the isolation, and what it may write and reach."""
+    """Where a dbt invocation on candidate code runs: the isolation, and what it may write and reach.
+
+    With `servers` (the verification's `DbtServers`), the invocation goes to that verification's warm
+    server when its paths lie under the servers' root; otherwise to a server started for it alone."""
 
     isolation: Isolation
     writable: tuple[Path, ...]
     readonly: tuple[Path, ...] = ()  # production's files: readable, never writable
     network: bool = False
-    guard: str | None = None  # the sandbox's write guard, run in the child (`Sandbox.guard`; jobs.project.dbt_child)
+    guard: str | None = None  # the sandbox's write guard, run in the child (`Sandbox.guard`; jobs.project.dbt_server)
+    servers: DbtServers | None = field(default=None, compare=False)
 
-    def run(self, argv: Sequence[str], result_dir: Path, overlay: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """Run `dbt argv` in the child; its result as `jobs.project.dbt_child` wrote it."""
-        result_dir.mkdir(parents=True, exist_ok=True)
-        result = result_dir / "cairn-invocation.json"
-        result.unlink(missing_ok=True)
-        command = [sys.executable, "-m", "jobs.project.dbt_child", str(result),
-                   *(["--guard", self.guard] if self.guard else []), "--", *argv]
-        if self.isolation.isolated:
-            command = jail_argv(self.isolation.bwrap, command, writable=self.writable, readonly=self.readonly,
-                                hidden=self.isolation.hidden, network=self.network)
-        env = scrubbed(os.environ, self.isolation.environment, overlay)
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=str(self.writable[0]))
-        if not result.is_file():
-            tail = mask((proc.stderr or proc.stdout or "").strip()[-1500:])
-            raise DbtError(f"dbt {argv[0]} exited ({proc.returncode}) without a result: {tail}")
-        return json.loads(result.read_text())
+    def run(self, argv: Sequence[str], overlay: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Run `dbt argv` in the child; its result as `jobs.project.dbt_server` answered it."""
+        request = {"argv": list(argv), "cwd": str(self.writable[0]), "guard": self.guard,
+                   "env": {k: v for k, v in (overlay or {}).items() if not never_passed(k)}}
+        if self.servers is not None and self.servers.serves(self):
+            return self.servers.run(self, request)
+        with DbtServer(self.isolation, self.writable, self.readonly, self.network) as server:
+            return server.run(request)
+
+
+class DbtServer:
+    """A dbt process in one jail (`jobs.project.dbt_server`), answering invocations one at a time until closed.
+
+    Its environment is the allowlist (`scrubbed`); a request's own variables pass the same filter."""
+
+    def __init__(self, isolation: Isolation, writable: Sequence[Path], readonly: Sequence[Path] = (),
+                 network: bool = False):
+        command = [sys.executable, "-m", "jobs.project.dbt_server"]
+        if isolation.isolated:
+            command = jail_argv(isolation.bwrap, command, writable=writable, readonly=readonly,
+                                hidden=isolation.hidden, network=network)
+        self.proc = subprocess.Popen(command, env=scrubbed(os.environ, isolation.environment), cwd=str(writable[0]),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._stderr: deque[str] = deque(maxlen=400)  # the tail, for the error when it dies
+        self._drain = threading.Thread(target=self._stderr.extend, args=(self.proc.stderr,), daemon=True)
+        self._drain.start()
+        self._lock = threading.Lock()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            try:
+                self.proc.stdin.write(json.dumps(request) + "\n")
+                self.proc.stdin.flush()
+                answer = self.proc.stdout.readline()
+            except (BrokenPipeError, OSError):
+                answer = ""
+            if answer:
+                return json.loads(answer)
+            code = self.proc.wait()
+            self._drain.join(timeout=5)
+            tail = mask("".join(self._stderr).strip()[-1500:])
+            raise DbtExited(f"dbt {request['argv'][0]} exited ({code}) without a result: {tail}")
+
+    def close(self) -> None:
+        if self.proc.stdin and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()  # end of requests: the server returns
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._drain.join(timeout=5)
+        self.proc.stdout.close()
+
+    def __enter__(self) -> DbtServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DbtServers:
+    """The warm dbt servers of one verification, jailed with the whole sandboxes root writable.
+
+    Every build of a bisection runs in the same server (per network need), so dbt starts cold once per
+    verification, not once per build. What that shares: the builds of one verification may write each
+    other's sandboxes under the root, and a Python model of one build stays in the process for the next.
+    Neither reaches Cairn's secrets or production (the jail is the same), and a revert's code can fake its
+    own build's result anyway; verifications of different incidents never share a server."""
+
+    def __init__(self, isolation: Isolation, root: Path, readonly: Sequence[Path] = ()):
+        self.isolation, self.root, self.readonly = isolation, Path(root).resolve(), tuple(readonly)
+        self._servers: dict[bool, DbtServer] = {}
+        self.started = 0  # dbt processes started cold: one per network need, unless a build killed one
+
+    def serves(self, child: Child) -> bool:
+        return (child.isolation == self.isolation and tuple(child.readonly) == self.readonly
+                and all(Path(p).resolve().is_relative_to(self.root) for p in child.writable))
+
+    def run(self, child: Child, request: Mapping[str, Any]) -> dict[str, Any]:
+        server = self._servers.get(child.network)
+        if server is None or not server.alive:  # first use, or the last build killed it
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.started += 1
+            server = self._servers[child.network] = DbtServer(self.isolation, (self.root,), self.readonly,
+                                                              child.network)
+        return server.run(request)
+
+    def close(self) -> None:
+        for server in self._servers.values():
+            server.close()
+        self._servers.clear()
+
+    def __enter__(self) -> DbtServers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

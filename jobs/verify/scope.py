@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from jobs.core.errors import DbtError
+from jobs.core.errors import DbtError, DbtExited
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,8 @@ class Narrowed:
         """`call()`; if dbt cannot run it on the narrowed project, widen it to the whole and call again."""
         try:
             return call()
+        except DbtExited:
+            raise  # the process died running it: the whole project would only run the same code again
         except DbtError as error:
             if not self.widen():
                 raise

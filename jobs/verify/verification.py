@@ -33,7 +33,7 @@ from jobs.core.errors import CairnError, DbtError
 from jobs.core.formatting import fmt_number
 from jobs.core.records import BaselineStats, MemberResult, Verdict, Verification
 from jobs.project.dbt import Dbt, InvocationResult, NodeResult
-from jobs.project.isolation import Child, Isolation
+from jobs.project.isolation import Child, DbtServers, Isolation
 from jobs.project.packages import provide
 from jobs.project.worktree import Worktree
 from jobs.verify.scope import narrow
@@ -63,12 +63,15 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
                   shas: Sequence[str], models: Sequence[str], contract: Contract, metric_model: str,
                   prod_state: Path, band: BaselineStats, before: float | None, at: datetime, incident_id: int,
                   sandboxes_root: Path, also: Sequence[Target] = (), label: str | None = None,
-                  deltas: bool = True, followers: Sequence[str] = ()) -> Verification:
+                  deltas: bool = True, followers: Sequence[str] = (), servers: DbtServers | None = None
+                  ) -> Verification:
     """Revert `shas` at `deployed_sha`, build reverted models through `metric_model` (and the metric
     models of `also`, the incident's group) in a sandbox of `sandboxes` (the warehouse's adapter,
     `jobs.warehouse.sandboxes`), and measure there. `label` names the worktree and sandbox (default:
     the incident ID; a deploy check has no incident); `deltas` takes sample-row deltas. `followers`: later
-    commits reverted with the culprit `shas[0]` because they change its lines (`jobs.project.followers`)."""
+    commits reverted with the culprit `shas[0]` because they change its lines (`jobs.project.followers`).
+    `servers`: the warm dbt servers the verification's builds share (`jobs.project.isolation.DbtServers`);
+    without them, each dbt invocation starts its own."""
     check_inputs(shas, models, contract, metric_model)
     phases: dict[str, float] = {}
     targets, metrics = group_targets(incident_id, contract, band, before, metric_model, also)
@@ -98,7 +101,8 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
         with timed(phases, "packages"):
             try:
                 record["packages"] = worktree_packages(tree, Path(repo), project_subdir, Child(
-                    isolation, writable=(tree.path,), readonly=sandboxes.protected, network=True))
+                    isolation, writable=(tree.path,), readonly=sandboxes.protected, network=True,
+                    servers=servers))
             except DbtError as exc:
                 return Verification(verdict=Verdict.build_failed, **record, detail=str(exc))
         production = production_manifest(prod_state)
@@ -113,7 +117,7 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
                                                               production))
             record["clone_id"] = sandbox.clone_id
             child = Child(isolation, writable=(sandbox.profiles_dir,), readonly=sandboxes.protected,
-                          network=sandbox.network, guard=sandbox.guard)
+                          network=sandbox.network, guard=sandbox.guard, servers=servers)
             dbt = Dbt(project_dir, sandbox.profiles_dir, target=sandbox.target, target_path=sandbox.target_path,
                       child=child)
             try:
