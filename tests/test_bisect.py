@@ -108,3 +108,23 @@ def test_the_retry_counts_against_the_budget() -> None:
     assert search.builds == 1 and search.fix is None and search.attempts[0].verdict is Verdict.conflict
     no_followers = find_fix([culprit], try_revert, followers=lambda c: ())
     assert no_followers.builds == 1 and no_followers.fix is None
+
+
+@pytest.mark.parametrize("position", [0, 3, 7])
+def test_a_deploy_checks_build_stands_in_for_reverting_every_candidate(position: int) -> None:
+    history = commits(8)
+    ranked = history[::-1]
+    try_revert, built = world(history[position])
+    deploy_reverted = {c.sha for c in history} | {"f" * 40}  # the check also reverted a commit of another contract
+    search = find_fix(ranked, try_revert, recovered_without=deploy_reverted)
+    assert search.fix is not None and search.fix.reverted == (history[position].sha,)
+    assert tuple(c.sha for c in history) not in built  # no build of every candidate at once
+    without = find_fix(ranked, world(history[position])[0])
+    assert search.builds <= without.builds - 1 or position == 7  # the newest is also the top-ranked: 1 build
+
+
+def test_a_deploy_check_that_missed_a_candidate_does_not_stand_in() -> None:
+    history = commits(8)
+    try_revert, built = world(history[2])
+    search = find_fix(history[::-1], try_revert, recovered_without={c.sha for c in history[1:]})
+    assert tuple(c.sha for c in history) in built and search.fix.reverted == (history[2].sha,)

@@ -6,13 +6,18 @@ recover, no code change in the range explains the regression), a binary search o
 the range in commit order (reverting the newest k commits, newest first, applies cleanly where an
 arbitrary subset might conflict), and finally the culprit alone, which is what the PR carries.
 
+When the incident came from a deploy check, that check's build already reverted every candidate (and
+perhaps other commits of the deploy, which do not reach the metric) and measured the metric back at its
+level: bisection starts from it instead of building "every candidate" again. Whatever bisection then
+points at is still built alone before anything is proposed.
+
 A culprit whose revert alone conflicts (a later commit changed the same lines) is tried once more with
 those later commits, its followers, reverted together newest first: one more build, within the budget.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from jobs.core.records import Candidate, Verdict, Verification
@@ -38,7 +43,9 @@ class Search:
 
 
 def find_fix(ranked: Sequence[Candidate], try_revert: TryRevert, max_builds: int = 8,
-             followers: Followers | None = None) -> Search:
+             followers: Followers | None = None, recovered_without: Collection[str] = ()) -> Search:
+    """`recovered_without`: SHAs whose revert together is already known to bring the metric back (the deploy
+    check's build); when they include every candidate, the "every candidate at once" build is skipped."""
     attempts: list[Verification] = []
 
     def attempt(group: Sequence[Candidate], *with_followers: Sequence[str]) -> Verification | None:
@@ -72,9 +79,10 @@ def find_fix(ranked: Sequence[Candidate], try_revert: TryRevert, max_builds: int
     if first is not None and first.verdict is Verdict.verified:
         return done(first)
     history = sorted(ranked, key=lambda c: c.authored_at)  # oldest first
-    everything = attempt(history)
-    if everything is None or everything.verdict is not Verdict.verified:
-        return done(None)  # reverting the whole range does not recover: not a code change here
+    if not {c.sha for c in history} <= set(recovered_without):
+        everything = attempt(history)
+        if everything is None or everything.verdict is not Verdict.verified:
+            return done(None)  # reverting the whole range does not recover: not a code change here
     lo, hi = 0, len(history) - 1  # the culprit's index lies in [lo, hi]
     while lo < hi:
         mid = (lo + hi + 1) // 2
