@@ -234,6 +234,13 @@ CASES = [
         "sandbox gc",
         "Error: <dir>/cairn.yml: no `bigquery:` section, nor `snowflake:`; `cairn doctor` and `cairn sandbox gc` check a BigQuery or Snowflake org (see docs/bigquery.md, docs/snowflake.md).",
     ),
+    Case("cairn", "ingest <dir>/target", "Error: <dir>/target: no such directory; give the target directory of a finished dbt run"),
+    Case(
+        "cairn",
+        "ingest <dir>",
+        "Error: <dir>/run_results.json: no such file; a finished `dbt build`, `run` or `test` writes run_results.json and manifest.json in its target directory",
+    ),
+    Case("cairn", "runs --limit 0", "Error: Invalid value for '--limit': 0 is not in the range 1<=x<=500."),
     Case("cairn", "frobnicate", "Error: No such command 'frobnicate'."),
     Case(
         "cairn",

@@ -9,6 +9,7 @@ import jobs.detect.baseline
 import jobs.detect.deploy_check
 import jobs.detect.distribution
 import jobs.detect.forecast
+import jobs.detect.ingest
 import jobs.detect.observe
 import jobs.detect.recovery
 
@@ -29,3 +30,8 @@ def test_readme_commands_exist() -> None:
     assert "cairn demo" in readme and "bash .ci/run" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python -m pytest" in ci
+
+
+def test_runs_doc_gives_the_sha_order_of_the_code() -> None:
+    doc = (ROOT / "docs" / "runs.md").read_text()
+    assert jobs.detect.ingest.__doc__.strip() in doc, "docs/runs.md is stale: paste jobs.detect.ingest's docstring"

@@ -1,0 +1,65 @@
+"""Record a finished production run: its artifacts, the SHA it deployed, every node's result.
+
+The deployed SHA, first found wins (docs/runs.md):
+1. given with the run (`cairn ingest --sha`, or the `git_sha` of a dbt Cloud run);
+2. `CAIRN_SHA` in the run's recorded environment (the deploy sets `DBT_ENV_CUSTOM_ENV_CAIRN_SHA`);
+3. the last commit on the configured branch at the time dbt wrote the manifest. Commit dates are not
+   deploy times, so this guess is recorded as such (`sha_source`), for deploys that give neither.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.core.errors import ArtifactError
+from jobs.core.runs import Run
+from jobs.project.git import GitError
+from jobs.runs.artifacts import Artifacts, manifest_generated_at, parse_run, read_target, run_env
+
+SHA_ENV = "CAIRN_SHA"  # DBT_ENV_CUSTOM_ENV_CAIRN_SHA, as dbt records it
+
+
+@dataclass(frozen=True)
+class Ingested:
+    run: Run
+    new: bool  # False: the run was already recorded and nothing changed
+
+
+def ingest_target(rt, target_dir: Path, sha: str | None = None) -> Ingested:
+    """Ingest the run whose artifacts dbt left in `target_dir`."""
+    return ingest(rt, read_target(target_dir), sha=sha, sha_source="given" if sha else None)
+
+
+def ingest(rt, artifacts: Artifacts, *, source: str = "artifacts", sha: str | None = None,
+           sha_source: str | None = None, cloud_run_id: int | None = None) -> Ingested:
+    """Record the run the artifacts describe, once: the same invocation again changes nothing."""
+    run = parse_run(artifacts, source)
+    known = rt.store.find_run(run.invocation_id)
+    if known is not None and known.invocation_id == run.invocation_id:
+        return Ingested(known, False)
+    if sha is None:
+        sha, sha_source = deployed_sha(rt, artifacts)
+    run = dataclasses.replace(run, sha=sha, sha_source=sha_source, cloud_run_id=cloud_run_id)
+    stored, new = rt.store.record_run(run)
+    if new:
+        rt.store.audit("run.ingested", dedup_key=f"run.ingested:{run.invocation_id}", data={
+            "invocation_id": run.invocation_id, "source": source, "sha": sha, "sha_source": sha_source,
+            "status": stored.status, "failures": [node.unique_id for node in stored.failures]})
+    return Ingested(stored, new)
+
+
+def deployed_sha(rt, artifacts: Artifacts) -> tuple[str | None, str]:
+    """The SHA the run deployed and how it was found (the module's docstring gives the order)."""
+    recorded = run_env(artifacts).get(SHA_ENV)
+    if recorded:
+        return recorded, "run environment"
+    branch = rt.config.settings.branch
+    written = manifest_generated_at(artifacts)
+    try:
+        found = rt.git.run("rev-list", "-1", f"--before={written.isoformat()}", branch, "--").strip()
+    except GitError as exc:
+        raise ArtifactError(f"{artifacts.where}: cannot tell which commit the run deployed: {exc}; pass --sha "
+                            f"or set DBT_ENV_CUSTOM_ENV_{SHA_ENV} in the deploy") from None
+    return (found or None), f"{branch} at manifest time"

@@ -1,0 +1,73 @@
+"""Real production runs of the shop for the run-ingestion tests: a green `dbt build`, then a deploy
+that breaks a staging model and adds a failing test, with `dbt source freshness` after it."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+from dbt_common.events.functions import reset_metadata_vars
+
+from examples.generate import load
+from jobs.project.dbt import Dbt
+from jobs.project.git import Git
+from tests.conftest import copy_shop
+
+START, DAYS = date(2026, 9, 1), 10
+GITIGNORE = "target/\nlogs/\n*.duckdb\n*.duckdb.wal\n.cairn/\ndbt_packages/\nartifacts/\n"
+BROKEN_MODEL = "model.shop.stg_refunds"  # reads a column the source does not have: a runtime SQL error
+FAILING_TEST = "test.shop.unique_stg_order_items_order_id"  # an order has several lines: rows fail
+
+
+@dataclass(frozen=True)
+class ShopRuns:
+    """The deployment at `root` and the artifacts of its two production runs."""
+
+    root: Path
+    green: Path  # target dir of the first, clean build
+    failed: Path  # target dir of the broken deploy's build, with sources.json
+    green_sha: str
+    failed_sha: str
+
+
+def commit(root: Path, message: str, when: datetime) -> str:
+    stamp = when.isoformat()
+    git = Git(root)
+    git.run("add", "-A")
+    git.run("-c", "user.name=Dev", "-c", "user.email=dev@shop.test", "commit", "-q", "-m", message,
+            env={"GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp})
+    return git.head_sha()
+
+
+def make_runs(root: Path) -> ShopRuns:
+    copy_shop(root)
+    (root / ".gitignore").write_text(GITIGNORE)
+    Git(root).run("init", "-q", "-b", "main")
+    green_sha = commit(root, "Shop analytics project", datetime(2026, 9, 1, 9, tzinfo=timezone.utc))
+    load(str(root / "warehouse.duckdb"), START, DAYS)
+    env = {"CAIRN_DUCKDB_PATH": str(root / "warehouse.duckdb")}
+    reset_metadata_vars()  # dbt keeps the first DBT_ENV_CUSTOM_ENV_ variables it sees for the whole process
+    # The green deploy tells dbt its SHA (recorded in the run's metadata.env); the broken one does not.
+    result = Dbt(root, root, env={**env, "DBT_ENV_CUSTOM_ENV_CAIRN_SHA": green_sha}, target_path=root / "target").build()
+    assert result.success, result.failures
+    reset_metadata_vars()
+    green = shutil.copytree(root / "target", root / "artifacts" / "green")
+
+    refunds = root / "models" / "staging" / "stg_refunds.sql"
+    refunds.write_text(refunds.read_text().replace("reason as refund_reason", "refund_reason_code as refund_reason"))
+    staging = root / "models" / "staging" / "_staging.yml"
+    text = staging.read_text()
+    marker = "      - name: order_id\n        description: The order the line belongs to.\n        data_tests:\n"
+    assert marker in text
+    staging.write_text(text.replace(marker, marker + "          - unique\n", 1))
+    failed_sha = commit(root, "Refund reasons from the new code column; order lines unique per order",
+                        datetime(2026, 9, 10, 9, tzinfo=timezone.utc))
+    dbt = Dbt(root, root, env=env, target_path=root / "target")
+    result = dbt.build()
+    assert not result.success
+    freshness = dbt.invoke("source", "freshness")
+    assert (root / "target" / "sources.json").is_file(), freshness
+    failed = shutil.copytree(root / "target", root / "artifacts" / "failed")
+    return ShopRuns(root, green, failed, green_sha, failed_sha)
