@@ -252,6 +252,7 @@ CASES = [
     Case("/cairn", "show 41", "incident 41 does not exist in the store"),
     Case("/cairn", "show latest", "Usage: `/cairn show ID` (an incident number, e.g. `/cairn show 12`)"),
     Case("/cairn", "mode sideways", "Usage: `/cairn mode observe|assisted|autonomous`"),
+    Case("/cairn", "runs all", "Usage: `/cairn runs [N]` (how many of the latest runs, 1 to 50; default 5)"),
     Case(
         "/cairn",
         "kill",
