@@ -110,6 +110,10 @@ CASES = [
         "<dir>/cairn.yml: contracts[0] (id 'net revenue').id: 'net revenue' is not a contract ID: use letters, digits and . _ : - (at most 120, starting with a letter or digit), e.g. 'revenue.net_daily'",
     ),
     Case("cairn.yml", "forge: {github: {repo: nope}}", "<dir>/cairn.yml: forge.github.repo: 'nope' is not owner/name"),
+    Case("cairn.yml", "dbt_cloud: {account_id: 0}",
+         "<dir>/cairn.yml: dbt_cloud.account_id: Input should be greater than or equal to 1 (got 0)"),
+    Case("cairn.yml", "dbt_cloud: {account_id: 42, base_url: cloud.getdbt.com}",
+         "<dir>/cairn.yml: dbt_cloud.base_url: must be a URL starting http:// or https://, got 'cloud.getdbt.com'"),
     Case(
         "cairn.yml",
         "forge: {github: {repo: acme/shop, base_url: api.github.com}}",
@@ -197,6 +201,11 @@ CASES = [
         "at load",
         "verification: {sandboxes: cairn.yml/sandboxes}",
         "<dir>/cairn.yml: the configuration cannot run: verification.sandboxes: cannot write in <dir>/cairn.yml/sandboxes: Not a directory",
+    ),
+    Case(
+        "at load",
+        "dbt_cloud: {account_id: 42}",
+        "<dir>/cairn.yml: the configuration cannot run: dbt_cloud: is set, but DBT_CLOUD_WEBHOOK_SECRET and DBT_CLOUD_API_TOKEN are not in the environment: the webhook's secret verifies job webhooks, the API token reads their runs' artifacts (docs/runs.md)",
     ),
     Case(
         "at load",

@@ -1,7 +1,7 @@
 """Record a finished production run: its artifacts, the SHA it deployed, every node's result.
 
 The deployed SHA, first found wins (docs/runs.md):
-1. given with the run (`cairn ingest --sha`, or the `git_sha` of a dbt Cloud run);
+1. given with the run (`cairn ingest --sha`, or the `git_sha` dbt Cloud reports for its run);
 2. `CAIRN_SHA` in the run's recorded environment (the deploy sets `DBT_ENV_CUSTOM_ENV_CAIRN_SHA`);
 3. the last commit on the configured branch at the time dbt wrote the manifest. Commit dates are not
    deploy times, so this guess is recorded as such (`sha_source`), for deploys that give neither.
@@ -13,10 +13,11 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.core.errors import ArtifactError
+from jobs.core.errors import ArtifactError, ConfigError
 from jobs.core.runs import Run
 from jobs.project.git import GitError
 from jobs.runs.artifacts import Artifacts, manifest_generated_at, parse_run, read_target, run_env
+from jobs.runs.dbt_cloud import DbtCloudClient
 
 SHA_ENV = "CAIRN_SHA"  # DBT_ENV_CUSTOM_ENV_CAIRN_SHA, as dbt records it
 
@@ -30,6 +31,27 @@ class Ingested:
 def ingest_target(rt, target_dir: Path, sha: str | None = None) -> Ingested:
     """Ingest the run whose artifacts dbt left in `target_dir`."""
     return ingest(rt, read_target(target_dir), sha=sha, sha_source="given" if sha else None)
+
+
+def ingest_cloud_run(rt, run_id: int, client: DbtCloudClient | None = None) -> Ingested:
+    """Fetch a finished dbt Cloud run's artifacts through its API and ingest them (a webhook's job)."""
+    known = rt.store.cloud_run(run_id)
+    if known is not None:  # a delivery dbt Cloud retried: nothing to fetch
+        return Ingested(known, False)
+    client = client or cloud_client(rt.config)
+    run = client.run(run_id)
+    sha = run.get("git_sha") if isinstance(run.get("git_sha"), str) and run.get("git_sha") else None
+    return ingest(rt, client.artifacts(run_id), source="dbt_cloud", sha=sha,
+                  sha_source="dbt Cloud run" if sha else None, cloud_run_id=run_id)
+
+
+def cloud_client(config) -> DbtCloudClient:
+    """The API client of the configured dbt Cloud account, with the token from the environment."""
+    settings = config.settings.dbt_cloud
+    if settings is None or not config.env.dbt_cloud_api_token:
+        raise ConfigError(f"{config.path}: ingesting dbt Cloud runs needs a `dbt_cloud:` section (account_id) "
+                          "and DBT_CLOUD_API_TOKEN in the environment (docs/runs.md)")
+    return DbtCloudClient(settings.base_url, settings.account_id, config.env.dbt_cloud_api_token)
 
 
 def ingest(rt, artifacts: Artifacts, *, source: str = "artifacts", sha: str | None = None,

@@ -46,6 +46,13 @@ class RunStore:
                 return None
             return _run(found[0], self._nodes(conn, [found[0]["id"]]))
 
+    def cloud_run(self, cloud_run_id: int) -> Run | None:
+        """The run ingested from this dbt Cloud run, if any (a webhook delivered again needs no fetch)."""
+        query = runs.select().where(runs.c.cloud_run_id == cloud_run_id).order_by(runs.c.id).limit(1)
+        with self._transaction() as conn:
+            row = conn.execute(query).mappings().first()
+            return _run(row, self._nodes(conn, [row["id"]])) if row else None
+
     def run(self, invocation_id: str) -> Run:
         found = self.find_run(invocation_id)
         if found is None:
