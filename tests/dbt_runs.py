@@ -71,3 +71,24 @@ def make_runs(root: Path) -> ShopRuns:
     assert (root / "target" / "sources.json").is_file(), freshness
     failed = shutil.copytree(root / "target", root / "artifacts" / "failed")
     return ShopRuns(root, green, failed, green_sha, failed_sha)
+
+
+DRIFTED_MODEL = "model.shop.stg_orders"  # its source's order_id was renamed by the loader
+UNCOMPILABLE_MODEL = "model.shop.stg_feed"  # raises a compiler error when dbt compiles it
+
+
+def drifted_run(runs: ShopRuns, root: Path) -> Path:
+    """A copy of the deployment whose loader renamed raw.orders.order_id, with a model that does not compile;
+    the target dir of `dbt build` of those two models."""
+    shutil.copytree(runs.root, root, ignore=shutil.ignore_patterns("target", "artifacts", "logs"))
+    import duckdb
+
+    with duckdb.connect(str(root / "warehouse.duckdb")) as con:
+        con.execute("ALTER TABLE raw.orders RENAME COLUMN order_id TO order_ref")
+    (root / "models" / "staging" / "stg_feed.sql").write_text(
+        "{% if execute %}{{ exceptions.raise_compiler_error('the feed macro moved to the ops package') }}{% endif %}\n"
+        "select 1 as id\n")
+    dbt = Dbt(root, root, env={"CAIRN_DUCKDB_PATH": str(root / "warehouse.duckdb")}, target_path=root / "target")
+    result = dbt.build(select="stg_orders stg_feed")
+    assert not result.success and {n.unique_id for n in result.failures} == {DRIFTED_MODEL, UNCOMPILABLE_MODEL}
+    return root / "target"

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import jobs.attribute.groups
 import jobs.detect.band
+import jobs.detect.classify
 import jobs.detect.baseline
 import jobs.detect.deploy_check
 import jobs.detect.distribution
@@ -32,6 +33,7 @@ def test_readme_commands_exist() -> None:
     assert "python -m pytest" in ci
 
 
-def test_runs_doc_gives_the_sha_order_of_the_code() -> None:
+def test_runs_doc_gives_the_sha_order_and_the_failure_classes_of_the_code() -> None:
     doc = (ROOT / "docs" / "runs.md").read_text()
-    assert jobs.detect.ingest.__doc__.strip() in doc, "docs/runs.md is stale: paste jobs.detect.ingest's docstring"
+    for module in (jobs.detect.ingest, jobs.detect.classify):
+        assert module.__doc__.strip() in doc, f"docs/runs.md is stale: paste {module.__name__}'s docstring"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 FAILED = frozenset({"error", "fail", "runtime error"})  # a warn is reported, never a failure
@@ -66,3 +67,23 @@ class Run:
             if node.phase == phase:
                 counts[node.status] = counts.get(node.status, 0) + 1
         return counts
+
+
+class FailureKind(str, Enum):
+    """Why a node of a run failed (jobs.detect.classify)."""
+
+    compilation = "compilation"  # Jinja, a ref or macro that does not resolve, a dependency error
+    runtime_sql = "runtime_sql"  # the warehouse refused the SQL, and no drift explains it
+    schema_drift = "schema_drift"  # a column the project declares upstream is gone from the warehouse
+    test_failure = "test_failure"  # a data test returned failing rows
+    source_freshness = "source_freshness"  # a source's newest row is older than its error_after
+
+
+@dataclass(frozen=True)
+class Classification:
+    """One failing node's class, a sentence saying why, and the facts behind it."""
+
+    unique_id: str
+    kind: FailureKind
+    summary: str
+    evidence: dict[str, Any] = field(default_factory=dict)
