@@ -19,6 +19,7 @@ START, DAYS = date(2026, 9, 1), 10
 GITIGNORE = "target/\nlogs/\n*.duckdb\n*.duckdb.wal\n.cairn/\ndbt_packages/\nartifacts/\n"
 BROKEN_MODEL = "model.shop.stg_refunds"  # reads a column the source does not have: a runtime SQL error
 FAILING_TEST = "test.shop.unique_stg_order_items_order_id"  # an order has several lines: rows fail
+PII_TEST = "test.shop.assert_customer_emails_are_unique"  # a singular test whose failing rows hold emails
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,11 @@ def make_runs(root: Path) -> ShopRuns:
     marker = "      - name: order_id\n        description: The order the line belongs to.\n        data_tests:\n"
     assert marker in text
     staging.write_text(text.replace(marker, marker + "          - unique\n", 1))
-    failed_sha = commit(root, "Refund reasons from the new code column; order lines unique per order",
+    (root / "tests").mkdir(exist_ok=True)
+    (root / "tests" / "assert_customer_emails_are_unique.sql").write_text(
+        "select email, count(*) as customers, min(customer_id) as first_customer_id\n"
+        "from {{ ref('stg_customers') }}\nwhere email is not null\ngroup by email\nhaving count(*) > 1\n")
+    failed_sha = commit(root, "Refund reasons from the new code column; order lines and emails unique",
                         datetime(2026, 9, 10, 9, tzinfo=timezone.utc))
     dbt = Dbt(root, root, env=env, target_path=root / "target")
     result = dbt.build()

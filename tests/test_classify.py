@@ -5,20 +5,23 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+import duckdb
 import pytest
 
+from jobs.core.errors import WarehouseError
 from jobs.core.runs import FRESHNESS, Classification, FailureKind, NodeRun, Run
-from jobs.detect.classify import classify, missing_column
+from jobs.detect.classify import SAMPLE_ROWS, classify, missing_column
 from jobs.runs.artifacts import parse_run, read_target
 from jobs.warehouse.duckdb import DuckDBWarehouse
-from tests.dbt_runs import BROKEN_MODEL, DRIFTED_MODEL, FAILING_TEST, UNCOMPILABLE_MODEL, drifted_run
+from jobs.warehouse.row_deltas import MASK
+from tests.dbt_runs import BROKEN_MODEL, DRIFTED_MODEL, FAILING_TEST, PII_TEST, UNCOMPILABLE_MODEL, drifted_run
 
 
 def classified(target, warehouse) -> dict[str, Classification]:
     run = parse_run(read_target(target))
     manifest = json.loads((target / "manifest.json").read_text())
     with DuckDBWarehouse(warehouse, read_only=True) as wh:
-        found = classify(run, manifest, wh.columns)
+        found = classify(run, manifest, wh.columns, wh.query)
     assert [c.unique_id for c in found] == [n.unique_id for n in run.failures]  # one each, in the run's order
     return {c.unique_id: c for c in found}
 
@@ -44,6 +47,32 @@ def test_a_failing_test_names_the_test_the_model_the_column_and_the_rows(shop_ru
         "unique", "model.shop.stg_order_items", "order_id")
     rows = test.evidence["failing_rows"]
     assert rows > 0 and test.summary == f"test unique on stg_order_items.order_id failed: {rows} failing rows"
+
+
+def test_a_failing_tests_rows_are_sampled_by_its_own_sql_with_pii_masked(shop_runs):
+    found = classified(shop_runs.failed, shop_runs.root / "warehouse.duckdb")
+    [emails] = [c for uid, c in found.items() if uid.startswith(PII_TEST)]
+    sample = emails.evidence["sample"]
+    assert len(sample) == SAMPLE_ROWS and emails.evidence["masked_columns"] == ["email"]
+    assert all(row["email"] == MASK and row["customers"] > 1 and isinstance(row["first_customer_id"], int)
+               for row in sample)
+    with duckdb.connect(str(shop_runs.root / "warehouse.duckdb"), read_only=True) as con:
+        shared = dict(con.execute("select min(customer_id), count(*) from main.stg_customers where email is not null "
+                                  "group by email having count(*) > 1").fetchall())
+    assert all(shared[row["first_customer_id"]] == row["customers"] for row in sample)  # the warehouse's own rows
+    [unique] = [c for uid, c in found.items() if uid.startswith(FAILING_TEST)]
+    assert unique.evidence["masked_columns"] == [] and {"unique_field", "n_records"} <= set(unique.evidence["sample"][0])
+
+
+def test_a_test_whose_sample_cannot_be_read_keeps_its_class_and_says_why(shop_runs):
+    run = parse_run(read_target(shop_runs.failed))
+    manifest = json.loads((shop_runs.failed / "manifest.json").read_text())
+
+    def refuse(sql: str) -> list:
+        raise WarehouseError("DuckDB refused the query: the file is locked")
+
+    [test] = [c for c in classify(run, manifest, lambda relation: None, refuse) if c.unique_id.startswith(FAILING_TEST)]
+    assert test.kind is FailureKind.test_failure and "locked" in test.evidence["sample_error"]
 
 
 def test_a_stale_source_is_a_freshness_breach_and_a_warning_is_no_failure(shop_runs):

@@ -16,7 +16,7 @@ from jobs.core.runs import BUILD, FRESHNESS
 from jobs.detect.ingest import ingest, ingest_target
 from jobs.runs.artifacts import parse_run, read_target
 from jobs.runtime import Runtime
-from tests.dbt_runs import BROKEN_MODEL, FAILING_TEST
+from tests.dbt_runs import BROKEN_MODEL, FAILING_TEST, PII_TEST
 from tests.deployment import run_cli
 from tests.test_cli import documented_json_fields
 from tests.test_store import store_url  # noqa: F401 - the SQLite and PostgreSQL stores
@@ -55,7 +55,9 @@ def test_a_failed_run_is_read_as_dbt_reported_it(shop_runs):
 
     downstream = node(run, "model.shop.int_order_payments")  # reads stg_refunds
     assert downstream.status == "skipped" and not downstream.failed
-    assert {n.unique_id for n in run.failures if n.phase == BUILD} == {BROKEN_MODEL, failing.unique_id}
+    emails = node(run, PII_TEST)  # a singular test: its failing rows are emails shared by several customers
+    assert emails.status == "fail" and emails.failures > 0 and "count(*) > 1" in emails.compiled_code
+    assert {n.unique_id for n in run.failures if n.phase == BUILD} == {BROKEN_MODEL, failing.unique_id, emails.unique_id}
 
     sources = json.loads((shop_runs.failed / "sources.json").read_text())["results"]
     freshness = {n.unique_id: n for n in run.nodes if n.phase == FRESHNESS}
@@ -143,7 +145,7 @@ def test_cairn_ingest_and_runs_on_the_command_line(shop_runs, tmp_path):
     first = run_cli("--config", config, "ingest", str(shop_runs.failed), env=env)
     assert first.exit_code == 0, first.stderr
     head, *failures = first.stdout.splitlines()
-    assert "failed" in head and shop_runs.failed_sha[:7] in head and "1 error, 1 fail" in head
+    assert "failed" in head and shop_runs.failed_sha[:7] in head and "1 error, 2 fail" in head
     assert any(BROKEN_MODEL in line and "refund_reason_code" in line for line in failures)
     assert any(FAILING_TEST in line and "failing rows" in line for line in failures)
 
@@ -159,8 +161,8 @@ def test_cairn_ingest_and_runs_on_the_command_line(shop_runs, tmp_path):
     as_json = json.loads(run_cli("--config", config, "runs", "--json", "--limit", "1", env=env).stdout)
     assert [r["status"] for r in as_json] == ["failed"] and as_json[0]["sha"] == shop_runs.failed_sha
     assert set(documented_json_fields("`cairn runs --json`")) <= set(as_json[0])
-    [failing] = [n for n in as_json[0]["nodes"] if n["status"] == "fail"]
-    assert failing["unique_id"].startswith(FAILING_TEST) and failing["failures"] > 0
+    failing = sorted(n["unique_id"] for n in as_json[0]["nodes"] if n["status"] == "fail")
+    assert [uid.rsplit(".", 1)[0] if uid.count(".") > 2 else uid for uid in failing] == [PII_TEST, FAILING_TEST]
 
     missing = run_cli("--config", config, "ingest", str(tmp_path / "nowhere"), env=env)
     assert missing.exit_code == 1 and "no such directory" in missing.stderr and "Traceback" not in missing.stderr

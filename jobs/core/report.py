@@ -98,5 +98,6 @@ def run_json(run: Run) -> dict[str, Any]:
         "nodes": [{"unique_id": n.unique_id, "phase": n.phase, "resource_type": n.resource_type, "status": n.status,
                    "message": n.message, "failures": n.failures, "execution_time": n.execution_time,
                    "started_at": iso(n.started_at), "completed_at": iso(n.completed_at),
-                   "relation_name": n.relation_name, "path": n.path, "details": n.details} for n in run.nodes],
+                   "relation_name": n.relation_name, "path": n.path, "compiled_code": n.compiled_code,
+                   "details": n.details} for n in run.nodes],
     }

@@ -26,6 +26,7 @@ class NodeRun:
     completed_at: datetime | None = None
     relation_name: str | None = None
     path: str | None = None  # the file that declares it, from the manifest
+    compiled_code: str | None = None  # the SQL dbt ran (a test's returns its failing rows)
     details: dict[str, Any] = field(default_factory=dict)  # freshness: max_loaded_at, age, criteria
 
     @property

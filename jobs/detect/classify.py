@@ -1,7 +1,8 @@
 """Why each failing node of a run failed, from the recorded run, its manifest and the warehouse (read only).
 
 - a freshness `error` is a **source freshness** breach: the newest row against `error_after`;
-- a `fail` is a **test failure**: which test, on which model and column, how many failing rows;
+- a `fail` is a **test failure**: which test, on which model and column, how many failing rows, and
+  a few of them read from the warehouse by the test's own SQL, PII columns masked as in row deltas;
 - an `error` whose message is dbt's `Compilation Error`, `Dependency Error` or `Parsing Error` is a
   **compilation** error: the SQL never reached the warehouse;
 - any other `error` is a **runtime SQL** error, unless the column the warehouse says is missing is one
@@ -18,7 +19,9 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from jobs.core.errors import WarehouseError
 from jobs.core.runs import FRESHNESS, Classification, FailureKind, NodeRun, Run
+from jobs.warehouse.row_deltas import MASK, pii_columns
 
 # What each warehouse says when a query names a column its input does not have.
 MISSING_COLUMN = (
@@ -29,20 +32,25 @@ MISSING_COLUMN = (
 )
 COMPILATION = ("Compilation Error", "Dependency Error", "Parsing Error")
 
+SAMPLE_ROWS = 5
+
 Columns = Callable[[str], "set[str] | None"]  # a relation's current column names (lower case), None if absent
+Query = Callable[[str], list[dict[str, Any]]]  # one read-only statement against production
 
 
-def classify(run: Run, manifest: Mapping[str, Any], columns: Columns) -> list[Classification]:
-    """A class for every failing node of `run`, in the run's order."""
+def classify(run: Run, manifest: Mapping[str, Any], columns: Columns, query: Query | None = None) -> list[Classification]:
+    """A class for every failing node of `run`, in the run's order; `query` reads failing tests' sample rows."""
     nodes = {**manifest.get("sources", {}), **manifest.get("nodes", {})}
-    return [classify_node(node, nodes, columns) for node in run.failures]
+    return [classify_node(node, nodes, columns, query) for node in run.failures]
 
 
-def classify_node(node: NodeRun, nodes: Mapping[str, Any], columns: Columns) -> Classification:
+def classify_node(node: NodeRun, nodes: Mapping[str, Any], columns: Columns, query: Query | None = None
+                  ) -> Classification:
     if node.phase == FRESHNESS:
         return _freshness(node)
     if node.status == "fail":
-        return _test_failure(node, nodes.get(node.unique_id, {}))
+        test = nodes.get(node.unique_id, {})
+        return _test_failure(node, test, _sample(node, test, nodes, query))
     message = node.message or ""
     if any(marker in message for marker in COMPILATION):
         return Classification(node.unique_id, FailureKind.compilation,
@@ -85,7 +93,26 @@ def _drift(missing: str, declared: Mapping[str, Any], nodes: Mapping[str, Any], 
     return None
 
 
-def _test_failure(node: NodeRun, test: Mapping[str, Any]) -> Classification:
+def _sample(node: NodeRun, test: Mapping[str, Any], nodes: Mapping[str, Any], query: Query | None) -> dict:
+    """A few failing rows, by the SQL the test ran; columns that are PII on the tested models are masked."""
+    if query is None or not node.compiled_code or not node.failures:
+        return {}
+    tested = {test.get("attached_node"), *test.get("depends_on", {}).get("nodes", [])} - {None}
+    pii = {name.lower() for uid in tested for name in pii_columns(nodes.get(uid, {}))}
+    try:
+        rows = query(f"select * from (\n{node.compiled_code.strip().rstrip(';')}\n) as failing limit {SAMPLE_ROWS}")
+    except WarehouseError as error:  # the sample is evidence, not the verdict: say why it is missing
+        return {"sample_error": str(error)}
+    return {"sample": [{column: MASK if column.lower() in pii and value is not None else _plain(value)
+                        for column, value in row.items()} for row in rows],
+            "masked_columns": sorted(pii & {column.lower() for row in rows for column in row})}
+
+
+def _plain(value: Any) -> Any:
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
+
+
+def _test_failure(node: NodeRun, test: Mapping[str, Any], sample: dict) -> Classification:
     metadata = test.get("test_metadata") or {}
     attached, column = test.get("attached_node"), test.get("column_name")
     rows = node.failures if node.failures is not None else 0
@@ -93,7 +120,7 @@ def _test_failure(node: NodeRun, test: Mapping[str, Any]) -> Classification:
     return Classification(node.unique_id, FailureKind.test_failure,
                           f"test {metadata.get('name') or _name(node)}{where} failed: {rows} failing rows",
                           {"failing_rows": rows, "test": metadata.get("name"), "attached_node": attached,
-                           "column": column, "message": node.message})
+                           "column": column, "message": node.message, **sample})
 
 
 def _freshness(node: NodeRun) -> Classification:

@@ -104,7 +104,7 @@ def _build_node(reader: _Reader, i: int, item: Any, manifest_nodes: dict[str, An
         **common, phase=BUILD, resource_type=declared.get("resource_type") or common["unique_id"].split(".", 1)[0],
         message=_text_or_none(item, "message"),
         failures=failures if isinstance(failures, int) and not isinstance(failures, bool) else None,
-        relation_name=_text_or_none(item, "relation_name"),
+        relation_name=_text_or_none(item, "relation_name"), compiled_code=_text_or_none(item, "compiled_code"),
     )
 
 

@@ -236,6 +236,7 @@ run_nodes = sa.Table(
     sa.Column("completed_at", UTCDateTime, nullable=True),
     sa.Column("relation_name", sa.Text, nullable=True),
     sa.Column("path", sa.Text, nullable=True),
+    sa.Column("compiled_code", sa.Text, nullable=True),
     sa.Column("details", sa.JSON, nullable=False),
 )
 

@@ -52,6 +52,7 @@ def upgrade() -> None:
         sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("relation_name", sa.Text(), nullable=True),
         sa.Column("path", sa.Text(), nullable=True),
+        sa.Column("compiled_code", sa.Text(), nullable=True),
         sa.Column("details", sa.JSON(), nullable=False),
         sa.ForeignKeyConstraint(["run_id"], ["runs.id"], name="fk_run_nodes_run_id_runs"),
         sa.PrimaryKeyConstraint("run_id", "phase", "unique_id", name="pk_run_nodes"),
