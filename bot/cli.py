@@ -232,12 +232,15 @@ def demo(workdir: str, days: int, channel: str | None) -> None:
 def scheduler(ctx: click.Context, once: bool) -> None:
     """The clock (Procfile `clock`): a check every `schedule.check_every`, and sandbox clean-up.
 
+    With `schedule.build: true` each tick first runs the production build and ingests the run.
+
     With REDIS_URL the check is a job for the workers; without, it runs here with the whole loop.
     Clean-up runs first and on its own: a check that fails (a warehouse outage) never leaves a
     crashed worker's sandboxes behind, and the clock keeps ticking; with --once it exits 1.
     """
     import time
 
+    from jobs.detect.ingest import build_and_ingest
     from jobs.loop.cleanup import remove_stale_sandboxes
     from jobs.loop.queue import for_runtime
     from jobs.runtime import Runtime
@@ -253,6 +256,10 @@ def scheduler(ctx: click.Context, once: bool) -> None:
         except CairnError as exc:  # e.g. BigQuery unreachable: the next tick tries again
             click.secho(f"sandbox clean-up failed: {exc}", err=True, fg="red")
         try:
+            if config.settings.schedule.build:  # the clock deploys: build production, record the run
+                built = build_and_ingest(rt)
+                for line in render.run_lines(built.run) if built else [messages.BUILD_HELD]:
+                    click.echo(line)
             for_runtime(rt).check()
             failed = None
         except CairnError as exc:

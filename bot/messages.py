@@ -23,6 +23,7 @@ TRIAGE_LABEL = {"code_change": "code change", "data_change": "data change", "int
                 "unknown": "unknown"}
 
 NO_INCIDENTS = "No open incidents. Every contract is inside its baseline band."
+BUILD_HELD = "Kill switch on: the production build (schedule.build) is held; `cairn unkill` releases it."
 RUN_KNOWN = "Run {invocation} was already recorded; nothing changed."
 NO_RUNS = "No production runs recorded yet: `cairn ingest TARGET_DIR` records one after a deploy (docs/runs.md)."
 UNEXPECTED_ERROR = ("Cairn could not do that: something failed on its side. The failure is logged with its traceback "

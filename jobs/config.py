@@ -106,6 +106,9 @@ class SlackSettings(_Section):
 
 class ScheduleSettings(_Section):
     check_every: timedelta = Field(timedelta(hours=1), description="How often `cairn scheduler` runs check.")
+    build: bool = Field(False, description="Before each check, `cairn scheduler` runs the production build itself "
+                        "(`dbt build`, then `dbt source freshness`, on the configured target) and ingests the run. "
+                        "Off: production is built elsewhere (CI, dbt Cloud) and ingested from there.")
 
     @field_validator("check_every", mode="before")
     @classmethod

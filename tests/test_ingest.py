@@ -8,7 +8,9 @@ from datetime import datetime, timezone
 
 import duckdb
 import pytest
+import yaml
 
+from bot.messages import BUILD_HELD
 from jobs.config import load_config
 from jobs.core.clock import Clock
 from jobs.core.errors import ArtifactError
@@ -172,3 +174,33 @@ def test_cairn_runs_with_nothing_recorded(shop_runs, tmp_path):
     listed = run_cli("--config", str(shop_runs.root / "cairn.yml"), "runs",
                      env={"CAIRN_DATABASE_URL": f"sqlite:///{tmp_path}/cairn.db"})
     assert listed.exit_code == 0 and "No production runs recorded yet" in listed.stdout
+
+
+def test_with_schedule_build_the_clock_builds_production_and_ingests_the_run(shop_runs, tmp_path):
+    root = shutil.copytree(shop_runs.root, tmp_path / "shop", ignore=shutil.ignore_patterns(
+        "target", "artifacts", "logs", ".cairn"))
+    marts = root / "models" / "marts" / "_marts.yml"  # no contracts: this tick's check has nothing to measure
+    declared = yaml.safe_load(marts.read_text())
+    for model in declared["models"]:
+        model.get("config", {}).get("meta", {}).pop("cairn", None)
+    marts.write_text(yaml.safe_dump(declared))
+    (root / "cairn.yml").write_text("project: .\nprofiles_dir: .\nrepo: .\nbranch: main\nschedule: {build: true}\n")
+    env = {"CAIRN_DATABASE_URL": f"sqlite:///{tmp_path}/cairn.db", "CAIRN_DUCKDB_PATH": str(root / "warehouse.duckdb")}
+    assert run_cli("--config", str(root / "cairn.yml"), "kill", "quarter close", env=env).exit_code == 0
+    held = run_cli("--config", str(root / "cairn.yml"), "scheduler", "--once", env=env)
+    assert held.exit_code == 0 and BUILD_HELD in held.stdout and not (root / ".cairn" / "production-run").exists()
+    assert run_cli("--config", str(root / "cairn.yml"), "unkill", env=env).exit_code == 0
+    ticked = run_cli("--config", str(root / "cairn.yml"), "scheduler", "--once", env=env)
+    assert ticked.exit_code == 0, ticked.stderr
+    [head] = [line for line in ticked.stdout.splitlines() if "(run environment)" in line]  # dbt prints errors too
+    assert " failed " in head and f"✗ {BROKEN_MODEL}" in ticked.stdout and "check done" in ticked.stdout
+    assert (root / ".cairn" / "production-run" / "sources.json").is_file()
+
+    runtime = Runtime(load_config(root / "cairn.yml", env=env), Clock(NOW))
+    try:
+        [run] = runtime.store.runs()
+    finally:
+        runtime.close()
+    # The deployed SHA travels with the run itself, as a deploy should pass it (docs/runs.md).
+    assert (run.source, run.sha, run.sha_source) == ("scheduler", shop_runs.failed_sha, "run environment")
+    assert run.counts(FRESHNESS) and {BROKEN_MODEL} <= {n.unique_id for n in run.failures}

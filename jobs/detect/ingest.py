@@ -33,6 +33,28 @@ def ingest_target(rt, target_dir: Path, sha: str | None = None) -> Ingested:
     return ingest(rt, read_target(target_dir), sha=sha, sha_source="given" if sha else None)
 
 
+def build_and_ingest(rt) -> Ingested | None:
+    """Run the production build at the deployed SHA (`schedule.build`), then ingest it: the clock's own deploy.
+    A kill switch, org-wide or scoped, holds it (None): building production is a side effect beyond reading it."""
+    from dbt_common.events.functions import reset_metadata_vars
+
+    from jobs.project.dbt import Dbt
+    from jobs.store import switches
+
+    if (kill := switches.kill_switch(rt.store)) is not None:
+        rt.store.audit("run.build_held", data={"reason": kill.reason, "by": kill.by})
+        return None
+    sha = rt.deployed_sha()
+    target = rt.config.root / ".cairn" / "production-run"  # apart from Cairn's own parse in .cairn/target
+    dbt = Dbt(rt.config.project_dir, rt.config.profiles_dir, rt.config.settings.target, target_path=target,
+              env={f"DBT_ENV_CUSTOM_ENV_{SHA_ENV}": sha})
+    reset_metadata_vars()  # dbt keeps a process's first DBT_ENV_CUSTOM_ENV_ values: this run records its own SHA
+    dbt.build()  # a failing build is a run to record, not an error; DbtError only when dbt could not run
+    dbt.invoke("source", "freshness")  # sources.json beside run_results.json; it leaves run_results.json alone
+    reset_metadata_vars()
+    return ingest(rt, read_target(target), source="scheduler")
+
+
 def ingest_cloud_run(rt, run_id: int, client: DbtCloudClient | None = None) -> Ingested:
     """Fetch a finished dbt Cloud run's artifacts through its API and ingest them (a webhook's job)."""
     known = rt.store.cloud_run(run_id)
