@@ -151,6 +151,40 @@ def incident(ctx: click.Context, incident_id: int, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("target_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--sha", default=None, help="The commit the run deployed (default: see docs/runs.md).")
+@click.pass_context
+def ingest(ctx: click.Context, target_dir: Path, sha: str | None) -> None:
+    """Record a finished production run from its target directory (run_results.json, manifest.json, sources.json)."""
+    from jobs.detect.ingest import ingest_target
+
+    done = ingest_target(runtime(ctx), target_dir, sha=sha)
+    if not done.new:
+        click.echo(messages.RUN_KNOWN.format(invocation=done.run.invocation_id))
+    for line in render.run_lines(done.run):
+        click.echo(line)
+
+
+@cli.command()
+@click.option("--limit", type=click.IntRange(1, 500), default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Stable JSON (docs/cli.md).")
+@click.pass_context
+def runs(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """Recent production runs, newest first, and their failures (as `/cairn runs`)."""
+    from jobs.core.report import run_json
+
+    found = runtime(ctx).store.runs(limit)
+    if as_json:
+        click.echo(json.dumps([run_json(run) for run in found], indent=2))
+    elif not found:
+        click.echo(messages.NO_RUNS)
+    else:
+        for run in found:
+            for line in render.run_lines(run):
+                click.echo(line)
+
+
+@cli.command()
 @click.pass_context
 def contracts(ctx: click.Context) -> None:
     """List the metric contracts and where each is declared."""
@@ -198,12 +232,15 @@ def demo(workdir: str, days: int, channel: str | None) -> None:
 def scheduler(ctx: click.Context, once: bool) -> None:
     """The clock (Procfile `clock`): a check every `schedule.check_every`, and sandbox clean-up.
 
+    With `schedule.build: true` each tick first runs the production build and ingests the run.
+
     With REDIS_URL the check is a job for the workers; without, it runs here with the whole loop.
     Clean-up runs first and on its own: a check that fails (a warehouse outage) never leaves a
     crashed worker's sandboxes behind, and the clock keeps ticking; with --once it exits 1.
     """
     import time
 
+    from jobs.detect.ingest import build_and_ingest
     from jobs.loop.cleanup import remove_stale_sandboxes
     from jobs.loop.queue import for_runtime
     from jobs.runtime import Runtime
@@ -219,6 +256,10 @@ def scheduler(ctx: click.Context, once: bool) -> None:
         except CairnError as exc:  # e.g. BigQuery unreachable: the next tick tries again
             click.secho(f"sandbox clean-up failed: {exc}", err=True, fg="red")
         try:
+            if config.settings.schedule.build:  # the clock deploys: build production, record the run
+                built = build_and_ingest(rt)
+                for line in render.run_lines(built.run) if built else [messages.BUILD_HELD]:
+                    click.echo(line)
             for_runtime(rt).check()
             failed = None
         except CairnError as exc:

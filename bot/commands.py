@@ -29,6 +29,7 @@ USAGE = """*`/cairn` commands*
 `show ID` — one incident: cause, proof, PR and audit trail
 `check [CONTRACT]` — measure now (all contracts, or one) and heal what broke
 `contracts` — the metric contracts and where they are declared
+`runs [N]` — the latest N production runs (default 5) and their failures
 `mode observe|assisted|autonomous` — the org's mode (approvers)
 `kill [tag:X|path:DIR|--select SEL]... REASON` — stop every side effect beyond reading production: no clone, build, PR or merge, for the org or the incidents the selectors cover (approvers)
 `unkill` — release the kill switch (approvers)"""
@@ -118,6 +119,13 @@ def contracts_text(rt: Runtime) -> str:
     return _code("\n".join(render.contract_line(c, rt.config) for c in rt.contracts))
 
 
+def runs_text(rt: Runtime, limit: int = 5) -> str:
+    found = rt.store.runs(limit)
+    if not found:
+        return messages.NO_RUNS
+    return _code("\n".join(line for run in found for line in render.run_lines(run)))
+
+
 def set_mode(rt: Runtime, jobs: Jobs, mode: Mode, actor: str, reason: str = "") -> str:
     switches.set_mode(rt.store, mode, actor, reason)
     refresh_open_cards(rt, jobs)
@@ -188,6 +196,12 @@ def _contracts(rt, jobs, args, who) -> str:
     return contracts_text(rt)
 
 
+def _runs(rt, jobs, args, who) -> str:
+    if len(args) > 1 or (args and not (args[0].isdigit() and 1 <= int(args[0]) <= 50)):
+        return "Usage: `/cairn runs [N]` (how many of the latest runs, 1 to 50; default 5)"
+    return runs_text(rt, int(args[0]) if args else 5)
+
+
 def _mode(rt, jobs, args, who) -> str:
     choices = "|".join(m.value for m in Mode)
     if len(args) != 1 or args[0] not in {m.value for m in Mode}:
@@ -228,7 +242,7 @@ def _unkill(rt, jobs, args, who) -> str:
 
 _COMMANDS: dict[str, Callable[..., str]] = {
     "status": _status, "incidents": _incidents, "show": _show, "check": _check, "contracts": _contracts,
-    "mode": _mode, "kill": _kill, "unkill": _unkill,
+    "runs": _runs, "mode": _mode, "kill": _kill, "unkill": _unkill,
 }
 
 

@@ -23,10 +23,20 @@ TRIAGE_LABEL = {"code_change": "code change", "data_change": "data change", "int
                 "unknown": "unknown"}
 
 NO_INCIDENTS = "No open incidents. Every contract is inside its baseline band."
+BUILD_HELD = "Kill switch on: the production build (schedule.build) is held; `cairn unkill` releases it."
+RUN_KNOWN = "Run {invocation} was already recorded; nothing changed."
+NO_RUNS = "No production runs recorded yet: `cairn ingest TARGET_DIR` records one after a deploy (docs/runs.md)."
 UNEXPECTED_ERROR = ("Cairn could not do that: something failed on its side. The failure is logged with its traceback "
                     "as error {error_id}; quote that ID when you report it.")
 CAIRN_ERROR = "{error} (error ID {error_id})"
 UNSIGNED_REQUEST = "Not signed by Slack with this app's signing secret (or signed more than five minutes ago)."
+UNSIGNED_WEBHOOK = ("Not signed with this dbt Cloud webhook's secret: the Authorization header must be the hex "
+                    "HMAC-SHA256 of the body (set DBT_CLOUD_WEBHOOK_SECRET to the webhook's secret).")
+UNREADABLE_WEBHOOK = "Signed, but not a dbt Cloud job event:"
+WEBHOOK_POST_ONLY = "dbt Cloud's job webhooks are POSTed here; nothing else is served on this path."
+OTHER_ACCOUNT = "A run of dbt Cloud account {got}; Cairn watches account {account} (dbt_cloud.account_id in cairn.yml)."
+WEBHOOK_IGNORED = "Not ingested: {event} of run {run} (job {job}); Cairn records finished runs of its jobs only."
+WEBHOOK_QUEUED = "Run {run} finished: its artifacts are being fetched and recorded."
 UNREADABLE_REQUEST = "Signed, but not a request Slack sends: the body is neither form fields nor a JSON object."
 BAD_BUTTON = ("This button carries {value!r}, which is not a value Cairn puts on its cards: use the buttons on the "
               "incident's current card.")

@@ -15,6 +15,7 @@ from jobs.config import Config
 from jobs.contracts.spec import Contract
 from jobs.core.formatting import fmt_value
 from jobs.core.records import AuditEvent, Incident, Observation, PullRequest
+from jobs.core.runs import FRESHNESS, NodeRun, Run
 
 
 def observation_line(obs: Observation) -> str:
@@ -100,3 +101,40 @@ def progress(label: str) -> Iterator[Callable[[int, int], None]]:
     yield tick
     if live:
         click.echo(f"\r{label}: done in {time.monotonic() - started:.1f}s", err=True)
+
+
+RUN_FAILURES_SHOWN = 10
+
+
+def run_lines(run: Run) -> list[str]:
+    """A run in one line, then a line per failing node (the first few)."""
+    build = ", ".join(f"{n} {status}" for status, n in sorted(run.counts().items()))
+    freshness = ", ".join(f"{n} {status}" for status, n in sorted(run.counts(FRESHNESS).items()))
+    head = (f"{run.invocation_id[:8]}  {run.command or 'dbt'} {run.generated_at:%Y-%m-%d %H:%M}  "
+            f"{run.status:<7} @ {short_sha(run.sha)} ({run.sha_source or 'no SHA'})  {build or 'no nodes'}"
+            + (f"; freshness: {freshness}" if freshness else ""))
+    failures = run.failures
+    lines = [head] + [f"  ✗ {failure_line(node)}" for node in failures[:RUN_FAILURES_SHOWN]]
+    if len(failures) > RUN_FAILURES_SHOWN:
+        lines.append(f"  … and {len(failures) - RUN_FAILURES_SHOWN} more (`cairn runs --json`)")
+    return lines
+
+
+def failure_line(node: NodeRun) -> str:
+    """A failing node: what, how it failed, and the gist of dbt's message."""
+    if node.phase == FRESHNESS:
+        loaded = node.details.get("max_loaded_at")
+        age = node.details.get("max_loaded_at_time_ago_in_s")
+        gist = (f"last loaded {loaded}" + (f" ({age / 3600:.0f}h before the check)" if age is not None else "")
+                if loaded else (node.message or ""))
+        return f"{node.unique_id}  freshness {node.status}  {gist}".rstrip()
+    if node.failures:
+        return f"{node.unique_id}  {node.status}  {node.failures} failing rows"
+    return f"{node.unique_id}  {node.status}  {message_gist(node.message)}".rstrip()
+
+
+def message_gist(message: str | None, width: int = 160) -> str:
+    """dbt's error message in one line: its first two non-empty lines."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    gist = " — ".join(lines[:2])
+    return gist if len(gist) <= width else gist[: width - 1] + "…"

@@ -17,7 +17,9 @@ from bot import messages
 from bot.app import Clicks, create_app
 from bot.slack import check_can_post, web_client
 from jobs.config import Config
-from jobs.core.errors import CairnError
+from jobs.core.errors import CairnError, QueueUnavailable
+from jobs.loop.preflight import dbt_cloud_ready
+from jobs.runs.dbt_cloud import WEBHOOK_PATH, BadWebhook, parse_event, signature_valid
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,7 @@ EVENTS_PATH = "/slack/events"
 
 
 def build(config: Config):
-    """Runtime, queue, client and app, checked: the bot can post in the alert channel."""
+    """The Bolt app and the job queue it enqueues on, checked: the bot can post in the alert channel."""
     from jobs.loop.queue import RQJobs, for_runtime
     from jobs.runtime import Runtime
 
@@ -37,16 +39,23 @@ def build(config: Config):
     rt.contracts  # parse the dbt project now, so no listener ever runs dbt  # noqa: B018
     jobs = for_runtime(rt, background=True)
     clicks = Clicks(jobs.redis if isinstance(jobs, RQJobs) else None)
-    return create_app(rt, jobs, client, signing_secret=config.env.slack_signing_secret or "", clicks=clicks)
+    return create_app(rt, jobs, client, signing_secret=config.env.slack_signing_secret or "", clicks=clicks), jobs
 
 
 def wsgi_app(config: Config):
-    """The WSGI callable gunicorn serves: Bolt's request handler on /slack/events, behind the signature check."""
+    """The WSGI callable gunicorn serves: Bolt's request handler on /slack/events, behind the signature check,
+    and dbt Cloud's job webhooks on /dbt-cloud/webhook when a `dbt_cloud:` section and its secret are set."""
     from slack_bolt.adapter.wsgi import SlackRequestHandler
 
     if not config.env.slack_signing_secret:
         raise CairnError(messages.NO_SLACK)
-    return SignedOnly(SlackRequestHandler(build(config), path=EVENTS_PATH), config.env.slack_signing_secret)
+    dbt_cloud_ready(config)
+    cloud = config.settings.dbt_cloud
+    app, jobs = build(config)
+    served = SignedOnly(SlackRequestHandler(app, path=EVENTS_PATH), config.env.slack_signing_secret)
+    if cloud is None:
+        return served
+    return DbtCloudWebhooks(served, config.env.dbt_cloud_webhook_secret, cloud.account_id, cloud.job_ids, jobs)
 
 
 class SignedOnly:
@@ -76,6 +85,39 @@ class SignedOnly:
         return self.app(environ, start_response)
 
 
+class DbtCloudWebhooks:
+    """WSGI middleware: a finished run's job webhook on /dbt-cloud/webhook, its HMAC checked on the raw bytes,
+    is answered at once and its ingestion queued (fetching artifacts is a job's work, not a request's)."""
+
+    def __init__(self, app: Callable, secret: str, account_id: int, job_ids: Iterable[int], jobs):
+        self.app, self._secret, self.account_id, self.job_ids, self.jobs = app, secret, account_id, set(job_ids), jobs
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != WEBHOOK_PATH:
+            return self.app(environ, start_response)
+        if environ.get("REQUEST_METHOD") != "POST":
+            return _refuse(start_response, "405 Method Not Allowed", messages.WEBHOOK_POST_ONLY, WEBHOOK_PATH)
+        raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        if not signature_valid(self._secret, raw, environ.get("HTTP_AUTHORIZATION")):
+            return _refuse(start_response, "401 Unauthorized", messages.UNSIGNED_WEBHOOK, WEBHOOK_PATH)
+        try:
+            event = parse_event(raw)
+        except BadWebhook as exc:
+            return _refuse(start_response, "400 Bad Request", f"{messages.UNREADABLE_WEBHOOK} {exc}", WEBHOOK_PATH)
+        if event.account_id != self.account_id:
+            return _refuse(start_response, "403 Forbidden",
+                           messages.OTHER_ACCOUNT.format(got=event.account_id, account=self.account_id), WEBHOOK_PATH)
+        if not event.finished or (self.job_ids and event.job_id not in self.job_ids):
+            return _answer(start_response, "200 OK", messages.WEBHOOK_IGNORED.format(
+                event=event.event_type, run=event.run_id, job=event.job_id))
+        try:
+            self.jobs.ingest(event.run_id)
+        except QueueUnavailable as exc:  # dbt Cloud delivers it again
+            return _refuse(start_response, "503 Service Unavailable", str(exc), WEBHOOK_PATH)
+        log.info("dbt Cloud run %s finished (%s): ingestion queued", event.run_id, event.status)
+        return _answer(start_response, "202 Accepted", messages.WEBHOOK_QUEUED.format(run=event.run_id))
+
+
 def _readable(raw: bytes, headers: dict[str, str]) -> bool:
     """Whether Bolt can build its request from the body: form fields or JSON, an object at the top."""
     from slack_bolt.request import BoltRequest
@@ -86,8 +128,12 @@ def _readable(raw: bytes, headers: dict[str, str]) -> bool:
         return False
 
 
-def _refuse(start_response: Callable, status: str, text: str) -> list[bytes]:
-    log.warning("refused a request on %s: %s", EVENTS_PATH, status)
+def _refuse(start_response: Callable, status: str, text: str, path: str = EVENTS_PATH) -> list[bytes]:
+    log.warning("refused a request on %s: %s", path, status)
+    return _answer(start_response, status, text)
+
+
+def _answer(start_response: Callable, status: str, text: str) -> list[bytes]:
     body = text.encode()
     start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
     return [body]
@@ -116,4 +162,5 @@ def serve_socket(config: Config) -> None:
 
     if not config.env.slack_app_token:
         raise CairnError(messages.NO_APP_TOKEN)
-    SocketModeHandler(build(config), config.env.slack_app_token).start()
+    app, _jobs = build(config)
+    SocketModeHandler(app, config.env.slack_app_token).start()

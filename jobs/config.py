@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -106,6 +106,9 @@ class SlackSettings(_Section):
 
 class ScheduleSettings(_Section):
     check_every: timedelta = Field(timedelta(hours=1), description="How often `cairn scheduler` runs check.")
+    build: bool = Field(False, description="Before each check, `cairn scheduler` runs the production build itself "
+                        "(`dbt build`, then `dbt source freshness`, on the configured target) and ingests the run. "
+                        "Off: production is built elsewhere (CI, dbt Cloud) and ingested from there.")
 
     @field_validator("check_every", mode="before")
     @classmethod
@@ -262,6 +265,16 @@ class SnowflakeSettings(_Section):
         return self.sandbox_database or self.database
 
 
+class DbtCloudSettings(_Section):
+    """dbt Cloud, when production runs there: its job webhooks come to `cairn serve` (docs/runs.md)."""
+
+    account_id: int = Field(ge=1, description="The dbt Cloud account whose runs are production.")
+    base_url: HttpUrl = Field("https://cloud.getdbt.com", description="The account's access URL (Account settings), "
+                              "e.g. https://ACCOUNT_PREFIX.us1.dbt.com; the API is under /api/v2.")
+    job_ids: list[int] = Field(default_factory=list, description="Only these jobs' runs are ingested; "
+                               "empty: every job whose webhook reaches Cairn.")
+
+
 class Settings(_Section):
     """The keys of cairn.yml. Relative paths are relative to the file's own directory."""
 
@@ -279,6 +292,8 @@ class Settings(_Section):
     verification: VerificationSettings = Field(default_factory=VerificationSettings, description="Clone builds.")
     bigquery: BigQuerySettings | None = Field(None, description="BigQuery production warehouse; omit on DuckDB.")
     snowflake: SnowflakeSettings | None = Field(None, description="Snowflake production warehouse; omit on DuckDB.")
+    dbt_cloud: DbtCloudSettings | None = Field(None, description="Production runs on dbt Cloud: ingest them from "
+                                              "its job webhooks (env DBT_CLOUD_WEBHOOK_SECRET, DBT_CLOUD_API_TOKEN).")
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings, description="The clock process.")
     queue: QueueSettings = Field(default_factory=QueueSettings, description="RQ workers (with REDIS_URL).")
     policy: Path | None = Field(None, description="Policy file; default: the bundled policies/default.yml.")
@@ -312,6 +327,8 @@ class Environment:
     anthropic_api_key: str | None = field(default=None, repr=False)
     snowflake_password: str | None = field(default=None, repr=False)
     snowflake_private_key_passphrase: str | None = field(default=None, repr=False)
+    dbt_cloud_webhook_secret: str | None = field(default=None, repr=False)
+    dbt_cloud_api_token: str | None = field(default=None, repr=False)
 
     VARIABLES = {
         "database_url": ("CAIRN_DATABASE_URL", "Store URL; overrides `store` (may hold a password)."),
@@ -332,6 +349,9 @@ class Environment:
         "snowflake_password": ("SNOWFLAKE_PASSWORD", "Password of snowflake.user (without snowflake.private_key_file)."),
         "snowflake_private_key_passphrase": ("SNOWFLAKE_PRIVATE_KEY_PASSPHRASE",
                                              "Passphrase of an encrypted snowflake.private_key_file."),
+        "dbt_cloud_webhook_secret": ("DBT_CLOUD_WEBHOOK_SECRET",
+                                     "The dbt Cloud webhook's secret: `cairn serve` refuses job webhooks not signed with it."),
+        "dbt_cloud_api_token": ("DBT_CLOUD_API_TOKEN", "A dbt Cloud token that may read the account's runs and artifacts."),
     }
 
     @classmethod
@@ -462,6 +482,7 @@ def config_reference() -> str:
                          ("`schedule`", ScheduleSettings), ("`queue`", QueueSettings), ("`attribution`", AttributionSettings),
                          ("`verification`", VerificationSettings),
                          ("`bigquery`", BigQuerySettings), ("`snowflake`", SnowflakeSettings),
+                         ("`dbt_cloud`", DbtCloudSettings),
                          ("`forge.github`", GitHubForge)):
         out += ["", f"## {title}", "", "| key | default | meaning |", "|---|---|---|"] + _rows(model)
     return "\n".join(out) + "\n"

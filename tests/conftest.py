@@ -79,3 +79,11 @@ def scenario_baseline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.test_scenarios import build_baseline
 
     return build_baseline(tmp_path_factory.mktemp("scenario-baseline") / "shop")
+
+
+@pytest.fixture(scope="session")
+def shop_runs(tmp_path_factory: pytest.TempPathFactory):
+    """Two real production runs of the shop under git: green, then broken (tests/dbt_runs.py)."""
+    from tests.dbt_runs import make_runs
+
+    return make_runs(tmp_path_factory.mktemp("runs") / "shop")

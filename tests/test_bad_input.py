@@ -110,6 +110,10 @@ CASES = [
         "<dir>/cairn.yml: contracts[0] (id 'net revenue').id: 'net revenue' is not a contract ID: use letters, digits and . _ : - (at most 120, starting with a letter or digit), e.g. 'revenue.net_daily'",
     ),
     Case("cairn.yml", "forge: {github: {repo: nope}}", "<dir>/cairn.yml: forge.github.repo: 'nope' is not owner/name"),
+    Case("cairn.yml", "dbt_cloud: {account_id: 0}",
+         "<dir>/cairn.yml: dbt_cloud.account_id: Input should be greater than or equal to 1 (got 0)"),
+    Case("cairn.yml", "dbt_cloud: {account_id: 42, base_url: cloud.getdbt.com}",
+         "<dir>/cairn.yml: dbt_cloud.base_url: must be a URL starting http:// or https://, got 'cloud.getdbt.com'"),
     Case(
         "cairn.yml",
         "forge: {github: {repo: acme/shop, base_url: api.github.com}}",
@@ -200,6 +204,11 @@ CASES = [
     ),
     Case(
         "at load",
+        "dbt_cloud: {account_id: 42}",
+        "<dir>/cairn.yml: the configuration cannot run: dbt_cloud: is set, but DBT_CLOUD_WEBHOOK_SECRET and DBT_CLOUD_API_TOKEN are not in the environment: the webhook's secret verifies job webhooks, the API token reads their runs' artifacts (docs/runs.md)",
+    ),
+    Case(
+        "at load",
         "store: sqlite:///cairn.yml/cairn.db",
         "<dir>/cairn.yml: the configuration cannot run: store: cannot write in <dir>/cairn.yml: File exists",
     ),
@@ -234,6 +243,13 @@ CASES = [
         "sandbox gc",
         "Error: <dir>/cairn.yml: no `bigquery:` section, nor `snowflake:`; `cairn doctor` and `cairn sandbox gc` check a BigQuery or Snowflake org (see docs/bigquery.md, docs/snowflake.md).",
     ),
+    Case("cairn", "ingest <dir>/target", "Error: <dir>/target: no such directory; give the target directory of a finished dbt run"),
+    Case(
+        "cairn",
+        "ingest <dir>",
+        "Error: <dir>/run_results.json: no such file; a finished `dbt build`, `run` or `test` writes run_results.json and manifest.json in its target directory",
+    ),
+    Case("cairn", "runs --limit 0", "Error: Invalid value for '--limit': 0 is not in the range 1<=x<=500."),
     Case("cairn", "frobnicate", "Error: No such command 'frobnicate'."),
     Case(
         "cairn",
@@ -245,6 +261,7 @@ CASES = [
     Case("/cairn", "show 41", "incident 41 does not exist in the store"),
     Case("/cairn", "show latest", "Usage: `/cairn show ID` (an incident number, e.g. `/cairn show 12`)"),
     Case("/cairn", "mode sideways", "Usage: `/cairn mode observe|assisted|autonomous`"),
+    Case("/cairn", "runs all", "Usage: `/cairn runs [N]` (how many of the latest runs, 1 to 50; default 5)"),
     Case(
         "/cairn",
         "kill",

@@ -69,8 +69,10 @@ def outage(cairn: Cairn) -> None:
     ok(cairn("check", "--at", LOADER_STOPPED))
 
 
-def documented_json_fields() -> list[str]:
-    table = (ROOT / "docs" / "cli.md").read_text()
+def documented_json_fields(heading: str | None = None) -> list[str]:
+    """The fields of the table under a `## heading` of docs/cli.md; without one, the incidents' at the top."""
+    parts = (ROOT / "docs" / "cli.md").read_text().split("\n## ")
+    table = parts[0] if heading is None else next(part for part in parts if part.startswith(heading))
     return [name for row in re.findall(r"^\| (`.+?) \|", table, re.M) for name in re.findall(r"`(\w+)`", row)]
 
 

@@ -5,10 +5,12 @@ from pathlib import Path
 
 import jobs.attribute.groups
 import jobs.detect.band
+import jobs.detect.classify
 import jobs.detect.baseline
 import jobs.detect.deploy_check
 import jobs.detect.distribution
 import jobs.detect.forecast
+import jobs.detect.ingest
 import jobs.detect.observe
 import jobs.detect.recovery
 
@@ -29,3 +31,9 @@ def test_readme_commands_exist() -> None:
     assert "cairn demo" in readme and "bash .ci/run" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python -m pytest" in ci
+
+
+def test_runs_doc_gives_the_sha_order_and_the_failure_classes_of_the_code() -> None:
+    doc = (ROOT / "docs" / "runs.md").read_text()
+    for module in (jobs.detect.ingest, jobs.detect.classify):
+        assert module.__doc__.strip() in doc, f"docs/runs.md is stale: paste {module.__name__}'s docstring"

@@ -37,7 +37,7 @@ def test_cairn_slash_command(manifest: dict) -> None:
     assert command["command"] == "/cairn"
     assert command["url"].endswith("/slack/events")
     assert command["description"] and command["usage_hint"]
-    for word in ("status", "incidents", "mode", "kill", "unkill"):
+    for word in ("status", "incidents", "runs", "mode", "kill", "unkill"):
         assert word in command["usage_hint"]
 
 

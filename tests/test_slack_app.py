@@ -107,6 +107,23 @@ def test_a_slash_command_still_answers_in_its_ack(served) -> None:
     assert ERROR_ID.search(json.loads(body)["text"]) and api.ephemerals == []
 
 
+def test_cairn_runs_lists_the_latest_runs_and_their_failures(served, shop_runs) -> None:
+    from jobs.detect.ingest import ingest_target
+    from tests.dbt_runs import BROKEN_MODEL, FAILING_TEST
+
+    post, _, rt, _ = served
+    status, body, _ = post(slash_command_body("runs"))
+    assert status == 200 and json.loads(body)["text"] == messages.NO_RUNS
+    ingest_target(rt, shop_runs.green, sha=shop_runs.green_sha)
+    ingest_target(rt, shop_runs.failed, sha=shop_runs.failed_sha)
+    status, body, _ = post(slash_command_body("runs 1"))  # anyone may look; only the latest run
+    text = json.loads(body)["text"]
+    assert status == 200 and text.startswith("```") and "failed" in text and shop_runs.failed_sha[:7] in text
+    assert BROKEN_MODEL in text and "refund_reason_code" in text and FAILING_TEST in text
+    runs = [line for line in text.strip("`\n").splitlines() if not line.startswith("  ")]
+    assert len(runs) == 1 and " failed " in runs[0]
+
+
 GARBAGE = [
     urlencode({"payload": "{not json"}),
     urlencode({"payload": "[1, 2]"}),

@@ -47,3 +47,7 @@ class NotFound(CairnError):
 
 class QueueUnavailable(CairnError):
     """Redis cannot be reached: nothing was enqueued, or which jobs are live cannot be told."""
+
+
+class ArtifactError(CairnError):
+    """A dbt run's artifacts are missing or malformed; the message names the file and the field."""

@@ -19,6 +19,8 @@ _SHAPES = (
     (re.compile(r"\b(gh[opsur]_|github_pat_)[A-Za-z0-9_]{16,}"), r"\1***"),
     # Slack's bot, user and app-level tokens; Anthropic's API keys.
     (re.compile(r"\b(xox[abposr]-|xapp-|sk-ant-)[A-Za-z0-9-]{10,}"), r"\1***"),
+    # dbt Cloud's service tokens (dbtc_) and personal access tokens (dbtu_).
+    (re.compile(r"\b(dbt[cu]_)[A-Za-z0-9_-]{10,}"), r"\1***"),
     # A JSON web token, such as the one a GitHub App signs to ask for installation tokens.
     (re.compile(r"\beyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]+"), "<jwt>"),
     # A token in a JSON answer (GitHub's token exchange), whatever its shape.

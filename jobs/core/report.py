@@ -8,6 +8,7 @@ from enum import Enum
 from typing import Any
 
 from jobs.core.records import BaselineStats, Incident, IncidentDetails, PullRequest
+from jobs.core.runs import Run
 
 
 def iso(value: datetime | None) -> str | None:
@@ -85,3 +86,18 @@ def to_json(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [to_json(v) for v in value]
     return value
+
+
+def run_json(run: Run) -> dict[str, Any]:
+    """The documented `cairn runs --json` shape (docs/cli.md); add fields, never rename them."""
+    return {
+        "invocation_id": run.invocation_id, "source": run.source, "dbt_cloud_run_id": run.cloud_run_id,
+        "command": run.command, "dbt_version": run.dbt_version, "project": run.project,
+        "started_at": iso(run.started_at), "generated_at": iso(run.generated_at), "elapsed": run.elapsed,
+        "sha": run.sha, "sha_source": run.sha_source, "ingested_at": iso(run.ingested_at), "status": run.status,
+        "nodes": [{"unique_id": n.unique_id, "phase": n.phase, "resource_type": n.resource_type, "status": n.status,
+                   "message": n.message, "failures": n.failures, "execution_time": n.execution_time,
+                   "started_at": iso(n.started_at), "completed_at": iso(n.completed_at),
+                   "relation_name": n.relation_name, "path": n.path, "compiled_code": n.compiled_code,
+                   "details": n.details} for n in run.nodes],
+    }

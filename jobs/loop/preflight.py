@@ -100,4 +100,21 @@ def _database_url(rt: Runtime) -> None:
                               "its value is not shown") from None
 
 
-CHECKS: tuple[Callable[[Runtime], None], ...] = (_policy, _forge, _paths, _redis_url, _slack_api_url, _database_url)
+def _dbt_cloud(rt: Runtime) -> None:
+    dbt_cloud_ready(rt.config)
+
+
+def dbt_cloud_ready(config) -> None:
+    """With a `dbt_cloud:` section, `serve` checks webhooks with its secret and workers read artifacts with its token."""
+    if config.settings.dbt_cloud is None:
+        return
+    missing = [name for name, value in (("DBT_CLOUD_WEBHOOK_SECRET", config.env.dbt_cloud_webhook_secret),
+                                        ("DBT_CLOUD_API_TOKEN", config.env.dbt_cloud_api_token)) if not value]
+    if missing:
+        raise ConfigError(f"{config.path}: dbt_cloud: is set, but {' and '.join(missing)} "
+                          f"{'is' if len(missing) == 1 else 'are'} not in the environment: the webhook's secret "
+                          "verifies job webhooks, the API token reads their runs' artifacts (docs/runs.md)")
+
+
+CHECKS: tuple[Callable[[Runtime], None], ...] = (_policy, _forge, _paths, _redis_url, _slack_api_url, _database_url,
+                                                 _dbt_cloud)

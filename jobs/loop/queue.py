@@ -42,6 +42,7 @@ from jobs.attribute import groups
 from jobs.config import Config, load_config
 from jobs.core.clock import Clock
 from jobs.core.errors import QueueUnavailable
+from jobs.detect.ingest import ingest_cloud_run
 from jobs.loop.failures import is_transient, mark_errored, redact
 from jobs.loop.flow import next_stage
 from jobs.loop.lease import held
@@ -155,6 +156,10 @@ class Jobs(ABC):
     def review(self, action: str, incident_id: int, actor: str, arg: str, reply_to: str | None = None) -> None: ...
 
     @abstractmethod
+    def ingest(self, run_id: int) -> None:
+        """Fetch a finished dbt Cloud run's artifacts and record the run (a job webhook's work)."""
+
+    @abstractmethod
     def tell(self, channel: str, user: str, text: str) -> None:
         """An ephemeral message to one person in a channel (a refusal they should see)."""
 
@@ -224,6 +229,9 @@ class InlineJobs(Jobs):
 
     def review(self, action: str, incident_id: int, actor: str, arg: str, reply_to: str | None = None) -> None:
         self._submit(lambda: perform_review(self.rt, self, action, incident_id, actor, arg, reply_to))
+
+    def ingest(self, run_id: int) -> None:
+        self._submit(lambda: ingest_cloud_run(self.rt, run_id))
 
     def tell(self, channel: str, user: str, text: str) -> None:
         self._submit(lambda: _import(TELL)(channel, user, text, rt=self.rt))
@@ -322,6 +330,11 @@ class RQJobs(Jobs):
         self._enqueue(self.stages, "jobs.loop.queue.review_job", (action, incident_id, actor, arg, reply_to), "propose",
                       incident_id=incident_id, lost=False)
 
+    def ingest(self, run_id: int) -> None:
+        # One job per dbt Cloud run: a webhook delivered again while it waits is not queued twice.
+        self._enqueue(self.stages, "jobs.loop.queue.ingest_job", (run_id,), "check", job_id=f"cairn-ingest-{run_id}",
+                      lost=False)
+
     def tell(self, channel: str, user: str, text: str) -> None:
         self._enqueue(self.notifications, TELL, (channel, user, text), "notify")
 
@@ -413,6 +426,11 @@ def review_job(action: str, incident_id: int, actor: str, arg: str, reply_to: st
                at: str | None = None) -> None:
     with _job_runtime(at) as (rt, jobs):
         perform_review(rt, jobs, action, incident_id, actor, arg, reply_to)
+
+
+def ingest_job(run_id: int, at: str | None = None) -> None:
+    with _job_runtime(at) as (rt, _jobs):
+        ingest_cloud_run(rt, run_id)
 
 
 def on_job_failure(job, connection, exc_type, exc, tb) -> None:

@@ -198,6 +198,49 @@ stage_leases = sa.Table(
     sa.Column("expires_at", UTCDateTime, nullable=False),
 )
 
+# Production dbt runs (jobs.detect.ingest): one row per dbt invocation, so a re-ingested run is refused
+# by the database itself, and one row per node result (a build's, or a source's freshness).
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("invocation_id", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),  # "artifacts" or "dbt_cloud"
+    sa.Column("cloud_run_id", sa.BigInteger, nullable=True),
+    sa.Column("command", sa.String(32), nullable=True),
+    sa.Column("dbt_version", sa.String(32), nullable=True),
+    sa.Column("project", sa.String(200), nullable=True),
+    sa.Column("generated_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("elapsed", sa.Float, nullable=True),
+    sa.Column("sha", sa.String(64), nullable=True),
+    sa.Column("sha_source", sa.String(64), nullable=True),
+    sa.Column("ingested_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("invocation_id"),
+    sa.Index(None, "generated_at"),
+)
+
+run_nodes = sa.Table(
+    "run_nodes",
+    metadata,
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("phase", sa.String(16), primary_key=True),  # "build" or "freshness"
+    sa.Column("unique_id", sa.String(512), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),  # its place in the artifact: the order dbt ran it in
+    sa.Column("resource_type", sa.String(32), nullable=True),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("message", sa.Text, nullable=True),
+    sa.Column("failures", sa.BigInteger, nullable=True),
+    sa.Column("execution_time", sa.Float, nullable=True),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("completed_at", UTCDateTime, nullable=True),
+    sa.Column("relation_name", sa.Text, nullable=True),
+    sa.Column("path", sa.Text, nullable=True),
+    sa.Column("compiled_code", sa.Text, nullable=True),
+    sa.Column("details", sa.JSON, nullable=False),
+)
+
+
 def alembic_config(connection: Connection | None = None, url: str | None = None):
     """The Alembic config for Cairn's migrations, built in code (no alembic.ini)."""
     from alembic.config import Config

@@ -1,4 +1,4 @@
-"""Cairn's durable store: observations, incidents, the audit log, rebaselines, org state and PRs."""
+"""Cairn's durable store: observations, incidents, the audit log, rebaselines, org state, PRs and runs."""
 
 from __future__ import annotations
 
@@ -29,13 +29,14 @@ from jobs.store.database import (
 )
 from jobs.store.leases import LeaseStore
 from jobs.store.prs import PullRequestStore
+from jobs.store.runs import RunStore
 
 _INCIDENT_FIELDS = {"status", "severity", "value", "baseline", "change_pct", "reason", "details", "resolved_at",
                     "group_id"}
 
 
-# Pull requests, chat messages and stage leases are mixins so this module stays one concept's size.
-class Store(PullRequestStore, ChatMessageStore, LeaseStore):
+# Pull requests, chat messages, stage leases and runs are mixins so this module stays one concept's size.
+class Store(PullRequestStore, ChatMessageStore, LeaseStore, RunStore):
     """Every read and write Cairn makes to its own database; each method is one transaction."""
 
     def __init__(self, url: str, clock: Clock | None = None) -> None:

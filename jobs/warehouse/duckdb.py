@@ -56,6 +56,13 @@ class DuckDBWarehouse:
             )
         return qualified_name(self.catalog, node["schema"], identifier(node), self.dialect)
 
+    def columns(self, relation: str) -> set[str] | None:
+        """`relation`'s column names, lower-cased; None when it does not exist."""
+        try:
+            return {row[0].lower() for row in self._con.execute(f"DESCRIBE {relation}").fetchall()}
+        except duckdb.CatalogException:
+            return None
+
     def column_types(self, relation: str) -> dict:
         return {}  # DuckDB compares DATE and TIMESTAMP(TZ) columns with a UTC TIMESTAMP literal as is
 

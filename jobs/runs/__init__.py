@@ -1,0 +1,1 @@
+"""Production dbt runs: their artifacts, read from a target directory or fetched from dbt Cloud."""
