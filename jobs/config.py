@@ -166,8 +166,8 @@ class VerificationSettings(_Section):
     sandboxes: Path = Field(Path(".cairn/sandboxes"), description="Where incident sandboxes are made.")
     isolation: Literal["auto", "bwrap", "none"] = Field(
         "auto", description="How dbt runs a revert's code (deps, parse, build): always in a child process without "
-                            "Cairn's secrets; `bwrap` also jails it (read-only filesystem but the sandbox, production "
-                            "read-only, no network on DuckDB) and refuses every build where bubblewrap does not work; "
+                            "Cairn's secrets; `bwrap` also jails it (read-only filesystem but the sandboxes directory, "
+                            "production read-only, no network on DuckDB) and refuses every build where bubblewrap does not work; "
                             "`auto` jails where it works, and otherwise refuses selections with Python models; `none` "
                             "never jails (Python models refused).")
     bwrap: str = Field("bwrap", description="The bubblewrap binary (a name on PATH or a path); self-tested once per process.")

@@ -110,7 +110,7 @@ def test_the_retry_counts_against_the_budget() -> None:
     assert no_followers.builds == 1 and no_followers.fix is None
 
 
-@pytest.mark.parametrize("position", [0, 3, 7])
+@pytest.mark.parametrize("position", [0, 3, 6, 7])
 def test_a_deploy_checks_build_stands_in_for_reverting_every_candidate(position: int) -> None:
     history = commits(8)
     ranked = history[::-1]
@@ -119,8 +119,18 @@ def test_a_deploy_checks_build_stands_in_for_reverting_every_candidate(position:
     search = find_fix(ranked, try_revert, recovered_without=deploy_reverted)
     assert search.fix is not None and search.fix.reverted == (history[position].sha,)
     assert tuple(c.sha for c in history) not in built  # no build of every candidate at once
+    assert built[:2] == [(ranked[0].sha,), (ranked[1].sha,)][:len(built)]  # the top two alone, then bisection
     without = find_fix(ranked, world(history[position])[0])
-    assert search.builds <= without.builds - 1 or position == 7  # the newest is also the top-ranked: 1 build
+    assert search.builds <= without.builds <= math.ceil(math.log2(8)) + 3
+    assert search.builds == {7: 1, 6: 2}.get(position, search.builds)
+
+
+def test_the_runner_up_found_right_after_a_deploy_check_costs_two_builds() -> None:
+    history = commits(8)
+    ranked = [history[3], history[5], *history[:3], history[4], *history[6:]]
+    try_revert, built = world(history[5])
+    search = find_fix(ranked, try_revert, recovered_without={c.sha for c in history})
+    assert built == [(history[3].sha,), (history[5].sha,)] and search.fix.reverted == (history[5].sha,)
 
 
 def test_a_deploy_check_that_missed_a_candidate_does_not_stand_in() -> None:

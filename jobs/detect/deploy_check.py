@@ -147,10 +147,12 @@ def check_deploys(rt: Runtime, outcomes: list) -> list:
                            dedup_key=f"deploy:{deploy.from_sha}:{deploy.to_sha}:skipped")
         return outcomes
     changed = {}
-    with DbtServers(sandboxes.isolation, rt.sandboxes_root, sandboxes.protected) as servers:
-        for deploy, reached in by_deploy.items():
-            if _killed(rt, deploy, reached):
-                continue
+    live = [(deploy, reached) for deploy, reached in by_deploy.items() if not _killed(rt, deploy, reached)]
+    if not live:
+        return outcomes
+    with DbtServers(sandboxes.isolation, rt.sandboxes_root, sandboxes.protected,
+                    prestart=(sandboxes.network,)) as servers:
+        for deploy, reached in live:
             for outcome in _check(rt, sandboxes, servers, deploy, reached):
                 changed[outcome.contract.id] = outcome
     return [changed.get(o.contract.id, o) for o in outcomes]

@@ -132,7 +132,8 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
         return result
 
     try:  # one warm dbt for every build of this verification (jobs.project.isolation.DbtServers)
-        with DbtServers(sandboxes.isolation, rt.sandboxes_root, sandboxes.protected) as servers:
+        with DbtServers(sandboxes.isolation, rt.sandboxes_root, sandboxes.protected,
+                        prestart=(sandboxes.network,)) as servers:
             search = find_fix(ranked, try_revert, rt.config.settings.verification.max_builds, followers=lambda c: (
                 conflicting_followers(rt.config.repo_dir, c.sha, deployed, rt.sandboxes_root, label=str(incident.id))),
                 recovered_without=_recovered_by_deploy_check(group))

@@ -238,23 +238,30 @@ class DbtServers:
     Neither reaches Cairn's secrets or production (the jail is the same), and a revert's code can fake its
     own build's result anyway; verifications of different incidents never share a server."""
 
-    def __init__(self, isolation: Isolation, root: Path, readonly: Sequence[Path] = ()):
+    def __init__(self, isolation: Isolation, root: Path, readonly: Sequence[Path] = (), *,
+                 prestart: Sequence[bool] = ()):
+        """`prestart`: the network needs to start a server for now, so dbt imports while Cairn makes the
+        worktree and the clone of the first build (the sandboxes adapter's `network`)."""
         self.isolation, self.root, self.readonly = isolation, Path(root).resolve(), tuple(readonly)
         self._servers: dict[bool, DbtServer] = {}
         self.started = 0  # dbt processes started cold: one per network need, unless a build killed one
+        for network in prestart:
+            self._server(network)
 
     def serves(self, child: Child) -> bool:
         return (child.isolation == self.isolation and tuple(child.readonly) == self.readonly
                 and all(Path(p).resolve().is_relative_to(self.root) for p in child.writable))
 
     def run(self, child: Child, request: Mapping[str, Any]) -> dict[str, Any]:
-        server = self._servers.get(child.network)
+        return self._server(child.network).run(request)
+
+    def _server(self, network: bool) -> DbtServer:
+        server = self._servers.get(network)
         if server is None or not server.alive:  # first use, or the last build killed it
             self.root.mkdir(parents=True, exist_ok=True)
             self.started += 1
-            server = self._servers[child.network] = DbtServer(self.isolation, (self.root,), self.readonly,
-                                                              child.network)
-        return server.run(request)
+            server = self._servers[network] = DbtServer(self.isolation, (self.root,), self.readonly, network)
+        return server
 
     def close(self) -> None:
         for server in self._servers.values():

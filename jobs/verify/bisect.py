@@ -8,8 +8,9 @@ arbitrary subset might conflict), and finally the culprit alone, which is what t
 
 When the incident came from a deploy check, that check's build already reverted every candidate (and
 perhaps other commits of the deploy, which do not reach the metric) and measured the metric back at its
-level: bisection starts from it instead of building "every candidate" again. Whatever bisection then
-points at is still built alone before anything is proposed.
+level: bisection starts from it instead of building "every candidate" again, and spends that build on the
+runner-up alone (right as often as the scorer's second guess is; the bound is unchanged). Whatever
+bisection then points at is still built alone before anything is proposed.
 
 A culprit whose revert alone conflicts (a later commit changed the same lines) is tried once more with
 those later commits, its followers, reverted together newest first: one more build, within the budget.
@@ -47,6 +48,7 @@ def find_fix(ranked: Sequence[Candidate], try_revert: TryRevert, max_builds: int
     """`recovered_without`: SHAs whose revert together is already known to bring the metric back (the deploy
     check's build); when they include every candidate, the "every candidate at once" build is skipped."""
     attempts: list[Verification] = []
+    tried: set[str] = set()  # candidates already built alone
 
     def attempt(group: Sequence[Candidate], *with_followers: Sequence[str]) -> Verification | None:
         if len(attempts) >= max_builds:
@@ -57,6 +59,7 @@ def find_fix(ranked: Sequence[Candidate], try_revert: TryRevert, max_builds: int
 
     def alone(culprit: Candidate) -> Verification | None:
         """The culprit's revert; when it conflicts, the culprit's with its followers instead."""
+        tried.add(culprit.sha)
         result = attempt([culprit])
         if result is None or result.verdict is not Verdict.conflict or followers is None:
             return result
@@ -79,7 +82,12 @@ def find_fix(ranked: Sequence[Candidate], try_revert: TryRevert, max_builds: int
     if first is not None and first.verdict is Verdict.verified:
         return done(first)
     history = sorted(ranked, key=lambda c: c.authored_at)  # oldest first
-    if not {c.sha for c in history} <= set(recovered_without):
+    if {c.sha for c in history} <= set(recovered_without):
+        # The deploy check's build stands in for "every candidate at once": that build goes to the runner-up.
+        second = alone(ranked[1])
+        if second is not None and second.verdict is Verdict.verified:
+            return done(second)
+    else:
         everything = attempt(history)
         if everything is None or everything.verdict is not Verdict.verified:
             return done(None)  # reverting the whole range does not recover: not a code change here
@@ -94,7 +102,7 @@ def find_fix(ranked: Sequence[Candidate], try_revert: TryRevert, max_builds: int
         else:
             hi = mid - 1
     culprit = history[lo]
-    if culprit.sha == ranked[0].sha:
+    if culprit.sha in tried:
         return done(None)  # already tried alone, and it did not recover alone
     fix = next((a for a in attempts if a.reverted == (culprit.sha,)), None) or alone(culprit)
     return done(fix if fix is not None and fix.verdict is Verdict.verified else None)

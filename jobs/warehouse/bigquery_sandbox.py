@@ -182,6 +182,7 @@ class BigQuerySandboxes:
     """
 
     name = "bigquery"
+    network = True  # its builds call the BigQuery API
     checks_deploys = False  # a build per deploy is not under the byte budget's admission check yet
 
     protected: tuple[Path, ...] = ()  # production is remote: IAM and the guards keep it read-only

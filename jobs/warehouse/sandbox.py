@@ -81,6 +81,7 @@ class DuckDBSandboxes:
     """The DuckDB adapter of `jobs.warehouse.sandboxes`: sandboxes are copies of the production file."""
 
     name = "duckdb"
+    network = False  # its builds open a local file
     checks_deploys = True  # a copy costs a file copy and a scoped local build
 
     def __init__(self, production: Path, root: Path, isolation: Isolation | None = None):

@@ -87,6 +87,7 @@ class Sandbox(Protocol):
 
 class Sandboxes(Protocol):
     name: str  # 'duckdb', 'bigquery', 'snowflake'
+    network: bool  # whether its builds reach the warehouse over the network: the jail its dbt server needs
     checks_deploys: bool  # whether deploy checks (jobs.detect.deploy_check) build here
     isolation: Isolation  # how dbt runs a revert's code here
     protected: tuple[Path, ...]  # production's files: read-only to every build

@@ -214,6 +214,7 @@ class SnowflakeSandboxes:
     """
 
     name = "snowflake"
+    network = True  # its builds call Snowflake
     checks_deploys = False  # a build per deploy is not under the warehouse-time budget's admission yet
     protected: tuple[Path, ...] = ()  # production is remote: the statement guard and grants keep it read-only
     # The generated profile reads these through env_var(): the child that runs dbt gets them, nothing else of Cairn's.
