@@ -71,7 +71,7 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
     the incident ID; a deploy check has no incident); `deltas` takes sample-row deltas. `followers`: later
     commits reverted with the culprit `shas[0]` because they change its lines (`jobs.project.followers`).
     `servers`: the warm dbt servers the verification's builds share (`jobs.project.isolation.DbtServers`);
-    without them, each dbt invocation starts its own."""
+    without them, its invocations share servers of their own."""
     check_inputs(shas, models, contract, metric_model)
     phases: dict[str, float] = {}
     targets, metrics = group_targets(incident_id, contract, band, before, metric_model, also)
@@ -86,6 +86,8 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
                   isolation=isolation.describe(), followers=tuple(followers))
     name = label or str(incident_id)
     with ExitStack() as cleanup:  # unwinds worktree and sandbox even when an exception escapes
+        if servers is None:  # this verification's own: its deps, plan, estimate and build share one dbt
+            servers = cleanup.enter_context(DbtServers(isolation, sandboxes_root, sandboxes.protected))
         with timed(phases, "worktree"):
             tree = cleanup.enter_context(Worktree.create(repo, deployed_sha, sandboxes_root, label=name))
         with timed(phases, "revert"):
