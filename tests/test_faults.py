@@ -1,0 +1,263 @@
+"""Fault injection: the loop under the failures production sees, each ending in the same invariants.
+
+Every test lands one regression on the scenario baseline (PayPal payments fall out of revenue), checks it
+with `cairn check --at` and runs the loop on real `cairn worker` processes over a Redis of the test's own
+(a private `redis-server`), with the card going to a local server that answers like Slack. The fault is
+injected in what Cairn talks to — its worker process, Redis, PostgreSQL, Slack, GitHub, the disk — never in
+Cairn's code. Whatever happened, the test ends with `healed`: one card, at most one PR, no sandbox or
+worktree left, the incident at a terminal state (or resumed to one by the next worker start), and the audit
+trail whole and in order. The figures in README.md's "Reliability" section are what these tests print.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bot.demo import commit
+from examples.generate import add_day
+from tests.deployment import at
+from tests.slack_server import SlackAPI
+from tests.test_scenarios import CHECK, DAY, PAYPAL_FILTER, Case, deploy_copy, land, production_dbt
+from tests.test_slack_e2e import _listening, free_port, start, stop, wait_for
+
+pytestmark = pytest.mark.slow
+
+CHANNEL, TOKEN = "C0FAULTS01", "xoxb-cairn-faults-token"
+REVENUE = "revenue.net_daily"
+# The loop's audit trail for a verified revert that became a PR, in order; each event exactly once.
+TRAIL = ("incident.opened", "attribution.started", "attribution.finished", "verification.attempt",
+         "verification.finished", "decision.made")
+
+
+# --- the processes a test starts --------------------------------------------------------------
+
+
+class PrivateRedis:
+    """A redis-server of the test's own, without persistence: a restart loses everything, as a fresh node does."""
+
+    def __init__(self, directory: Path):
+        self.port = free_port()
+        self.directory = directory
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.directory)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for("redis to listen", lambda: _listening(self.port), timeout=20)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def client(self):
+        from redis import Redis
+
+        return Redis.from_url(self.url)
+
+
+# --- one deployment, one regression ---------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    root: Path
+    env: dict[str, str]
+    redis: PrivateRedis
+    slack: SlackAPI
+    logs: list[Path] = field(default_factory=list)
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def sandboxes(self) -> Path:
+        return self.root / ".cairn" / "sandboxes"
+
+    def store(self):
+        from jobs.store.store import Store
+
+        return Store.open(self.env.get("CAIRN_DATABASE_URL") or f"sqlite:///{self.root / '.cairn' / 'cairn.db'}")
+
+    def read(self, what: Callable[[Any], Any]) -> Any:
+        store = self.store()
+        try:
+            return what(store)
+        finally:
+            store.close()
+
+    def incident(self):
+        return self.read(lambda s: next((i for i in s.incidents() if i.contract_id == REVENUE), None))
+
+    def status(self) -> str | None:
+        incident = self.incident()
+        return incident.status.value if incident else None
+
+    def cairn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bot.cli", *args], env=env or self.env, capture_output=True,
+                              text=True, timeout=600)
+
+    def check(self) -> subprocess.CompletedProcess:
+        done = self.cairn("check", "--at", CHECK.isoformat())
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    def worker(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = self.root.parent / f"worker-{len(self.logs) + 1}.log"
+        self.logs.append(log)
+        proc = start(["worker", *args], env or self.env, log)
+        self.procs.append(proc)
+        return proc
+
+    def job_pid(self, stage: str, incident_id: int) -> int | None:
+        """The work horse's PID once the stage's job runs (jobs.loop.queue.stage_job records it)."""
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+
+        try:
+            return Job.fetch(f"cairn-{stage}-{incident_id}", connection=self.redis.client()).get_meta().get("pid")
+        except NoSuchJobError:
+            return None
+
+    def settled(self) -> bool:
+        """No job queued, scheduled for a retry, or running."""
+        from rq import Queue
+
+        redis = self.redis.client()
+        queues = [Queue("cairn", connection=redis), Queue("cairn-notify", connection=redis)]
+        return not any(q.count or q.started_job_registry.count or q.scheduled_job_registry.count for q in queues)
+
+
+def configure(root: Path, **extra: Any) -> None:
+    path = root / "cairn.yml"
+    data = yaml.safe_load(path.read_text())
+    data["slack"] = {"channel": CHANNEL}
+    # Retries as in production, with short backoffs; a dead worker's lease expires within seconds.
+    data["queue"] = {"retries": 2, "backoff": [1, 2], "lease": "2s"}
+    data.update(extra)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    commit(root, "Cairn: alert channel, fast leases", at(DAY, 8))
+
+
+@pytest.fixture
+def make_stack(scenario_baseline: Path, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    made: list[Stack] = []
+    with SlackAPI(token=TOKEN, channels=(CHANNEL,)) as slack:
+        def make(env: dict[str, str] | None = None, **settings: Any) -> Stack:
+            root = deploy_copy(scenario_baseline, tmp_path / "shop")
+            configure(root, **settings)
+            land(root, Case("faults", (PAYPAL_FILTER,)))
+            add_day(root / "warehouse.duckdb", DAY)
+            assert production_dbt(root).build().success
+            redis = PrivateRedis(tmp_path)
+            redis.start()
+            full = {**os.environ, "REDIS_URL": redis.url, "SLACK_BOT_TOKEN": TOKEN, "SLACK_API_URL": slack.base_url,
+                    "CAIRN_CONFIG": str(root / "cairn.yml"), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", **(env or {})}
+            for unset in ("GITHUB_TOKEN", "CAIRN_DATABASE_URL", "ANTHROPIC_API_KEY"):
+                if unset not in (env or {}):
+                    full.pop(unset, None)
+            stack = Stack(root, full, redis, slack)
+            made.append(stack)
+            return stack
+
+        yield make
+    for stack in made:
+        for proc in stack.procs:
+            stop(proc)
+        stack.redis.kill()
+        for log in stack.logs:
+            print(f"--- {log.name}\n" + log.read_text()[-4000:])
+
+
+def kill_worker(stack: Stack, worker: subprocess.Popen, horse: int) -> None:
+    """A lost machine: the work horse (a session of its own) and its worker, SIGKILLed."""
+    os.kill(horse, signal.SIGKILL)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait(timeout=10)
+
+
+def finish(stack: Stack, *, timeout: float = 600) -> float:
+    """A fresh `cairn worker --burst` (it reconciles first) runs until the queues are empty; its seconds."""
+    started = time.monotonic()
+    worker = stack.worker("--burst")
+    assert worker.wait(timeout=timeout) == 0, stack.logs[-1].read_text()[-4000:]
+    return time.monotonic() - started
+
+
+# --- the invariants -------------------------------------------------------------------------
+
+
+def healed(stack: Stack, status: str = "pr_opened") -> list:
+    """One card, at most one PR, nothing left on disk, the incident where it should end, the trail in order.
+    The incident's audit events."""
+    incident = stack.incident()
+    assert incident is not None and incident.status.value == status, incident and incident.details.error
+    cards = [m for m in stack.slack.messages(CHANNEL).values() if m.get("thread_ts", m["ts"]) == m["ts"]]
+    assert len(cards) == 1, [c["text"] for c in cards]
+    posted = stack.read(lambda s: s.chat_message(incident.id, "card"))
+    assert posted is not None and posted.ts == cards[0]["ts"], "the store knows the card it updates"
+    assert cards[0]["text"].startswith({"pr_opened": "PR opened", "errored": "Errored"}.get(status, "")), cards[0]
+    prs = [p for p in stack.read(lambda s: [s.pull_request_for(i.id) for i in s.incidents()]) if p is not None]
+    assert len(prs) <= 1 and (status != "pr_opened" or len(prs) == 1)
+    branches = stack.root and subprocess.run(["git", "-C", str(stack.root), "branch", "--list", "cairn/*"],
+                                             capture_output=True, text=True).stdout.split()
+    assert len(branches) <= 1, branches
+    assert list(stack.sandboxes.glob("*")) == [], "no sandbox or worktree is left"
+    worktrees = subprocess.run(["git", "-C", str(stack.root), "worktree", "list", "--porcelain"],
+                               capture_output=True, text=True).stdout
+    assert worktrees.count("worktree ") == 1, worktrees
+    events = stack.read(lambda s: s.audit_events(incident.id))
+    names = [e.name for e in events]
+    expected = TRAIL if status == "pr_opened" else TRAIL[:1]
+    for name in expected:
+        assert names.count(name) == 1, (name, names)
+    assert [n for n in names if n in expected] == list(expected), names
+    times = [e.at for e in events]
+    assert times == sorted(times), "the trail is in the order it happened"
+    return events
+
+
+def resumed(events: list) -> list[dict]:
+    return [e.data for e in events if e.name == "loop.resumed"]
+
+
+# --- SIGKILL of the worker at every stage boundary ------------------------------------------
+
+
+@pytest.mark.parametrize("stage", ["attribute", "verify", "propose"])
+def test_a_worker_sigkilled_as_a_stage_starts_is_resumed_by_the_next_worker(make_stack, stage: str) -> None:
+    stack = make_stack()
+    worker = stack.worker()
+    stack.check()
+    incident_id = stack.incident().id
+    horse = wait_for(f"the {stage} job's work horse", lambda: stack.job_pid(stage, incident_id), every=0.05)
+    kill_worker(stack, worker, horse)
+    killed_at = time.monotonic()
+    status = stack.status()
+    assert status in {"attribute": ("detected", "attributing"), "verify": ("verifying",),
+                      "propose": ("verified",)}[stage], status
+    # A dead worker's job stays "started" in RQ; its lease is what says no one works on it any more.
+    from jobs.core.clock import Clock
+
+    wait_for("the dead worker's lease to expire", lambda: not stack.read(lambda s: s.live_leases(Clock().now())),
+             timeout=30)
+    time.sleep(2)  # the started job is older than a lease: dead
+    seconds = finish(stack)
+    events = healed(stack)
+    assert resumed(events) == [{"stage": stage, "status": status, "why": "no live job", "resume": 1}]
+    print(f"FIGURE sigkill-{stage}: recovered {time.monotonic() - killed_at:.1f}s after the kill "
+          f"(burst worker {seconds:.1f}s)")
