@@ -183,6 +183,15 @@ def make_stack(scenario_baseline: Path, tmp_path: Path) -> Iterator[Callable[...
             print(f"--- {log.name}\n" + log.read_text()[-4000:])
 
 
+def run_until(stack: Stack, stage: str) -> tuple[subprocess.Popen, int, int]:
+    """A worker, the check, and the moment the stage's job starts: the worker, the incident, the work horse."""
+    worker = stack.worker()
+    stack.check()
+    incident_id = stack.incident().id
+    horse = wait_for(f"the {stage} job's work horse", lambda: stack.job_pid(stage, incident_id), every=0.05)
+    return worker, incident_id, horse
+
+
 def kill_worker(stack: Stack, worker: subprocess.Popen, horse: int) -> None:
     """A lost machine: the work horse (a session of its own) and its worker, SIGKILLed."""
     os.kill(horse, signal.SIGKILL)
@@ -231,8 +240,13 @@ def healed(stack: Stack, status: str = "pr_opened") -> list:
     return events
 
 
-def resumed(events: list) -> list[dict]:
-    return [e.data for e in events if e.name == "loop.resumed"]
+def resumed(stack: Stack, stage: str, status: str) -> tuple[float, list]:
+    """The next worker start resumes the incident once, at `stage`, and takes it to its PR: its seconds, the trail."""
+    seconds = finish(stack)
+    events = healed(stack)
+    assert [e.data for e in events if e.name == "loop.resumed"] == [
+        {"stage": stage, "status": status, "why": "no live job", "resume": 1}]
+    return seconds, events
 
 
 # --- SIGKILL of the worker at every stage boundary ------------------------------------------
@@ -241,10 +255,7 @@ def resumed(events: list) -> list[dict]:
 @pytest.mark.parametrize("stage", ["attribute", "verify", "propose"])
 def test_a_worker_sigkilled_as_a_stage_starts_is_resumed_by_the_next_worker(make_stack, stage: str) -> None:
     stack = make_stack()
-    worker = stack.worker()
-    stack.check()
-    incident_id = stack.incident().id
-    horse = wait_for(f"the {stage} job's work horse", lambda: stack.job_pid(stage, incident_id), every=0.05)
+    worker, _, horse = run_until(stack, stage)
     kill_worker(stack, worker, horse)
     killed_at = time.monotonic()
     status = stack.status()
@@ -256,8 +267,41 @@ def test_a_worker_sigkilled_as_a_stage_starts_is_resumed_by_the_next_worker(make
     wait_for("the dead worker's lease to expire", lambda: not stack.read(lambda s: s.live_leases(Clock().now())),
              timeout=30)
     time.sleep(2)  # the started job is older than a lease: dead
-    seconds = finish(stack)
-    events = healed(stack)
-    assert resumed(events) == [{"stage": stage, "status": status, "why": "no live job", "resume": 1}]
+    seconds, _ = resumed(stack, stage, status)
     print(f"FIGURE sigkill-{stage}: recovered {time.monotonic() - killed_at:.1f}s after the kill "
           f"(burst worker {seconds:.1f}s)")
+
+
+# --- GitHub answering 429, 5xx, and too late ------------------------------------------------
+
+
+def test_github_429_5xx_and_timeouts_still_open_exactly_one_pr(make_stack) -> None:
+    from jobs.project.git import Git
+    from tests.github_server import FakeGitHub
+    from tests.test_forge import seed_from
+
+    with FakeGitHub() as github:
+        stack = make_stack(env={"GITHUB_TOKEN": "ghp_faultsfaultsfaults"},
+                           forge={"github": {"repo": "acme/shop", "base_url": github.base_url}})
+        seed_from(github, Git(stack.root))
+        repo = "/repos/acme/shop"
+        github.fail("POST", f"{repo}/git/blobs", 429, "You have exceeded a secondary rate limit")
+        for _ in range(11):  # more 503s than PyGithub retries at once: the stage fails and RQ retries it
+            github.fail("GET", f"{repo}/git/commits/\\w+", 503, "Service Unavailable")
+        github.lose_answer("POST", f"{repo}/git/refs", status=200, stall=16)  # the branch made; PyGithub times out
+        github.lose_answer("POST", f"{repo}/pulls", status=502)  # the PR opened; the gateway lost the answer
+        started = time.monotonic()
+        stack.worker()
+        stack.check()
+        wait_for("the PR card", lambda: stack.status() in ("pr_opened", "errored") and stack.settled(),
+                 timeout=400, every=0.5)
+        seconds = time.monotonic() - started
+        healed(stack)
+        assert len(github.pulls) == 1 and github.pulls[1]["state"] == "open"
+        assert github.pulls[1]["labels"], "labelled once opened"
+        creates = github.calls("POST", f"{repo}/pulls")
+        assert len(creates) == 2, "the lost answer's retry is told the PR exists, and finds it"
+        assert len(github.calls("POST", f"{repo}/git/refs")) == 2
+        assert stack.read(lambda s: s.pull_request_for(stack.incident().id)).number == 1
+        print(f"FIGURE github: {len(github.requests)} requests for 1 PR through 1 x 429, 11 x 503, a 16 s stall "
+              f"and a lost 502; PR card {seconds:.1f}s after the check started")
