@@ -272,6 +272,55 @@ def test_a_worker_sigkilled_as_a_stage_starts_is_resumed_by_the_next_worker(make
           f"(burst worker {seconds:.1f}s)")
 
 
+# --- Redis restarted mid-job ----------------------------------------------------------------
+
+
+def test_a_redis_restart_mid_verification_leaves_the_incident_to_the_next_worker(make_stack) -> None:
+    stack = make_stack()
+    worker, incident_id, _ = run_until(stack, "verify")
+    stack.redis.kill()  # SIGKILL, no persistence: every queue, registry and job record is gone
+    down_at = time.monotonic()
+    # The verification goes on without Redis; its card refresh and next stage cannot be enqueued: audited.
+    failed = wait_for("the failed enqueues", lambda: [e.data for e in stack.read(lambda s: s.audit_events(incident_id))
+                                                      if e.name == "job.enqueue_failed"], timeout=300, every=0.5)
+    assert stack.status() == "verified"
+    stack.redis.start()  # the same port, empty
+    down = time.monotonic() - down_at
+    worker.wait(timeout=60)  # the worker lost its connection and stopped: a supervisor restarts it
+    seconds, _ = resumed(stack, "propose", "verified")
+    assert {f["job"] for f in failed} >= {"stage_job"} and all("ConnectionError" in f["reason"] for f in failed)
+    print(f"FIGURE redis-restart: Redis down {down:.1f}s, {len(failed)} enqueues audited as failed, "
+          f"old worker exit {worker.returncode}, resumed and finished by the next worker in {seconds:.1f}s")
+
+
+# --- Slack answering 429, 5xx, and too late -------------------------------------------------
+
+
+def test_slack_429_5xx_and_a_timeout_still_leave_one_card_shown_current(make_stack) -> None:
+    stack = make_stack()
+    slack = stack.slack
+    slack.rate_limit("chat.postMessage", times=1, retry_after=1)  # the card's post: slack_sdk waits, retries
+    slack.server_error("chat.update", times=3)  # the first card update: slack_sdk retries twice, then RQ
+    slack.stall("chat.update", seconds=32)  # done, answered after slack_sdk's 30 s timeout: RQ retries
+    started = time.monotonic()
+    stack.worker()
+    stack.check()
+    wait_for("the PR card", lambda: stack.status() == "pr_opened" and stack.settled() and slack.uploads
+             and slack.messages(CHANNEL)[stack.read(lambda s: s.chat_message(stack.incident().id, "card")).ts]
+             ["text"].startswith("PR opened"), timeout=400, every=0.5)
+    seconds = time.monotonic() - started
+    healed(stack)
+    posts = [c for c in slack.calls_to("chat.postMessage") if not c.params.get("thread_ts")]
+    assert len(posts) == 2, "the 429 and its retry"
+    updates = slack.calls_to("chat.update")
+    assert len(updates) >= 5, "three 503s, the stalled one, and those that landed"
+    replies = [m["text"] for m in slack.thread(CHANNEL, posts[-1].params.get("ts") or
+                                               stack.read(lambda s: s.chat_message(stack.incident().id, "card")).ts)]
+    assert len(replies) == len(set(replies)), "each step threaded once"
+    print(f"FIGURE slack: card posted once after 1 x 429; {len(updates)} chat.update calls for 3 x 503 and "
+          f"1 stall of 32 s; PR card shown {seconds:.1f}s after the check started")
+
+
 # --- GitHub answering 429, 5xx, and too late ------------------------------------------------
 
 
