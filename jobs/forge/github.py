@@ -330,7 +330,8 @@ def _forge_error(action: str, exc: GithubException) -> ForgeError:
 
 @contextmanager
 def _github(action: str) -> Iterator[None]:
-    """GitHub's errors as ForgeError (429, 5xx and no answer as ForgeUnavailable); the message carries GitHub's words, never a header."""
+    """GitHub's errors as ForgeError (429, 5xx and no answer as ForgeUnavailable); the message carries GitHub's
+    words, never a header."""
     try:
         yield
     except GithubException as exc:
