@@ -157,20 +157,24 @@ def configure(root: Path, **extra: Any) -> None:
 def make_stack(scenario_baseline: Path, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     made: list[Stack] = []
     with SlackAPI(token=TOKEN, channels=(CHANNEL,)) as slack:
-        def make(env: dict[str, str] | None = None, **settings: Any) -> Stack:
+        def make(env: dict[str, str] | None = None, *, redis: bool = True, **settings: Any) -> Stack:
             root = deploy_copy(scenario_baseline, tmp_path / "shop")
             configure(root, **settings)
+            if (env or {}).get("CAIRN_DATABASE_URL"):
+                rebase_store(root, env["CAIRN_DATABASE_URL"])
             land(root, Case("faults", (PAYPAL_FILTER,)))
             add_day(root / "warehouse.duckdb", DAY)
             assert production_dbt(root).build().success
-            redis = PrivateRedis(tmp_path)
-            redis.start()
-            full = {**os.environ, "REDIS_URL": redis.url, "SLACK_BOT_TOKEN": TOKEN, "SLACK_API_URL": slack.base_url,
+            queue = PrivateRedis(tmp_path)
+            if redis:
+                queue.start()
+            full = {**os.environ, "REDIS_URL": queue.url, "SLACK_BOT_TOKEN": TOKEN, "SLACK_API_URL": slack.base_url,
                     "CAIRN_CONFIG": str(root / "cairn.yml"), "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", **(env or {})}
-            for unset in ("GITHUB_TOKEN", "CAIRN_DATABASE_URL", "ANTHROPIC_API_KEY"):
+            unsets = ("GITHUB_TOKEN", "CAIRN_DATABASE_URL", "ANTHROPIC_API_KEY", *(() if redis else ("REDIS_URL",)))
+            for unset in unsets:
                 if unset not in (env or {}):
                     full.pop(unset, None)
-            stack = Stack(root, full, redis, slack)
+            stack = Stack(root, full, queue, slack)
             made.append(stack)
             return stack
 
@@ -190,6 +194,25 @@ def run_until(stack: Stack, stage: str) -> tuple[subprocess.Popen, int, int]:
     incident_id = stack.incident().id
     horse = wait_for(f"the {stage} job's work horse", lambda: stack.job_pid(stage, incident_id), every=0.05)
     return worker, incident_id, horse
+
+
+def rebase_store(root: Path, url: str) -> None:
+    """The baseline's 28 backfilled days and its quiet morning check, in the store at `url` instead."""
+    from jobs.config import load_config
+    from jobs.core.clock import Clock
+    from jobs.detect.backfill import backfill
+    from jobs.detect.check import check
+    from jobs.runtime import Runtime
+    from tests.conftest import release_duckdb
+    from tests.test_scenarios import MORNING
+
+    rt = Runtime(load_config(root / "cairn.yml", env={"CAIRN_DATABASE_URL": url}), Clock(MORNING))
+    try:
+        backfill(rt, MORNING, 28)
+        check(rt)
+    finally:
+        rt.close()
+        release_duckdb()
 
 
 def kill_worker(stack: Stack, worker: subprocess.Popen, horse: int) -> None:
@@ -354,3 +377,40 @@ def test_github_429_5xx_and_timeouts_still_open_exactly_one_pr(make_stack) -> No
         assert stack.read(lambda s: s.pull_request_for(stack.incident().id)).number == 1
         print(f"FIGURE github: {len(github.requests)} requests for 1 PR through 1 x 429, 11 x 503, a 16 s stall "
               f"and a lost 502; PR card {seconds:.1f}s after the check started")
+
+
+# --- a full disk under the sandboxes --------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Callable[[Path, str], None]]:
+    """Mount a tmpfs of a given size over a directory (we run as root): writes past it fail with ENOSPC."""
+    mounted: list[Path] = []
+
+    def mount(where: Path, size: str) -> None:
+        where.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(where)
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_under_the_sandboxes_ends_the_incident_errored_with_the_reason(make_stack, small_disk) -> None:
+    stack = make_stack()
+    worker, incident_id, _ = run_until(stack, "attribute")
+    # Detection's own deploy check has built and removed its sandbox; the revert's will not fit.
+    small_disk(stack.sandboxes, "256k")
+    wait_for("the verification's end", lambda: stack.status() not in ("detected", "attributing", "verifying")
+             and stack.settled(), timeout=400, every=0.5)
+    events = healed(stack, "errored")
+    [failed] = [e.data for e in events if e.name == "stage.failed"]
+    assert failed["stage"] == "verify" and "No space left on device" in failed["reason"], failed
+    assert stack.incident().details.error.error_id == failed["error_id"]
+    card = stack.slack.messages(CHANNEL)[stack.read(lambda s: s.chat_message(incident_id, "card")).ts]
+    assert failed["error_id"] in str(card["blocks"]), "the card shows the error ID"
+    print(f"FIGURE full-disk: verify failed with {failed['reason'][:80]!r}; error {failed['error_id']}")
