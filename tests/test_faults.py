@@ -12,9 +12,11 @@ trail whole and in order. The figures in README.md's "Reliability" section are w
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -414,3 +416,70 @@ def test_a_full_disk_under_the_sandboxes_ends_the_incident_errored_with_the_reas
     card = stack.slack.messages(CHANNEL)[stack.read(lambda s: s.chat_message(incident_id, "card")).ts]
     assert failed["error_id"] in str(card["blocks"]), "the card shows the error ID"
     print(f"FIGURE full-disk: verify failed with {failed['reason'][:80]!r}; error {failed['error_id']}")
+
+
+# --- PostgreSQL restarted mid-check ---------------------------------------------------------
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of the test's own, run as the postgres user in a temporary directory."""
+
+    def __init__(self, directory: Path):
+        self.directory, self.port = directory, free_port()
+        self.bin = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1] if Path("/usr/lib/postgresql").is_dir() \
+            else None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def pg_ctl(self, *args: str) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        subprocess.run(["runuser", "-u", "postgres", "--", str(self.bin / "pg_ctl"), "-D", str(self.directory / "data"),
+                        "-o", options, "-l", str(self.directory / "log"), "-w", *args], check=True,
+                       capture_output=True)
+
+    def init(self) -> None:
+        shutil.chown(self.directory, "postgres")
+        subprocess.run(["runuser", "-u", "postgres", "--", str(self.bin / "initdb"), "-D", str(self.directory / "data"),
+                        "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"], check=True, capture_output=True)
+        self.pg_ctl("start")
+
+
+@pytest.fixture
+def postgres() -> Iterator[PrivatePostgres]:
+    # Not under pytest's tmp_path: the postgres user cannot enter root's private pytest directory.
+    server = PrivatePostgres(Path(tempfile.mkdtemp(prefix="cairn-faults-pg-")))
+    try:
+        if server.bin is None or shutil.which("runuser") is None:
+            pytest.skip("no PostgreSQL server binaries here")
+        server.init()
+        yield server
+        server.pg_ctl("-m", "immediate", "stop")
+    finally:
+        shutil.rmtree(server.directory, ignore_errors=True)
+
+
+def test_a_postgresql_restart_mid_check_does_not_lose_the_incident(make_stack, postgres) -> None:
+    stack = make_stack(env={"CAIRN_DATABASE_URL": postgres.url}, redis=False)  # the loop runs in the check
+    check = subprocess.Popen([sys.executable, "-m", "bot.cli", "check", "--at", CHECK.isoformat()], env=stack.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Detection's deploy check builds the deploy on a clone; meanwhile the store's pooled connections sit idle.
+    wait_for("the deploy check's sandbox", lambda: list(stack.sandboxes.glob("incident-deploy-*")), timeout=300)
+    took = [restart(postgres)]  # every connection the check holds is closed under it
+    # And again while the revert builds: the stage's lease heartbeat writes to the store every third of a lease.
+    wait_for("the verification's sandbox", lambda: list(stack.sandboxes.glob("incident-[0-9]*")), timeout=300,
+             every=0.05)
+    took.append(restart(postgres))
+    output, _ = check.communicate(timeout=600)
+    print(output[-3000:])
+    events = healed(stack)
+    assert check.returncode == 0, output[-2000:]
+    print(f"FIGURE postgres-restart: restarted in {took[0]:.1f}s during detection's deploy check and "
+          f"{took[1]:.1f}s mid-verification; check exit {check.returncode}, {len(events)} audit events")
+
+
+def restart(postgres: PrivatePostgres) -> float:
+    started = time.monotonic()
+    postgres.pg_ctl("-m", "fast", "restart")
+    return time.monotonic() - started
