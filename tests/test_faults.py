@@ -311,11 +311,13 @@ def test_a_redis_restart_mid_verification_leaves_the_incident_to_the_next_worker
     assert stack.status() == "verified"
     stack.redis.start()  # the same port, empty
     down = time.monotonic() - down_at
-    worker.wait(timeout=60)  # the worker lost its connection and stopped: a supervisor restarts it
+    # The worker lost its connection and stopped, saying why; a supervisor starts it again.
+    assert worker.wait(timeout=60) == 1
+    assert "Redis became unreachable" in stack.logs[0].read_text()
     seconds, _ = resumed(stack, "propose", "verified")
     assert {f["job"] for f in failed} >= {"stage_job"} and all("ConnectionError" in f["reason"] for f in failed)
     print(f"FIGURE redis-restart: Redis down {down:.1f}s, {len(failed)} enqueues audited as failed, "
-          f"old worker exit {worker.returncode}, resumed and finished by the next worker in {seconds:.1f}s")
+          f"the old worker stopped (exit 1), resumed and finished by the next worker in {seconds:.1f}s")
 
 
 # --- Slack answering 429, 5xx, and too late -------------------------------------------------
