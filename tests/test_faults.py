@@ -378,6 +378,10 @@ def test_github_429_5xx_and_timeouts_still_open_exactly_one_pr(make_stack) -> No
         creates = github.calls("POST", f"{repo}/pulls")
         assert len(creates) == 2, "the lost answer's retry is told the PR exists, and finds it"
         assert len(github.calls("POST", f"{repo}/git/refs")) == 2
+        assert len(github.calls("POST", f"{repo}/git/blobs")) == 2, "the 429 and PyGithub's retry after Retry-After"
+        reads = github.calls("GET", f"{repo}/git/commits/\\w+")
+        assert len(reads) == 12, "11 x 503 (PyGithub's first try and its 10 retries), then the queue's retry"
+        assert "failed transiently, RQ retries it" in "".join(log.read_text() for log in stack.logs)
         assert stack.read(lambda s: s.pull_request_for(stack.incident().id)).number == 1
         print(f"FIGURE github: {len(github.requests)} requests for 1 PR through 1 x 429, 11 x 503, a 16 s stall "
               f"and a lost 502; PR card {seconds:.1f}s after the check started")
