@@ -155,18 +155,34 @@ def configure(root: Path, **extra: Any) -> None:
     commit(root, "Cairn: alert channel, fast leases", at(DAY, 8))
 
 
+def deploy(baseline: Path, root: Path, database_url: str | None = None, **settings: Any) -> Path:
+    """The baseline configured, the regression landed, the day's data arrived and production rebuilt."""
+    deploy_copy(baseline, root)
+    configure(root, **settings)
+    if database_url:
+        rebase_store(root, database_url)
+    land(root, Case("faults", (PAYPAL_FILTER,)))
+    add_day(root / "warehouse.duckdb", DAY)
+    assert production_dbt(root).build().success
+    return root
+
+
+@pytest.fixture(scope="module")
+def landed(scenario_baseline: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One deployment built once, copied by every test that configures nothing of its own (two cores are shared)."""
+    return deploy(scenario_baseline, tmp_path_factory.mktemp("faults-landed") / "shop")
+
+
 @pytest.fixture
-def make_stack(scenario_baseline: Path, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+def make_stack(scenario_baseline: Path, landed: Path, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     made: list[Stack] = []
     with SlackAPI(token=TOKEN, channels=(CHANNEL,)) as slack:
         def make(env: dict[str, str] | None = None, *, redis: bool = True, **settings: Any) -> Stack:
-            root = deploy_copy(scenario_baseline, tmp_path / "shop")
-            configure(root, **settings)
-            if (env or {}).get("CAIRN_DATABASE_URL"):
-                rebase_store(root, env["CAIRN_DATABASE_URL"])
-            land(root, Case("faults", (PAYPAL_FILTER,)))
-            add_day(root / "warehouse.duckdb", DAY)
-            assert production_dbt(root).build().success
+            database_url = (env or {}).get("CAIRN_DATABASE_URL")
+            if settings or database_url:
+                root = deploy(scenario_baseline, tmp_path / "shop", database_url, **settings)
+            else:
+                root = deploy_copy(landed, tmp_path / "shop")
             queue = PrivateRedis(tmp_path)
             if redis:
                 queue.start()
