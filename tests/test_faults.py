@@ -136,12 +136,17 @@ class Stack:
             return None
 
     def settled(self) -> bool:
-        """No job queued, scheduled for a retry, or running."""
+        """No job queued, scheduled for a retry, or running, twice half a second apart: a job a worker is
+        dequeuing sits in neither the queue nor the started registry for a moment."""
         from rq import Queue
 
         redis = self.redis.client()
         queues = [Queue("cairn", connection=redis), Queue("cairn-notify", connection=redis)]
-        return not any(q.count or q.started_job_registry.count or q.scheduled_job_registry.count for q in queues)
+
+        def idle() -> bool:
+            return not any(q.count or q.started_job_registry.count or q.scheduled_job_registry.count for q in queues)
+
+        return idle() and (time.sleep(0.5) or idle())
 
 
 def configure(root: Path, **extra: Any) -> None:
