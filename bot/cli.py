@@ -297,8 +297,11 @@ def worker(ctx: click.Context, burst: bool) -> None:
     """An RQ worker (Procfile `worker`) on the stage and notify queues, with RQ's scheduler for retries."""
     import os
 
+    from redis.exceptions import RedisError
     from rq import Worker
 
+    from jobs.core.errors import QueueUnavailable
+    from jobs.loop.failures import redact
     from jobs.loop.queue import RQJobs
     from jobs.loop.reconcile import reconcile
     from jobs.runtime import Runtime
@@ -317,7 +320,12 @@ def worker(ctx: click.Context, burst: bool) -> None:
         rt.close()
     for line in render.reconciled_lines(done):
         click.echo(line)
-    Worker(jobs.queues, connection=jobs.redis).work(with_scheduler=True, burst=burst)
+    try:
+        Worker(jobs.queues, connection=jobs.redis).work(with_scheduler=True, burst=burst)
+    except RedisError as exc:
+        # RQ does not reconnect: say why the worker stopped rather than print an unexpected error's ID (the fault
+        # suite's Redis test); what it was running is resumed by the next start's reconcile.
+        raise QueueUnavailable(messages.WORKER_LOST_REDIS.format(error=redact(str(exc)))) from None
 
 
 @cli.command()

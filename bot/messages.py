@@ -49,6 +49,8 @@ KILLED_APPROVAL = ("The kill switch is on ({reason}, by {by}) and covers inciden
 HELD = ("Held by the kill switch: Cairn would now {would}; it did nothing beyond reading production and "
         "resumes at the next check once the switch is released.")
 NO_REDIS = "`cairn worker` runs RQ jobs from Redis: set REDIS_URL (without it, `cairn check` runs the loop in-process)."
+WORKER_LOST_REDIS = ("Redis became unreachable ({error}): this worker stops. Start it again once Redis is back "
+                     "(a process supervisor does); its start resumes every incident left in flight.")
 CHECK_ERRORED = ("a stage failed: incident {ids} ended errored; `cairn incident N` shows the stage, the reason and the "
                  "error ID")
 NO_SLACK = "`cairn serve` needs SLACK_BOT_TOKEN and, over HTTP, SLACK_SIGNING_SECRET (see docs/slack.md)."

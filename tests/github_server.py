@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,6 +56,7 @@ class FakeGitHub:
     comments: dict[int, list[str]] = field(default_factory=dict)
     check_runs: list[dict] = field(default_factory=list)
     failures: list[tuple[str, str, int, dict]] = field(default_factory=list)  # method, path regex, status, body
+    lost: list[tuple[str, str, int, float]] = field(default_factory=list)  # method, path regex, status, stall
     installation_token: str = "ghs_installation_token_from_fake"
     app_id: int | None = None  # with app_key (the App's public key, PEM): the JWT is verified
     app_key: str | None = None
@@ -103,6 +105,11 @@ class FakeGitHub:
     def fail(self, method: str, path: str, status: int, message: str) -> None:
         """Answer the next `method` on a path matching `path` (a regex) with an error."""
         self.failures.append((method, path, status, {"message": message}))
+
+    def lose_answer(self, method: str, path: str, status: int = 502, stall: float = 0.0) -> None:
+        """Do the next `method` on a path matching `path`, then, after `stall` seconds, answer `status`
+        instead of the result (200 keeps it): a gateway that lost GitHub's answer, or a client timing out."""
+        self.lost.append((method, path, status, stall))
 
     def files_at(self, sha: str) -> dict[str, bytes]:
         tree = self.trees[self.commits[sha]["tree"]]
@@ -292,10 +299,19 @@ class _Handler(BaseHTTPRequestHandler):
                 status, answer = 404, {"message": "Not Found"}
             else:
                 status, answer = self.github.answer(self.command, path, parse_qs(parts.query), body, dict(self.headers))
+            lost = next((f for f in self.github.lost if f[0] == self.command and re.fullmatch(f[1], path)), None)
+            if lost is not None:
+                self.github.lost.remove(lost)
+        if lost is not None:
+            time.sleep(lost[3])
+            if lost[2] != 200:
+                status, answer = lost[2], {"message": "Server Error"}
         data = json.dumps(answer).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
+        if status == 429:
+            self.send_header("Retry-After", "1")  # as GitHub's secondary rate limit answers
         self.end_headers()
         self.wfile.write(data)
 

@@ -83,10 +83,12 @@ class Upload:
 
 @dataclass
 class _Fault:
-    kind: str  # "ratelimit" | "error"
+    kind: str  # "ratelimit" | "error" | "server_error" | "stall"
     times: int
     error: str = "ratelimited"
     retry_after: int = 1
+    status: int = 503
+    seconds: float = 0.0
 
 
 class SlackError(Exception):
@@ -130,6 +132,7 @@ class SlackAPI:
         self._uploads: dict[str, Upload] = {}
         self._faults: dict[str, deque[_Fault]] = {}
         self._before: dict[str, deque[Callable[[], None]]] = {}
+        self._stalls: dict[int, float] = {}  # request thread -> seconds its answer is held
         self._not_in: set[str] = set()
         self._used_triggers: set[str] = set()
         self._ts_counter = itertools.count(1)
@@ -188,6 +191,17 @@ class SlackAPI:
         """Answer the next `times` calls of `method` with {"ok": false, "error": error}."""
         with self._lock:
             self._faults.setdefault(method, deque()).append(_Fault("error", times, error=error))
+
+    def server_error(self, method: str, times: int = 1, status: int = 503) -> None:
+        """Answer the next `times` calls of `method` with HTTP `status` (5xx) and no work done."""
+        with self._lock:
+            self._faults.setdefault(method, deque()).append(_Fault("server_error", times, status=status))
+
+    def stall(self, method: str, seconds: float, times: int = 1) -> None:
+        """Do the next `times` calls of `method`, then hold the answer for `seconds`: the client's timeout
+        fires although Slack did the work (the worst case of a timeout)."""
+        with self._lock:
+            self._faults.setdefault(method, deque()).append(_Fault("stall", times, seconds=seconds))
 
     def before_next(self, method: str, action: Callable[[], None]) -> None:
         """Run `action` once, when the next `method` call arrives and before it is answered: what
@@ -250,6 +264,13 @@ class SlackAPI:
 
     def answer(self, method: str, params: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict, dict]:
         """(HTTP status, JSON body, extra response headers) for one Web API call."""
+        answered = self._answer(method, params, headers)
+        stall = self._stalls.pop(threading.get_ident(), 0.0)
+        if stall:
+            time.sleep(stall)  # outside the lock: other calls are answered meanwhile
+        return answered
+
+    def _answer(self, method: str, params: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict, dict]:
         with self._lock:
             self._calls.append(Call(method, params, headers, time.monotonic()))
             if self._before.get(method):
@@ -293,6 +314,11 @@ class SlackAPI:
             queue.popleft()
         if fault.kind == "ratelimit":
             raise SlackError("ratelimited", status=429, retry_after=fault.retry_after)
+        if fault.kind == "server_error":
+            raise SlackError("internal_error", status=fault.status)
+        if fault.kind == "stall":
+            self._stalls[threading.get_ident()] = fault.seconds
+            return
         raise SlackError(fault.error)
 
     def _check_scope(self, method: str, params: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from jobs.core.errors import CairnError
+from jobs.core.errors import CairnError, TransientError
 from jobs.core.records import PullRequest
 
 CHECK_NAME = "cairn/recovery"
@@ -15,6 +15,11 @@ DEFAULT_LABELS = ("cairn", "revert")
 
 class ForgeError(CairnError):
     """The forge refused or failed an operation; the message says what to do next."""
+
+
+class ForgeUnavailable(TransientError, ForgeError):
+    """The code host is rate-limiting, failing (5xx) or not answering: the stage is retried with the queue's
+    backoff, and every write is safe to repeat."""
 
 
 class StaleApproval(ForgeError):

@@ -12,12 +12,22 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import requests
 from github import Auth, Github, GithubException, InputGitAuthor, InputGitTreeElement, UnknownObjectException
 from github.PullRequest import PullRequest as GitHubPull
 
 from jobs.core.masking import MASK
 from jobs.core.records import PullRequest
-from jobs.forge import CHECK_NAME, DEFAULT_LABELS, CheckProof, ForgeError, MergeBlocked, StaleApproval, branch_name
+from jobs.forge import (
+    CHECK_NAME,
+    DEFAULT_LABELS,
+    CheckProof,
+    ForgeError,
+    ForgeUnavailable,
+    MergeBlocked,
+    StaleApproval,
+    branch_name,
+)
 from jobs.forge.revert import CAIRN_AUTHOR, Revert, blob_bytes, build_reverts, changed_files, resolve
 from jobs.project.git import Git
 from jobs.store.store import Store
@@ -241,7 +251,14 @@ class GitHubForge:
                 ref = self.repo.get_git_ref(f"heads/{branch}")
                 ref.edit(sha, force=True)  # left by an attempt that crashed before opening the PR
             except UnknownObjectException:
-                self.repo.create_git_ref(f"refs/heads/{branch}", sha)
+                try:
+                    self.repo.create_git_ref(f"refs/heads/{branch}", sha)
+                except GithubException as exc:
+                    if exc.status != 422:
+                        raise
+                    # PyGithub repeats a POST whose answer timed out, and GitHub made the branch the first time:
+                    # "Reference already exists" means ours is there (the fault suite's GitHub test).
+                    self.repo.get_git_ref(f"heads/{branch}").edit(sha, force=True)
 
     def _check_run(self, head: str, proof: CheckProof) -> str | None:
         """Attach the proof as a check run; with token auth GitHub refuses, so return it as a comment."""
@@ -300,6 +317,11 @@ def _message(exc: GithubException) -> str | None:
 
 
 def _forge_error(action: str, exc: GithubException) -> ForgeError:
+    if exc.status == 429 or exc.status >= 500:
+        # Still failing after PyGithub's own immediate retries: worth the stage's retry with backoff, not an
+        # errored incident (the fault suite's GitHub test saw a 503 burst end the incident).
+        return ForgeUnavailable(f"GitHub could not {action} (HTTP {exc.status}: {_message(exc) or 'no message'}); "
+                                "retried with backoff")
     hint = {401: "check the token or the App's private key",
             403: "check the token's or App's permissions on the repository",
             404: "check the repository name and that the token or App can see it"}.get(exc.status, "try again later")
@@ -308,8 +330,13 @@ def _forge_error(action: str, exc: GithubException) -> ForgeError:
 
 @contextmanager
 def _github(action: str) -> Iterator[None]:
-    """GitHub's errors as ForgeError; the message carries GitHub's words, never a header."""
+    """GitHub's errors as ForgeError (429, 5xx and no answer as ForgeUnavailable); the message carries GitHub's
+    words, never a header."""
     try:
         yield
     except GithubException as exc:
         raise _forge_error(action, exc) from None
+    except (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError) as exc:
+        # What PyGithub raises once its retries of a 5xx burst or of timeouts are spent: not GithubException.
+        raise ForgeUnavailable(f"GitHub did not answer to {action} ({type(exc).__name__}); retried with "
+                               "backoff") from None

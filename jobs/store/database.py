@@ -267,7 +267,9 @@ def create_engine(url: str) -> Engine:
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise StoreError(f"cannot use the store at {shown}: Cairn's store runs on SQLite or PostgreSQL")
     try:
-        engine = sa.create_engine(parsed, future=True)
+        # pool_pre_ping: a pooled connection the server closed while it sat idle (a PostgreSQL restart during a
+        # long dbt build) is replaced on checkout instead of failing the check (the fault suite's PostgreSQL test).
+        engine = sa.create_engine(parsed, future=True, pool_pre_ping=parsed.get_backend_name() == "postgresql")
     except (NoSuchModuleError, ImportError) as exc:
         raise StoreError(f"cannot use the store at {shown}: {exc}; install its database driver") from None
     if engine.dialect.name == "sqlite":
