@@ -10,11 +10,12 @@ The deployed SHA, first found wins (docs/runs.md):
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.core.errors import ArtifactError, ConfigError
 from jobs.core.runs import Run
+from jobs.detect.run_incidents import RunIncidents, record_failures
 from jobs.project.git import GitError
 from jobs.runs.artifacts import Artifacts, manifest_generated_at, parse_run, read_target, run_env
 from jobs.runs.dbt_cloud import DbtCloudClient
@@ -26,6 +27,7 @@ SHA_ENV = "CAIRN_SHA"  # DBT_ENV_CUSTOM_ENV_CAIRN_SHA, as dbt records it
 class Ingested:
     run: Run
     new: bool  # False: the run was already recorded and nothing changed
+    incidents: RunIncidents = field(default_factory=RunIncidents)  # what its failures opened, updated, resolved
 
 
 def ingest_target(rt, target_dir: Path, sha: str | None = None) -> Ingested:
@@ -91,6 +93,7 @@ def ingest(rt, artifacts: Artifacts, *, source: str = "artifacts", sha: str | No
         rt.store.audit("run.ingested", dedup_key=f"run.ingested:{run.invocation_id}", data={
             "invocation_id": run.invocation_id, "source": source, "sha": sha, "sha_source": sha_source,
             "status": stored.status, "failures": [node.unique_id for node in stored.failures]})
+        return Ingested(stored, new, record_failures(rt, stored, artifacts.manifest))
     return Ingested(stored, new)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from jobs.core.errors import NotFound, StoreError
-from jobs.core.runs import NodeRun, Run
+from jobs.core.runs import GREEN, NodeRun, Run
 from jobs.store.database import run_nodes, runs
 
 _NODE_FIELDS = [f.name for f in dataclasses.fields(NodeRun)]
@@ -67,6 +67,19 @@ class RunStore:
             rows = conn.execute(query).mappings().all()
             nodes = self._nodes(conn, [row["id"] for row in rows])
         return [_run(row, nodes) for row in rows]
+
+    def last_green(self, unique_id: str, before: Run, look_back: int = 50) -> Run | None:
+        """The latest run before `before` in which the node passed (`success`, `pass`); else the latest
+        without any failure, in which the node did not run or did not exist yet (docs/runs.md)."""
+        query = (runs.select().where(runs.c.generated_at < before.generated_at)
+                 .order_by(runs.c.generated_at.desc(), runs.c.id.desc()).limit(look_back))
+        with self._transaction() as conn:
+            rows = conn.execute(query).mappings().all()
+            nodes = self._nodes(conn, [row["id"] for row in rows])
+        earlier = [_run(row, nodes) for row in rows]
+        passed = next((r for r in earlier if any(n.unique_id == unique_id and n.status in GREEN for n in r.nodes)),
+                      None)
+        return passed or next((r for r in earlier if not r.failures), None)
 
     @staticmethod
     def _nodes(conn, run_ids: list[int]) -> dict[int, list[NodeRun]]:
