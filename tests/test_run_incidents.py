@@ -13,7 +13,9 @@ from jobs.core.records import IncidentStatus, run_subject
 from jobs.core.runs import FailureKind
 from jobs.detect.ingest import ingest, ingest_target
 from jobs.detect.run_incidents import is_run_incident
+from jobs.loop.stages import attribute_stage
 from jobs.runs.artifacts import read_target
+from jobs.store import switches
 from tests.dbt_runs import BROKEN_MODEL, FAILING_TEST
 from tests.test_ingest import rt  # noqa: F401 - a Runtime on the shop runs' deployment, per store
 from tests.test_store import store_url  # noqa: F401 - the SQLite and PostgreSQL stores
@@ -79,3 +81,16 @@ def test_a_repeated_failure_updates_the_incident_and_a_green_run_resolves_it(rt,
     assert rt.store.open_incident_for(run_subject(next(i.details.run.node for i in first.incidents.opened
                                                        if i.details.run.node.startswith(FAILING_TEST)))) is not None
     assert [e.name for e in rt.store.audit_events(resolved[BROKEN_MODEL].id)].count("incident.resolved") == 1
+
+
+def test_the_kill_switch_holds_a_run_incident_before_its_first_stage(rt, shop_runs):  # noqa: F811
+    ingest_target(rt, shop_runs.green)
+    broken = next(i for i in ingest_target(rt, shop_runs.failed).incidents.opened if i.details.run.node == BROKEN_MODEL)
+    assert rt.incident_models(broken) == [BROKEN_MODEL]
+    switches.pull(rt.store, "deploy freeze", "slack:U1", selectors=("stg_refunds",))  # covers the failing model
+    assert attribute_stage(rt, broken.id) == []
+    held = rt.store.incident(broken.id)
+    assert held.status is IncidentStatus.detected and held.details.attribution is None
+    assert held.details.held.stage == "attribute" and held.details.held.by == "slack:U1"
+    switches.pull(rt.store, "deploy freeze", "slack:U1", selectors=("stg_plans",))  # another model: not held
+    assert rt.kill_switch_for(held) is None
