@@ -161,7 +161,7 @@ def ingest(ctx: click.Context, target_dir: Path, sha: str | None) -> None:
     from jobs.loop.queue import for_runtime, heal_run
 
     rt = runtime(ctx)
-    done = heal_run(for_runtime(rt), ingest_target(rt, target_dir, sha=sha))
+    done = heal_run(rt, for_runtime(rt), ingest_target(rt, target_dir, sha=sha))
     if not done.new:
         click.echo(messages.RUN_KNOWN.format(invocation=done.run.invocation_id))
     for line in render.run_lines(done.run):
@@ -266,7 +266,7 @@ def scheduler(ctx: click.Context, once: bool) -> None:
             click.secho(f"sandbox clean-up failed: {exc}", err=True, fg="red")
         try:
             if config.settings.schedule.build:  # the clock deploys: build production, record the run
-                built = heal_run(for_runtime(rt), build_and_ingest(rt))
+                built = heal_run(rt, for_runtime(rt), build_and_ingest(rt))
                 for line in render.run_lines(built.run) if built else [messages.BUILD_HELD]:
                     click.echo(line)
             for_runtime(rt).check()

@@ -26,7 +26,7 @@ from jobs.core.records import (
 from jobs.project.dbt import NodeResult
 from jobs.propose.prbody import check_proof, check_summary, code, plain, pr_body, pr_title
 from jobs.propose.runbody import run_check_proof, run_pr_body, run_pr_title
-from jobs.verify.run_goal import RunGoal, judge_run
+from jobs.verify.run_goal import RunGoal, RunMember, judge_run
 
 GOLDEN = Path(__file__).parent / "fixtures" / "pr_body.md"
 AT = datetime(2026, 11, 30, 6, 0, tzinfo=timezone.utc)
@@ -175,6 +175,13 @@ def test_a_failed_runs_pr_names_the_node_the_error_and_the_failing_rows_before_a
     fence = text[text.index("Error:"):].split("\n")[2]
     assert fence == "````text" and "hunter2" not in text and "```` " not in text
     _tables_hold(text)
+    member = dataclasses.replace(RUN_INCIDENT, id=8, details=IncidentDetails(run=RUN.model_copy(update={
+        "node": "model.shop.stg_payments", "kind": "runtime_sql", "failing_rows": None})))
+    grouped = run_pr_body(incident=RUN_INCIDENT, run=RUN, candidate=CAUSE, ranking=RANKING, candidates=[CAUSE],
+                          verification=RUN_FIX, deltas=[], lineage_path=[], mode="assisted", group=[member])
+    assert "### Failures this revert heals" in grouped and "| #8 | `model.shop.stg_payments` | runtime sql |" in grouped
+    assert "for incidents #7, #8" in grouped and " and 1 more, Cairn #7)" in run_pr_title(RUN_INCIDENT, RUN, CAUSE,
+                                                                                        others=1)
     title = run_pr_title(RUN_INCIDENT, RUN, CAUSE)
     assert title == "Revert 8f31c2a: Exclude coupon payments from revenue (not_null_stg_orders_order_status failed: " \
                     "test_failure, Cairn #7)"
@@ -195,6 +202,13 @@ def test_a_failed_runs_revert_is_judged_by_the_build_statuses():
     nodes = [NodeResult(RUN.node, "pass"), NodeResult("model.shop.fct_orders", "success")]
     verdict, detail = judge_run(goal, manifest, nodes, {"pass": 2}, record)
     assert verdict is Verdict.verified and record["after"] == 0.0 and "not_null_stg_orders_order_status" in detail
+    # A group's build: each member's node judged on it, its failing rows before and after.
+    group = dataclasses.replace(goal, members=(RunMember(7, "run:" + RUN.node, RUN.node, 2034),
+                                               RunMember(8, "run:model.shop.fct_orders", "model.shop.fct_orders")))
+    record = {}
+    assert judge_run(group, manifest, nodes, {"pass": 2}, record)[0] is Verdict.verified
+    assert [(m.incident_id, m.before, m.after, m.verdict) for m in record["members"]] == [
+        (7, 2034, 0.0, Verdict.verified), (8, None, None, Verdict.verified)]
     gone = {"nodes": {k: v for k, v in manifest["nodes"].items() if k != RUN.node}}
     verdict, detail = judge_run(goal, gone, nodes, {"pass": 2}, {})
     assert verdict is Verdict.not_recovered and "removes" in detail

@@ -81,21 +81,38 @@ def production_build(root: Path, sha: str, keep: str) -> Path:
     return Path(shutil.copytree(root / "target", root / ".cairn" / "runs" / keep))
 
 
-@pytest.mark.parametrize("scenario", [MISSING_COLUMN, NULL_STATUS], ids=lambda s: s.case.name)
-def test_a_failed_run_is_healed_by_a_verified_revert(scenario: RunCase, scenario_baseline: Path, tmp_path: Path):
-    root = deploy_copy(scenario_baseline, tmp_path / "shop")
+@dataclass(frozen=True)
+class Healed:
+    root: Path
+    git: Git
+    shas: dict[str, str]
+    culprit: str
+    green_sha: str
+    stdout: str
+
+
+def heal(baseline: Path, case: Case, root: Path) -> Healed:
+    """A green production build ingested, the case's commits landed, the failed build `cairn ingest`ed."""
+    deploy_copy(baseline, root)
     git = Git(root)
     green_sha = git.head_sha()
     green = production_build(root, green_sha, "green")
-    shas = land(root, scenario.case)
-    culprit = next(shas[c.message] for c in scenario.case.commits if c.breaks)
+    shas = land(root, case)
     failed = production_build(root, git.head_sha(), "failed")
-
     cli = ["--config", str(root / "cairn.yml")]
     env = {"CAIRN_DATABASE_URL": f"sqlite:///{root}/.cairn/cairn.db"}
     assert run_cli(*cli, "ingest", str(green), env=env).exit_code == 0
-    result = run_cli(*cli, "ingest", str(failed), env=env)  # records, opens the incident, runs the loop
+    result = run_cli(*cli, "ingest", str(failed), env=env)  # records, opens the incidents, runs the loop
     assert result.exit_code == 0, result.stderr
+    culprit = next(shas[c.message] for c in case.commits if c.breaks)
+    return Healed(root, git, shas, culprit, green_sha, result.stdout)
+
+
+@pytest.mark.parametrize("scenario", [MISSING_COLUMN, NULL_STATUS], ids=lambda s: s.case.name)
+def test_a_failed_run_is_healed_by_a_verified_revert(scenario: RunCase, scenario_baseline: Path, tmp_path: Path):
+    healed = heal(scenario_baseline, scenario.case, tmp_path / "shop")
+    root, git, shas, culprit, green_sha = healed.root, healed.git, healed.shas, healed.culprit, healed.green_sha
+    result = healed
     assert f"opened: {scenario.node}" in result.stdout and ": pr_opened (`cairn incident" in result.stdout
 
     rt = Runtime(load_config(root / "cairn.yml", env={}), Clock(CHECK))
@@ -131,5 +148,31 @@ def test_a_failed_run_is_healed_by_a_verified_revert(scenario: RunCase, scenario
         assert f"{scenario.kind.replace('_', ' ')} in the production run at {git.head_sha()[:7]}" in card.text
         blocks = json.dumps([block.to_dict() for block in card.blocks])
         assert card.text.startswith("PR opened") and f"#{pr['number']}" in blocks and "Approve" in blocks
+    finally:
+        rt.close()
+
+
+def test_the_failures_one_commit_caused_in_one_run_share_one_verified_revert_and_one_pr(scenario_baseline, tmp_path):
+    both = Commit("Payment methods from the processor; shipped orders wait for delivery",
+                  (*MISSING_COLUMN.case.commits[1].edits, *NULL_STATUS.case.commits[1].edits), breaks=("run",))
+    healed = heal(scenario_baseline, Case("two_failures", (UNRELATED, both, COMMENT, DOCS)), tmp_path / "shop")
+    rt = Runtime(load_config(healed.root / "cairn.yml", env={}), Clock(CHECK))
+    try:
+        found = {i.details.run.node.rsplit(".", 1)[0] if i.details.run.node.startswith("test.") else i.details.run.node: i
+                 for i in rt.store.incidents() if i.details.run is not None}
+        assert set(found) == {MISSING_COLUMN.node, NULL_STATUS.node}
+        leader = min(i.id for i in found.values())
+        assert {i.group_id for i in found.values()} == {leader}  # one run, one suspect range: one group
+        assert {i.status for i in found.values()} == {IncidentStatus.pr_opened}
+        attempts = [e for e in rt.store.audit_events() if e.name == "verification.attempt"]
+        assert len(attempts) == 1 and attempts[0].incident_id == leader  # one build for both
+        fix = rt.store.incident(leader).details.verification.fix
+        assert fix.reverted == (healed.culprit,) and {m.verdict for m in fix.members} == {Verdict.verified}
+        assert len(fix.members) == 2
+        prs = {rt.store.pull_request_for(leader).number}
+        assert all(rt.store.pull_request_for(i.id) is None for i in found.values() if i.id != leader) and len(prs) == 1
+        body = rt.store.pull_request_row(leader)["body"]
+        assert "### Failures this revert heals" in body and all(i.details.run.node in body for i in found.values())
+        assert "payment_method_code" in body and " and 1 more, Cairn #" in rt.store.pull_request_row(leader)["title"]
     finally:
         rt.close()

@@ -35,7 +35,7 @@ from jobs.project.isolation import DbtServers
 from jobs.propose.decision import AUTONOMOUS, propose
 from jobs.runtime import Runtime
 from jobs.verify.bisect import find_fix
-from jobs.verify.run_goal import RunGoal
+from jobs.verify.run_goal import RunGoal, RunMember
 from jobs.warehouse.sandbox import remove_incident_sandboxes
 from jobs.warehouse.sandboxes import SandboxRefused
 
@@ -110,8 +110,8 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
     contract = contract_of(rt, incident)
     ranked = _ranked_candidates(incident)
     band = recovery_band(contract, incident) if contract else None
-    goal = run_goal(incident)
-    also = [Target(m.id, c, recovery_band(c, m), m.value) for m in group[1:] for c in [rt.contract(m.contract_id)]]
+    goal = run_goal(group)
+    also = [Target(m.id, c, recovery_band(c, m), m.value) for m in group[1:] if (c := contract_of(rt, m))]
     deployed = rt.deployed_sha()
 
     # Clones hold production as of the last good observation: what the bad code then rewrote (where the
@@ -181,7 +181,7 @@ def propose_stage(rt: Runtime, incident_id: int) -> list[int]:
     contract = contract_of(rt, incident)
     verification = incident.details.verification
     outcome = propose(rt, incident, contract, verification.fix if verification else None,
-                      _ranked_candidates(incident), group=[(m, rt.contract(m.contract_id)) for m in group[1:]])
+                      _ranked_candidates(incident), group=[(m, contract_of(rt, m)) for m in group[1:]])
     blocked = MergeBlockedDetail(by=AUTONOMOUS, reason=outcome.merge_blocked, head_sha=outcome.pr.head_sha) \
         if outcome.merge_blocked and outcome.pr else None
     for member in _last(group, incident_id):
@@ -247,10 +247,17 @@ def contract_of(rt: Runtime, incident: Incident) -> Contract | None:
     return None if incident.details.run is not None else rt.contract(incident.contract_id)
 
 
-def run_goal(incident: Incident) -> RunGoal | None:
-    """What the revert's build must show for a failed run's incident (`jobs.verify.run_goal`)."""
-    run = incident.details.run
-    return None if run is None else RunGoal(failing=(run.node,), stale=run.stale, failing_rows=run.failing_rows)
+def run_goal(group: Sequence[Incident]) -> RunGoal | None:
+    """What the revert's build must show for a failed run's incident and its group (`jobs.verify.run_goal`):
+    every member's failing node back, everything any left stale rebuilt."""
+    runs = [(m, m.details.run) for m in group if m.details.run is not None]
+    if not runs or runs[0][0] is not group[0]:
+        return None
+    lead = runs[0][1]
+    return RunGoal(failing=tuple(r.node for _, r in runs), stale=tuple(dict.fromkeys(u for _, r in runs for u in r.stale)),
+                   failing_rows=lead.failing_rows,
+                   members=tuple(RunMember(m.id, m.contract_id, r.node, r.failing_rows) for m, r in runs)
+                   if len(runs) > 1 else ())
 
 
 def upstream_of(rt: Runtime, incident: Incident, contract) -> tuple:

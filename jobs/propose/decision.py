@@ -39,7 +39,7 @@ class Proposal:
 
 
 def propose(rt: Runtime, incident: Incident, contract: Contract | None, fix: Verification | None,
-            ranked: Sequence[Candidate], group: Sequence[tuple[Incident, Contract]] = ()) -> Proposal:
+            ranked: Sequence[Candidate], group: Sequence[tuple[Incident, Contract | None]] = ()) -> Proposal:
     """The decision for the incident and the other incidents of its `group`, and the one PR they share."""
     verified = fix is not None and fix.verdict is Verdict.verified
     cause = next((c for c in ranked if fix and c.sha == fix.sha), None)
@@ -66,7 +66,7 @@ def propose(rt: Runtime, incident: Incident, contract: Contract | None, fix: Ver
 
 def open_verified_pr(rt: Runtime, incident: Incident, contract: Contract | None, cause: Candidate, fix: Verification,
                      ranking: Ranking, ranked: Sequence[Candidate], decision: Decision,
-                     group: Sequence[tuple[Incident, Contract]] = ()) -> PullRequest:
+                     group: Sequence[tuple[Incident, Contract | None]] = ()) -> PullRequest:
     """The only place Cairn opens a PR, and it refuses anything but a verified revert of the culprit alone,
     or of the culprit with exactly its conflicting followers (for a group: one that brought every member back)."""
     behind = [f"#{m.incident_id}" for m in fix.members if m.verdict is not Verdict.verified]
@@ -81,10 +81,10 @@ def open_verified_pr(rt: Runtime, incident: Incident, contract: Contract | None,
     followers = [Follower(sha, rt.git.run("log", "-1", "--format=%B", sha)) for sha in fix.followers]
     run = incident.details.run
     if run is not None:  # a failed production run's incident: the failing node in place of a metric
-        title = run_pr_title(incident, run, cause, followers)
+        title = run_pr_title(incident, run, cause, followers, others=len(group))
         body = run_pr_body(incident=incident, run=run, candidate=cause, ranking=ranking, candidates=ranked,
                            verification=fix, deltas=fix.deltas, lineage_path=path, mode=decision.mode.value,
-                           followers=followers)
+                           followers=followers, group=[member for member, _ in group])
         proof = run_check_proof(run, fix)
     else:
         title = pr_title(incident, contract, cause, others=len(group), followers=followers)

@@ -44,18 +44,24 @@ def rows(count: int | None) -> str:
     return "—" if count is None else f"{count:,} failing row{'s' * (count != 1)}"
 
 
-def run_pr_title(incident: Incident, run: RunDetail, cause: Candidate, followers: Sequence[Follower] = ()) -> str:
-    """'Revert 8f31c2a: <subject> (stg_refunds failed: runtime_sql, Cairn #7)' — plain text, one line."""
-    return revert_title(cause, followers, f" ({redact(node_name(run.node))} failed: {run.kind}, Cairn #{incident.id})")
+def run_pr_title(incident: Incident, run: RunDetail, cause: Candidate, followers: Sequence[Follower] = (),
+                 others: int = 0) -> str:
+    """'Revert 8f31c2a: <subject> (stg_refunds failed: runtime_sql[ and 2 more], Cairn #7)' — plain text, one line."""
+    more = f" and {others} more" if others else ""
+    return revert_title(cause, followers,
+                        f" ({redact(node_name(run.node))} failed: {run.kind}{more}, Cairn #{incident.id})")
 
 
 def run_pr_body(*, incident: Incident, run: RunDetail, candidate: Candidate, ranking: Ranking,
                 candidates: Sequence[Candidate], verification: Verification, deltas: Sequence[RowDelta],
-                lineage_path: Sequence[str], mode: str, followers: Sequence[Follower] = ()) -> str:
-    """The PR body: the failed node and its error, the suspect, and the build that shows the revert heals it."""
+                lineage_path: Sequence[str], mode: str, followers: Sequence[Follower] = (),
+                group: Sequence[Incident] = ()) -> str:
+    """The PR body: the failed node and its error, the suspect, and the build that shows the revert heals it.
+    `group`: the other incidents of the run with the same suspect range, healed by the same build."""
     sections = [
         _summary(incident, run, candidate, verification, len(followers)),
         *([_followers(candidate, followers)] if followers else []),
+        *([_group(incident, verification, group)] if group else []),
         _failure(incident, run),
         _triage(incident),
         _attribution(lineage_path, last="the failing node"),
@@ -63,7 +69,7 @@ def run_pr_body(*, incident: Incident, run: RunDetail, candidate: Candidate, ran
         _alternates(ranking, candidates, candidate.sha),
         verification_section(verification, _measured(run, verification)),
         _deltas(deltas),
-        _footer([incident], verification, mode),
+        _footer([incident, *group], verification, mode),
     ]
     return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
 
@@ -76,6 +82,19 @@ def _summary(incident: Incident, run: RunDetail, cause: Candidate, v: Verificati
             f"Reverting {code(cause.short_sha)}{together} makes {code(run.node)} build and pass again, with "
             f"everything the failed run left stale and their children, on a warehouse clone "
             f"(verdict: **{v.verdict.value}**)."]
+
+
+def _group(incident: Incident, v: Verification, group: Sequence[Incident]) -> list[str]:
+    """Every failing node of the group, and how it fared on the one reverted build."""
+    results = {m.incident_id: m for m in v.members}
+    table = []
+    for member in [incident, *group]:
+        run, result = member.details.run, results.get(member.id)
+        table.append([f"#{member.id}", code(run.node if run else member.contract_id),
+                      run.kind.replace("_", " ") if run else "—", result.verdict.value if result else v.verdict.value])
+    return ["### Failures this revert heals", "",
+            f"One commit made {len(table)} nodes fail in the same run: Cairn verified one revert for all of them, "
+            "on the same build.", "", *_table(["Incident", "Node", "Class", "Verdict"], table)]
 
 
 def _failure(incident: Incident, run: RunDetail) -> list[str]:

@@ -10,10 +10,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.core.records import Verdict
+from jobs.core.records import MemberResult, Verdict
 
 TESTS = ("test.", "unit_test.")
 BUILDS = ("model.", "seed.", "snapshot.", *TESTS)  # what `dbt build` runs
+
+
+@dataclass(frozen=True)
+class RunMember:
+    """One grouped run incident: its failing node, which the same build must bring back too."""
+
+    incident_id: int
+    subject: str  # its contract_id (run:<node>)
+    node: str
+    failing_rows: int | None = None
 
 
 @dataclass(frozen=True)
@@ -23,6 +33,7 @@ class RunGoal:
     failing: tuple[str, ...]  # unique_ids that failed in the run: each must now succeed
     stale: tuple[str, ...]  # every node the run errored, failed or skipped: production is stale there
     failing_rows: int | None = None  # a failing test's rows in the run
+    members: tuple[RunMember, ...] = ()  # a group's other incidents (same run, same suspect range)
 
     def roots(self) -> tuple[str, ...]:
         """The nodes a build must run (sources have freshness, exposures nothing to build)."""
@@ -56,6 +67,11 @@ def judge_run(run: RunGoal, manifest: Mapping[str, Any], nodes: Sequence[Any], t
                                        "has not been fixed.")
     statuses = {n.unique_id: n.status for n in nodes}
     record["after"] = 0.0 if run.failing_rows is not None else None
+    if run.members:  # a group's build: each member's node passed on it (build_problems saw no failure)
+        record["members"] = tuple(
+            MemberResult(m.incident_id, m.subject, Verdict.verified, m.failing_rows,
+                         0.0 if m.failing_rows is not None else None, f"{m.node} {statuses.get(m.node, 'not run')}")
+            for m in run.members)
     now = ", ".join(f"{uid.split('.', 2)[-1]} {statuses.get(uid, 'not run')}" for uid in run.roots()
                     if uid in run.failing)
     rebuilt = sum(1 for uid in run.roots() if uid not in run.failing)
