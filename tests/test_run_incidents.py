@@ -94,3 +94,22 @@ def test_the_kill_switch_holds_a_run_incident_before_its_first_stage(rt, shop_ru
     assert held.details.held.stage == "attribute" and held.details.held.by == "slack:U1"
     switches.pull(rt.store, "deploy freeze", "slack:U1", selectors=("stg_plans",))  # another model: not held
     assert rt.kill_switch_for(held) is None
+
+
+def test_a_failure_ingested_after_a_later_green_run_opens_nothing_for_that_node(rt, shop_runs):  # noqa: F811
+    ingest(rt, rerun(shop_runs.green, 24 * 40, "green-later"))
+    late = ingest_target(rt, shop_runs.failed)
+    nodes = {i.details.run.node for i in late.incidents.opened}
+    assert BROKEN_MODEL not in nodes and rt.store.open_incident_for(run_subject(BROKEN_MODEL)) is None
+    assert any(node.startswith(FAILING_TEST) for node in nodes)  # never green since: still failing
+
+
+def test_a_run_recorded_by_a_job_that_died_gets_its_incidents_from_the_retry(rt, shop_runs):  # noqa: F811
+    from jobs.runs.artifacts import parse_run
+
+    rt.store.record_run(parse_run(read_target(shop_runs.failed)))  # what a job killed after recording leaves
+    retried = ingest_target(rt, shop_runs.failed)
+    assert not retried.new and BROKEN_MODEL in {i.details.run.node for i in retried.incidents.opened}
+    again = ingest_target(rt, shop_runs.failed)  # finished now: nothing more
+    assert not again.new and again.incidents.moved == ()
+    assert len([e for e in rt.store.audit_events() if e.name == "incident.opened"]) == len(retried.run.failures)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from jobs.core.errors import ArtifactError, ConfigError
 from jobs.core.runs import Run
-from jobs.detect.run_incidents import RunIncidents, record_failures
+from jobs.detect.run_incidents import RunIncidents, record_failures, recorded_key
 from jobs.project.git import GitError
 from jobs.runs.artifacts import Artifacts, manifest_generated_at, parse_run, read_target, run_env
 from jobs.runs.dbt_cloud import DbtCloudClient
@@ -60,7 +60,7 @@ def build_and_ingest(rt) -> Ingested | None:
 def ingest_cloud_run(rt, run_id: int, client: DbtCloudClient | None = None) -> Ingested:
     """Fetch a finished dbt Cloud run's artifacts through its API and ingest them (a webhook's job)."""
     known = rt.store.cloud_run(run_id)
-    if known is not None:  # a delivery dbt Cloud retried: nothing to fetch
+    if known is not None and rt.store.has_audit(recorded_key(known)):  # a delivery dbt Cloud retried
         return Ingested(known, False)
     client = client or cloud_client(rt.config)
     run = client.run(run_id)
@@ -84,11 +84,13 @@ def ingest(rt, artifacts: Artifacts, *, source: str = "artifacts", sha: str | No
     run = parse_run(artifacts, source)
     known = rt.store.find_run(run.invocation_id)
     if known is not None and known.invocation_id == run.invocation_id:
-        return Ingested(known, False)
+        # Recorded by a job that died before its incidents were: this retry finishes the job.
+        unfinished = not rt.store.has_audit(recorded_key(known))
+        return Ingested(known, False, record_failures(rt, known, artifacts.manifest) if unfinished else RunIncidents())
     if sha is None:
         sha, sha_source = deployed_sha(rt, artifacts)
     run = dataclasses.replace(run, sha=sha, sha_source=sha_source, cloud_run_id=cloud_run_id)
-    stored, new = rt.store.record_run(run)
+    stored, new = rt.store.record_run(run)  # a racing writer's run comes back as known: its incidents are its
     if new:
         rt.store.audit("run.ingested", dedup_key=f"run.ingested:{run.invocation_id}", data={
             "invocation_id": run.invocation_id, "source": source, "sha": sha, "sha_source": sha_source,

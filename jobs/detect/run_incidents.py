@@ -14,6 +14,7 @@ from jobs.core.runs import BUILD, GREEN, STALE, Classification, FailureKind, Run
 from jobs.detect.classify import Columns, Query, classify
 
 log = logging.getLogger(__name__)
+OPENED, UPDATED = "opened", "updated"
 
 ERROR_LINES = 6  # of dbt's message, kept on the incident (the run keeps the whole)
 SEVERITY = {FailureKind.compilation: "high", FailureKind.runtime_sql: "high", FailureKind.schema_drift: "high",
@@ -42,12 +43,20 @@ def record_failures(rt, run: Run, manifest: Mapping[str, Any]) -> RunIncidents:
     stale = tuple(dict.fromkeys(n.unique_id for n in run.nodes if n.phase == BUILD and n.status in STALE))
     opened, updated = [], []
     for classification in found:
-        incident, new = _open_or_update(rt, run, classification, stale)
-        (opened if new else updated).append(incident)
+        incident, change = _open_or_update(rt, run, classification, stale)
+        {OPENED: opened, UPDATED: updated}.get(change, []).append(incident)
     resolved = [_resolve(rt, run, incident) for node in run.nodes if node.status in GREEN
                 if (incident := rt.store.open_incident_for(run_subject(node.unique_id))) is not None
                 and incident.details.run is not None and incident.details.run.last_failed_at < run.generated_at]
+    rt.store.audit("run.incidents_recorded", dedup_key=recorded_key(run), data={
+        "invocation_id": run.invocation_id, "opened": [i.id for i in opened], "updated": [i.id for i in updated],
+        "resolved": [i.id for i in resolved]})
     return RunIncidents(tuple(opened), tuple(updated), tuple(resolved))
+
+
+def recorded_key(run: Run) -> str:
+    """Marks a run's incidents done: a run recorded by a job that died before this is finished by its retry."""
+    return f"run.incidents:{run.invocation_id}"
 
 
 def _readers(rt) -> tuple[Columns, Query | None]:
@@ -61,13 +70,15 @@ def _readers(rt) -> tuple[Columns, Query | None]:
         return (lambda relation: None), None
 
 
-def _open_or_update(rt, run: Run, found: Classification, stale: tuple[str, ...]) -> tuple[Incident, bool]:
+def _open_or_update(rt, run: Run, found: Classification, stale: tuple[str, ...]) -> tuple[Incident | None, str]:
+    """The node's open incident updated by this failure, or a new one; (None, "") when a later run already
+    built the node green (a failure ingested late), (incident, "") when it knew this failure already."""
     subject = run_subject(found.unique_id)
     node = next(n for n in run.nodes if n.unique_id == found.unique_id and n.failed)
     existing = rt.store.open_incident_for(subject)
     if existing is not None and existing.details.run is not None:
         if existing.details.run.last_failed_at >= run.generated_at:  # this run, or an older one ingested late
-            return existing, False
+            return existing, ""
         again = existing.details.run.model_copy(update={
             "last_invocation_id": run.invocation_id, "last_failed_at": run.generated_at,
             "failures": existing.details.run.failures + 1,
@@ -76,7 +87,9 @@ def _open_or_update(rt, run: Run, found: Classification, stale: tuple[str, ...])
                                             value=float(node.failures) if node.failures is not None else None)
         rt.store.audit("run.failed_again", incident_id=incident.id, dedup_key=f"run.failed:{run.invocation_id}:{subject}",
                        data={"invocation_id": run.invocation_id, "sha": run.sha, "node": found.unique_id})
-        return incident, False
+        return incident, UPDATED
+    if rt.store.green_since(found.unique_id, run) is not None:
+        return None, ""
     green = rt.store.last_green(found.unique_id, run)
     detail = RunDetail(node=found.unique_id, kind=found.kind.value, summary=found.summary,
                        error=_excerpt(node.message or ""), invocation_id=run.invocation_id,
@@ -94,7 +107,8 @@ def _open_or_update(rt, run: Run, found: Classification, stale: tuple[str, ...])
                        data={"trigger": "run", "node": found.unique_id, "class": found.kind.value,
                              "invocation_id": run.invocation_id, "sha": run.sha,
                              "last_green_sha": green.sha if green else None})
-    return incident, True
+        return incident, OPENED
+    return incident, ""  # opened by a run before this one (a retried job): nothing new
 
 
 def _resolve(rt, run: Run, incident: Incident) -> Incident:

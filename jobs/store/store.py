@@ -337,6 +337,10 @@ class Store(PullRequestStore, ChatMessageStore, LeaseStore, RunStore):
                 for r in conn.execute(query)
             ]
 
+    def has_audit(self, dedup_key: str) -> bool:
+        """Whether an event was recorded under `dedup_key` (a step that marks itself done)."""
+        return self._has_audit_key(dedup_key)
+
     def _has_audit_key(self, dedup_key: str) -> bool:
         query = sa.select(audit_events.c.id).where(audit_events.c.dedup_key == dedup_key)
         with self._transaction() as conn:
