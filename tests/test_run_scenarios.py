@@ -17,6 +17,7 @@ import pytest
 from dbt_common.events.functions import reset_metadata_vars
 
 from bot.notify import render_card
+from bot.thread import thread_steps
 from jobs.config import load_config
 from jobs.core.clock import Clock
 from jobs.core.records import IncidentStatus, Verdict, run_subject
@@ -146,6 +147,8 @@ def test_a_failed_run_is_healed_by_a_verified_revert(scenario: RunCase, scenario
         card = render_card(rt, incident, rt.store.pull_request_for(incident.id))
         assert run.node in card.text or node_name(run.node) in card.text, card.text
         assert f"{scenario.kind.replace('_', ' ')} in the production run at {git.head_sha()[:7]}" in card.text
+        steps = [line for step in thread_steps(incident, rt.store.pull_request_for(incident.id)) for line in step.lines]
+        assert any("the failed run's nodes build and pass" in line for line in steps), steps
         blocks = json.dumps([block.to_dict() for block in card.blocks])
         assert card.text.startswith("PR opened") and f"#{pr['number']}" in blocks and "Approve" in blocks
     finally:
