@@ -126,6 +126,7 @@ def test_a_failed_run_is_healed_by_a_verified_revert(scenario: RunCase, scenario
         candidates = [c.sha for c in incident.details.attribution.candidates]
         assert culprit in candidates and shas[UNRELATED.message] not in candidates
         assert incident.details.ranking.causes[0].sha == culprit
+        assert incident.details.ranking.causes[0].rationale.startswith("Reverting it restored the failed run's nodes")
         fix = incident.details.verification.fix
         assert incident.details.verdict is Verdict.verified and fix.reverted == (culprit,)
         assert incident.status is IncidentStatus.pr_opened, incident.details.to_json().get("decision")
@@ -138,6 +139,7 @@ def test_a_failed_run_is_healed_by_a_verified_revert(scenario: RunCase, scenario
         body = pr["body"]
         for expected in (run.node, scenario.error, fix.clone_id, fix.dbt_command.split(" --")[0], culprit):
             assert expected in body, expected
+        assert "metric" not in body  # a failed run's PR: no metric was measured, and none is claimed
         if run.failing_rows is not None:  # a test failure: the failing rows before and after
             assert f"{run.failing_rows:,} failing rows" in body and "0 failing rows" in body
         assert git.run("log", "-1", "--format=%s", pr["head_sha"]).startswith("Revert")

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from jobs.attribute.history import candidates as suspect_commits
-from jobs.attribute.ranking import score
+from jobs.attribute.ranking import FAILED_RUN, METRIC, score
 from jobs.contracts.spec import Contract
 from jobs.core.records import Candidate, Incident, Ranking
 from jobs.project.lineage import Lineage, metric_columns, upstream
@@ -54,7 +54,7 @@ def attribute(rt: Runtime, incident: Incident, contract: Contract | None) -> Att
     found = suspect_commits(rt.git, lineage, incident.last_good_sha, incident.first_bad_sha or rt.deployed_sha(),
                             project_subdir=rt.project_subdir, intentional_markers=settings.intentional_markers,
                             dialect=rt.dialect)[: settings.max_candidates]
-    ranking = score(found)
+    ranking = score(found, subject=METRIC if run is None else FAILED_RUN)
     if found and rt.config.env.anthropic_api_key and contract is not None:
         ranking = _rerank(rt, incident, contract, found, ranking)
     return Attribution(lineage, tuple(found), ranking)

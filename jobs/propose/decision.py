@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jobs.attribute.ranking import score
+from jobs.attribute.ranking import FAILED_RUN, METRIC, score
 from jobs.contracts.spec import Contract
 from jobs.core.errors import CairnError
 from jobs.core.records import Candidate, Incident, IncidentStatus, PullRequest, Ranking, Verdict, Verification
@@ -43,7 +43,8 @@ def propose(rt: Runtime, incident: Incident, contract: Contract | None, fix: Ver
     """The decision for the incident and the other incidents of its `group`, and the one PR they share."""
     verified = fix is not None and fix.verdict is Verdict.verified
     cause = next((c for c in ranked if fix and c.sha == fix.sha), None)
-    ranking = score(ranked, verified={fix.sha: True} if verified else {})
+    ranking = score(ranked, verified={fix.sha: True} if verified else {},
+                    subject=FAILED_RUN if incident.details.run is not None else METRIC)
     confidence = next((r.confidence for r in ranking.causes if cause and r.sha == cause.sha), 0.0)
     # Mode and kill switch are read now, immediately before the side effect, never earlier.
     facts = Facts(verified=verified, confidence=confidence,

@@ -237,7 +237,7 @@ def _attribution(path: Sequence[str], last: str = "the metric's model") -> list[
             f"{text} ({last} is last)"]
 
 
-def _suspect(cause: Candidate, ranking: Ranking) -> list[str]:
+def _suspect(cause: Candidate, ranking: Ranking, to: str = "the metric") -> list[str]:
     confidence = next((c.confidence for c in ranking.causes if c.sha == cause.sha), None)
     rows = [["SHA", code(cause.sha)], ["Author", plain(cause.author)],
             ["Authored", cause.authored_at.strftime("%Y-%m-%d %H:%M UTC")],
@@ -245,11 +245,11 @@ def _suspect(cause: Candidate, ranking: Ranking) -> list[str]:
             ["Files", "<br>".join(code(f) for f in cause.files) or "—"],
             ["Confidence", f"{confidence:.0%} ({ranking.ranker})" if confidence is not None else "—"]]
     if cause.distance is not None:
-        rows.append(["Lineage hops to the metric", str(cause.distance)])
+        rows.append([f"Lineage hops to {to}", str(cause.distance)])
     return ["### Suspected commit", "", *_table(["Field", "Value"], rows)]
 
 
-def _alternates(ranking: Ranking, candidates: Sequence[Candidate], top: str) -> list[str]:
+def _alternates(ranking: Ranking, candidates: Sequence[Candidate], top: str, of: str = "the metric's") -> list[str]:
     by_sha = {c.sha: c for c in candidates}
     rows = []
     for rank, cause in enumerate(ranking.causes, start=1):
@@ -260,7 +260,7 @@ def _alternates(ranking: Ranking, candidates: Sequence[Candidate], top: str) -> 
                      plain(_first_line(known.message)) if known else "—", plain(cause.rationale)])
     lines = ["### Ranked alternates", ""]
     if not rows:
-        return lines + ["No other commit in the suspect range touches the metric's lineage."]
+        return lines + [f"No other commit in the suspect range touches {of} lineage."]
     note = ["", f"Ranked by {plain(ranking.ranker)}" + (f": {plain(ranking.note)}" if ranking.note else ".")]
     return lines + _table(["Rank", "Commit", "Confidence", "Message", "Rationale"], rows) + note
 
