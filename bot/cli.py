@@ -155,14 +155,23 @@ def incident(ctx: click.Context, incident_id: int, as_json: bool) -> None:
 @click.option("--sha", default=None, help="The commit the run deployed (default: see docs/runs.md).")
 @click.pass_context
 def ingest(ctx: click.Context, target_dir: Path, sha: str | None) -> None:
-    """Record a finished production run from its target directory (run_results.json, manifest.json, sources.json)."""
+    """Record a finished production run from its target directory (run_results.json, manifest.json, sources.json);
+    its failures become incidents that the loop heals."""
     from jobs.detect.ingest import ingest_target
+    from jobs.loop.queue import for_runtime, heal_run
 
-    done = ingest_target(runtime(ctx), target_dir, sha=sha)
+    rt = runtime(ctx)
+    done = heal_run(rt, for_runtime(rt), ingest_target(rt, target_dir, sha=sha))
     if not done.new:
         click.echo(messages.RUN_KNOWN.format(invocation=done.run.invocation_id))
     for line in render.run_lines(done.run):
         click.echo(line)
+    for change, moved in (("opened", done.incidents.opened), ("updated", done.incidents.updated),
+                          ("resolved", done.incidents.resolved)):
+        for incident in moved:
+            now = rt.store.incident(incident.id)  # where the loop left it (it ran here without Redis)
+            click.echo(messages.RUN_INCIDENT.format(id=now.id, change=change, node=now.details.run.node,
+                                                    status=now.status.value))
 
 
 @cli.command()
@@ -242,7 +251,7 @@ def scheduler(ctx: click.Context, once: bool) -> None:
 
     from jobs.detect.ingest import build_and_ingest
     from jobs.loop.cleanup import remove_stale_sandboxes
-    from jobs.loop.queue import for_runtime
+    from jobs.loop.queue import for_runtime, heal_run
     from jobs.runtime import Runtime
 
     config = load_config(ctx.obj["config_path"])
@@ -257,7 +266,7 @@ def scheduler(ctx: click.Context, once: bool) -> None:
             click.secho(f"sandbox clean-up failed: {exc}", err=True, fg="red")
         try:
             if config.settings.schedule.build:  # the clock deploys: build production, record the run
-                built = build_and_ingest(rt)
+                built = heal_run(rt, for_runtime(rt), build_and_ingest(rt))
                 for line in render.run_lines(built.run) if built else [messages.BUILD_HELD]:
                     click.echo(line)
             for_runtime(rt).check()

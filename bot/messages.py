@@ -25,6 +25,7 @@ TRIAGE_LABEL = {"code_change": "code change", "data_change": "data change", "int
 NO_INCIDENTS = "No open incidents. Every contract is inside its baseline band."
 BUILD_HELD = "Kill switch on: the production build (schedule.build) is held; `cairn unkill` releases it."
 RUN_KNOWN = "Run {invocation} was already recorded; nothing changed."
+RUN_INCIDENT = "incident #{id} {change}: {node}: {status} (`cairn incident {id}`)"
 NO_RUNS = "No production runs recorded yet: `cairn ingest TARGET_DIR` records one after a deploy (docs/runs.md)."
 UNEXPECTED_ERROR = ("Cairn could not do that: something failed on its side. The failure is logged with its traceback "
                     "as error {error_id}; quote that ID when you report it.")
@@ -62,8 +63,12 @@ BACKFILL_CAVEAT = ("Backfilled values are what today's code says about past wind
 
 def regression(incident: Incident, baseline_days: int | None = None) -> str:
     """'-18.4% vs 28d baseline' — the figure people quote; '-28.2% from deploy 5a20dc5' when a deploy
-    check measured the deploy's own effect (its change is against the value without the deploy)."""
-    deploy = incident.details.deploy
+    check measured the deploy's own effect (its change is against the value without the deploy); a failed
+    run's class and SHA ('test failure in the production run at 5a20dc5')."""
+    deploy, run = incident.details.deploy, incident.details.run
+    if run is not None:  # a failed production run's incident: no metric moved, a node failed
+        return (f"{run.kind.replace('_', ' ')} in the production run at {short_sha(incident.first_bad_sha)}"
+                + (f", {run.failures} runs in a row" if run.failures > 1 else ""))
     if deploy and incident.change_pct is not None:
         return f"{incident.change_pct:+.1f}% from deploy {short_sha(deploy.to_sha)}"
     if incident.change_pct is None:

@@ -106,8 +106,11 @@ def cause_phrase(sha: str, files: Sequence[str], confidence: float) -> str:
 
 
 def proof_phrase(verdict: str, clone_id: str | None, before: float | None, after: float | None) -> str:
-    """'verified on duckdb:incident-1: 14,265 → 19,098'."""
-    return f"{verdict} on {clone_id}: {fmt_value(before)} → {fmt_value(after)}" if clone_id else verdict
+    """'verified on duckdb:incident-1: 14,265 → 19,098'; without values (a failed run's node), where only."""
+    if not clone_id:
+        return verdict
+    return f"{verdict} on {clone_id}" + (f": {fmt_value(before)} → {fmt_value(after)}"
+                                          if before is not None or after is not None else "")
 
 
 def decision_phrase(decision: Decision) -> str:
@@ -206,6 +209,9 @@ def _verification(details: IncidentDetails) -> Step | None:
     builds = details.verification.builds
     where = "at its level without the deploy" if details.deploy else "inside the baseline band"
     in_band = f"back {where}" if proof.verdict is Verdict.verified else f"not back {where}"
+    if details.run is not None:  # a failed run's incident: the build's node statuses are the proof
+        in_band = "the failed run's nodes build and pass" if proof.verdict is Verdict.verified else \
+            "the failed run's nodes do not all build and pass"
     lines = [
         f"Clone {proof.clone_id}: reverted {', '.join(map(short_sha, proof.reverted or (proof.sha,)))}; "
         "production was not written",

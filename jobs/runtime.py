@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 from functools import cached_property
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -225,14 +225,21 @@ class Runtime:
         return self.kill_switch_over([m for incident in incidents for m in self.incident_models(incident)])
 
     def incident_models(self, incident: Any) -> list[str]:
-        """The models an incident concerns: its metric's model and every model its suspects change."""
+        """The models an incident concerns: its metric's model (a failed run's: the failing model, or the models
+        its failing test reads) and every model its suspects change."""
         from jobs.project.lineage import model_uid
 
-        contract = next((c for c in self.contracts if c.id == incident.contract_id), None)
-        metric = model_uid(self.manifest, contract.relation_name) if contract else None
+        run = incident.details.run
+        if run is not None:
+            node = self.manifest["nodes"].get(run.node, {})
+            concerned = [uid for uid in [run.node, *node.get("depends_on", {}).get("nodes", ())]
+                         if uid.startswith("model.")][:1 if run.node.startswith("model.") else None]
+        else:
+            contract = next((c for c in self.contracts if c.id == incident.contract_id), None)
+            concerned = [model_uid(self.manifest, contract.relation_name)] if contract else []
         suspects = incident.details.suspects
         changed = [m for c in suspects.candidates for m in c.models] if suspects else []
-        return list(dict.fromkeys([*([metric] if metric else []), *changed]))
+        return list(dict.fromkeys([*(m for m in concerned if m), *changed]))
 
     def close(self) -> None:
         """Release the warehouse file lock and the store's connections."""

@@ -123,7 +123,10 @@ def test_a_signed_finished_run_is_fetched_from_the_api_and_recorded_once(served,
     both = {r.cloud_run_id: r for r in recorded(store, 2)}
     assert both[RUN] == run and both[RUN + 1].sha == shop_runs.green_sha
     assert len([path for path, _ in cloud.requests if path.startswith(prefix)]) == 4
-    assert [e.name for e in store.audit_events()] == ["run.ingested", "run.ingested"]
+    assert [e.name for e in store.audit_events() if e.name == "run.ingested"] == ["run.ingested", "run.ingested"]
+    assert len([e for e in store.audit_events() if e.name == "run.incidents_recorded"]) == 2
+    # The failed run's failures opened their incidents once (docs/runs.md), the retried delivery none.
+    assert len([e for e in store.audit_events() if e.name == "incident.opened"]) == len(run.failures)
 
     stored = json.dumps([e.data for e in store.audit_events()])
     for secret in (TOKEN, WEBHOOK_SECRET):

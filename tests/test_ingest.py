@@ -102,7 +102,11 @@ def test_a_re_ingested_run_changes_nothing(rt, shop_runs, tmp_path):
     again = ingest_target(rt, copy, sha="0" * 40)
     assert not again.new and again.run == first.run and again.run.ingested_at == NOW
     assert len(rt.store.runs()) == 1
-    assert [e.name for e in rt.store.audit_events()] == ["run.ingested"]
+    assert [e.name for e in rt.store.audit_events() if e.name.startswith("run.")] == ["run.ingested",
+                                                                                      "run.incidents_recorded"]
+    # Its failures opened their incidents once (tests/test_run_incidents.py); delivered again, nothing more.
+    opened = [e for e in rt.store.audit_events() if e.name == "incident.opened"]
+    assert len(opened) == len(first.run.failures) == len(first.incidents.opened) and not again.incidents.moved
     # A racing second writer is refused by the database and gets the stored run back.
     run, new = rt.store.record_run(parse_run(read_target(copy)))
     assert not new and run == first.run

@@ -18,11 +18,15 @@ from jobs.core.records import (
     RankedCause,
     Ranking,
     RowDelta,
+    RunDetail,
     TriageDetail,
     Verdict,
     Verification,
 )
+from jobs.project.dbt import NodeResult
 from jobs.propose.prbody import check_proof, check_summary, code, plain, pr_body, pr_title
+from jobs.propose.runbody import run_check_proof, run_pr_body, run_pr_title
+from jobs.verify.run_goal import RunGoal, RunMember, judge_run
 
 GOLDEN = Path(__file__).parent / "fixtures" / "pr_body.md"
 AT = datetime(2026, 11, 30, 6, 0, tzinfo=timezone.utc)
@@ -145,3 +149,66 @@ def test_title_and_check_proof():
     assert "12 passed" in proof.summary and "cairn_clone_7_8f31c2a" in proof.summary
     failed = check_proof(CONTRACT, dataclasses.replace(VERIFICATION, verdict=Verdict.not_recovered))
     assert failed.conclusion == "failure"
+
+
+RUN = RunDetail(node="test.shop.not_null_stg_orders_order_status.d7fcf15f79", kind="test_failure",
+                summary="test not_null on stg_orders.order_status failed: 2034 failing rows",
+                error="Got 2034 results, configured to fail if != 0\n``` </pre> | postgres://u:hunter2@db",
+                invocation_id="83d1547c", last_invocation_id="83d1547c", last_failed_at=AT, failing_rows=2034,
+                stale=("test.shop.not_null_stg_orders_order_status.d7fcf15f79",
+                       *(f"model.shop.m{i}" for i in range(12))))
+RUN_INCIDENT = dataclasses.replace(INCIDENT, contract_id="run:" + RUN.node, value=2034.0, baseline=None,
+                                   change_pct=None, details=INCIDENT.details.merged({"run": RUN}))
+RUN_FIX = dataclasses.replace(VERIFICATION, before=2034.0, after=0.0, detail="with the revert: … pass")
+
+
+def test_a_failed_runs_pr_names_the_node_the_error_and_the_failing_rows_before_and_after():
+    text = run_pr_body(incident=RUN_INCIDENT, run=RUN, candidate=CAUSE, ranking=RANKING, candidates=[CAUSE, OTHER],
+                       verification=RUN_FIX, deltas=[DELTA], lineage_path=["stg_orders", "not_null_stg_orders"],
+                       mode="assisted")
+    assert text.startswith("## Cairn incident #7: `not_null_stg_orders_order_status` failed in production")
+    for expected in (RUN.node, "test failure", "`83d1547c`", "| Before (with the commit) | 2,034 failing rows |",
+                     "| After (reverted) | 0 failing rows |", VERIFICATION.clone_id, VERIFICATION.dbt_command,
+                     "and 4 more", "(the failing node is last)", "Got 2034 results"):
+        assert expected in text, expected
+    # The error is dbt's text: fenced longer than its own backticks, a URL's password masked.
+    fence = text[text.index("Error:"):].split("\n")[2]
+    assert fence == "````text" and "hunter2" not in text and "```` " not in text
+    _tables_hold(text)
+    member = dataclasses.replace(RUN_INCIDENT, id=8, details=IncidentDetails(run=RUN.model_copy(update={
+        "node": "model.shop.stg_payments", "kind": "runtime_sql", "failing_rows": None})))
+    grouped = run_pr_body(incident=RUN_INCIDENT, run=RUN, candidate=CAUSE, ranking=RANKING, candidates=[CAUSE],
+                          verification=RUN_FIX, deltas=[], lineage_path=[], mode="assisted", group=[member])
+    assert "### Failures this revert heals" in grouped and "| #8 | `model.shop.stg_payments` | runtime sql |" in grouped
+    assert "for incidents #7, #8" in grouped and " and 1 more, Cairn #7)" in run_pr_title(RUN_INCIDENT, RUN, CAUSE,
+                                                                                        others=1)
+    title = run_pr_title(RUN_INCIDENT, RUN, CAUSE)
+    assert title == "Revert 8f31c2a: Exclude coupon payments from revenue (not_null_stg_orders_order_status failed: " \
+                    "test_failure, Cairn #7)"
+    proof = run_check_proof(RUN, RUN_FIX)
+    assert proof.conclusion == "success" and VERIFICATION.clone_id in proof.summary
+
+
+def test_a_failed_runs_revert_is_judged_by_the_build_statuses():
+    goal = RunGoal(failing=(RUN.node,), stale=(RUN.node, "model.shop.fct_orders", "test.shop.unique_fct_orders_id",
+                                               "exposure.shop.revenue", "source.shop.raw.orders"), failing_rows=2034)
+    manifest = {"nodes": {uid: {"name": uid.split(".")[2]} for uid in
+                          (RUN.node, "model.shop.fct_orders", "model.shop.stg_orders", "test.shop.unique_fct_orders_id")}}
+    # Reverted models, the failing node and stale models with their children; stale tests come with their models.
+    assert goal.select(manifest, ["model.shop.stg_orders"]) == \
+        "stg_orders+ not_null_stg_orders_order_status+ fct_orders+"
+    assert goal.reached(manifest)[1] == {RUN.node, "model.shop.fct_orders", "test.shop.unique_fct_orders_id"}
+    record: dict = {}
+    nodes = [NodeResult(RUN.node, "pass"), NodeResult("model.shop.fct_orders", "success")]
+    verdict, detail = judge_run(goal, manifest, nodes, {"pass": 2}, record)
+    assert verdict is Verdict.verified and record["after"] == 0.0 and "not_null_stg_orders_order_status" in detail
+    # A group's build: each member's node judged on it, its failing rows before and after.
+    group = dataclasses.replace(goal, members=(RunMember(7, "run:" + RUN.node, RUN.node, 2034),
+                                               RunMember(8, "run:model.shop.fct_orders", "model.shop.fct_orders")))
+    record = {}
+    assert judge_run(group, manifest, nodes, {"pass": 2}, record)[0] is Verdict.verified
+    assert [(m.incident_id, m.before, m.after, m.verdict) for m in record["members"]] == [
+        (7, 2034, 0.0, Verdict.verified), (8, None, None, Verdict.verified)]
+    gone = {"nodes": {k: v for k, v in manifest["nodes"].items() if k != RUN.node}}
+    verdict, detail = judge_run(goal, gone, nodes, {"pass": 2}, {})
+    assert verdict is Verdict.not_recovered and "removes" in detail

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from jobs.attribute.history import candidates as suspect_commits
-from jobs.attribute.ranking import score
+from jobs.attribute.ranking import FAILED_RUN, METRIC, score
 from jobs.contracts.spec import Contract
 from jobs.core.records import Candidate, Incident, Ranking
 from jobs.project.lineage import Lineage, metric_columns, upstream
@@ -42,15 +42,20 @@ class Attribution:
         return tuple(c for c in ranked if not c.intentional and not c.docs_only)
 
 
-def attribute(rt: Runtime, incident: Incident, contract: Contract) -> Attribution:
-    """Lineage ⋈ git history → candidates → ranking (scorer, then the LLM when configured)."""
+def attribute(rt: Runtime, incident: Incident, contract: Contract | None) -> Attribution:
+    """Lineage ⋈ git history → candidates → ranking (scorer, then the LLM when configured). A failed run's
+    incident (no contract) walks up from its failing node; the LLM re-ranks metric incidents only, for now."""
     settings = rt.config.settings.attribution
-    lineage = upstream(rt.manifest, contract.relation_name, metric_columns(contract))
+    run = incident.details.run
+    if contract is None and run is None:
+        raise ValueError(f"incident {incident.id} has neither a contract nor a failed run to attribute")
+    lineage = upstream(rt.manifest, run.node, ()) if contract is None else \
+        upstream(rt.manifest, contract.relation_name, metric_columns(contract))
     found = suspect_commits(rt.git, lineage, incident.last_good_sha, incident.first_bad_sha or rt.deployed_sha(),
                             project_subdir=rt.project_subdir, intentional_markers=settings.intentional_markers,
                             dialect=rt.dialect)[: settings.max_candidates]
-    ranking = score(found)
-    if found and rt.config.env.anthropic_api_key:
+    ranking = score(found, subject=METRIC if run is None else FAILED_RUN)
+    if found and rt.config.env.anthropic_api_key and contract is not None:
         ranking = _rerank(rt, incident, contract, found, ranking)
     return Attribution(lineage, tuple(found), ranking)
 

@@ -91,11 +91,26 @@ def logit(f: Features) -> float:
     return z + RECENCY * f.recency
 
 
-def rationale(f: Features) -> str:
+@dataclass(frozen=True)
+class Subject:
+    """What the evidence is about, in the rationale's words: a metric, or a failed run's node."""
+
+    restored: str = "the metric"
+    columns: str = "the metric's columns"
+    own: str = "the metric's own model"
+    model: str = "the metric's model"
+
+
+METRIC, FAILED_RUN = Subject(), Subject("the failed run's nodes", "the failing node's columns", "the failing node itself",
+                                        "the failing node")
+
+
+def rationale(f: Features, subject: Subject = METRIC) -> str:
     """One sentence from the features, strongest evidence first."""
     parts = []
     if f.verified is not None:
-        parts.append("reverting it restored the metric" if f.verified else "reverting it did not restore the metric")
+        parts.append(f"reverting it restored {subject.restored}" if f.verified
+                     else f"reverting it did not restore {subject.restored}")
     if f.docs_only:
         parts.append("it changes documentation only")
     if f.rows_changed is not None:
@@ -103,10 +118,10 @@ def rationale(f: Features) -> str:
         parts.append(f"it changes {share} of the rows of {f.delta_model}" if f.rows_changed
                      else f"it leaves the rows of {f.delta_model} unchanged")
     if f.touches is not None:
-        parts.append("it touches the metric's columns" if f.touches else "it does not touch the metric's columns")
+        parts.append(f"it touches {subject.columns}" if f.touches else f"it does not touch {subject.columns}")
     if f.distance is not None:
-        parts.append("it changes the metric's own model" if f.distance == 0
-                     else f"it is {f.distance} hop{'s' * (f.distance > 1)} upstream of the metric's model")
+        parts.append(f"it changes {subject.own}" if f.distance == 0
+                     else f"it is {f.distance} hop{'s' * (f.distance > 1)} upstream of {subject.model}")
     if f.logic_lines is not None and not f.docs_only:
         parts.append(f"{f.logic_lines} line{'s' * (f.logic_lines != 1)} of SQL logic changed" if f.logic_lines
                      else "no SQL logic changed")
@@ -120,8 +135,10 @@ def score(
     candidates: Sequence[Candidate],
     deltas: Mapping[str, RowDelta] = {},
     verified: Mapping[str, bool] = {},
+    subject: Subject = METRIC,
 ) -> Ranking:
-    """Rank candidates by evidence; ties keep the order given. Intentional commits rank last."""
+    """Rank candidates by evidence; ties keep the order given. Intentional commits rank last. `subject` words
+    the rationales (a failed run's incident has no metric)."""
     by_time = sorted(range(len(candidates)), key=lambda i: candidates[i].authored_at)
     span = max(len(candidates) - 1, 1)
     recency = {i: rank / span for rank, i in enumerate(by_time)}
@@ -134,7 +151,7 @@ def score(
     causes = []
     for c, f, w in zip(candidates, feats, weights):
         confidence = min(w / norm, VERIFIED_CAP if f.verified else CAP)
-        causes.append(RankedCause(sha=c.sha, confidence=round(confidence, 4), rationale=rationale(f)))
+        causes.append(RankedCause(sha=c.sha, confidence=round(confidence, 4), rationale=rationale(f, subject)))
     return Ranking(causes=order(causes, candidates), ranker="scorer")
 
 

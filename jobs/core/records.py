@@ -314,6 +314,31 @@ class FollowsDetail(Detail):
     at: datetime | None
 
 
+RUN_TRIGGER = "run:"  # a run incident's contract_id: "run:" and the failing node's unique_id
+
+
+def run_subject(node: str) -> str:
+    """The contract_id of the incidents a failing node of production runs opens (one open at a time)."""
+    return RUN_TRIGGER + node
+
+
+class RunDetail(Detail):
+    """A failed production run's node: why it failed, in which run, and what the run left stale."""
+
+    node: str  # unique_id of the failing model, test, seed, snapshot or source
+    kind: str  # jobs.core.runs.FailureKind
+    summary: str
+    error: str = ""  # dbt's message, cut to its first lines
+    invocation_id: str  # the run that opened the incident
+    last_invocation_id: str  # the latest run it failed in
+    last_failed_at: datetime  # when dbt finished that run: only a later green run resolves the incident
+    failures: int = 1  # runs it failed in while the incident was open
+    last_green_invocation_id: str | None = None  # the run the suspect range starts from
+    failing_rows: int | None = None  # a test's failing rows in the run
+    stale: tuple[str, ...] = ()  # unique_ids the run errored, failed or skipped: production is stale there
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
 class GroupDetail(Detail):
     leader: int
     members: tuple[int, ...]
@@ -368,6 +393,7 @@ class IncidentDetails(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="allow")
 
+    run: RunDetail | None = None  # set on an incident a failed production run opened (jobs.detect.run_incidents)
     follows: FollowsDetail | None = None
     followed_by: int | None = None  # the incident a later deploy opened on top of this one
     deploy: DeployDetail | None = None

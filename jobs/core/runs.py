@@ -8,6 +8,8 @@ from enum import Enum
 from typing import Any
 
 FAILED = frozenset({"error", "fail", "runtime error"})  # a warn is reported, never a failure
+GREEN = frozenset({"success", "pass", "warn"})  # the node built, or its test held
+STALE = FAILED | {"skipped"}  # production's relation was not rebuilt by the run
 BUILD, FRESHNESS = "build", "freshness"  # a node's result from run_results.json, or from sources.json
 
 

@@ -10,11 +10,12 @@ The deployed SHA, first found wins (docs/runs.md):
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.core.errors import ArtifactError, ConfigError
 from jobs.core.runs import Run
+from jobs.detect.run_incidents import RunIncidents, record_failures, recorded_key
 from jobs.project.git import GitError
 from jobs.runs.artifacts import Artifacts, manifest_generated_at, parse_run, read_target, run_env
 from jobs.runs.dbt_cloud import DbtCloudClient
@@ -26,6 +27,7 @@ SHA_ENV = "CAIRN_SHA"  # DBT_ENV_CUSTOM_ENV_CAIRN_SHA, as dbt records it
 class Ingested:
     run: Run
     new: bool  # False: the run was already recorded and nothing changed
+    incidents: RunIncidents = field(default_factory=RunIncidents)  # what its failures opened, updated, resolved
 
 
 def ingest_target(rt, target_dir: Path, sha: str | None = None) -> Ingested:
@@ -58,7 +60,7 @@ def build_and_ingest(rt) -> Ingested | None:
 def ingest_cloud_run(rt, run_id: int, client: DbtCloudClient | None = None) -> Ingested:
     """Fetch a finished dbt Cloud run's artifacts through its API and ingest them (a webhook's job)."""
     known = rt.store.cloud_run(run_id)
-    if known is not None:  # a delivery dbt Cloud retried: nothing to fetch
+    if known is not None and rt.store.has_audit(recorded_key(known)):  # a delivery dbt Cloud retried
         return Ingested(known, False)
     client = client or cloud_client(rt.config)
     run = client.run(run_id)
@@ -82,15 +84,18 @@ def ingest(rt, artifacts: Artifacts, *, source: str = "artifacts", sha: str | No
     run = parse_run(artifacts, source)
     known = rt.store.find_run(run.invocation_id)
     if known is not None and known.invocation_id == run.invocation_id:
-        return Ingested(known, False)
+        # Recorded by a job that died before its incidents were: this retry finishes the job.
+        unfinished = not rt.store.has_audit(recorded_key(known))
+        return Ingested(known, False, record_failures(rt, known, artifacts.manifest) if unfinished else RunIncidents())
     if sha is None:
         sha, sha_source = deployed_sha(rt, artifacts)
     run = dataclasses.replace(run, sha=sha, sha_source=sha_source, cloud_run_id=cloud_run_id)
-    stored, new = rt.store.record_run(run)
+    stored, new = rt.store.record_run(run)  # a racing writer's run comes back as known: its incidents are its
     if new:
         rt.store.audit("run.ingested", dedup_key=f"run.ingested:{run.invocation_id}", data={
             "invocation_id": run.invocation_id, "source": source, "sha": sha, "sha_source": sha_source,
             "status": stored.status, "failures": [node.unique_id for node in stored.failures]})
+        return Ingested(stored, new, record_failures(rt, stored, artifacts.manifest))
     return Ingested(stored, new)
 
 

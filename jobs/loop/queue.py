@@ -112,6 +112,21 @@ def perform_check(rt, jobs: "Jobs", contracts=None) -> list:
     return outcomes
 
 
+def heal_run(rt, jobs: "Jobs", ingested):
+    """A recorded run's incidents: those it opened with one suspect range form a group (one culprit, one
+    verification, one PR), the cards of those it moved are refreshed, the loop starts for each new leader.
+    `ingested` is `jobs.detect.ingest.Ingested` (None: the build was held); returned as given."""
+    if ingested is None:
+        return None
+    leaders = groups.form(rt.store, ingested.incidents.opened)
+    for incident in ingested.incidents.moved:
+        jobs.notify(incident.id)
+    for incident in ingested.incidents.opened:
+        if leaders.get(incident.id, incident.id) == incident.id:
+            jobs.stage("attribute", incident.id)
+    return ingested
+
+
 def check_and_heal(rt, contracts=None) -> list:
     """`cairn check` at the Runtime's clock: observe and detect, then the loop for every incident
     this check opened.
@@ -231,7 +246,7 @@ class InlineJobs(Jobs):
         self._submit(lambda: perform_review(self.rt, self, action, incident_id, actor, arg, reply_to))
 
     def ingest(self, run_id: int) -> None:
-        self._submit(lambda: ingest_cloud_run(self.rt, run_id))
+        self._submit(lambda: heal_run(self.rt, self, ingest_cloud_run(self.rt, run_id)))
 
     def tell(self, channel: str, user: str, text: str) -> None:
         self._submit(lambda: _import(TELL)(channel, user, text, rt=self.rt))
@@ -429,8 +444,8 @@ def review_job(action: str, incident_id: int, actor: str, arg: str, reply_to: st
 
 
 def ingest_job(run_id: int, at: str | None = None) -> None:
-    with _job_runtime(at) as (rt, _jobs):
-        ingest_cloud_run(rt, run_id)
+    with _job_runtime(at) as (rt, jobs):
+        heal_run(rt, jobs, ingest_cloud_run(rt, run_id))
 
 
 def on_job_failure(job, connection, exc_type, exc, tb) -> None:

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from jobs.attribute import groups, triage
 from jobs.attribute.attribution import Attribution, attribute
+from jobs.contracts.spec import Contract
 from jobs.core.errors import CairnError
 from jobs.core.formatting import fmt_value
 from jobs.core.records import (
@@ -34,6 +35,7 @@ from jobs.project.isolation import DbtServers
 from jobs.propose.decision import AUTONOMOUS, propose
 from jobs.runtime import Runtime
 from jobs.verify.bisect import find_fix
+from jobs.verify.run_goal import RunGoal, RunMember
 from jobs.warehouse.sandbox import remove_incident_sandboxes
 from jobs.warehouse.sandboxes import SandboxRefused
 
@@ -48,7 +50,7 @@ def attribute_stage(rt: Runtime, incident_id: int) -> list[int]:
     incident, group = turn
     for member in group:
         _move(rt, member, IncidentStatus.attributing, "attribution.started")
-    found = {m.id: attribute(rt, m, rt.contract(m.contract_id)) for m in group}
+    found = {m.id: attribute(rt, m, contract_of(rt, m)) for m in group}
     unexplained = [m for m in group if not found[m.id].revertable]
     for member in unexplained:
         _escalate(rt, member, found[member.id])
@@ -86,7 +88,7 @@ def _escalate(rt: Runtime, incident: Incident, found: Attribution) -> None:
     reason = (f"commit {found.intentional[0].short_sha} marks this change as intentional: re-baseline with "
               f"`cairn rebaseline {contract_id} --reason ...`" if found.intentional else
               "no code change in the suspect range explains this: look at the source data")
-    facts = () if found.intentional else upstream_of(rt, incident, rt.contract(contract_id))
+    facts = () if found.intentional else upstream_of(rt, incident, contract_of(rt, incident))
     judged = triage.after_attribution(intentional=[_line(c) for c in found.intentional], revertable=(),
                                       upstream=facts)
     _move(rt, incident, IncidentStatus.escalated, "attribution.finished",
@@ -105,10 +107,11 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
     for leftover in remove_incident_sandboxes(rt.sandboxes_root, incident.id):
         log.warning("incident %s: removed %s, left by an interrupted verification", incident.id, leftover)
     rt.git.run("worktree", "prune")
-    contract = rt.contract(incident.contract_id)
+    contract = contract_of(rt, incident)
     ranked = _ranked_candidates(incident)
-    band = recovery_band(contract, incident)
-    also = [Target(m.id, c, recovery_band(c, m), m.value) for m in group[1:] for c in [rt.contract(m.contract_id)]]
+    band = recovery_band(contract, incident) if contract else None
+    goal = run_goal(group)
+    also = [Target(m.id, c, recovery_band(c, m), m.value) for m in group[1:] if (c := contract_of(rt, m))]
     deployed = rt.deployed_sha()
 
     # Clones hold production as of the last good observation: what the bad code then rewrote (where the
@@ -120,9 +123,9 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
         result = verify_revert(
             sandboxes=sandboxes, repo=rt.config.repo_dir, project_subdir=rt.project_subdir, deployed_sha=deployed,
             shas=shas, models=tuple(dict.fromkeys(m for c in suspects for m in c.models)), contract=contract,
-            metric_model=contract.relation_name, prod_state=rt.state_dir, band=band, before=incident.value,
-            at=incident.first_bad_at, incident_id=incident.id, sandboxes_root=rt.sandboxes_root, also=also,
-            followers=followers, servers=servers)
+            metric_model=contract.relation_name if contract else None, prod_state=rt.state_dir, band=band,
+            before=incident.value, at=incident.first_bad_at, incident_id=incident.id, sandboxes_root=rt.sandboxes_root,
+            also=also, followers=followers, servers=servers, run=goal)
         key = f"{_scope(incident)}:verification.attempt:{','.join([*followers, *shas])}"
         if result.billed_bytes is not None or result.clones:
             rt.store.audit("verification.cost", incident_id=incident.id, dedup_key=key.replace("attempt", "cost"),
@@ -176,10 +179,10 @@ def propose_stage(rt: Runtime, incident_id: int) -> list[int]:
     if (turn := _turn(rt, incident_id, "propose", IncidentStatus.verified, IncidentStatus.not_verified)) is None:
         return []
     incident, group = turn
-    contract = rt.contract(incident.contract_id)
+    contract = contract_of(rt, incident)
     verification = incident.details.verification
     outcome = propose(rt, incident, contract, verification.fix if verification else None,
-                      _ranked_candidates(incident), group=[(m, rt.contract(m.contract_id)) for m in group[1:]])
+                      _ranked_candidates(incident), group=[(m, contract_of(rt, m)) for m in group[1:]])
     blocked = MergeBlockedDetail(by=AUTONOMOUS, reason=outcome.merge_blocked, head_sha=outcome.pr.head_sha) \
         if outcome.merge_blocked and outcome.pr else None
     for member in _last(group, incident_id):
@@ -229,18 +232,43 @@ def _verified_triage(rt: Runtime, incident: Incident, search, fix) -> triage.Tri
     tried = list(dict.fromkeys(s[:7] for a in search.attempts for s in a.reverted))
     if fix is None:
         return triage.after_verification(verified=None, tried=tried,
-                                         upstream=upstream_of(rt, incident, rt.contract(incident.contract_id)))
+                                         upstream=upstream_of(rt, incident, contract_of(rt, incident)))
     mine = groups.view(fix, incident)
+    reverted = ", ".join(s[:7] for s in mine.reverted)
+    if incident.details.run is not None:
+        return triage.after_verification(tried=tried, upstream=(), verified=(
+            f"reverting {reverted} makes {incident.details.run.node} build and pass again on clone {mine.clone_id}"))
     return triage.after_verification(tried=tried, upstream=(), verified=(
-        f"reverting {', '.join(s[:7] for s in mine.reverted)} brings {incident.contract_id} from "
+        f"reverting {reverted} brings {incident.contract_id} from "
         f"{fmt_value(mine.before)} to {fmt_value(mine.after)} on clone {mine.clone_id}"))
 
 
+def contract_of(rt: Runtime, incident: Incident) -> Contract | None:
+    """The incident's metric contract; None for a failed run's incident, which has none (its details say why)."""
+    return None if incident.details.run is not None else rt.contract(incident.contract_id)
+
+
+def run_goal(group: Sequence[Incident]) -> RunGoal | None:
+    """What the revert's build must show for a failed run's incident and its group (`jobs.verify.run_goal`):
+    every member's failing node back, everything any left stale rebuilt."""
+    runs = [(m, m.details.run) for m in group if m.details.run is not None]
+    if not runs or runs[0][0] is not group[0]:
+        return None
+    lead = runs[0][1]
+    return RunGoal(failing=tuple(r.node for _, r in runs), stale=tuple(dict.fromkeys(u for _, r in runs for u in r.stale)),
+                   failing_rows=lead.failing_rows,
+                   members=tuple(RunMember(m.id, m.contract_id, r.node, r.failing_rows) for m, r in runs)
+                   if len(runs) > 1 else ())
+
+
 def upstream_of(rt: Runtime, incident: Incident, contract) -> tuple:
-    """The sources under the metric, measured over the first bad window; nothing when they cannot be."""
+    """The sources under the metric, measured over the first bad window; nothing when they cannot be
+    (nor for a failed run's incident: no metric window to measure them over)."""
     from jobs.attribute.upstream import upstream_facts
     from jobs.project.lineage import upstream
 
+    if contract is None:
+        return ()
     first_bad = rt.store.observation(incident.first_bad_observation_id) if incident.first_bad_observation_id \
         else None
     if first_bad is not None and first_bad.window_start and first_bad.window_end:

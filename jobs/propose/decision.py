@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jobs.attribute.ranking import score
+from jobs.attribute.ranking import FAILED_RUN, METRIC, score
 from jobs.contracts.spec import Contract
 from jobs.core.errors import CairnError
 from jobs.core.records import Candidate, Incident, IncidentStatus, PullRequest, Ranking, Verdict, Verification
@@ -13,6 +13,7 @@ from jobs.forge import MergeBlocked
 from jobs.project.followers import conflicting_followers
 from jobs.project.lineage import model_refs
 from jobs.propose.prbody import Follower, check_proof, pr_body, pr_title
+from jobs.propose.runbody import run_check_proof, run_pr_body, run_pr_title
 from jobs.runtime import Runtime
 from jobs.store import switches
 from policies.decide import Action, Decision, Facts, decide
@@ -37,12 +38,13 @@ class Proposal:
     merge_blocked: str | None = None  # why the code host refused the auto-merge: the PR waits, open
 
 
-def propose(rt: Runtime, incident: Incident, contract: Contract, fix: Verification | None,
-            ranked: Sequence[Candidate], group: Sequence[tuple[Incident, Contract]] = ()) -> Proposal:
+def propose(rt: Runtime, incident: Incident, contract: Contract | None, fix: Verification | None,
+            ranked: Sequence[Candidate], group: Sequence[tuple[Incident, Contract | None]] = ()) -> Proposal:
     """The decision for the incident and the other incidents of its `group`, and the one PR they share."""
     verified = fix is not None and fix.verdict is Verdict.verified
     cause = next((c for c in ranked if fix and c.sha == fix.sha), None)
-    ranking = score(ranked, verified={fix.sha: True} if verified else {})
+    ranking = score(ranked, verified={fix.sha: True} if verified else {},
+                    subject=FAILED_RUN if incident.details.run is not None else METRIC)
     confidence = next((r.confidence for r in ranking.causes if cause and r.sha == cause.sha), 0.0)
     # Mode and kill switch are read now, immediately before the side effect, never earlier.
     facts = Facts(verified=verified, confidence=confidence,
@@ -63,9 +65,9 @@ def propose(rt: Runtime, incident: Incident, contract: Contract, fix: Verificati
     return Proposal(decision, status, pr, ranking)
 
 
-def open_verified_pr(rt: Runtime, incident: Incident, contract: Contract, cause: Candidate, fix: Verification,
+def open_verified_pr(rt: Runtime, incident: Incident, contract: Contract | None, cause: Candidate, fix: Verification,
                      ranking: Ranking, ranked: Sequence[Candidate], decision: Decision,
-                     group: Sequence[tuple[Incident, Contract]] = ()) -> PullRequest:
+                     group: Sequence[tuple[Incident, Contract | None]] = ()) -> PullRequest:
     """The only place Cairn opens a PR, and it refuses anything but a verified revert of the culprit alone,
     or of the culprit with exactly its conflicting followers (for a group: one that brought every member back)."""
     behind = [f"#{m.incident_id}" for m in fix.members if m.verdict is not Verdict.verified]
@@ -78,12 +80,21 @@ def open_verified_pr(rt: Runtime, incident: Incident, contract: Contract, cause:
     suspects = incident.details.suspects
     path = suspects.lineage_path.get(cause.sha, []) if suspects else []
     followers = [Follower(sha, rt.git.run("log", "-1", "--format=%B", sha)) for sha in fix.followers]
-    body = pr_body(incident=incident, contract=contract, candidate=cause, ranking=ranking, candidates=ranked,
-                   verification=fix, deltas=fix.deltas, lineage_path=path, mode=decision.mode.value, group=group,
-                   followers=followers)
-    return rt.forge.open_revert_pr(incident.id, rt.config.settings.branch, list(fix.reverted),
-                                   pr_title(incident, contract, cause, others=len(group), followers=followers),
-                                   body, proof=check_proof(contract, fix))
+    run = incident.details.run
+    if run is not None:  # a failed production run's incident: the failing node in place of a metric
+        title = run_pr_title(incident, run, cause, followers, others=len(group))
+        body = run_pr_body(incident=incident, run=run, candidate=cause, ranking=ranking, candidates=ranked,
+                           verification=fix, deltas=fix.deltas, lineage_path=path, mode=decision.mode.value,
+                           followers=followers, group=[member for member, _ in group])
+        proof = run_check_proof(run, fix)
+    else:
+        title = pr_title(incident, contract, cause, others=len(group), followers=followers)
+        body = pr_body(incident=incident, contract=contract, candidate=cause, ranking=ranking, candidates=ranked,
+                       verification=fix, deltas=fix.deltas, lineage_path=path, mode=decision.mode.value, group=group,
+                       followers=followers)
+        proof = check_proof(contract, fix)
+    return rt.forge.open_revert_pr(incident.id, rt.config.settings.branch, list(fix.reverted), title, body,
+                                   proof=proof)
 
 
 def _culprit_revert(rt: Runtime, incident: Incident, cause: Candidate, fix: Verification) -> bool:

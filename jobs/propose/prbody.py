@@ -109,7 +109,11 @@ def pr_title(incident: Incident, contract: Contract, cause: Candidate, others: i
     names how many other contracts it recovers ('… -18.4% and 5 more, …'); a revert with followers names
     them ('Revert 8f31c2a with 2b4c6d8: …')."""
     more = f" and {others} more" if others else ""
-    suffix = f" ({redact(contract.id)} {_change(incident)}{more}, Cairn #{incident.id})"
+    return revert_title(cause, followers, f" ({redact(contract.id)} {_change(incident)}{more}, Cairn #{incident.id})")
+
+
+def revert_title(cause: Candidate, followers: Sequence[Follower], suffix: str) -> str:
+    """'Revert 8f31c2a[ with 2b4c6d8]: <subject, cut to fit>' and `suffix`, within MAX_TITLE."""
     subject = redact(_first_line(cause.message))
     reverts = cause.short_sha + (" with " + ", ".join(f.sha[:7] for f in followers) if followers else "")
     room = MAX_TITLE - len(suffix) - len(f"Revert {reverts}: ")
@@ -223,17 +227,17 @@ def _triage(incident: Incident) -> list[str]:
             *(f"- {plain(line)}" for line in found.evidence)]
 
 
-def _attribution(path: Sequence[str]) -> list[str]:
+def _attribution(path: Sequence[str], last: str = "the metric's model") -> list[str]:
     if not path:
-        return ["### Attribution path", "", "No lineage path: the commit touches the metric's model directly."]
+        return ["### Attribution path", "", f"No lineage path: the commit touches {last} directly."]
     nodes = [f'  n{i}["{_node(name)}"]' for i, name in enumerate(path)]
     edges = [f"  n{i} --> n{i + 1}" for i in range(len(path) - 1)]
     text = " → ".join(code(name) for name in path)
     return ["### Attribution path", "", "```mermaid", "graph LR", *nodes, *edges, "```", "",
-            f"{text} (the metric's model is last)"]
+            f"{text} ({last} is last)"]
 
 
-def _suspect(cause: Candidate, ranking: Ranking) -> list[str]:
+def _suspect(cause: Candidate, ranking: Ranking, to: str = "the metric") -> list[str]:
     confidence = next((c.confidence for c in ranking.causes if c.sha == cause.sha), None)
     rows = [["SHA", code(cause.sha)], ["Author", plain(cause.author)],
             ["Authored", cause.authored_at.strftime("%Y-%m-%d %H:%M UTC")],
@@ -241,11 +245,11 @@ def _suspect(cause: Candidate, ranking: Ranking) -> list[str]:
             ["Files", "<br>".join(code(f) for f in cause.files) or "—"],
             ["Confidence", f"{confidence:.0%} ({ranking.ranker})" if confidence is not None else "—"]]
     if cause.distance is not None:
-        rows.append(["Lineage hops to the metric", str(cause.distance)])
+        rows.append([f"Lineage hops to {to}", str(cause.distance)])
     return ["### Suspected commit", "", *_table(["Field", "Value"], rows)]
 
 
-def _alternates(ranking: Ranking, candidates: Sequence[Candidate], top: str) -> list[str]:
+def _alternates(ranking: Ranking, candidates: Sequence[Candidate], top: str, of: str = "the metric's") -> list[str]:
     by_sha = {c.sha: c for c in candidates}
     rows = []
     for rank, cause in enumerate(ranking.causes, start=1):
@@ -256,15 +260,19 @@ def _alternates(ranking: Ranking, candidates: Sequence[Candidate], top: str) -> 
                      plain(_first_line(known.message)) if known else "—", plain(cause.rationale)])
     lines = ["### Ranked alternates", ""]
     if not rows:
-        return lines + ["No other commit in the suspect range touches the metric's lineage."]
+        return lines + [f"No other commit in the suspect range touches {of} lineage."]
     note = ["", f"Ranked by {plain(ranking.ranker)}" + (f": {plain(ranking.note)}" if ranking.note else ".")]
     return lines + _table(["Rank", "Commit", "Confidence", "Message", "Rationale"], rows) + note
 
 
 def _verification(contract: Contract, v: Verification) -> list[str]:
-    rows = [["Clone", code(v.clone_id)], ["dbt command", code(v.dbt_command)],
-            ["Before (with the commit)", metric_value(contract, v.before)],
-            ["After (reverted)", metric_value(contract, v.after)],
+    return verification_section(v, [["Before (with the commit)", metric_value(contract, v.before)],
+                                    ["After (reverted)", metric_value(contract, v.after)]])
+
+
+def verification_section(v: Verification, measured: Sequence[Sequence[str]]) -> list[str]:
+    """The clone, the exact dbt command, what was `measured` on the build, its tests, and how it ran."""
+    rows = [["Clone", code(v.clone_id)], ["dbt command", code(v.dbt_command)], *measured,
             ["Check", f"{v.verdict.value}: {tests_line(v.tests)}"]]
     if v.reverted and len(v.reverted) > 1:
         rows.append(["Reverted together", ", ".join(code(sha[:7]) for sha in v.reverted)])

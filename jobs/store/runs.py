@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from jobs.core.errors import NotFound, StoreError
-from jobs.core.runs import NodeRun, Run
+from jobs.core.runs import GREEN, NodeRun, Run
 from jobs.store.database import run_nodes, runs
 
 _NODE_FIELDS = [f.name for f in dataclasses.fields(NodeRun)]
@@ -68,6 +68,25 @@ class RunStore:
             nodes = self._nodes(conn, [row["id"] for row in rows])
         return [_run(row, nodes) for row in rows]
 
+    def last_green(self, unique_id: str, before: Run, look_back: int = 50) -> Run | None:
+        """The latest run before `before` in which the node passed (`success`, `pass`); else the latest
+        without any failure, in which the node did not run or did not exist yet (docs/runs.md)."""
+        earlier = self._around(runs.c.generated_at < before.generated_at, runs.c.generated_at.desc(), look_back)
+        return next((r for r in earlier if _passed(r, unique_id)), None) or next((r for r in earlier if not r.failures),
+                                                                                 None)
+
+    def green_since(self, unique_id: str, after: Run, look_ahead: int = 50) -> Run | None:
+        """The first run after `after` in which the node passed: a failure ingested late is already healed."""
+        later = self._around(runs.c.generated_at > after.generated_at, runs.c.generated_at, look_ahead)
+        return next((r for r in later if _passed(r, unique_id)), None)
+
+    def _around(self, where, order, limit: int) -> list[Run]:
+        query = runs.select().where(where).order_by(order, runs.c.id).limit(limit)
+        with self._transaction() as conn:
+            rows = conn.execute(query).mappings().all()
+            nodes = self._nodes(conn, [row["id"] for row in rows])
+        return [_run(row, nodes) for row in rows]
+
     @staticmethod
     def _nodes(conn, run_ids: list[int]) -> dict[int, list[NodeRun]]:
         found: dict[int, list[NodeRun]] = {run_id: [] for run_id in run_ids}
@@ -82,3 +101,7 @@ class RunStore:
 
 def _run(row: Any, nodes: dict[int, list[NodeRun]]) -> Run:
     return Run(**{name: row[name] for name in _RUN_FIELDS}, id=row["id"], nodes=tuple(nodes.get(row["id"], ())))
+
+
+def _passed(run: Run, unique_id: str) -> bool:
+    return any(n.unique_id == unique_id and n.status in GREEN for n in run.nodes)

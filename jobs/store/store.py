@@ -205,6 +205,22 @@ class Store(PullRequestStore, ChatMessageStore, LeaseStore, RunStore):
             details=IncidentDetails().merged(details or {}).to_json(),
             follows_id=follows.id if follows else None,
         )
+        return self._open(row, follows)
+
+    def open_run_incident(self, contract_id: str, *, severity: str, failed_at: datetime, failed_sha: str | None,
+                          green_at: datetime | None, green_sha: str | None, value: float | None, reason: str,
+                          details: Mapping[str, Any]) -> Incident:
+        """Open the incident of a node that failed in a production run (`jobs.detect.run_incidents`), between
+        the node's last green run and the failed one; if one is open already, return it unchanged."""
+        now = self.clock.now()
+        row = dict(contract_id=contract_id, status=IncidentStatus.detected.value, open=True, severity=severity,
+                   detected_at=now, updated_at=now, first_bad_at=failed_at, first_bad_sha=failed_sha,
+                   last_good_at=green_at, last_good_sha=green_sha, value=value, reason=reason,
+                   details=IncidentDetails().merged(details).to_json())
+        return self._open(row, None)
+
+    def _open(self, row: dict[str, Any], follows: Incident | None) -> Incident:
+        contract_id = row["contract_id"]
         for _attempt in range(3):  # the open incident may close between our conflict and our read
             try:
                 with self._transaction(write=True) as conn:
@@ -320,6 +336,10 @@ class Store(PullRequestStore, ChatMessageStore, LeaseStore, RunStore):
                 AuditEvent(name=r.name, at=r.at, actor=r.actor, incident_id=r.incident_id, data=r.data, id=r.id)
                 for r in conn.execute(query)
             ]
+
+    def has_audit(self, dedup_key: str) -> bool:
+        """Whether an event was recorded under `dedup_key` (a step that marks itself done)."""
+        return self._has_audit_key(dedup_key)
 
     def _has_audit_key(self, dedup_key: str) -> bool:
         query = sa.select(audit_events.c.id).where(audit_events.c.dedup_key == dedup_key)

@@ -8,6 +8,10 @@ sandbox: verified only when every member is back in its own band. Distribution c
 verified here: their value is a divergence from the baseline profiles, which this stage does not
 hold, so they come back `not_recovered` with the measured profile's reason in `detail`.
 
+A failed production run's incident has no metric (`RunGoal`): the build rebuilds every node the run
+left stale (errored, failed, skipped), and the judgement is the build's node statuses: verified iff
+the failing nodes now succeed, their tests pass and their children build and pass.
+
 Every dbt invocation on the reverted worktree runs the revert's code, so it runs in a child process
 (`jobs.project.isolation`), jailed where the machine can; where it cannot, a selection holding
 Python models is refused (`Unisolated`) instead of built. The evidence says which.
@@ -36,6 +40,7 @@ from jobs.project.dbt import Dbt, InvocationResult, NodeResult
 from jobs.project.isolation import Child, DbtServers, Isolation
 from jobs.project.packages import provide
 from jobs.project.worktree import Worktree
+from jobs.verify.run_goal import RunGoal, judge_run
 from jobs.verify.scope import narrow
 from jobs.warehouse.sandbox import ProductionModified
 from jobs.warehouse.sandboxes import Sandbox, Sandboxes, Unisolated
@@ -60,22 +65,33 @@ class Target:
 
 
 def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, deployed_sha: str,
-                  shas: Sequence[str], models: Sequence[str], contract: Contract, metric_model: str,
-                  prod_state: Path, band: BaselineStats, before: float | None, at: datetime, incident_id: int,
+                  shas: Sequence[str], models: Sequence[str], contract: Contract | None, metric_model: str | None,
+                  prod_state: Path, band: BaselineStats | None, before: float | None, at: datetime, incident_id: int,
                   sandboxes_root: Path, also: Sequence[Target] = (), label: str | None = None,
-                  deltas: bool = True, followers: Sequence[str] = (), servers: DbtServers | None = None
-                  ) -> Verification:
+                  deltas: bool = True, followers: Sequence[str] = (), servers: DbtServers | None = None,
+                  run: RunGoal | None = None) -> Verification:
     """Revert `shas` at `deployed_sha`, build reverted models through `metric_model` (and the metric
     models of `also`, the incident's group) in a sandbox of `sandboxes` (the warehouse's adapter,
     `jobs.warehouse.sandboxes`), and measure there. `label` names the worktree and sandbox (default:
     the incident ID; a deploy check has no incident); `deltas` takes sample-row deltas. `followers`: later
     commits reverted with the culprit `shas[0]` because they change its lines (`jobs.project.followers`).
     `servers`: the warm dbt servers the verification's builds share (`jobs.project.isolation.DbtServers`);
-    without them, its invocations share servers of their own."""
-    check_inputs(shas, models, contract, metric_model)
+    without them, its invocations share servers of their own. `run`: a failed run's incident, judged by the
+    build's node statuses (no contract, metric model or band)."""
+    check_inputs(shas, models, contract, metric_model, run)
     phases: dict[str, float] = {}
-    targets, metrics = group_targets(incident_id, contract, band, before, metric_model, also)
-    select = selector(models, *metrics)
+    production = production_manifest(prod_state)
+    if run is None:
+        targets, metrics = group_targets(incident_id, contract, band, before, metric_model, also)
+        select = selector(models, *metrics)
+        roots = [_unique_id(production, m) for m in (*models, *metrics)]
+    else:
+        targets, metrics, select = [], [], run.select(production, models)
+        roots = [*(_unique_id(production, m) for m in models), *run.roots()]
+
+    def expect(manifest: Mapping[str, Any]) -> tuple[list[set[str]], set[str]]:
+        return reached(manifest, models, metrics) if run is None else run.reached(manifest)
+
     extra = ("--defer", "--state", str(prod_state), "--favor-state")
     isolation = sandboxes.isolation
     if isolation.refuses_all:
@@ -107,9 +123,8 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
                     servers=servers))
             except DbtError as exc:
                 return Verification(verdict=Verdict.build_failed, **record, detail=str(exc))
-        production = production_manifest(prod_state)
         with timed(phases, "scope"):  # parse only what the build needs (jobs.verify.scope)
-            narrowed = narrow(project_dir, production, [_unique_id(production, m) for m in (*models, *metrics)])
+            narrowed = narrow(project_dir, production, roots)
 
         def done(verdict: Verdict, detail: str) -> Verification:
             return Verification(verdict=verdict, **record, **sandbox.spend(), detail=detail + sandbox.notes)
@@ -129,7 +144,7 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
             except DbtError as exc:  # e.g. the reverted project no longer parses
                 return done(Verdict.build_failed, str(exc))
             if planned is not None:  # the adapter places and checks writes before building
-                reach, expected = reached(planned, models, metrics)
+                reach, expected = expect(planned)
                 if not expected:
                     return done(Verdict.not_recovered, unreached(models, metrics))
                 sandbox.prepare(production, expected)
@@ -155,14 +170,17 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
                       built=tuple(n.unique_id for n in result.nodes if n.unique_id.startswith(BUILT)))
         manifest = json.loads((sandbox.target_path / "manifest.json").read_text())
         if planned is None:
-            reach, expected = reached(manifest, models, metrics)
+            reach, expected = expect(manifest)
             if not expected:
                 return done(Verdict.not_recovered, unreached(models, metrics))
         problems = build_problems(result, expected)
         if problems:
             return done(Verdict.build_failed, problems)
-        with timed(phases, "measure"), sandbox.warehouse() as warehouse:
-            verdict, detail = judge(warehouse, manifest, targets, reach, at, record)
+        if run is not None:
+            verdict, detail = judge_run(run, manifest, result.nodes, test_counts(result.nodes), record)
+        else:
+            with timed(phases, "measure"), sandbox.warehouse() as warehouse:
+                verdict, detail = judge(warehouse, manifest, targets, reach, at, record)
         if deltas:
             with timed(phases, "evidence"):
                 record["deltas"] = tuple(sandbox.deltas(manifest, production, models))
@@ -170,9 +188,16 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def check_inputs(shas: Sequence[str], models: Sequence[str], contract: Contract, metric_model: str) -> None:
+def check_inputs(shas: Sequence[str], models: Sequence[str], contract: Contract | None, metric_model: str | None,
+                 run: RunGoal | None = None) -> None:
     if not shas or not models:
         raise VerifyError("verify_revert needs at least one commit to revert and one model it touches.")
+    if run is not None:
+        if not run.roots():
+            raise VerifyError("a failed run's verification needs at least one failing node that dbt builds.")
+        return
+    if contract is None or metric_model is None:
+        raise VerifyError("verify_revert needs a contract and its metric model, or a failed run's goal.")
     if contract.model and contract.model != model_name(metric_model).split(".")[0]:
         raise VerifyError(f"contract {contract.id!r} reads {contract.model!r}, not {metric_model!r}; "
                           "pass the contract's own model as metric_model.")

@@ -1,0 +1,183 @@
+"""Failed production runs healed end to end: real dbt builds of the shop, a culprit among decoy commits.
+
+Each case copies the scenario baseline (tests/test_scenarios.py), records a green production build, lands
+its commits, builds production again (it fails), and `cairn ingest`s that run: the run's failure opens an
+incident, the loop attributes it, verifies the culprit's revert on a clone by the build's node statuses,
+and opens the PR on the local forge.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from dbt_common.events.functions import reset_metadata_vars
+
+from bot.notify import render_card
+from bot.thread import thread_steps
+from jobs.config import load_config
+from jobs.core.clock import Clock
+from jobs.core.records import IncidentStatus, Verdict, run_subject
+from jobs.project.git import Git
+from jobs.propose.runbody import node_name
+from jobs.runtime import Runtime
+from tests.deployment import run_cli
+from tests.test_scenarios import (
+    CHECK,
+    COMMENT,
+    DOCS,
+    UNRELATED,
+    Case,
+    Commit,
+    Edit,
+    change,
+    deploy_copy,
+    land,
+    production_dbt,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class RunCase:
+    case: Case
+    node: str  # the node the culprit makes fail (a test's unique_id prefix)
+    model: str  # the model the culprit changes
+    kind: str  # its class
+    error: str  # in the run's error, and so in the PR body
+
+
+MISSING_COLUMN = RunCase(
+    Case("missing_column", (
+        UNRELATED,
+        change("Payment method from the processor's code", "models/staging/stg_payments.sql",
+               "        payment_method,\n", "        payment_method_code as payment_method,\n", breaks=("run",)),
+        change("Say why payments are deduplicated", "models/staging/stg_payments.sql",
+               "-- The loader re-sends some payments;", "-- The loader re-sends some payments after a timeout;"),
+        COMMENT, DOCS)),
+    "model.shop.stg_payments", "model.shop.stg_payments", "runtime_sql", "payment_method_code")
+
+NULL_STATUS = RunCase(
+    Case("not_null_status", (
+        COMMENT,
+        Commit("Shipped orders are not completed until delivered; no status guessed",
+               (Edit("models/staging/stg_orders.sql", "            when 'shipped' then 'completed'\n", ""),
+                Edit("models/staging/stg_orders.sql", "else 'unknown'", "else null")), breaks=("run",)),
+        UNRELATED, DOCS)),
+    "test.shop.not_null_stg_orders_order_status", "model.shop.stg_orders", "test_failure",
+    "configured to fail if != 0")
+
+
+def production_build(root: Path, sha: str, keep: str) -> Path:
+    """The deploy's `dbt build` at `sha`, telling dbt its SHA as docs/runs.md recommends; its target kept."""
+    reset_metadata_vars()  # dbt keeps a process's first DBT_ENV_CUSTOM_ENV_ values
+    dbt = production_dbt(root)
+    dbt.env = {**dbt.env, "DBT_ENV_CUSTOM_ENV_CAIRN_SHA": sha}
+    dbt.build()
+    reset_metadata_vars()
+    return Path(shutil.copytree(root / "target", root / ".cairn" / "runs" / keep))
+
+
+@dataclass(frozen=True)
+class Healed:
+    root: Path
+    git: Git
+    shas: dict[str, str]
+    culprit: str
+    green_sha: str
+    stdout: str
+
+
+def heal(baseline: Path, case: Case, root: Path) -> Healed:
+    """A green production build ingested, the case's commits landed, the failed build `cairn ingest`ed."""
+    deploy_copy(baseline, root)
+    git = Git(root)
+    green_sha = git.head_sha()
+    green = production_build(root, green_sha, "green")
+    shas = land(root, case)
+    failed = production_build(root, git.head_sha(), "failed")
+    cli = ["--config", str(root / "cairn.yml")]
+    env = {"CAIRN_DATABASE_URL": f"sqlite:///{root}/.cairn/cairn.db"}
+    assert run_cli(*cli, "ingest", str(green), env=env).exit_code == 0
+    result = run_cli(*cli, "ingest", str(failed), env=env)  # records, opens the incidents, runs the loop
+    assert result.exit_code == 0, result.stderr
+    culprit = next(shas[c.message] for c in case.commits if c.breaks)
+    return Healed(root, git, shas, culprit, green_sha, result.stdout)
+
+
+@pytest.mark.parametrize("scenario", [MISSING_COLUMN, NULL_STATUS], ids=lambda s: s.case.name)
+def test_a_failed_run_is_healed_by_a_verified_revert(scenario: RunCase, scenario_baseline: Path, tmp_path: Path):
+    healed = heal(scenario_baseline, scenario.case, tmp_path / "shop")
+    root, git, shas, culprit, green_sha = healed.root, healed.git, healed.shas, healed.culprit, healed.green_sha
+    result = healed
+    assert f"opened: {scenario.node}" in result.stdout and ": pr_opened (`cairn incident" in result.stdout
+
+    rt = Runtime(load_config(root / "cairn.yml", env={}), Clock(CHECK))
+    try:
+        incident = next(i for i in rt.store.incidents() if i.contract_id.startswith(run_subject(scenario.node)))
+        run = incident.details.run
+        assert run.kind == scenario.kind and scenario.error in run.error + run.summary
+        assert (incident.last_good_sha, incident.first_bad_sha) == (green_sha, git.head_sha())
+        # Suspects: commits in the range that touch the node or its upstream; the culprit first, decoys never.
+        candidates = [c.sha for c in incident.details.attribution.candidates]
+        assert culprit in candidates and shas[UNRELATED.message] not in candidates
+        assert incident.details.ranking.causes[0].sha == culprit
+        assert incident.details.ranking.causes[0].rationale.startswith("Reverting it restored the failed run's nodes")
+        fix = incident.details.verification.fix
+        assert incident.details.verdict is Verdict.verified and fix.reverted == (culprit,)
+        assert incident.status is IncidentStatus.pr_opened, incident.details.to_json().get("decision")
+        # The clone rebuilt what the failed run left stale, the failing node first among them.
+        assert scenario.model in fix.built and {uid for uid in run.stale if uid.startswith("model.")} <= set(fix.built)
+        assert fix.tests["fail"] == 0 and fix.tests["error"] == 0 and fix.tests["pass"] > 0
+
+        pr = rt.store.pull_request_row(incident.id)
+        assert pr["reverted"] == [culprit] and pr["title"].startswith(f"Revert {culprit[:7]}")
+        body = pr["body"]
+        for expected in (run.node, scenario.error, fix.clone_id, fix.dbt_command.split(" --")[0], culprit):
+            assert expected in body, expected
+        assert "metric" not in body  # a failed run's PR: no metric was measured, and none is claimed
+        if run.failing_rows is not None:  # a test failure: the failing rows before and after
+            assert f"{run.failing_rows:,} failing rows" in body and "0 failing rows" in body
+        assert git.run("log", "-1", "--format=%s", pr["head_sha"]).startswith("Revert")
+        decoys = {shas[c.message] for c in scenario.case.commits if not c.breaks}
+        assert not decoys & set(fix.reverted)
+        # The card renders the run incident as any other: its node, class, the PR (no metric contract to look up).
+        card = render_card(rt, incident, rt.store.pull_request_for(incident.id))
+        assert run.node in card.text or node_name(run.node) in card.text, card.text
+        assert f"{scenario.kind.replace('_', ' ')} in the production run at {git.head_sha()[:7]}" in card.text
+        steps = [line for step in thread_steps(incident, rt.store.pull_request_for(incident.id)) for line in step.lines]
+        assert any("the failed run's nodes build and pass" in line for line in steps), steps
+        blocks = json.dumps([block.to_dict() for block in card.blocks])
+        assert card.text.startswith("PR opened") and f"#{pr['number']}" in blocks and "Approve" in blocks
+    finally:
+        rt.close()
+
+
+def test_the_failures_one_commit_caused_in_one_run_share_one_verified_revert_and_one_pr(scenario_baseline, tmp_path):
+    both = Commit("Payment methods from the processor; shipped orders wait for delivery",
+                  (*MISSING_COLUMN.case.commits[1].edits, *NULL_STATUS.case.commits[1].edits), breaks=("run",))
+    healed = heal(scenario_baseline, Case("two_failures", (UNRELATED, both, COMMENT, DOCS)), tmp_path / "shop")
+    rt = Runtime(load_config(healed.root / "cairn.yml", env={}), Clock(CHECK))
+    try:
+        found = {i.details.run.node.rsplit(".", 1)[0] if i.details.run.node.startswith("test.") else i.details.run.node: i
+                 for i in rt.store.incidents() if i.details.run is not None}
+        assert set(found) == {MISSING_COLUMN.node, NULL_STATUS.node}
+        leader = min(i.id for i in found.values())
+        assert {i.group_id for i in found.values()} == {leader}  # one run, one suspect range: one group
+        assert {i.status for i in found.values()} == {IncidentStatus.pr_opened}
+        attempts = [e for e in rt.store.audit_events() if e.name == "verification.attempt"]
+        assert len(attempts) == 1 and attempts[0].incident_id == leader  # one build for both
+        fix = rt.store.incident(leader).details.verification.fix
+        assert fix.reverted == (healed.culprit,) and {m.verdict for m in fix.members} == {Verdict.verified}
+        assert len(fix.members) == 2
+        prs = {rt.store.pull_request_for(leader).number}
+        assert all(rt.store.pull_request_for(i.id) is None for i in found.values() if i.id != leader) and len(prs) == 1
+        body = rt.store.pull_request_row(leader)["body"]
+        assert "### Failures this revert heals" in body and all(i.details.run.node in body for i in found.values())
+        assert "payment_method_code" in body and " and 1 more, Cairn #" in rt.store.pull_request_row(leader)["title"]
+    finally:
+        rt.close()
