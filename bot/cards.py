@@ -31,7 +31,18 @@ from slack_sdk.models.blocks import (
 from slack_sdk.models.views import View
 
 from bot import ids
-from bot.messages import HELD, STATUS_LABEL, TRIAGE_LABEL, chain_lines, group_lines, left_group_line, regression
+from bot.messages import (
+    HELD,
+    KIND_LABEL,
+    STATUS_LABEL,
+    TRIAGE_LABEL,
+    chain_lines,
+    group_lines,
+    headline,
+    left_group_line,
+    regression,
+    short_sha,
+)
 from bot.thread import (
     Step,
     cause_phrase,
@@ -43,8 +54,9 @@ from bot.thread import (
     thread_steps,
 )
 from jobs.attribute.llm import NO_KEY
-from jobs.core.records import Incident, IncidentStatus, PullRequest
+from jobs.core.records import Incident, IncidentStatus, PullRequest, RunDetail
 from jobs.core.report import loop_json
+from jobs.propose.prbody import redact
 from policies.decide import KillSwitch
 from policies.model import Mode
 
@@ -64,6 +76,7 @@ PR_LABEL = 200  # a PR title is cut before it becomes a link label, so the field
 # `text` is truncated at 40,000 characters and split above 4,000 (api.slack.com/changelog/
 # 2018-04-truncating-really-long-messages); as the notification fallback it needs a line or two.
 FALLBACK_TEXT = 1000
+ERROR_TEXT = 1200  # dbt's error on a run incident's card: its first lines; the thread and the PR say the rest
 
 STATUS_EMOJI = {
     IncidentStatus.detected: ":rotating_light:",
@@ -178,17 +191,38 @@ def incident_card(incident: Incident, pr: PullRequest | None, mode: Mode, kill: 
     label = STATUS_LABEL[incident.status]
     status = f"{STATUS_EMOJI[incident.status]} *{label}* · {escape(regression(incident, baseline_days))}"
     content: list[Block] = [
-        HeaderBlock(text=PlainTextObject(text=_cut(f"{incident.contract_id} · {incident.severity} severity",
+        HeaderBlock(text=PlainTextObject(text=_cut(f"{headline(incident)} · {incident.severity} severity",
                                                    HEADER_TEXT), emoji=False)),
         _section("\n".join([status, *map(escape, _held(incident, kill) + _why(incident, pr))]), more),
+        *([_run_block(incident, incident.details.run)] if incident.details.run else []),
         SectionBlock(fields=[_mrkdwn(_cut(f"*{name}*\n{value}", CARD_FIELD, more))
                              for name, value in _facts(incident, pr, mode, kill)]),
         ContextBlock(elements=_context(incident, evidence_url)),
     ]
     actions = [] if incident.status in DECIDED else [_actions(incident, pr, mode, kill)]
     return Message(blocks=_fit(content, more, keep=actions),
-                   text=_fallback(f"{label}: {incident.contract_id} {regression(incident, baseline_days)} "
+                   text=_fallback(f"{label}: {headline(incident)} {regression(incident, baseline_days)} "
                                   f"(incident #{incident.id}, {incident.severity})"))
+
+
+def _run_block(incident: Incident, run: RunDetail) -> SectionBlock:
+    """The failing node, its class, the run it failed in and dbt's error as a code block."""
+    stale = [uid for uid in run.stale if uid != run.node]
+    facts = [f"*{escape(KIND_LABEL.get(run.kind, run.kind))}* in `{escape(run.node)}`",
+             f"Run `{escape(run.invocation_id)}` at {short_sha(incident.first_bad_sha)}"
+             + (f", failing again in `{escape(run.last_invocation_id)}` ({run.failures} runs)" if run.failures > 1
+                else "")
+             + (f" · last green run `{escape(run.last_green_invocation_id)}`" if run.last_green_invocation_id else ""),
+             *([f"Left stale by the run: {len(stale)} node{'s' * (len(stale) != 1)}"] if stale else [])]
+    return _section("\n".join([*facts, code_block(run.error or "(dbt gave no message)", ERROR_TEXT)]))
+
+
+def code_block(text: str, limit: int) -> str:
+    """`text` as a mrkdwn code block: credentials masked, escaped, cut, and unable to close the block early."""
+    lines = [redact(line) for line in text.splitlines()]
+    # A zero-width space between backticks: relayed text never ends the block and turns the rest into mrkdwn.
+    body = _cut(escape("\n".join(lines)).replace("``", "`\u200b`"), limit)
+    return f"```\n{body}\n```"
 
 
 def _why(incident: Incident, pr: PullRequest | None) -> list[str]:
@@ -250,10 +284,11 @@ def _kill_text(kill: KillSwitch | None) -> str:
 
 
 def _context(incident: Incident, evidence_url: str | None) -> list[MarkdownTextObject]:
+    bad, good = ("failed run", "last green run") if incident.details.run else ("first bad", "last good")
     elements = [
         f"Incident #{incident.id}",
-        f"first bad {escape(moment(incident.first_bad_at, incident.first_bad_sha))}",
-        f"last good {escape(moment(incident.last_good_at, incident.last_good_sha))}",
+        f"{bad} {escape(moment(incident.first_bad_at, incident.first_bad_sha))}",
+        f"{good} {escape(moment(incident.last_good_at, incident.last_good_sha))}",
     ]
     if evidence_url:
         elements.append(_link(evidence_url, "full evidence"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from jobs.core.records import Incident, IncidentStatus
 
 STATUS_LABEL = {
@@ -61,13 +63,37 @@ BACKFILL_CAVEAT = ("Backfilled values are what today's code says about past wind
                    "models behind them have not changed since. They are marked backfilled.")
 
 
+KIND_LABEL = {"compilation": "compilation error", "runtime_sql": "runtime SQL error", "schema_drift": "schema drift",
+              "test_failure": "test failure", "source_freshness": "stale source"}
+_TEST_HASH = re.compile(r"^[0-9a-f]{10}$")
+
+
+def node_words(unique_id: str) -> str:
+    """'model.shop.stg_refunds' -> 'model stg_refunds'; a generic test's hash suffix left off."""
+    resource, *rest = unique_id.split(".")
+    name = rest[1:] or rest
+    if resource == "test" and len(name) > 1 and _TEST_HASH.match(name[-1]):
+        name = name[:-1]
+    return f"{resource} {'.'.join(name)}" if name else unique_id
+
+
+def headline(incident: Incident) -> str:
+    """What the incident is about: the contract, or a failed run's node and how it failed, in words."""
+    run = incident.details.run
+    if run is None:
+        return incident.contract_id
+    how = (f"{run.failing_rows:,} failing row{'s' * (run.failing_rows != 1)}" if run.failing_rows is not None
+           else KIND_LABEL.get(run.kind, run.kind.replace("_", " ")))
+    return f"Failed run: {node_words(run.node)} — {how}"
+
+
 def regression(incident: Incident, baseline_days: int | None = None) -> str:
     """'-18.4% vs 28d baseline' — the figure people quote; '-28.2% from deploy 5a20dc5' when a deploy
     check measured the deploy's own effect (its change is against the value without the deploy); a failed
     run's class and SHA ('test failure in the production run at 5a20dc5')."""
     deploy, run = incident.details.deploy, incident.details.run
     if run is not None:  # a failed production run's incident: no metric moved, a node failed
-        return (f"{run.kind.replace('_', ' ')} in the production run at {short_sha(incident.first_bad_sha)}"
+        return (f"{KIND_LABEL.get(run.kind, run.kind.replace('_', ' '))} in the production run at {short_sha(incident.first_bad_sha)}"
                 + (f", {run.failures} runs in a row" if run.failures > 1 else ""))
     if deploy and incident.change_pct is not None:
         return f"{incident.change_pct:+.1f}% from deploy {short_sha(deploy.to_sha)}"

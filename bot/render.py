@@ -9,13 +9,14 @@ from contextlib import contextmanager
 
 import click
 
-from bot.messages import STATUS_LABEL, short_sha
+from bot.messages import STATUS_LABEL, headline, node_words, short_sha
 from bot.thread import baseline_phrase, cause_phrase, decision_phrase, moment, pr_phrase, proof_phrase
 from jobs.config import Config
 from jobs.contracts.spec import Contract
 from jobs.core.formatting import fmt_value
 from jobs.core.records import AuditEvent, Incident, Observation, PullRequest
 from jobs.core.runs import FRESHNESS, NodeRun, Run
+from jobs.propose.prbody import redact
 
 
 def observation_line(obs: Observation) -> str:
@@ -41,17 +42,27 @@ def reconciled_lines(done) -> list[str]:
 
 def incident_line(incident: Incident) -> str:
     change = f"{incident.change_pct:+.1f}%" if incident.change_pct is not None else "—"
-    return (f"#{incident.id:<4} {incident.contract_id:<28} {STATUS_LABEL[incident.status]:<15} "
+    run = incident.details.run
+    if run is not None:  # no metric moved: the node that failed, and how
+        subject, change = f"failed: {node_words(run.node)}", run.kind
+    else:
+        subject = incident.contract_id
+    return (f"#{incident.id:<4} {subject:<28} {STATUS_LABEL[incident.status]:<15} "
             f"{change:>8}  {incident.severity:<8} since {incident.first_bad_at:%Y-%m-%d %H:%M}")
 
 
 def incident_detail(incident: Incident, events: Sequence[AuditEvent], pr: PullRequest | None = None) -> str:
+    run = incident.details.run
+    bad, good = ("failed run", "last green run") if run else ("first bad", "last good")
     lines = [
-        f"Incident #{incident.id} · {incident.contract_id} · {STATUS_LABEL[incident.status]} · {incident.severity}",
+        f"Incident #{incident.id} · {headline(incident)} · {STATUS_LABEL[incident.status]} · {incident.severity}",
         f"  {incident.reason}",
-        f"  first bad: {moment(incident.first_bad_at, incident.first_bad_sha)}",
-        f"  last good: {moment(incident.last_good_at, incident.last_good_sha)}",
+        f"  {bad}: {moment(incident.first_bad_at, incident.first_bad_sha)}",
+        f"  {good}: {moment(incident.last_good_at, incident.last_good_sha)}",
     ]
+    if run is not None:
+        lines += [f"  node: {run.node} ({run.kind}), run {run.invocation_id}",
+                  "  dbt said:", *(f"    {redact(line)}" for line in (run.error or "(no message)").splitlines())]
     if incident.baseline:
         lines.append(f"  baseline: {baseline_phrase(incident.baseline)}")
     lines += loop_lines(incident, pr)

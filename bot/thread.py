@@ -32,15 +32,17 @@ from jobs.core.records import (
     IncidentDetails,
     IncidentStatus,
     PullRequest,
+    RunDetail,
     Verdict,
     Verification,
 )
 from jobs.detect.observe import UNEXPLAINED
-from jobs.propose.prbody import MAX_SAMPLE_ROWS, tests_line
+from jobs.propose.prbody import MAX_SAMPLE_ROWS, redact, tests_line
 from jobs.warehouse.row_deltas import sample_line
 from policies.decide import Decision
 
 TOP_CAUSES = 3
+STALE_SHOWN = 8  # nodes a failed run left stale, named in the thread
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,13 @@ def _detected(incident: Incident, baseline_days: int | None) -> Step:
     lines = [f"First bad: {moment(incident.first_bad_at, incident.first_bad_sha)}",
              f"Last good: {moment(incident.last_good_at, incident.last_good_sha)}"]
     # Recovery overwrites value and reason with the healthy measurement: show those under the outcome.
-    if incident.status not in (IncidentStatus.recovered, IncidentStatus.resolved):
+    if incident.details.run is not None:
+        lines[:] = [f"Failed run: {moment(incident.first_bad_at, incident.first_bad_sha)}",
+                    f"Last green run: {moment(incident.last_good_at, incident.last_good_sha)}"]
+        if incident.status not in (IncidentStatus.recovered, IncidentStatus.resolved):
+            lines[:0] = [incident.reason, regression(incident, baseline_days), *_run_lines(incident.details.run),
+                         *group_lines(incident)]
+    elif incident.status not in (IncidentStatus.recovered, IncidentStatus.resolved):
         versus = f" against the {baseline_phrase(incident.baseline)}" if incident.baseline else ""
         if incident.details.deploy and incident.baseline and incident.value is not None \
                 and incident.baseline.contains(incident.value):
@@ -143,12 +151,24 @@ def _detected(incident: Incident, baseline_days: int | None) -> Step:
     return Step("detected", STATUS_LABEL[IncidentStatus.detected], tuple(lines))
 
 
+def _run_lines(run: RunDetail) -> list[str]:
+    """The failing node, the run, what it left stale and dbt's error, line by line."""
+    stale = [uid for uid in run.stale if uid != run.node]
+    return [f"Node: {run.node}" + (f" ({run.failing_rows:,} failing rows)" if run.failing_rows is not None else ""),
+            f"Run: {run.invocation_id}" + (f", failing again in {run.last_invocation_id} ({run.failures} runs)"
+                                           if run.failures > 1 else ""),
+            *([f"Left stale by the run: {', '.join(stale[:STALE_SHOWN])}"
+               + (f" and {len(stale) - STALE_SHOWN} more" if len(stale) > STALE_SHOWN else "")] if stale else []),
+            "dbt said:", *(redact(line) for line in (run.error or "(no message)").splitlines())]
+
+
 def _attribution(incident: Incident) -> Step | None:
     attribution = incident.details.attribution
     if attribution is None:
         return None
     candidates = {c.sha: c for c in attribution.candidates}
-    lines = [f"Commits in the suspect range that touch the metric's lineage: {len(candidates)} "
+    touched = "the failing node's" if incident.details.run else "the metric's"
+    lines = [f"Commits in the suspect range that touch {touched} lineage: {len(candidates)} "
              f"({_count(attribution.lineage_nodes or 0, 'model')} walked)"]
     if incident.details.verification is None and incident.details.verdict in UNEXPLAINED:
         intentional = next((c for c in candidates.values() if c.intentional), None)
@@ -299,7 +319,9 @@ def _outcome(incident: Incident, pr: PullRequest | None) -> list[Step]:
     closed = f"{incident.resolved_at:%Y-%m-%d %H:%M} UTC" if incident.resolved_at else "Closed"
     if status is IncidentStatus.recovered:
         steps.append(Step("recovered", STATUS_LABEL[status],
-                          (f"{closed}: {incident.reason}", "The merged revert brought the metric back")))
+                          (f"{closed}: {incident.reason}", "A production run after the merged revert built and "
+                                                            "passed the node" if details.run else
+                           "The merged revert brought the metric back")))
     elif status is IncidentStatus.resolved:
         steps.append(Step("resolved", STATUS_LABEL[status],
                           (f"{closed}: {incident.reason}", "It recovered without a merged fix")))

@@ -27,6 +27,7 @@ from bot.cards import (
 )
 from bot.chart import day_bands, metric_chart
 from bot.messages import STATUS_LABEL
+from bot.render import incident_detail, incident_line
 from bot.thread import render_terminal, thread_steps
 from jobs.attribute.llm import NO_KEY, UNAVAILABLE
 from jobs.core.records import (
@@ -572,3 +573,95 @@ def test_a_held_incident_says_what_the_kill_switch_stopped_while_it_covers_it():
     assert "Held by the kill switch: Cairn would now build the revert of its suspects on a sandbox clone" in text
     released = "\n".join(texts(serialized(incident_card(held, None, Mode.assisted, None))))
     assert "Held by the kill switch" not in released
+
+
+# -- a failed production run's incident ----------------------------------------------------------
+
+NODE = "test.shop.not_null_fct_orders_customer_id.d7fcf15f79"
+HOSTILE_ERROR = ("Got 2034 results, configured to fail if != 0\n``` <!channel> *bold* <https://evil.example|x>\n"
+                 "compiled at postgres://cairn:hunter2@db/shop with xoxb-1234567890-abcdefghij")
+RUN = {"node": NODE, "kind": "test_failure", "summary": "test not_null on fct_orders.customer_id failed: 2034 rows",
+       "error": HOSTILE_ERROR, "invocation_id": "83d1547c-aaaa", "last_invocation_id": "91e0aa02-bbbb",
+       "last_failed_at": AT, "failures": 2, "last_green_invocation_id": "0c4f2e19-cccc", "failing_rows": 2034,
+       "stale": (NODE, "model.shop.fct_revenue", "model.shop.fct_margin")}
+RUN_INCIDENT = dataclasses.replace(INCIDENT, contract_id="run:" + NODE, value=2034.0, baseline=None, change_pct=None,
+                                   reason=RUN["summary"])
+
+
+def run_incident(status: IncidentStatus, run: dict = RUN, **details) -> Incident:
+    return dataclasses.replace(RUN_INCIDENT, status=status, details=IncidentDetails.model_validate({"run": run,
+                                                                                                   **details}))
+
+
+def test_a_failed_runs_card_names_the_node_and_shows_dbts_error_as_code():
+    card = incident_card(run_incident(IncidentStatus.detected), None, Mode.assisted, None)
+    blocks = serialized(card)
+    assert card.blocks[0].text.text == ("Failed run: test not_null_fct_orders_customer_id — 2,034 failing rows · "
+                                        "high severity")
+    assert card.text.startswith("Detected: Failed run: test not_null_fct_orders_customer_id — 2,034 failing rows "
+                                "test failure in the production run at 5a20dc5, 2 runs in a row")
+    run = card.blocks[2].text.text
+    assert run.startswith(f"*test failure* in `{NODE}`\nRun `83d1547c-aaaa` at 5a20dc5, failing again in "
+                          "`91e0aa02-bbbb` (2 runs) · last green run `0c4f2e19-cccc`\n"
+                          "Left stale by the run: 2 nodes\n```\nGot 2034 results, configured to fail if != 0\n")
+    assert run.endswith("```") and run.count("```") == 2  # dbt's backticks cannot close the block early
+    assert "&lt;!channel&gt; *bold* &lt;https://evil.example|x&gt;" in run
+    everything = "\n".join(texts(blocks))
+    assert "hunter2" not in everything and "xoxb-1234567890" not in everything and "postgres://***@db" in everything
+    assert "<!channel>" not in everything and "<https://evil" not in everything
+    assert "failed run 2026-11-23 01:00 at 5a20dc5" in everything and "last green run 2026-11-22" in everything
+    assert "run:test." not in everything and "run:test." not in card.text  # the raw contract_id is nowhere
+    assert set(actions(card)) == {ids.REJECT, ids.MODE, ids.KILL}
+
+
+def test_a_failed_models_card_says_its_class_and_cuts_a_long_error():
+    run = {**RUN, "node": "model.shop.stg_refunds", "kind": "runtime_sql", "failing_rows": None, "failures": 1,
+           "stale": (), "error": "Runtime Error in model stg_refunds\n" + "near `x` & <y>\n" * 400}
+    pr = dataclasses.replace(PR, title="Revert 5a20dc5: Only count settled payment methods (stg_refunds failed)")
+    card = incident_card(run_incident(IncidentStatus.pr_opened, run, attribution=ATTRIBUTION, **VERIFIED, **DECIDED),
+                         pr, Mode.assisted, None, evidence_url=URL)
+    blocks = serialized(card)
+    assert card.blocks[0].text.text == "Failed run: model stg_refunds — runtime SQL error · high severity"
+    error = card.blocks[2].text.text
+    assert error.startswith("*runtime SQL error* in `model.shop.stg_refunds`\nRun `83d1547c-aaaa` at 5a20dc5 · "
+                            "last green run `0c4f2e19-cccc`\n```\nRuntime Error in model stg_refunds\nnear `x` &amp; "
+                            "&lt;y&gt;\n")
+    assert len(error) < 1400 and error.endswith("…\n```") and "&amp\n" not in error  # cut, never inside an entity
+    everything = "\n".join(texts(blocks))
+    assert "5a20dc5 · models/int_order_payments.sql (99%)" in everything  # the suspect, as a metric card shows it
+    assert "verified on duckdb:incident-7-275f69" in everything and "Revert 5a20dc5" in everything
+    assert ids.APPROVE in actions(card)
+
+
+def test_a_failed_runs_thread_tells_the_run_not_a_metric():
+    failed = run_incident(IncidentStatus.verified, attribution=ATTRIBUTION, **VERIFIED)
+    by_key = {s.key: s.lines for s in thread_steps(failed, None, baseline_days=28)}
+    assert by_key["detected"] == (
+        RUN["summary"], "test failure in the production run at 5a20dc5, 2 runs in a row",
+        f"Node: {NODE} (2,034 failing rows)", "Run: 83d1547c-aaaa, failing again in 91e0aa02-bbbb (2 runs)",
+        "Left stale by the run: model.shop.fct_revenue, model.shop.fct_margin", "dbt said:",
+        "Got 2034 results, configured to fail if != 0", "``` <!channel> *bold* <https://evil.example|x>",
+        "compiled at postgres://***@db/shop with xoxb-***",
+        "Failed run: 2026-11-23 01:00 at 5a20dc5", "Last green run: 2026-11-22 01:00 at 2b7a91d")
+    assert by_key["attribution"][0].startswith("Commits in the suspect range that touch the failing node's lineage")
+    posted = "\n".join(texts(serialized(thread_message(thread_steps(failed, None)[0]))))
+    assert "&lt;!channel&gt;" in posted and "<!channel>" not in posted
+
+    merged = dataclasses.replace(PR, state="merged")
+    recovered = dataclasses.replace(run_incident(IncidentStatus.recovered), resolved_at=AT + timedelta(days=1), reason="built green in run 7a1")
+    tail = thread_steps(recovered, merged)
+    assert tail[-1].lines == ("2026-11-24 01:00 UTC: built green in run 7a1",
+                              "A production run after the merged revert built and passed the node")
+    assert tail[0].lines == ("Failed run: 2026-11-23 01:00 at 5a20dc5", "Last green run: 2026-11-22 01:00 at 2b7a91d")
+
+
+def test_a_failed_runs_incident_in_the_terminal_names_the_node():
+    failed = run_incident(IncidentStatus.detected)
+    assert incident_line(failed).split() == ["#7", "failed:", "test", "not_null_fct_orders_customer_id", "Detected",
+                                             "test_failure", "high", "since", "2026-11-23", "01:00"]
+    detail = incident_detail(failed, [])
+    assert detail.splitlines()[:5] == [
+        "Incident #7 · Failed run: test not_null_fct_orders_customer_id — 2,034 failing rows · Detected · high",
+        f"  {RUN['summary']}", "  failed run: 2026-11-23 01:00 at 5a20dc5", "  last green run: 2026-11-22 01:00 at "
+        "2b7a91d", f"  node: {NODE} (test_failure), run 83d1547c-aaaa"]
+    assert "    compiled at postgres://***@db/shop with xoxb-***" in detail and "hunter2" not in detail
