@@ -51,6 +51,7 @@ from bot.thread import (
     merge_refusal,
     moment,
     proof_phrase,
+    run_proof,
     thread_steps,
 )
 from jobs.attribute.llm import NO_KEY
@@ -247,7 +248,9 @@ def _facts(incident: Incident, pr: PullRequest | None, mode: Mode, kill: KillSwi
     cause = escape(cause_phrase(top["sha"], top["files"], top["confidence"])) if top else "not attributed yet"
     if top and (note := _fallback_note(incident)):
         cause += f"\n_{escape(note)}_"
-    verdict = (escape(proof_phrase(loop["verdict"], loop["clone_id"], loop["before"], loop["after"]))
+    run = incident.details.run
+    verdict = (escape(proof_phrase(loop["verdict"], loop["clone_id"], loop["before"], loop["after"], rows=bool(run))
+                      + (f", {run_proof(loop['verdict'])}" if run and loop["clone_id"] else ""))
                if loop["verdict"] else "not verified yet")
     found = incident.details.triage
     facts = [("Triage", escape(f"{TRIAGE_LABEL[found.kind]}: {found.evidence[0]}") if found else "not yet"),

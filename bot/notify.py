@@ -55,7 +55,8 @@ def notify_incident(incident_id: int, rt: Runtime | None = None) -> None:
         for step in thread_steps(incident, pr, baseline_days=days):
             _post_once(rt, client, incident_id, f"step:{step.key}", channel,
                        thread_message(step, evidence_url=pr.url if pr else None), thread_ts=card_ts)
-        _upload_chart_once(rt, client, incident, channel, card_ts)
+        if incident.details.run is None:  # a failed run's node has no metric to chart
+            _upload_chart_once(rt, client, incident, channel, card_ts)
 
 
 def tell_user(channel: str, user: str, text: str, rt: Runtime | None = None) -> None:

@@ -84,7 +84,9 @@ def loop_lines(incident: Incident, pr: PullRequest | None = None) -> list[str]:
         lines += [f"  alternate: {cause_phrase(a['sha'], a['files'], a['confidence'])}"
                   for a in loop["alternates"][:4]]
     if loop["verdict"]:
-        lines.append(f"  verdict: {proof_phrase(loop['verdict'], loop['clone_id'], loop['before'], loop['after'])}")
+        proof = proof_phrase(loop["verdict"], loop["clone_id"], loop["before"], loop["after"],
+                             rows=bool(incident.details.run))
+        lines.append(f"  verdict: {proof}")
     if loop["decision"]:
         lines.append(f"  decision: {decision_phrase(incident.details.decision)}")
     if loop["pr"]:

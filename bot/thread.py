@@ -107,12 +107,20 @@ def cause_phrase(sha: str, files: Sequence[str], confidence: float) -> str:
     return f"{short_sha(sha)} · {', '.join(files) or 'no files'} ({confidence:.0%})"
 
 
-def proof_phrase(verdict: str, clone_id: str | None, before: float | None, after: float | None) -> str:
-    """'verified on duckdb:incident-1: 14,265 → 19,098'; without values (a failed run's node), where only."""
+def proof_phrase(verdict: str, clone_id: str | None, before: float | None, after: float | None, *,
+                 rows: bool = False) -> str:
+    """'verified on duckdb:incident-1: 14,265 → 19,098'; a failed test's values are its failing rows (`rows`);
+    without values (a failed model), where only."""
     if not clone_id:
         return verdict
-    return f"{verdict} on {clone_id}" + (f": {fmt_value(before)} → {fmt_value(after)}"
+    return f"{verdict} on {clone_id}" + (f": {fmt_value(before)} → {fmt_value(after)}{' failing rows' * rows}"
                                           if before is not None or after is not None else "")
+
+
+def run_proof(verdict: str) -> str:
+    """What a failed run's revert was judged on: the build of its nodes, not a metric back in a band."""
+    return "the failed run's nodes build and pass" if verdict == Verdict.verified.value else \
+        "the failed run's nodes do not all build and pass"
 
 
 def decision_phrase(decision: Decision) -> str:
@@ -230,14 +238,14 @@ def _verification(details: IncidentDetails) -> Step | None:
     where = "at its level without the deploy" if details.deploy else "inside the baseline band"
     in_band = f"back {where}" if proof.verdict is Verdict.verified else f"not back {where}"
     if details.run is not None:  # a failed run's incident: the build's node statuses are the proof
-        in_band = "the failed run's nodes build and pass" if proof.verdict is Verdict.verified else \
-            "the failed run's nodes do not all build and pass"
+        in_band = run_proof(proof.verdict.value)
     lines = [
         f"Clone {proof.clone_id}: reverted {', '.join(map(short_sha, proof.reverted or (proof.sha,)))}; "
         "production was not written",
         f"dbt: {proof.dbt_command}",
         *([proof.isolation[:1].upper() + proof.isolation[1:]] if proof.isolation else []),
-        f"{proof_phrase(proof.verdict.value, proof.clone_id, proof.before, proof.after)}, {in_band}",
+        f"{proof_phrase(proof.verdict.value, proof.clone_id, proof.before, proof.after, rows=bool(details.run))}, "
+        f"{in_band}",
         *([proof.detail] if proof.detail else []),
         f"Tests: {tests_line(proof.tests)}",
         *(f"#{m.incident_id} {m.contract_id}: {fmt_value(m.before)} → {fmt_value(m.after)}, {m.verdict.value}"

@@ -584,6 +584,15 @@ RUN = {"node": NODE, "kind": "test_failure", "summary": "test not_null on fct_or
        "error": HOSTILE_ERROR, "invocation_id": "83d1547c-aaaa", "last_invocation_id": "91e0aa02-bbbb",
        "last_failed_at": AT, "failures": 2, "last_green_invocation_id": "0c4f2e19-cccc", "failing_rows": 2034,
        "stale": (NODE, "model.shop.fct_revenue", "model.shop.fct_margin")}
+RUN_FIX = dataclasses.replace(FIX, before=2034.0, after=0.0, detail="", deltas=(),
+                              dbt_command=f"dbt build --select {NODE}+ model.shop.fct_revenue+ --defer --favor-state")
+MODEL_FIX = dataclasses.replace(RUN_FIX, before=None, after=None)
+
+
+def run_verified(fix: Verification) -> dict:
+    return {"verification": {"attempts": to_json([fix]), "builds": 1, "fix": to_json(fix)}, "verdict": "verified"}
+
+
 RUN_INCIDENT = dataclasses.replace(INCIDENT, contract_id="run:" + NODE, value=2034.0, baseline=None, change_pct=None,
                                    reason=RUN["summary"])
 
@@ -618,7 +627,8 @@ def test_a_failed_models_card_says_its_class_and_cuts_a_long_error():
     run = {**RUN, "node": "model.shop.stg_refunds", "kind": "runtime_sql", "failing_rows": None, "failures": 1,
            "stale": (), "error": "Runtime Error in model stg_refunds\n" + "near `x` & <y>\n" * 400}
     pr = dataclasses.replace(PR, title="Revert 5a20dc5: Only count settled payment methods (stg_refunds failed)")
-    card = incident_card(run_incident(IncidentStatus.pr_opened, run, attribution=ATTRIBUTION, **VERIFIED, **DECIDED),
+    card = incident_card(run_incident(IncidentStatus.pr_opened, run, attribution=ATTRIBUTION,
+                                      **run_verified(MODEL_FIX), **DECIDED),
                          pr, Mode.assisted, None, evidence_url=URL)
     blocks = serialized(card)
     assert card.blocks[0].text.text == "Failed run: model stg_refunds — runtime SQL error · high severity"
@@ -629,12 +639,13 @@ def test_a_failed_models_card_says_its_class_and_cuts_a_long_error():
     assert len(error) < 1400 and error.endswith("…\n```") and "&amp\n" not in error  # cut, never inside an entity
     everything = "\n".join(texts(blocks))
     assert "5a20dc5 · models/int_order_payments.sql (99%)" in everything  # the suspect, as a metric card shows it
-    assert "verified on duckdb:incident-7-275f69" in everything and "Revert 5a20dc5" in everything
+    assert "*Verdict*\nverified on duckdb:incident-7-275f69, the failed run's nodes build and pass" in everything
+    assert "Revert 5a20dc5" in everything
     assert ids.APPROVE in actions(card)
 
 
 def test_a_failed_runs_thread_tells_the_run_not_a_metric():
-    failed = run_incident(IncidentStatus.verified, attribution=ATTRIBUTION, **VERIFIED)
+    failed = run_incident(IncidentStatus.verified, attribution=ATTRIBUTION, **run_verified(RUN_FIX))
     by_key = {s.key: s.lines for s in thread_steps(failed, None, baseline_days=28)}
     assert by_key["detected"] == (
         RUN["summary"], "test failure in the production run at 5a20dc5, 2 runs in a row",
@@ -644,6 +655,10 @@ def test_a_failed_runs_thread_tells_the_run_not_a_metric():
         "compiled at postgres://***@db/shop with xoxb-***",
         "Failed run: 2026-11-23 01:00 at 5a20dc5", "Last green run: 2026-11-22 01:00 at 2b7a91d")
     assert by_key["attribution"][0].startswith("Commits in the suspect range that touch the failing node's lineage")
+    assert ("verified on duckdb:incident-7-275f69: 2,034 → 0 failing rows, the failed run's nodes build and pass"
+            in by_key["verification"])
+    card = "\n".join(texts(serialized(incident_card(failed, None, Mode.assisted, None))))
+    assert "*Verdict*\nverified on duckdb:incident-7-275f69: 2,034 → 0 failing rows, the failed run's nodes" in card
     posted = "\n".join(texts(serialized(thread_message(thread_steps(failed, None)[0]))))
     assert "&lt;!channel&gt;" in posted and "<!channel>" not in posted
 
@@ -665,3 +680,6 @@ def test_a_failed_runs_incident_in_the_terminal_names_the_node():
         f"  {RUN['summary']}", "  failed run: 2026-11-23 01:00 at 5a20dc5", "  last green run: 2026-11-22 01:00 at "
         "2b7a91d", f"  node: {NODE} (test_failure), run 83d1547c-aaaa"]
     assert "    compiled at postgres://***@db/shop with xoxb-***" in detail and "hunter2" not in detail
+    verified = incident_detail(run_incident(IncidentStatus.verified, attribution=ATTRIBUTION,
+                                            **run_verified(RUN_FIX)), [])
+    assert "  verdict: verified on duckdb:incident-7-275f69: 2,034 → 0 failing rows" in verified.splitlines()

@@ -105,3 +105,25 @@ def test_a_refresh_job_on_a_disk_without_a_manifest_parses_once_and_leaves_it(de
     notify_incident(incident.id)
     assert "-30.0% vs 28d baseline" in _card(api)["text"]
     assert (rt.dbt.target_path / "manifest.json").is_file()  # the next refresh reads it
+
+
+def test_a_failed_runs_incident_gets_its_card_and_thread_but_no_metric_chart(deployment) -> None:
+    rt, api, metric_id, _ = deployment
+    run = {"node": "model.shop.stg_refunds", "kind": "runtime_sql", "summary": "model stg_refunds: the warehouse "
+           "refused its SQL", "error": "Runtime Error in model stg_refunds\n  column \"amount_cents\" does not exist",
+           "invocation_id": "83d1547c", "last_invocation_id": "83d1547c", "last_failed_at": T0}
+    incident = rt.store.open_run_incident("run:model.shop.stg_refunds", severity="critical", failed_at=T0,
+                                          failed_sha="c" * 40, green_at=None, green_sha=None, value=None,
+                                          reason=run["summary"], details={"run": run})
+    notify_incident(incident.id, rt)
+    card = _card(api)
+    assert card["blocks"][0]["text"]["text"] == "Failed run: model stg_refunds — runtime SQL error · critical severity"
+    assert card["blocks"][2]["text"]["text"].endswith(
+        "```\nRuntime Error in model stg_refunds\ncolumn \"amount_cents\" does not exist\n```")
+    detected = api.thread(ALERT_CHANNEL, card["ts"])[-1]["blocks"][0]["text"]["text"]
+    assert "Node: model.shop.stg_refunds" in detected and "dbt said:" in detected
+    assert "Failed run: 2026-11-02 00:00 at ccccccc" in detected
+    assert api.uploads == []
+
+    notify_incident(metric_id, rt)  # the revenue incident beside it does get its chart
+    assert len(api.uploads) == 1
