@@ -26,7 +26,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot import ids, messages
 from bot.approvers import Approvers
-from bot.cards import mentions, reject_modal
+from bot.cards import escape, mentions, reject_modal
 from bot.commands import Invocation, pull_kill_switch, release_kill_switch, run_command, set_mode
 from jobs.attribute import groups
 from jobs.core.errors import CairnError, NotFound
@@ -60,7 +60,7 @@ def create_app(rt: Runtime, jobs: Jobs, client: WebClient, *, signing_secret: st
 
     def say(channel: str, user: str, text: str) -> None:
         """An ephemeral note to the person who acted; people in it appear as mentions."""
-        client.chat_postEphemeral(channel=channel, user=user, text=mentions(text))
+        client.chat_postEphemeral(channel=channel, user=user, text=mentions(escape(text)))
 
     @app.error
     def explain_error(error: Exception, body: dict[str, Any], request) -> BoltResponse:
@@ -82,7 +82,8 @@ def create_app(rt: Runtime, jobs: Jobs, client: WebClient, *, signing_secret: st
                                 Invocation(f"slack:{user}", approvers.may_act(user)))
         except Exception as exc:  # answered in the ack: the person sees why at once
             reply = explain(exc)
-        ack(text=mentions(reply), response_type="ephemeral")
+        # Replies relay repository and dbt text (`/cairn show`, `/cairn runs`): escaped, they cannot mention or link.
+        ack(text=mentions(escape(reply)), response_type="ephemeral")
 
     def action(handler: Callable[[dict[str, Any], dict[str, Any], str], str | None]) -> Callable:
         """Ack, drop repeated clicks, check the approver, run `handler`, tell the person the outcome."""

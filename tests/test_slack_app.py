@@ -13,6 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime, timezone
 from urllib.parse import urlencode
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -187,3 +188,22 @@ def test_people_are_mentions_in_replies_cards_and_threads_and_ids_in_the_termina
     posted = json.dumps(thread_message(steps[-1]).blocks[0].to_dict())
     assert f"Rejected by <@{APPROVER}>: an intended change" in posted
     assert f"Rejected by slack:{APPROVER}: an intended change" in render_terminal(steps)
+
+
+def test_cairn_incidents_and_show_name_a_failed_runs_node_and_relay_its_error_escaped(served) -> None:
+    post, _, rt, _ = served
+    at = datetime(2026, 11, 2, tzinfo=timezone.utc)
+    run = {"node": "model.shop.stg_refunds", "kind": "runtime_sql", "summary": "model stg_refunds: <!channel> SQL",
+           "error": "Runtime Error <!here> at postgres://cairn:hunter2@db/shop", "invocation_id": "83d1547c",
+           "last_invocation_id": "83d1547c", "last_failed_at": at}
+    incident = rt.store.open_run_incident("run:model.shop.stg_refunds", severity="high", failed_at=at,
+                                          failed_sha="c" * 40, green_at=None, green_sha=None, value=None,
+                                          reason=run["summary"], details={"run": run})
+    status, body, _ = post(slash_command_body("incidents"))
+    listed = json.loads(body)["text"]
+    assert status == 200 and f"#{incident.id:<4} failed: model stg_refunds" in listed and "run:model" not in listed
+    status, body, _ = post(slash_command_body(f"show {incident.id}"))
+    shown = json.loads(body)["text"]
+    assert status == 200 and "Failed run: model stg_refunds — runtime SQL error" in shown
+    assert "Runtime Error &lt;!here&gt; at postgres://***@db/shop" in shown
+    assert "<!" not in shown and "hunter2" not in shown
