@@ -26,7 +26,7 @@ from bot.cards import (
     thread_message,
 )
 from bot.chart import day_bands, metric_chart
-from bot.messages import STATUS_LABEL
+from bot.messages import KIND_LABEL, STATUS_LABEL
 from bot.render import incident_detail, incident_line
 from bot.thread import render_terminal, thread_steps
 from jobs.attribute.llm import NO_KEY, UNAVAILABLE
@@ -683,3 +683,10 @@ def test_a_failed_runs_incident_in_the_terminal_names_the_node():
     verified = incident_detail(run_incident(IncidentStatus.verified, attribution=ATTRIBUTION,
                                             **run_verified(RUN_FIX)), [])
     assert "  verdict: verified on duckdb:incident-7-275f69: 2,034 → 0 failing rows" in verified.splitlines()
+
+
+def test_every_failure_class_has_words_for_the_card():
+    from jobs.core.runs import FailureKind
+
+    assert set(KIND_LABEL) == {kind.value for kind in FailureKind}
+    assert all(label and "_" not in label for label in KIND_LABEL.values())
