@@ -80,6 +80,10 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
     build's node statuses (no contract, metric model or band)."""
     check_inputs(shas, models, contract, metric_model, run)
     phases: dict[str, float] = {}
+    isolation = sandboxes.isolation  # refused before anything is read or made
+    if isolation.refuses_all:
+        raise Unisolated(f"refused to build: verification.isolation is bwrap, but {isolation.reason}. Install "
+                         "bubblewrap where Cairn's workers run (or set verification.isolation to auto).", isolation)
     production = production_manifest(prod_state)
     if run is None:
         targets, metrics = group_targets(incident_id, contract, band, before, metric_model, also)
@@ -93,10 +97,6 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
         return reached(manifest, models, metrics) if run is None else run.reached(manifest)
 
     extra = ("--defer", "--state", str(prod_state), "--favor-state")
-    isolation = sandboxes.isolation
-    if isolation.refuses_all:
-        raise Unisolated(f"refused to build: verification.isolation is bwrap, but {isolation.reason}. Install "
-                         "bubblewrap where Cairn's workers run (or set verification.isolation to auto).", isolation)
     record = dict(sha=shas[0], clone_id="", dbt_command=f"dbt build --select {select} {' '.join(extra)}",
                   before=before, after=None, durations=phases, reverted=(*followers, *shas),
                   isolation=isolation.describe(), followers=tuple(followers))
