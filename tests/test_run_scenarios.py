@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from dbt_common.events.functions import reset_metadata_vars
 
+from bot.messages import KIND_LABEL
 from bot.notify import render_card
 from bot.thread import thread_steps
 from jobs.config import load_config
@@ -148,7 +149,7 @@ def test_a_failed_run_is_healed_by_a_verified_revert(scenario: RunCase, scenario
         # The card renders the run incident as any other: its node, class, the PR (no metric contract to look up).
         card = render_card(rt, incident, rt.store.pull_request_for(incident.id))
         assert run.node in card.text or node_name(run.node) in card.text, card.text
-        assert f"{scenario.kind.replace('_', ' ')} in the production run at {git.head_sha()[:7]}" in card.text
+        assert f"{KIND_LABEL[scenario.kind]} in the production run at {git.head_sha()[:7]}" in card.text
         steps = [line for step in thread_steps(incident, rt.store.pull_request_for(incident.id)) for line in step.lines]
         assert any("the failed run's nodes build and pass" in line for line in steps), steps
         blocks = json.dumps([block.to_dict() for block in card.blocks])
