@@ -62,11 +62,7 @@ class RunStore:
 
     def runs(self, limit: int = 10) -> list[Run]:
         """The latest runs, newest first (by when dbt finished them)."""
-        query = runs.select().order_by(runs.c.generated_at.desc(), runs.c.id.desc()).limit(limit)
-        with self._transaction() as conn:
-            rows = conn.execute(query).mappings().all()
-            nodes = self._nodes(conn, [row["id"] for row in rows])
-        return [_run(row, nodes) for row in rows]
+        return self._fetch(runs.select().order_by(runs.c.generated_at.desc(), runs.c.id.desc()).limit(limit))
 
     def last_green(self, unique_id: str, before: Run, look_back: int = 50) -> Run | None:
         """The latest run before `before` in which the node passed (`success`, `pass`); else the latest
@@ -81,7 +77,10 @@ class RunStore:
         return next((r for r in later if _passed(r, unique_id)), None)
 
     def _around(self, where, order, limit: int) -> list[Run]:
-        query = runs.select().where(where).order_by(order, runs.c.id).limit(limit)
+        return self._fetch(runs.select().where(where).order_by(order, runs.c.id).limit(limit))
+
+    def _fetch(self, query) -> list[Run]:
+        """The runs `query` selects, each with its nodes, read in one transaction."""
         with self._transaction() as conn:
             rows = conn.execute(query).mappings().all()
             nodes = self._nodes(conn, [row["id"] for row in rows])
