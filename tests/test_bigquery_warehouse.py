@@ -148,6 +148,16 @@ def test_table_metadata(fake, warehouse) -> None:
     assert fake.calls() == ["tables.get"]
 
 
+def test_columns_name_each_column_and_its_type_and_a_missing_table_none(fake, warehouse) -> None:
+    fake.add_dataset("acme-prod", "raw", location="EU")
+    fake.add_table("acme-prod", "raw", "payments", [{"name": "Payment_Method_Code", "type": "STRING"},
+                                                    {"name": "amount_cents", "type": "INT64"}])
+    assert warehouse.columns("`acme-prod`.`raw`.`payments`") == {"payment_method_code": "STRING",
+                                                                  "amount_cents": "INT64"}
+    assert warehouse.columns("`acme-prod`.`raw`.`refunds`") is None  # gone: not an error, no columns to compare
+    assert fake.calls() == ["tables.get", "tables.get"]
+
+
 def test_make_client_points_at_the_configured_endpoint(fake) -> None:
     client = make_client("acme-sbx", "EU", credentials_for("anonymous"), api_endpoint=fake.endpoint)
     fake.answer("select 1", [{"one": 1}])

@@ -96,6 +96,13 @@ def test_outside_time_travel_the_current_state_is_cloned_and_said(fake, tmp_path
         assert "AT(TIMESTAMP" in fake.sql()[-2] and "AT(" not in fake.sql()[-1]
 
 
+def test_columns_are_read_from_the_information_schema_and_a_missing_table_is_none(fake, tmp_path) -> None:
+    with _sandboxes(fake, tmp_path).connection("t") as warehouse:
+        columns = warehouse.columns("SF_PROD.ANALYTICS.FCT_ORDERS")
+        assert set(columns) == {"order_id", "amount"} and all(columns.values())
+        assert warehouse.columns("SF_PROD.ANALYTICS.GONE") is None
+
+
 def test_production_is_read_only_for_cairns_own_sessions(fake, tmp_path) -> None:
     with _sandboxes(fake, tmp_path).connection("t") as session:
         with pytest.raises(ProductionWriteRefused, match="writes outside no schema"):

@@ -34,7 +34,7 @@ COMPILATION = ("Compilation Error", "Dependency Error", "Parsing Error")
 
 SAMPLE_ROWS = 5
 
-Columns = Callable[[str], "set[str] | None"]  # a relation's current column names (lower case), None if absent
+Columns = Callable[[str], "Mapping[str, str] | None"]  # a relation's current columns (lower case) and types; None if absent
 Query = Callable[[str], list[dict[str, Any]]]  # one read-only statement against production
 
 
@@ -89,7 +89,7 @@ def _drift(missing: str, declared: Mapping[str, Any], nodes: Mapping[str, Any], 
         if current is None or missing in current:
             continue
         return {"missing_column": missing, "upstream": parent_id, "relation": relation,
-                "current_columns": sorted(current), "undeclared_columns": sorted(current - expected)}
+                "current_columns": sorted(current), "undeclared_columns": sorted(set(current) - expected)}
     return None
 
 

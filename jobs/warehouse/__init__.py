@@ -21,6 +21,11 @@ class Warehouse(Protocol):
         """The fully qualified, quoted name of a dbt manifest node or source."""
         ...
 
+    def columns(self, relation: str) -> dict[str, str] | None:
+        """`relation`'s current columns, lower-cased, and their types as the warehouse names them; None when the
+        relation does not exist (what a failed run's schema drift is read from, jobs.detect.classify)."""
+        ...
+
     def column_types(self, relation: str) -> dict[str, exp.DataType]:
         """Lower-cased column name -> type of `relation`, where contract SQL must match the time
         column's type; empty where the warehouse compares dates and timestamps by itself."""

@@ -158,6 +158,20 @@ class BigQueryWarehouse:
                 if f.mode != "REPEATED" and f.field_type not in ("RECORD", "STRUCT")}
         return self._column_types[relation]
 
+    def columns(self, relation: str) -> dict[str, str] | None:
+        """The relation's top-level columns and their BigQuery types (tables.get: free); None if it is gone."""
+        from google.api_core.exceptions import GoogleAPIError, NotFound
+        from sqlglot import exp
+
+        name = exp.to_table(relation, dialect=self.dialect)
+        try:
+            table = self.client.get_table(f"{name.catalog or self.project}.{name.db}.{name.name}")
+        except NotFound:
+            return None
+        except GoogleAPIError as error:
+            raise WarehouseError(f"BigQuery table {relation}: {api_reason(error)}") from None
+        return {f.name.lower(): f.field_type for f in table.schema}
+
     def table(self, project: str, dataset: str, table: str) -> Any:
         """A table's metadata (tables.get): schema, type, size, clone definition."""
         from google.api_core.exceptions import GoogleAPIError

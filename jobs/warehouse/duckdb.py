@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+from sqlglot import exp
 
 from jobs.core.errors import WarehouseBusy, WarehouseError
 from jobs.warehouse import identifier, qualified_name
@@ -56,12 +57,16 @@ class DuckDBWarehouse:
             )
         return qualified_name(self.catalog, node["schema"], identifier(node), self.dialect)
 
-    def columns(self, relation: str) -> set[str] | None:
-        """`relation`'s column names, lower-cased; None when it does not exist."""
-        try:
-            return {row[0].lower() for row in self._con.execute(f"DESCRIBE {relation}").fetchall()}
-        except duckdb.CatalogException:
-            return None
+    def columns(self, relation: str) -> dict[str, str] | None:
+        """`relation`'s columns, lower-cased, and their types as DuckDB names them; None when it does not exist."""
+        # information_schema, not DESCRIBE: it still lists a view whose input lost a column (DESCRIBE re-binds it
+        # and fails), which is what a failed run's drift leaves in production.
+        table = exp.to_table(relation, dialect="duckdb")
+        rows = self._con.execute(
+            "select column_name, data_type from information_schema.columns where table_schema = ? and table_name = ?"
+            " and (? = '' or table_catalog = ?) order by ordinal_position",
+            [table.db, table.name, table.catalog, table.catalog]).fetchall()
+        return {name.lower(): str(kind) for name, kind in rows} or None
 
     def column_types(self, relation: str) -> dict:
         return {}  # DuckDB compares DATE and TIMESTAMP(TZ) columns with a UTC TIMESTAMP literal as is

@@ -122,6 +122,15 @@ class SnowflakeWarehouse:
         table = exp.table_(identifier(node), db=node["schema"], catalog=node.get("database") or self.database)
         return table.sql(dialect=self.dialect)
 
+    def columns(self, relation: str) -> dict[str, str] | None:
+        """The relation's columns, lower-cased, and their Snowflake types (information_schema: metadata, no
+        warehouse credits); None when it does not exist."""
+        table = exp.to_table(relation, dialect=self.dialect)
+        catalog = table.catalog or self.database
+        rows = self.query(f"select column_name, data_type from {catalog}.information_schema.columns "
+                          f"where table_schema = '{table.db.upper()}' and table_name = '{table.name.upper()}'")
+        return {str(row["COLUMN_NAME"]).lower(): str(row["DATA_TYPE"]) for row in rows} or None
+
     def column_types(self, relation: str) -> dict:
         return {}  # Snowflake compares DATE and TIMESTAMP columns with a timestamp literal by itself
 
