@@ -42,6 +42,7 @@ class Facts:
     org_mode: Mode | None = None  # set from Slack/CLI; wins over the policy file
     kill_switch: KillSwitch | None = None
     intentional: bool = False
+    fix: bool = False  # Cairn's own change, not a revert: auto-merged only where `fix_allowlist` says
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,15 @@ def decide(policy: Policy, facts: Facts) -> Decision:
     if blockers:
         return Decision(Action.escalate, mode, (*reasons, *blockers))
     if mode is Mode.autonomous:
-        allowed = [s for s in policy.autonomous_allowlist if all(matches(s, m) for m in facts.models)]
+        allowlist = policy.fix_allowlist if facts.fix else policy.autonomous_allowlist
+        allowed = [s for s in allowlist if all(matches(s, m) for m in facts.models)]
         if allowed and facts.models:
             return Decision(Action.auto_merge, mode, (*reasons, f"allowlisted by {allowed[0]}"))
-        reasons.append("not on the autonomous allowlist: a human merges")
+        reasons.append("not on the fix allowlist: a human merges Cairn's own fix" if facts.fix else
+                       "not on the autonomous allowlist: a human merges")
+    if facts.fix:
+        return Decision(Action.open_pr, mode, (*reasons, "verified fix, not a revert: an escalation PR a human "
+                                                         "reviews and merges"))
     return Decision(Action.open_pr, mode, (*reasons, "verified revert; a human reviews and merges"))
 
 
@@ -90,7 +96,7 @@ def _blockers(policy: Policy, facts: Facts) -> list[str]:
     found = [f"freeze window: {w.reason} (until {w.end.isoformat()})"
              for w in policy.freeze_windows if w.covers(facts.now)]
     found += [f"{s} is protected" for s in policy.protected if any(matches(s, m) for m in facts.models)]
-    if facts.confidence < policy.min_confidence:
+    if facts.confidence < policy.min_confidence and not facts.fix:  # a fix blames no commit: proof is the build
         found.append(f"confidence {facts.confidence:.0%} is below the policy's {policy.min_confidence:.0%}")
     if facts.blast_radius > policy.max_blast_radius:
         found.append(f"the revert rebuilds {facts.blast_radius} models (policy allows {policy.max_blast_radius})")

@@ -94,6 +94,9 @@ class Policy(_Strict):
     mode: Mode = Field(Mode.assisted, description="Org-wide default mode.")
     selectors: list[SelectorMode] = Field(default_factory=list, description="Per-selector modes; the strictest match wins.")
     autonomous_allowlist: list[str] = Field(default_factory=list, description="Selectors whose reverts may auto-merge.")
+    fix_allowlist: list[str] = Field(default_factory=list, description=(
+        "Selectors whose verified non-revert fixes (Cairn's own code, e.g. a renamed source column mapped) may "
+        "auto-merge in autonomous mode. Empty: a fix PR always waits for a human."))
     protected: list[str] = Field(default_factory=list, description="Selectors Cairn never reverts on its own: escalate.")
     freeze_windows: list[FreezeWindow] = Field(default_factory=list, description="No PRs or merges inside these.")
     min_confidence: float = Field(0.5, ge=0, le=1, description="Below this attribution confidence, escalate.")

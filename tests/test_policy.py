@@ -56,6 +56,20 @@ FREEZE = {"start": "2026-11-20T00:00:00Z", "end": "2026-11-30T00:00:00Z", "reaso
     ("low confidence escalates", {}, {"confidence": 0.3}, Action.escalate, "confidence 30% is below"),
     ("blast radius escalates", {"max_blast_radius": 2}, {}, Action.escalate, "rebuilds 3 models"),
     ("intentional escalates", {}, {"intentional": True}, Action.escalate, "intentional"),
+    # Cairn's own fix is new code: the revert allowlist does not let it merge; only the fix allowlist does.
+    ("a fix opens an escalation PR", {}, {"fix": True}, Action.open_pr, "verified fix, not a revert"),
+    ("a fix is not merged by the revert allowlist", {"mode": "autonomous", "autonomous_allowlist": ["path:models"]},
+     {"fix": True}, Action.open_pr, "not on the fix allowlist"),
+    ("a fix on the fix allowlist merges", {"mode": "autonomous", "fix_allowlist": ["path:models/staging"]},
+     {"fix": True}, Action.auto_merge, "allowlisted by path:models/staging"),
+    ("the fix allowlist does not merge reverts", {"mode": "autonomous", "fix_allowlist": ["path:models/staging"]},
+     {}, Action.open_pr, "not on the autonomous allowlist"),
+    ("an unverified fix is never proposed", {"mode": "autonomous", "fix_allowlist": ["path:models"]},
+     {"fix": True, "verified": False}, Action.escalate, "not verified"),
+    ("a fix blames no commit: no confidence floor", {}, {"fix": True, "confidence": 0.0}, Action.open_pr,
+     "verified fix"),
+    ("a fix still respects protected models", {"protected": ["stg_payments"]}, {"fix": True}, Action.escalate,
+     "stg_payments is protected"),
 ])
 def test_decide(name: str, policy: dict, kw: dict, action: Action, reason: str) -> None:
     decision = decide(Policy.model_validate(policy), facts(**kw))

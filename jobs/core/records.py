@@ -248,6 +248,8 @@ class Verification:
     isolation: str = ""  # how dbt ran the revert's code: "built isolated (bwrap)…" or why not (jobs.project.isolation)
     # Later commits reverted with `sha` because they change its lines (jobs.project.followers), newest first.
     followers: tuple[str, ...] = ()
+    # Cairn's own fix commits applied in place of a revert (`sha` is the last): a failure no commit explains.
+    applied: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -339,6 +341,26 @@ class RunDetail(Detail):
     evidence: dict[str, Any] = Field(default_factory=dict)
 
 
+class FixDraft(Detail):
+    """A fix Cairn drafted for a failed run no commit explains (jobs.attribute.drift_fix): a renamed upstream
+    column mapped in the model that reads it. Verified on a clone before it becomes a PR."""
+
+    node: str  # the failing model
+    path: str  # its SQL file, relative to the dbt project
+    missing: str  # the column it reads that the upstream relation no longer has
+    replacement: str  # the column it reads instead
+    missing_type: str | None = None
+    replacement_type: str | None = None
+    upstream: str  # the parent whose relation changed
+    relation: str
+    drafted_by: str  # "rule" or "llm"
+    reason: str  # why this column
+    diff: str  # unified diff of the model's SQL
+    sql: str  # the model's SQL with the fix
+    candidates: tuple[str, ...] = ()  # the columns Cairn considered
+    commit: str | None = None  # the fix commit (refs/cairn/fixes/<incident>), once made
+
+
 class GroupDetail(Detail):
     leader: int
     members: tuple[int, ...]
@@ -394,6 +416,7 @@ class IncidentDetails(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow")
 
     run: RunDetail | None = None  # set on an incident a failed production run opened (jobs.detect.run_incidents)
+    fix_draft: FixDraft | None = None  # a non-revert fix for a failure no commit explains
     follows: FollowsDetail | None = None
     followed_by: int | None = None  # the incident a later deploy opened on top of this one
     deploy: DeployDetail | None = None

@@ -57,8 +57,10 @@ class Forge(Protocol):
         body: str,
         labels: Sequence[str] = DEFAULT_LABELS,
         proof: CheckProof | None = None,
+        applied: Sequence[str] = (),
     ) -> PullRequest:
-        """Open the incident's revert PR, or return the one already opened for it."""
+        """Open the incident's revert PR, or return the one already opened for it. `applied`: Cairn's own fix
+        commits (a failure no commit explains), carried in place of or on top of the reverts."""
         ...
 
     def get(self, incident_id: int) -> PullRequest | None:

@@ -111,6 +111,7 @@ class GitHubForge:
         body: str,
         labels: Sequence[str] = DEFAULT_LABELS,
         proof: CheckProof | None = None,
+        applied: Sequence[str] = (),
     ) -> PullRequest:
         existing = self._find(incident_id)
         if existing is not None:
@@ -124,7 +125,7 @@ class GitHubForge:
         with _github(f"read branch {base_branch}"):
             base_sha = self.repo.get_git_ref(f"heads/{base_branch}").object.sha
         resolve(self.git, base_sha)  # the revert is computed locally, so local git must have GitHub's base
-        reverts = build_reverts(self.git, base_sha, revert_of, incident_id, self.author)
+        reverts = build_reverts(self.git, base_sha, revert_of, incident_id, self.author, applied)
         head = self._publish(base_sha, reverts)
         self._point_branch(branch, head)
         conclusion_comment = self._check_run(head, proof) if proof is not None else None
@@ -139,7 +140,7 @@ class GitHubForge:
             if conclusion_comment:
                 pull.create_issue_comment(conclusion_comment)
         log.info("opened PR #%s on %s for incident %s", pull.number, self.repo_name, incident_id)
-        return self._mirror(incident_id, pull, labels=labels, reverted=[r.reverted for r in reverts])
+        return self._mirror(incident_id, pull, labels=labels, reverted=[r.reverted for r in reverts if r.reverted])
 
     def get(self, incident_id: int) -> PullRequest | None:
         pull = self._find(incident_id)

@@ -39,17 +39,18 @@ class LocalForge:
         body: str,
         labels: Sequence[str] = DEFAULT_LABELS,
         proof: CheckProof | None = None,
+        applied: Sequence[str] = (),
     ) -> PullRequest:
         existing = self.store.pull_request_for(incident_id)
         if existing is not None:
             self._restore_branch(existing)
             return existing
         base_sha = resolve(self.git, f"refs/heads/{base_branch}")
-        reverts = build_reverts(self.git, base_sha, revert_of, incident_id, self.author)
+        reverts = build_reverts(self.git, base_sha, revert_of, incident_id, self.author, applied)
         head = reverts[-1].commit
         pr = self.store.save_pull_request(
             incident_id, forge=self.name, branch=branch_name(incident_id), base_branch=base_branch, title=title,
-            body=body, head_sha=head, labels=labels, reverted=[r.reverted for r in reverts],
+            body=body, head_sha=head, labels=labels, reverted=[r.reverted for r in reverts if r.reverted],
         )
         # The store decides which of two racing workers opened the PR; only the winner's commit is published.
         if pr.head_sha == head:

@@ -16,11 +16,38 @@ CAIRN_AUTHOR = ("Cairn", "cairn@users.noreply.localhost")
 
 @dataclass(frozen=True)
 class Revert:
-    """One commit that reverts `reverted`, made on top of the previous one."""
+    """One commit of a PR's branch, made on top of the previous one: the revert of `reverted`, or (None) one of
+    Cairn's own fix commits applied."""
 
-    reverted: str
+    reverted: str | None
     commit: str
     message: str
+
+
+def fix_ref(incident_id: int) -> str:
+    """Where an incident's fix commit lives until its PR carries it: out of every branch, kept from gc."""
+    return f"refs/cairn/fixes/{incident_id}"
+
+
+def commit_fix(git: Git, base_sha: str, path: str, text: str, message: str, incident_id: int,
+               author: tuple[str, str] = CAIRN_AUTHOR) -> str:
+    """Cairn's fix as one commit on `base_sha` that writes `text` to `path` (repository-relative), kept at
+    `fix_ref`; a retry that finds the same fix there reuses it."""
+    ref = fix_ref(incident_id)
+    try:
+        existing = git.head_sha(ref)
+    except GitError:
+        existing = None
+    if existing is not None and git.run("rev-parse", f"{existing}^").strip() == base_sha and \
+            git.run("show", f"{existing}:{path}", check=False) == text:
+        return existing
+    with worktree(git, base_sha) as tree:
+        (tree.repo / path).write_text(text)
+        tree.run("add", "--", path)
+        tree.run(*as_author(author), "commit", "--quiet", "--no-verify", "-m", message)
+        sha = tree.head_sha()
+    git.run("update-ref", "-m", f"cairn: fix for incident #{incident_id}", ref, sha)
+    return sha
 
 
 @dataclass(frozen=True)
@@ -74,12 +101,25 @@ def revert_message(git: Git, sha: str, incident_id: int) -> str:
 
 
 def build_reverts(
-    git: Git, base_sha: str, shas: Sequence[str], incident_id: int, author: tuple[str, str] = CAIRN_AUTHOR
+    git: Git, base_sha: str, shas: Sequence[str], incident_id: int, author: tuple[str, str] = CAIRN_AUTHOR,
+    applied: Sequence[str] = (),
 ) -> list[Revert]:
-    """Commit the revert of each SHA, newest first, on top of `base_sha`; the last is the PR's head."""
+    """On top of `base_sha`, commit each of Cairn's fix commits in `applied` (cherry-picked, its message kept)
+    and the revert of each SHA, newest first; the last is the PR's head."""
     reverts = []
+    if not shas and not applied:
+        raise ForgeError("nothing to revert: pass at least one commit SHA")
     with worktree(git, base_sha) as tree:
-        for sha in newest_first(git, base_sha, shas):
+        for sha in applied:
+            try:
+                tree.run(*as_author(author), "cherry-pick", "--no-commit", resolve(git, sha))
+            except GitError:
+                raise ForgeError(f"Cairn's fix {sha[:7]} no longer applies on {base_sha[:7]}: the file changed "
+                                 "since it was verified; the incident needs a new fix") from None
+            message = git.run("log", "-1", "--format=%B", sha)
+            tree.run(*as_author(author), "commit", "--quiet", "--no-verify", "-m", message)
+            reverts.append(Revert(reverted=None, commit=tree.head_sha(), message=message))
+        for sha in newest_first(git, base_sha, shas) if shas else ():
             try:
                 tree.run("revert", "--no-commit", sha)
             except GitError:

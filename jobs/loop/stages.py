@@ -9,9 +9,11 @@ incidents it moved, so their cards are refreshed and their own next stage enqueu
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 
 from jobs.attribute import groups, triage
 from jobs.attribute.attribution import Attribution, attribute
@@ -21,6 +23,7 @@ from jobs.core.formatting import fmt_value
 from jobs.core.records import (
     AttributionDetail,
     Candidate,
+    FixDraft,
     HeldDetail,
     Incident,
     IncidentStatus,
@@ -33,8 +36,9 @@ from jobs.detect.recovery import recovery_band
 from jobs.project.followers import conflicting_followers
 from jobs.project.isolation import DbtServers
 from jobs.propose.decision import AUTONOMOUS, propose
+from jobs.propose.runbody import node_name
 from jobs.runtime import Runtime
-from jobs.verify.bisect import find_fix
+from jobs.verify.bisect import Search, find_fix
 from jobs.verify.run_goal import RunGoal, RunMember
 from jobs.warehouse.sandbox import remove_incident_sandboxes
 from jobs.warehouse.sandboxes import SandboxRefused
@@ -52,14 +56,24 @@ def attribute_stage(rt: Runtime, incident_id: int) -> list[int]:
         _move(rt, member, IncidentStatus.attributing, "attribution.started")
     found = {m.id: attribute(rt, m, contract_of(rt, m)) for m in group}
     unexplained = [m for m in group if not found[m.id].revertable]
+    # A failed run no commit explains may still be healed by a fix Cairn drafts: it verifies that alone.
+    fixing = [m for m in unexplained if fixable(m) and not found[m.id].intentional]
     for member in unexplained:
-        _escalate(rt, member, found[member.id])
+        if member not in fixing:
+            _escalate(rt, member, found[member.id])
     stay = [m for m in group if found[m.id].revertable]
-    if len(group) > 1 and unexplained and stay:
+    if len(group) > 1 and unexplained and (stay or len(fixing) > 1):
         # No commit in the range reaches these members' metrics: no revert of the group brings them back.
         for member in unexplained:
             groups.leave(rt.store, member, groups.UNEXPLAINED)
-        groups.regroup(rt.store, stay, {})
+        if stay:
+            groups.regroup(rt.store, stay, {})
+    for member in fixing:
+        _move(rt, member, IncidentStatus.verifying, "attribution.finished",
+              {"candidates": len(found[member.id].candidates), "top": None, "fix": "drafted next"},
+              {**_attribution_details(found[member.id]), "triage": triage.Triage(
+                  triage.TriageClass.data_change, (NO_COMMIT, "Cairn drafts a fix next and verifies it on a clone"),
+              ).detail()})
     # The leader (the lowest ID left) keeps the group's ranking, which verification and the PR work from.
     carry = {"group_attribution": groups.group_attribution({m.id: found[m.id] for m in stay})} if len(stay) > 1 else {}
     leader = min((m.id for m in stay), default=None)
@@ -73,6 +87,15 @@ def attribute_stage(rt: Runtime, incident_id: int) -> list[int]:
                "triage": triage.after_attribution(intentional=(), upstream=(), revertable=[
                    _line(c) for c in found[member.id].revertable]).detail()})
     return _others(group, incident_id)
+
+
+NO_COMMIT = "no commit in the suspect range touches the failing model or its upstream"
+
+
+def fixable(incident: Incident) -> bool:
+    """A failed run's model that reads a column its upstream no longer has: a fix may map the renamed column."""
+    run = incident.details.run
+    return run is not None and run.node.startswith("model.") and bool(run.evidence.get("missing_column"))
 
 
 def _attribution_details(found: Attribution) -> dict:
@@ -91,9 +114,52 @@ def _escalate(rt: Runtime, incident: Incident, found: Attribution) -> None:
     facts = () if found.intentional else upstream_of(rt, incident, contract_of(rt, incident))
     judged = triage.after_attribution(intentional=[_line(c) for c in found.intentional], revertable=(),
                                       upstream=facts)
+    run, data = incident.details.run, {}
+    if run is not None and not found.intentional:  # a failed run the data caused: its owner hears the facts
+        owner = owner_of(rt, run.node)
+        reason = f"{NO_COMMIT}: the data or the source changed, not the code"
+        data = {"owner": owner} if owner else {}
+        judged = dataclasses.replace(judged, evidence=(
+            NO_COMMIT, *([f"owner of {_shown(run.node)}: {owner}"] if owner else []),
+            *(f.sentence() for f in facts if f.moved), *_failing_rows(run)), kind=triage.TriageClass.data_change)
     _move(rt, incident, IncidentStatus.escalated, "attribution.finished",
-          {"verdict": verdict.value, "candidates": len(found.candidates), "reason": reason},
+          {"verdict": verdict.value, "candidates": len(found.candidates), "reason": reason, **data},
           {**_attribution_details(found), "verdict": verdict, "triage": judged.detail()})
+
+
+def owner_of(rt: Runtime, unique_id: str) -> str | None:
+    """Who answers for a node: its `meta.owner`, else its dbt group's owner (a test: the model it tests)."""
+    try:
+        manifest = rt.manifest
+    except CairnError:
+        return None
+    every = {**manifest.get("sources", {}), **manifest.get("nodes", {})}
+    node = every.get(unique_id) or {}
+    if node.get("resource_type") == "test":  # a test answers to what it tests: its model, or its source
+        tested = node.get("attached_node") or next(iter(node.get("depends_on", {}).get("nodes", [])), None)
+        node = every.get(tested) or node
+    meta = {**(node.get("source_meta") or {}), **(node.get("meta") or {}),
+            **((node.get("config") or {}).get("meta") or {})}
+    if meta.get("owner"):
+        return str(meta["owner"])
+    group = manifest.get("groups", {}).get(f"group.{manifest['metadata']['project_name']}.{node.get('group')}") \
+        if node.get("group") else None
+    owner = (group or {}).get("owner") or {}
+    return owner.get("email") or owner.get("name")
+
+
+def _shown(unique_id: str) -> str:
+    """A node as people name it: `raw.refunds` for a source, the model's or test's name otherwise."""
+    return unique_id.split(".", 2)[-1] if unique_id.startswith("source.") else node_name(unique_id)
+
+
+def _failing_rows(run) -> list[str]:
+    """A failing test's rows, as the escalation says them: how many, and the first of the sample (masked)."""
+    if run.failing_rows is None:
+        return []
+    sample = run.evidence.get("sample") or []
+    first = f"; e.g. {', '.join(f'{k}={v}' for k, v in list(sample[0].items())[:6])}" if sample else ""
+    return [f"{run.failing_rows:,} failing rows in production{first}"]
 
 
 def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
@@ -118,14 +184,15 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
     # warehouse travels in time). A group's members share the last good SHA; the latest time is nearest.
     sandboxes = rt.sandboxes(snapshot_at=max((m.last_good_at for m in group if m.last_good_at), default=None))
 
-    def try_revert(suspects: list[Candidate], followers: Sequence[str] = ()):
-        shas = [c.sha for c in sorted(suspects, key=lambda c: c.authored_at, reverse=True)]
+    def try_revert(suspects: list[Candidate], followers: Sequence[str] = (), fix: FixDraft | None = None):
+        shas = [fix.commit] if fix else [c.sha for c in sorted(suspects, key=lambda c: c.authored_at, reverse=True)]
+        models = (fix.node,) if fix else tuple(dict.fromkeys(m for c in suspects for m in c.models))
         result = verify_revert(
             sandboxes=sandboxes, repo=rt.config.repo_dir, project_subdir=rt.project_subdir, deployed_sha=deployed,
-            shas=shas, models=tuple(dict.fromkeys(m for c in suspects for m in c.models)), contract=contract,
+            shas=shas, models=models, contract=contract,
             metric_model=contract.relation_name if contract else None, prod_state=rt.state_dir, band=band,
             before=incident.value, at=incident.first_bad_at, incident_id=incident.id, sandboxes_root=rt.sandboxes_root,
-            also=also, followers=followers, servers=servers, run=goal)
+            also=also, followers=followers, servers=servers, run=goal, fix=fix is not None)
         key = f"{_scope(incident)}:verification.attempt:{','.join([*followers, *shas])}"
         if result.billed_bytes is not None or result.clones:
             rt.store.audit("verification.cost", incident_id=incident.id, dedup_key=key.replace("attempt", "cost"),
@@ -140,6 +207,8 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
             search = find_fix(ranked, try_revert, rt.config.settings.verification.max_builds, followers=lambda c: (
                 conflicting_followers(rt.config.repo_dir, c.sha, deployed, rt.sandboxes_root, label=str(incident.id))),
                 recovered_without=_recovered_by_deploy_check(group))
+            if search.fix is None and len(group) == 1 and fixable(incident):
+                search = _try_fix(rt, incident, deployed, search, try_revert)
     except SandboxRefused as refused:
         # Over the org's byte budget, or a build that would write outside the sandbox: a person decides.
         data = {"reason": str(refused), **refused.audit_data()}
@@ -227,9 +296,46 @@ def _held(rt: Runtime, group: list[Incident], stage: str) -> bool:
     return True
 
 
+def _try_fix(rt: Runtime, incident: Incident, deployed: str, search: Search, try_revert) -> Search:
+    """No revert healed the failed run: draft Cairn's own fix (`jobs.attribute.drift_fix`), commit it beside the
+    deployed SHA and build it on a clone as a revert is built. The search with that attempt; a fix that cannot
+    be drafted is said in the audit and the triage, and the incident escalates."""
+    from jobs.attribute.drift_fix import NoDraft, fix_for
+    from jobs.forge.revert import commit_fix
+
+    try:
+        draft = fix_for(rt, incident)
+    except NoDraft as why:
+        rt.store.update_incident(incident.id, details={"fix_draft": None})
+        rt.store.audit("fix.not_drafted", incident_id=incident.id, data={"reason": str(why)},
+                       dedup_key=f"{_scope(incident)}:fix.not_drafted")
+        return dataclasses.replace(search, not_drafted=str(why))
+    path = str(Path(rt.project_subdir) / draft.path) if rt.project_subdir not in ("", ".") else draft.path
+    message = (f"Read {draft.missing} from {draft.replacement} in {node_name(draft.node)}\n\n{draft.upstream} no longer "
+               f"has {draft.missing}; {draft.replacement} is {draft.reason}.\n\nCairn-Incident: #{incident.id}\n")
+    draft = draft.model_copy(update={"commit": commit_fix(rt.git, deployed, path, draft.sql, message, incident.id)})
+    rt.store.update_incident(incident.id, details={"fix_draft": draft})
+    rt.store.audit("fix.drafted", incident_id=incident.id, dedup_key=f"{_scope(incident)}:fix.drafted:{draft.commit}",
+                   data={"commit": draft.commit, "path": path, "missing": draft.missing,
+                         "replacement": draft.replacement, "drafted_by": draft.drafted_by})
+    result = try_revert([], fix=draft)
+    return Search(attempts=(*search.attempts, result), fix=result if result.verdict is Verdict.verified else None)
+
+
 def _verified_triage(rt: Runtime, incident: Incident, search, fix) -> triage.Triage:
     """Proven by the revert that brought this incident's metric back, or else decided by the data."""
     tried = list(dict.fromkeys(s[:7] for a in search.attempts for s in a.reverted))
+    draft = rt.store.incident(incident.id).details.fix_draft if fix is not None and fix.applied else None
+    if fix is not None and draft is not None:  # drafted during this stage: read back from the store
+        return triage.Triage(triage.TriageClass.data_change, (
+            f"{draft.relation} no longer has {draft.missing}: {NO_COMMIT}",
+            f"proven: Cairn's fix {fix.sha[:7]} (read {draft.replacement} as {draft.missing}) makes {draft.node} "
+            f"build and pass again on clone {fix.clone_id}"), stage="verification")
+    if fix is None and incident.details.run is not None and not tried:
+        why = search.not_drafted
+        return triage.Triage(triage.TriageClass.unknown, (NO_COMMIT, *(
+            [f"no fix drafted: {why}"] if why else ["Cairn's fix did not build and pass on a clone"]
+            if search.attempts else [])), stage="verification")
     if fix is None:
         return triage.after_verification(verified=None, tried=tried,
                                          upstream=upstream_of(rt, incident, contract_of(rt, incident)))
@@ -262,21 +368,23 @@ def run_goal(group: Sequence[Incident]) -> RunGoal | None:
 
 
 def upstream_of(rt: Runtime, incident: Incident, contract) -> tuple:
-    """The sources under the metric, measured over the first bad window; nothing when they cannot be
-    (nor for a failed run's incident: no metric window to measure them over)."""
+    """The sources under the metric (or a failed run's node), measured over the first bad window (the day before
+    the failed run); nothing when they cannot be."""
     from jobs.attribute.upstream import upstream_facts
     from jobs.project.lineage import upstream
 
-    if contract is None:
+    run = incident.details.run
+    if contract is None and run is None:
         return ()
     first_bad = rt.store.observation(incident.first_bad_observation_id) if incident.first_bad_observation_id \
         else None
     if first_bad is not None and first_bad.window_start and first_bad.window_end:
         window = (first_bad.window_start, first_bad.window_end)
-    else:  # a whole-table contract: the day before it was found
+    else:  # a whole-table contract or a failed run: the day before it was found
         window = (incident.first_bad_at - timedelta(days=1), incident.first_bad_at)
     try:
-        sources = [uid for uid in upstream(rt.manifest, contract.relation_name).names if uid.startswith("source.")]
+        root = run.node if run is not None else contract.relation_name
+        sources = [uid for uid in upstream(rt.manifest, root).names if uid.startswith("source.")]
         return tuple(upstream_facts(rt.warehouse, rt.manifest, sources, window))
     except CairnError as error:  # the facts inform the triage; their absence must not stop the loop
         log.warning("incident %s: sources upstream not measured: %s", incident.id, error)

@@ -56,6 +56,19 @@ class Worktree:
             return False
         return True
 
+    def apply(self, shas: Sequence[str]) -> bool:
+        """Apply `shas` (Cairn's own fix commits) in order, uncommitted; on a conflict undo and return False."""
+        for sha in shas:
+            proc = subprocess.run(["git", "-C", str(self.path), "cherry-pick", "--no-commit", sha],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                self.conflict = sha
+                self.conflict_files = tuple(self.git.run("diff", "--name-only", "--diff-filter=U").split())
+                self.git.run("cherry-pick", "--abort", check=False)
+                self._reset()
+                return False
+        return True
+
     def applies(self, shas: Sequence[str]) -> bool:
         """Whether `shas` revert cleanly together, newest first; the worktree is left at its SHA either way."""
         clean = self.revert(shas)

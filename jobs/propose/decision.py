@@ -12,6 +12,7 @@ from jobs.core.records import Candidate, Incident, IncidentStatus, PullRequest, 
 from jobs.forge import MergeBlocked
 from jobs.project.followers import conflicting_followers
 from jobs.project.lineage import model_refs
+from jobs.propose.fixbody import FIX_LABELS, fix_check_proof, fix_pr_body, fix_pr_title
 from jobs.propose.prbody import Follower, check_proof, pr_body, pr_title
 from jobs.propose.runbody import run_check_proof, run_pr_body, run_pr_title
 from jobs.runtime import Runtime
@@ -41,6 +42,8 @@ class Proposal:
 def propose(rt: Runtime, incident: Incident, contract: Contract | None, fix: Verification | None,
             ranked: Sequence[Candidate], group: Sequence[tuple[Incident, Contract | None]] = ()) -> Proposal:
     """The decision for the incident and the other incidents of its `group`, and the one PR they share."""
+    if fix is not None and fix.applied:  # Cairn's own fix for a failure no commit explains
+        return _propose_fix(rt, incident, fix)
     verified = fix is not None and fix.verdict is Verdict.verified
     cause = next((c for c in ranked if fix and c.sha == fix.sha), None)
     ranking = score(ranked, verified={fix.sha: True} if verified else {},
@@ -95,6 +98,38 @@ def open_verified_pr(rt: Runtime, incident: Incident, contract: Contract | None,
         proof = check_proof(contract, fix)
     return rt.forge.open_revert_pr(incident.id, rt.config.settings.branch, list(fix.reverted), title, body,
                                    proof=proof)
+
+
+def _propose_fix(rt: Runtime, incident: Incident, fix: Verification) -> Proposal:
+    """The decision on Cairn's own verified fix: an escalation PR, merged only where `fix_allowlist` says."""
+    draft = incident.details.fix_draft
+    verified = fix.verdict is Verdict.verified and draft is not None and fix.applied == (draft.commit,)
+    facts = Facts(verified=verified, confidence=1.0 if verified else 0.0,
+                  models=tuple(model_refs(rt.manifest, [draft.node])) if draft else (),
+                  blast_radius=_blast_radius(fix), now=rt.clock.now(), org_mode=switches.org_mode(rt.store),
+                  kill_switch=switches.kill_switch(rt.store), fix=True)
+    decision = decide(rt.policy, facts)
+    status = _STATUS[decision.action] or incident.status
+    if decision.action not in (Action.open_pr, Action.auto_merge):
+        return Proposal(decision, status)
+    pr = open_verified_fix_pr(rt, incident, fix, decision)
+    if decision.action is Action.auto_merge:
+        try:
+            pr = rt.forge.merge(incident.id, pr.head_sha, actor=AUTONOMOUS)
+        except MergeBlocked as exc:
+            return Proposal(decision, IncidentStatus.pr_opened, pr, merge_blocked=str(exc))
+    return Proposal(decision, status, pr)
+
+
+def open_verified_fix_pr(rt: Runtime, incident: Incident, fix: Verification, decision: Decision) -> PullRequest:
+    """The only place Cairn opens a PR of its own code: refused unless that exact fix commit verified on a clone."""
+    draft, run = incident.details.fix_draft, incident.details.run
+    if fix.verdict is not Verdict.verified or draft is None or run is None or fix.applied != (draft.commit,):
+        raise UnverifiedRevert(f"incident {incident.id}: Cairn's fix {fix.sha[:7]} is {fix.verdict.value}, not "
+                               "verified on a clone as the fix the incident drafted; no pull request is opened")
+    body = fix_pr_body(incident=incident, run=run, draft=draft, verification=fix, mode=decision.mode.value)
+    return rt.forge.open_revert_pr(incident.id, rt.config.settings.branch, [], fix_pr_title(incident, draft), body,
+                                   labels=FIX_LABELS, proof=fix_check_proof(draft, fix), applied=[draft.commit])
 
 
 def _culprit_revert(rt: Runtime, incident: Incident, cause: Candidate, fix: Verification) -> bool:

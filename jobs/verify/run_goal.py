@@ -58,12 +58,13 @@ class RunGoal:
 
 
 def judge_run(run: RunGoal, manifest: Mapping[str, Any], nodes: Sequence[Any], tests: Mapping[str, int],
-              record: dict[str, Any]) -> tuple[Verdict, str]:
+              record: dict[str, Any], change: str = "the revert") -> tuple[Verdict, str]:
     """A failed run's nodes on the reverted build (which `build_problems` found free of failures): verified
-    unless the revert removed a failing node. Sets `after` (a failing test's rows now: none)."""
+    unless the revert removed a failing node. Sets `after` (a failing test's rows now: none). `change`: what was
+    built, as the sentence names it ("the revert", "Cairn's fix")."""
     gone = run.gone(manifest)
     if gone:
-        return Verdict.not_recovered, (f"the revert removes {', '.join(gone)}: a failing node that no longer exists "
+        return Verdict.not_recovered, (f"{change} removes {', '.join(gone)}: a failing node that no longer exists "
                                        "has not been fixed.")
     statuses = {n.unique_id: n.status for n in nodes}
     record["after"] = 0.0 if run.failing_rows is not None else None
@@ -75,5 +76,5 @@ def judge_run(run: RunGoal, manifest: Mapping[str, Any], nodes: Sequence[Any], t
     now = ", ".join(f"{uid.split('.', 2)[-1]} {statuses.get(uid, 'not run')}" for uid in run.roots()
                     if uid in run.failing)
     rebuilt = sum(1 for uid in run.roots() if uid not in run.failing)
-    return Verdict.verified, (f"with the revert: {now}; {rebuilt} node{'s' * (rebuilt != 1)} the failed run left "
+    return Verdict.verified, (f"with {change}: {now}; {rebuilt} node{'s' * (rebuilt != 1)} the failed run left "
                               f"stale rebuilt and passing; tests {tests.get('pass', 0)} passed, none failed.")

@@ -33,7 +33,7 @@ import yaml
 
 from jobs.contracts.measure import evaluate
 from jobs.contracts.spec import Contract, Kind
-from jobs.core.errors import CairnError, DbtError
+from jobs.core.errors import CairnError, DbtError, WarehouseError
 from jobs.core.formatting import fmt_number
 from jobs.core.records import BaselineStats, MemberResult, Verdict, Verification
 from jobs.project.dbt import Dbt, InvocationResult, NodeResult
@@ -69,7 +69,7 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
                   prod_state: Path, band: BaselineStats | None, before: float | None, at: datetime, incident_id: int,
                   sandboxes_root: Path, also: Sequence[Target] = (), label: str | None = None,
                   deltas: bool = True, followers: Sequence[str] = (), servers: DbtServers | None = None,
-                  run: RunGoal | None = None) -> Verification:
+                  run: RunGoal | None = None, fix: bool = False) -> Verification:
     """Revert `shas` at `deployed_sha`, build reverted models through `metric_model` (and the metric
     models of `also`, the incident's group) in a sandbox of `sandboxes` (the warehouse's adapter,
     `jobs.warehouse.sandboxes`), and measure there. `label` names the worktree and sandbox (default:
@@ -77,7 +77,8 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
     commits reverted with the culprit `shas[0]` because they change its lines (`jobs.project.followers`).
     `servers`: the warm dbt servers the verification's builds share (`jobs.project.isolation.DbtServers`);
     without them, its invocations share servers of their own. `run`: a failed run's incident, judged by the
-    build's node statuses (no contract, metric model or band)."""
+    build's node statuses (no contract, metric model or band). `fix`: `shas` are Cairn's own fix commits, applied
+    in place of reverted (a failure no commit explains)."""
     check_inputs(shas, models, contract, metric_model, run)
     phases: dict[str, float] = {}
     isolation = sandboxes.isolation  # refused before anything is read or made
@@ -98,8 +99,8 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
 
     extra = ("--defer", "--state", str(prod_state), "--favor-state")
     record = dict(sha=shas[0], clone_id="", dbt_command=f"dbt build --select {select} {' '.join(extra)}",
-                  before=before, after=None, durations=phases, reverted=(*followers, *shas),
-                  isolation=isolation.describe(), followers=tuple(followers))
+                  before=before, after=None, durations=phases, reverted=() if fix else (*followers, *shas),
+                  isolation=isolation.describe(), followers=tuple(followers), applied=tuple(shas) if fix else ())
     name = label or str(incident_id)
     with ExitStack() as cleanup:  # unwinds worktree and sandbox even when an exception escapes
         if servers is None:  # this verification's own: its deps, plan, estimate and build share one dbt
@@ -107,10 +108,11 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
         with timed(phases, "worktree"):
             tree = cleanup.enter_context(Worktree.create(repo, deployed_sha, sandboxes_root, label=name))
         with timed(phases, "revert"):
-            reverted = tree.revert([*followers, *shas])
+            reverted = tree.apply(shas) if fix else tree.revert([*followers, *shas])
         if not reverted:
+            action = "applying Cairn's fix" if fix else "reverting"
             return Verification(verdict=Verdict.conflict, **record, detail=(
-                f"reverting {tree.conflict[:7]} at {deployed_sha[:7]} conflicts in "
+                f"{action} {tree.conflict[:7]} at {deployed_sha[:7]} conflicts in "
                 f"{', '.join(tree.conflict_files)}; a later commit changed the same lines."))
         project_dir = tree.path / project_subdir
         if not (project_dir / "dbt_project.yml").is_file():  # e.g. the revert of the commit that created the project
@@ -177,13 +179,17 @@ def verify_revert(*, sandboxes: Sandboxes, repo: Path, project_subdir: str, depl
         if problems:
             return done(Verdict.build_failed, problems)
         if run is not None:
-            verdict, detail = judge_run(run, manifest, result.nodes, test_counts(result.nodes), record)
+            verdict, detail = judge_run(run, manifest, result.nodes, test_counts(result.nodes), record,
+                                        "Cairn's fix" if fix else "the revert")
         else:
             with timed(phases, "measure"), sandbox.warehouse() as warehouse:
                 verdict, detail = judge(warehouse, manifest, targets, reach, at, record)
         if deltas:
             with timed(phases, "evidence"):
-                record["deltas"] = tuple(sandbox.deltas(manifest, production, models))
+                try:
+                    record["deltas"] = tuple(sandbox.deltas(manifest, production, models))
+                except WarehouseError as error:  # evidence, not the verdict: e.g. production's view is broken
+                    detail += f" Sample-row deltas not taken: {error}"
         return done(verdict, detail)
     raise AssertionError("unreachable")  # pragma: no cover
 
