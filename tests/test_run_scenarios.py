@@ -31,6 +31,7 @@ from tests.test_scenarios import (
     COMMENT,
     DOCS,
     UNRELATED,
+    WHITESPACE,
     Case,
     Commit,
     Edit,
@@ -52,8 +53,9 @@ class RunCase:
     error: str  # in the run's error, and so in the PR body
 
 
+# A runtime SQL error: the warehouse refuses the model (no upstream declares the column, so no schema drift).
 MISSING_COLUMN = RunCase(
-    Case("missing_column", (
+    Case("runtime_error/missing_column", (
         UNRELATED,
         change("Payment method from the processor's code", "models/staging/stg_payments.sql",
                "        payment_method,\n", "        payment_method_code as payment_method,\n", breaks=("run",)),
@@ -63,13 +65,49 @@ MISSING_COLUMN = RunCase(
     "model.shop.stg_payments", "model.shop.stg_payments", "runtime_sql", "payment_method_code")
 
 NULL_STATUS = RunCase(
-    Case("not_null_status", (
+    Case("test_failure/not_null", (
         COMMENT,
         Commit("Shipped orders are not completed until delivered; no status guessed",
                (Edit("models/staging/stg_orders.sql", "            when 'shipped' then 'completed'\n", ""),
                 Edit("models/staging/stg_orders.sql", "else 'unknown'", "else null")), breaks=("run",)),
         UNRELATED, DOCS)),
     "test.shop.not_null_stg_orders_order_status", "model.shop.stg_orders", "test_failure",
+    "configured to fail if != 0")
+
+# A compilation error inside the run: the project parses (an undefined name is only an error when the model
+# renders), dbt writes the model's result as `error` with "Compilation Error", and skips what reads it. The
+# decoys change the same model and the macro it calls.
+UNDEFINED_MACRO = RunCase(
+    Case("compilation_error/undefined_macro", (
+        UNRELATED,
+        change("Say that amounts are never floats", "macros/cents_to_dollars.sql",
+               "marts report dollars as exact decimals.", "marts report dollars as exact decimals, never floats."),
+        change("Give refunds a surrogate key", "models/staging/stg_refunds.sql",
+               "        refund_id,\n",
+               "        refund_id,\n"
+               "        {{ dbt_utils.generate_surrogate_key(['payment_id', 'refund_id']) }} as refund_key,\n",
+               breaks=("run",)),
+        change("Say that refunds are issued per payment", "models/staging/stg_refunds.sql",
+               "with source as (", "-- A refund is issued against one payment.\nwith source as ("),
+        DOCS)),
+    "model.shop.stg_refunds", "model.shop.stg_refunds", "compilation", "'dbt_utils' is undefined")
+
+# A `unique` test failing: joining line items to payments fans each order's payments out, one row per item.
+# The decoys change the same model (WHITESPACE), an upstream one (COMMENT) and the YAML declaring the test.
+DUPLICATE_KEY = RunCase(
+    Case("test_failure/unique", (
+        WHITESPACE,
+        Commit("Show the product on each order payment",
+               (Edit("models/marts/fct_payments.sql", "refunds as (",
+                     "items as (\n\n    select order_id, product_sku from {{ ref('stg_order_items') }}\n\n),\n\n"
+                     "refunds as ("),
+                Edit("models/marts/fct_payments.sql", "        payments.payment_method,\n",
+                     "        payments.payment_method,\n        items.product_sku,\n"),
+                Edit("models/marts/fct_payments.sql", "    left join orders using (order_id)\n",
+                     "    left join orders using (order_id)\n    left join items using (order_id)\n")),
+               breaks=("run",)),
+        COMMENT, UNRELATED, DOCS)),
+    "test.shop.unique_fct_payments_payment_id", "model.shop.fct_payments", "test_failure",
     "configured to fail if != 0")
 
 
@@ -110,7 +148,8 @@ def heal(baseline: Path, case: Case, root: Path) -> Healed:
     return Healed(root, git, shas, culprit, green_sha, result.stdout)
 
 
-@pytest.mark.parametrize("scenario", [MISSING_COLUMN, NULL_STATUS], ids=lambda s: s.case.name)
+@pytest.mark.parametrize("scenario", [MISSING_COLUMN, NULL_STATUS, UNDEFINED_MACRO, DUPLICATE_KEY],
+                         ids=lambda s: s.case.name)
 def test_a_failed_run_is_healed_by_a_verified_revert(scenario: RunCase, scenario_baseline: Path, tmp_path: Path):
     healed = heal(scenario_baseline, scenario.case, tmp_path / "shop")
     root, git, shas, culprit, green_sha = healed.root, healed.git, healed.shas, healed.culprit, healed.green_sha
