@@ -9,6 +9,7 @@ and opens the PR on the local forge.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ class RunCase:
     model: str  # the model the culprit changes
     kind: str  # its class
     error: str  # in the run's error, and so in the PR body
+    rows: str = ""  # a pattern the PR body's sample-row deltas match
 
 
 # A runtime SQL error: the warehouse refuses the model (no upstream declares the column, so no schema drift).
@@ -108,7 +110,7 @@ DUPLICATE_KEY = RunCase(
                breaks=("run",)),
         COMMENT, UNRELATED, DOCS)),
     "test.shop.unique_fct_payments_payment_id", "model.shop.fct_payments", "test_failure",
-    "configured to fail if != 0")
+    "configured to fail if != 0", rows=r"`fct_payments` on `payment_id`: [1-9]\d* added, 0 removed")
 
 
 def production_build(root: Path, sha: str, keep: str) -> Path:
@@ -180,6 +182,7 @@ def test_a_failed_run_is_healed_by_a_verified_revert(scenario: RunCase, scenario
         for expected in (run.node, scenario.error, fix.clone_id, fix.dbt_command.split(" --")[0], culprit):
             assert expected in body, expected
         assert "metric" not in body  # a failed run's PR: no metric was measured, and none is claimed
+        assert re.search(scenario.rows, body), body  # the fan-out's extra copies, not "all rows unchanged"
         if run.failing_rows is not None:  # a test failure: the failing rows before and after
             assert f"{run.failing_rows:,} failing rows" in body and "0 failing rows" in body
         assert git.run("log", "-1", "--format=%s", pr["head_sha"]).startswith("Revert")
