@@ -192,6 +192,7 @@ def test_a_failed_run_is_healed_by_a_verified_revert(scenario: RunCase, scenario
         card = render_card(rt, incident, rt.store.pull_request_for(incident.id))
         assert run.node in card.text or node_name(run.node) in card.text, card.text
         assert f"{KIND_LABEL[scenario.kind]} in the production run at {git.head_sha()[:7]}" in card.text
+        assert card.text.count(KIND_LABEL[scenario.kind]) == 1, card.text  # the class said once
         steps = [line for step in thread_steps(incident, rt.store.pull_request_for(incident.id)) for line in step.lines]
         assert any("the failed run's nodes build and pass" in line for line in steps), steps
         blocks = json.dumps([block.to_dict() for block in card.blocks])
