@@ -76,8 +76,9 @@ NULL_STATUS = RunCase(
     "test.shop.not_null_stg_orders_order_status", "model.shop.stg_orders", "test_failure",
     "configured to fail if != 0")
 
-# A compilation error inside the run: the project parses (an undefined name is only an error when the model
-# renders), dbt writes the model's result as `error` with "Compilation Error", and skips what reads it. The
+# A compilation error inside the run: the project parses (a name Jinja cannot resolve is an error only when dbt
+# renders the model to run it), dbt writes the model's result as `error` with "Compilation Error", and skips
+# what reads it. A macro called with an argument it does not take would fail the parse: no run to ingest. The
 # decoys change the same model and the macro it calls.
 UNDEFINED_MACRO = RunCase(
     Case("compilation_error/undefined_macro", (
