@@ -39,6 +39,7 @@ from bot.messages import (
     chain_lines,
     group_lines,
     headline,
+    headline_and_regression,
     left_group_line,
     regression,
     short_sha,
@@ -202,7 +203,7 @@ def incident_card(incident: Incident, pr: PullRequest | None, mode: Mode, kill: 
     ]
     actions = [] if incident.status in DECIDED else [_actions(incident, pr, mode, kill)]
     return Message(blocks=_fit(content, more, keep=actions),
-                   text=_fallback(f"{label}: {headline(incident)} {regression(incident, baseline_days)} "
+                   text=_fallback(f"{label}: {headline_and_regression(incident, baseline_days)} "
                                   f"(incident #{incident.id}, {incident.severity})"))
 
 

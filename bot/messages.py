@@ -87,6 +87,16 @@ def headline(incident: Incident) -> str:
     return f"Failed run: {node_words(run.node)} — {how}"
 
 
+def headline_and_regression(incident: Incident, baseline_days: int | None = None) -> str:
+    """The headline, then the regression: a card's notification text. A failed model's headline ends in its
+    class, which the regression starts with: said once ('Failed run: model stg_refunds — compilation error in
+    the production run at 5a20dc5'), not twice."""
+    run, said = incident.details.run, regression(incident, baseline_days)
+    if run is not None and run.failing_rows is None:
+        return f"Failed run: {node_words(run.node)} — {said}"
+    return f"{headline(incident)} {said}"
+
+
 def regression(incident: Incident, baseline_days: int | None = None) -> str:
     """'-18.4% vs 28d baseline' — the figure people quote; '-28.2% from deploy 5a20dc5' when a deploy
     check measured the deploy's own effect (its change is against the value without the deploy); a failed

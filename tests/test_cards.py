@@ -644,6 +644,16 @@ def test_a_failed_models_card_says_its_class_and_cuts_a_long_error():
     assert ids.APPROVE in actions(card)
 
 
+@pytest.mark.parametrize("kind", ["compilation", "runtime_sql"])
+def test_a_failed_models_notification_says_its_class_once(kind):
+    run = {**RUN, "node": "model.shop.stg_refunds", "kind": kind, "failing_rows": None, "failures": 1}
+    card = incident_card(run_incident(IncidentStatus.detected, run), None, Mode.assisted, None)
+    label = KIND_LABEL[kind]
+    assert card.blocks[0].text.text == f"Failed run: model stg_refunds — {label} · high severity"
+    assert card.text.startswith(f"Detected: Failed run: model stg_refunds — {label} in the production run at 5a20dc5 "
+                                "(incident #")  # not "— compilation error compilation error in the production run"
+
+
 def test_a_failed_runs_thread_tells_the_run_not_a_metric():
     failed = run_incident(IncidentStatus.verified, attribution=ATTRIBUTION, **run_verified(RUN_FIX))
     by_key = {s.key: s.lines for s in thread_steps(failed, None, baseline_days=28)}

@@ -125,6 +125,23 @@ def test_samples_are_limited_per_kind_and_show_only_changed_columns(con) -> None
     assert _delta(con, sample_size=0).samples == ()
 
 
+def test_copies_of_a_key_pair_one_to_one_so_duplicated_rows_count_as_added_or_removed(con) -> None:
+    # A join fanning out: orders 1-10 come twice with the commit. Joined on the key alone, each of them matched
+    # both copies and the delta read "110 unchanged": identical, while the commit added ten rows.
+    _load(con, "before.orders", _orders())
+    _load(con, "after.orders", _orders() + _orders()[:10])
+    delta = _delta(con)
+    assert (delta.added, delta.removed, delta.changed, delta.unchanged) == (10, 0, 0, 100)
+    assert [s["key"]["order_id"] for s in delta.samples] == [1, 2, 3, 4, 5]
+    assert "+10 added" in render_delta(delta)
+    # A dedup the commit removes reads the other way: the copy it drops is removed (which of the two is not
+    # defined, so the one left is unchanged or changed).
+    _load(con, "before.orders", _orders() + [(*_orders()[0][:4], 99.0, None)])
+    _load(con, "after.orders", _orders())
+    dedup = _delta(con)
+    assert (dedup.added, dedup.removed, dedup.changed + dedup.unchanged) == (0, 1, 100)
+
+
 def test_composite_keys_across_two_files_through_the_warehouse(tmp_path: Path) -> None:
     columns = "order_id INTEGER, line INTEGER, sku VARCHAR, qty INTEGER"
     path = tmp_path / "shop.duckdb"

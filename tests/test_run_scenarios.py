@@ -9,6 +9,7 @@ and opens the PR on the local forge.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from tests.test_scenarios import (
     COMMENT,
     DOCS,
     UNRELATED,
+    WHITESPACE,
     Case,
     Commit,
     Edit,
@@ -50,10 +52,12 @@ class RunCase:
     model: str  # the model the culprit changes
     kind: str  # its class
     error: str  # in the run's error, and so in the PR body
+    rows: str = ""  # a pattern the PR body's sample-row deltas match
 
 
+# A runtime SQL error: the warehouse refuses the model (no upstream declares the column, so no schema drift).
 MISSING_COLUMN = RunCase(
-    Case("missing_column", (
+    Case("runtime_error/missing_column", (
         UNRELATED,
         change("Payment method from the processor's code", "models/staging/stg_payments.sql",
                "        payment_method,\n", "        payment_method_code as payment_method,\n", breaks=("run",)),
@@ -63,7 +67,7 @@ MISSING_COLUMN = RunCase(
     "model.shop.stg_payments", "model.shop.stg_payments", "runtime_sql", "payment_method_code")
 
 NULL_STATUS = RunCase(
-    Case("not_null_status", (
+    Case("test_failure/not_null", (
         COMMENT,
         Commit("Shipped orders are not completed until delivered; no status guessed",
                (Edit("models/staging/stg_orders.sql", "            when 'shipped' then 'completed'\n", ""),
@@ -71,6 +75,43 @@ NULL_STATUS = RunCase(
         UNRELATED, DOCS)),
     "test.shop.not_null_stg_orders_order_status", "model.shop.stg_orders", "test_failure",
     "configured to fail if != 0")
+
+# A compilation error inside the run: the project parses (a name Jinja cannot resolve is an error only when dbt
+# renders the model to run it), dbt writes the model's result as `error` with "Compilation Error", and skips
+# what reads it. A macro called with an argument it does not take would fail the parse: no run to ingest. The
+# decoys change the same model and the macro it calls.
+UNDEFINED_MACRO = RunCase(
+    Case("compilation_error/undefined_macro", (
+        UNRELATED,
+        change("Say that amounts are never floats", "macros/cents_to_dollars.sql",
+               "marts report dollars as exact decimals.", "marts report dollars as exact decimals, never floats."),
+        change("Give refunds a surrogate key", "models/staging/stg_refunds.sql",
+               "        refund_id,\n",
+               "        refund_id,\n"
+               "        {{ dbt_utils.generate_surrogate_key(['payment_id', 'refund_id']) }} as refund_key,\n",
+               breaks=("run",)),
+        change("Say that refunds are issued per payment", "models/staging/stg_refunds.sql",
+               "with source as (", "-- A refund is issued against one payment.\nwith source as ("),
+        DOCS)),
+    "model.shop.stg_refunds", "model.shop.stg_refunds", "compilation", "'dbt_utils' is undefined")
+
+# A `unique` test failing: joining line items to payments fans each order's payments out, one row per item.
+# The decoys change the same model (WHITESPACE), an upstream one (COMMENT) and the YAML declaring the test.
+DUPLICATE_KEY = RunCase(
+    Case("test_failure/unique", (
+        WHITESPACE,
+        Commit("Show the product on each order payment",
+               (Edit("models/marts/fct_payments.sql", "refunds as (",
+                     "items as (\n\n    select order_id, product_sku from {{ ref('stg_order_items') }}\n\n),\n\n"
+                     "refunds as ("),
+                Edit("models/marts/fct_payments.sql", "        payments.payment_method,\n",
+                     "        payments.payment_method,\n        items.product_sku,\n"),
+                Edit("models/marts/fct_payments.sql", "    left join orders using (order_id)\n",
+                     "    left join orders using (order_id)\n    left join items using (order_id)\n")),
+               breaks=("run",)),
+        COMMENT, UNRELATED, DOCS)),
+    "test.shop.unique_fct_payments_payment_id", "model.shop.fct_payments", "test_failure",
+    "configured to fail if != 0", rows=r"`fct_payments` on `payment_id`: [1-9]\d* added, 0 removed")
 
 
 def production_build(root: Path, sha: str, keep: str) -> Path:
@@ -110,7 +151,8 @@ def heal(baseline: Path, case: Case, root: Path) -> Healed:
     return Healed(root, git, shas, culprit, green_sha, result.stdout)
 
 
-@pytest.mark.parametrize("scenario", [MISSING_COLUMN, NULL_STATUS], ids=lambda s: s.case.name)
+@pytest.mark.parametrize("scenario", [MISSING_COLUMN, NULL_STATUS, UNDEFINED_MACRO, DUPLICATE_KEY],
+                         ids=lambda s: s.case.name)
 def test_a_failed_run_is_healed_by_a_verified_revert(scenario: RunCase, scenario_baseline: Path, tmp_path: Path):
     healed = heal(scenario_baseline, scenario.case, tmp_path / "shop")
     root, git, shas, culprit, green_sha = healed.root, healed.git, healed.shas, healed.culprit, healed.green_sha
@@ -141,6 +183,7 @@ def test_a_failed_run_is_healed_by_a_verified_revert(scenario: RunCase, scenario
         for expected in (run.node, scenario.error, fix.clone_id, fix.dbt_command.split(" --")[0], culprit):
             assert expected in body, expected
         assert "metric" not in body  # a failed run's PR: no metric was measured, and none is claimed
+        assert re.search(scenario.rows, body), body  # the fan-out's extra copies, not "all rows unchanged"
         if run.failing_rows is not None:  # a test failure: the failing rows before and after
             assert f"{run.failing_rows:,} failing rows" in body and "0 failing rows" in body
         assert git.run("log", "-1", "--format=%s", pr["head_sha"]).startswith("Revert")
@@ -150,6 +193,7 @@ def test_a_failed_run_is_healed_by_a_verified_revert(scenario: RunCase, scenario
         card = render_card(rt, incident, rt.store.pull_request_for(incident.id))
         assert run.node in card.text or node_name(run.node) in card.text, card.text
         assert f"{KIND_LABEL[scenario.kind]} in the production run at {git.head_sha()[:7]}" in card.text
+        assert card.text.count(KIND_LABEL[scenario.kind]) == 1, card.text  # the class said once
         steps = [line for step in thread_steps(incident, rt.store.pull_request_for(incident.id)) for line in step.lines]
         assert any("the failed run's nodes build and pass" in line for line in steps), steps
         blocks = json.dumps([block.to_dict() for block in card.blocks])

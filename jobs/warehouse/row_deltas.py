@@ -1,4 +1,4 @@
-"""Sample-row deltas: how a model's rows differ between two builds, matched on its key, in SQL."""
+"""Sample-row deltas: how a model's rows differ between two builds, matched on its key (copy for copy), in SQL."""
 
 from __future__ import annotations
 
@@ -185,9 +185,15 @@ class _Sql:
             # The value a row is described by: before the commit when it existed then, else after.
             select += [f"b.{q(c)} AS b{i}", f"a.{q(c)} AS a{i}", f"{d} AS d{i}",
                        f"CASE WHEN b.__cairn_row IS NULL THEN a.{q(c)} ELSE b.{q(c)} END AS v{i}"]
-        self.joined = (f"WITH b AS (SELECT *, 1 AS __cairn_row FROM {before}), "
-                       f"a AS (SELECT *, 1 AS __cairn_row FROM {after}), "
-                       f"j AS (SELECT {', '.join(select)} FROM b FULL OUTER JOIN a ON {on})")
+        # Each row is the nth copy of its key, and copies pair one to one (the nth with the nth): a key the
+        # commit duplicates (a join fanning out) then shows its extra copies as added, where a join on the key
+        # alone matched the one row before with every copy, all "unchanged". The count is exact; which copy
+        # pairs with which is not defined (Snowflake wants an ORDER BY; the key's values are all equal).
+        keys = ", ".join(q(k) for k in key)
+        nth = f"ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {keys}) AS __cairn_row"
+        self.joined = (f"WITH b AS (SELECT *, {nth} FROM {before}), a AS (SELECT *, {nth} FROM {after}), "
+                       f"j AS (SELECT {', '.join(select)} FROM b FULL OUTER JOIN a "
+                       f"ON {on} AND b.__cairn_row = a.__cairn_row)")
         self.key, self.cols = key, cols
 
     def counts(self) -> str:
