@@ -54,7 +54,6 @@ REGRESSION = Edit(
     message="Only count settled payment methods in order payments",
 )
 
-
 def prepare_workdir(workdir: Path) -> None:
     """A fresh copy of the example project; refuse to clobber a directory the demo did not make."""
     if workdir.exists():
@@ -106,18 +105,10 @@ def demo_config(workdir: Path, env: Mapping[str, str], channel: str | None):
 
 
 def run_demo(workdir: Path, days: int, env: Mapping[str, str] | None = None, channel: str | None = None) -> None:
-    from bot.notify import render_card
-    from bot.thread import render_terminal, thread_steps
+    """A metric regression caught, attributed, verified on a clone and proposed as a PR."""
     from examples import generate
-    from jobs.attribute import groups
-    from jobs.core.clock import Clock
-    from jobs.detect.backfill import backfill
-    from jobs.detect.check import check
-    from jobs.detect.observe import Change
-    from jobs.loop.queue import check_and_heal
     from jobs.project.dbt import Dbt
     from jobs.project.git import Git
-    from jobs.runtime import Runtime
 
     started = time.monotonic()
     today = DEMO_TODAY
@@ -138,7 +129,23 @@ def run_demo(workdir: Path, days: int, env: Mapping[str, str] | None = None, cha
     dbt = Dbt(workdir, workdir, env={"CAIRN_DUCKDB_PATH": str(db)}, target_path=workdir / "target")
     with step("Building the warehouse with dbt (the production deploy)"):
         _build(dbt)
+    act_one(config, dbt, workdir, db, today)
+    click.echo(f"\nDone in {time.monotonic() - started:.0f}s. Explore with "
+               f"`cairn --config {workdir / 'cairn.yml'} incidents` and `… runs`.")
 
+
+def act_one(config, dbt, workdir: Path, db: Path, today: date) -> None:
+    """Baselines, a quiet check, a commit that silently drops revenue deployed, and the check that catches it."""
+    from bot.demo_deploy import deploy, record
+    from examples import generate
+    from jobs.core.clock import Clock
+    from jobs.detect.backfill import backfill
+    from jobs.detect.check import check
+    from jobs.detect.observe import Change
+    from jobs.loop.queue import check_and_heal
+    from jobs.runtime import Runtime
+
+    yesterday = today - timedelta(days=1)
     morning = _at(yesterday, 1)
     rt = Runtime(config, Clock(morning))
     try:
@@ -156,9 +163,17 @@ def run_demo(workdir: Path, days: int, env: Mapping[str, str] | None = None, cha
         REGRESSION.apply(workdir)
         sha = commit(workdir, REGRESSION.message, _at(yesterday, 10))
     click.echo(f"    {sha[:7]} by {AUTHOR['GIT_AUTHOR_NAME']}")
-    with step(f"Loading {yesterday} and deploying the new code"):
-        generate.add_day(db, yesterday)
-        _build(dbt)
+    deployed_at = _at(yesterday, 11)
+    rt = Runtime(config, Clock(deployed_at))
+    try:
+        with step(f"Loading {yesterday} and deploying the new code (its run recorded, as `cairn ingest` records it)"):
+            generate.add_day(db, yesterday)
+            green = record(rt, deploy(dbt, sha, deployed_at, workdir / ".cairn" / "runs" / "deploy-1"))
+    finally:
+        rt.close()
+    if green.run.failures:
+        _refuse_failed(green.run.failures)
+    click.echo("    " + render.run_lines(green.run)[0])
 
     now = _at(today, 1)
     rt = Runtime(config, Clock(now))
@@ -170,22 +185,30 @@ def run_demo(workdir: Path, days: int, env: Mapping[str, str] | None = None, cha
                 work_off(config)
         for outcome in outcomes:
             click.echo("    " + render.outcome_line(outcome))
-        opened = [rt.store.incident(o.incident.id) for o in outcomes if o.change is Change.opened]
-        for incident in opened:
-            pr = groups.pull_request(rt.store, incident)
-            card = render_card(rt, incident, pr)
-            click.echo("\n──── the Slack card and its thread, as the terminal shows them ────\n")
-            click.echo(f"[{card.text}]\n")
-            click.echo(render_terminal(thread_steps(incident, pr, baseline_days=rt.contract(
-                incident.contract_id).baseline.days)))
-            if pr is not None and pr.incident_id == incident.id:  # a group's PR is shown once, with its leader
-                click.echo(f"\n──── pull request #{pr.number} on branch {pr.branch} (local forge) ────\n")
-                click.echo(f"# {pr.title}\n")
-                click.echo(rt.store.pull_request_row(incident.id)["body"])
+        for opened in [o.incident.id for o in outcomes if o.change is Change.opened]:
+            show(rt, rt.store.incident(opened))
     finally:
         rt.close()
-    click.echo(f"\nDone in {time.monotonic() - started:.0f}s. Explore with "
-               f"`cairn --config {workdir / 'cairn.yml'} incidents`.")
+
+
+def show(rt, incident) -> None:
+    """An incident's card and thread as the terminal shows them, and its PR's title and body."""
+    from bot.notify import render_card
+    from bot.thread import render_terminal, thread_steps
+    from jobs.attribute import groups
+    from jobs.detect.run_incidents import is_run_incident
+
+    pr = groups.pull_request(rt.store, incident)
+    card = render_card(rt, incident, pr)
+    click.echo("\n──── the Slack card and its thread, as the terminal shows them ────\n")
+    click.echo(f"[{card.text}]\n")
+    # A failed run's incident has no contract, so no baseline to speak of.
+    days = None if is_run_incident(incident) else rt.contract(incident.contract_id).baseline.days
+    click.echo(render_terminal(thread_steps(incident, pr, baseline_days=days)))
+    if pr is not None and pr.incident_id == incident.id:  # a group's PR is shown once, with its leader
+        click.echo(f"\n──── pull request #{pr.number} on branch {pr.branch} (local forge) ────\n")
+        click.echo(f"# {pr.title}\n")
+        click.echo(rt.store.pull_request_row(incident.id)["body"])
 
 
 def work_off(config) -> None:
@@ -211,8 +234,12 @@ def work_off(config) -> None:
 def _build(dbt) -> None:
     result = dbt.build()
     if not result.success:
-        failed = ", ".join(f"{n.unique_id}: {n.message}" for n in result.failures) or "see dbt logs"
-        raise CairnError(f"dbt build of the example project failed: {failed}")
+        _refuse_failed(result.failures)
+
+
+def _refuse_failed(failures) -> None:
+    failed = ", ".join(f"{n.unique_id}: {n.message}" for n in failures) or "see dbt logs"
+    raise CairnError(f"dbt build of the example project failed: {failed}")
 
 
 def _at(day: date, hour: int) -> datetime:
