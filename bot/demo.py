@@ -54,6 +54,24 @@ REGRESSION = Edit(
     message="Only count settled payment methods in order payments",
 )
 
+# Act two's mistake: fct_orders reads a column its upstream int_order_payments does not compute, so the next
+# production build fails on that model (a runtime SQL error) and leaves everything downstream of it stale.
+BREAKING = Edit(
+    path="models/marts/fct_orders.sql",
+    old="        coalesce(payments.refunded_amount, 0) as refunded_amount,\n",
+    new="        coalesce(payments.refunded_amount, 0) as refunded_amount,\n"
+        "        coalesce(payments.refund_count, 0) as refund_count,\n",
+    message="Show how many refunds each order had",
+)
+# Landed after it, upstream of the failing model and about refunds too: a suspect attribution must rule out.
+DECOY = Edit(
+    path="models/intermediate/int_order_payments.sql",
+    old="refunds as (\n",
+    new="-- An order may be refunded in several parts: its refunds are summed into one row.\nrefunds as (\n",
+    message="Say how partial refunds are summed per order",
+)
+
+
 def prepare_workdir(workdir: Path) -> None:
     """A fresh copy of the example project; refuse to clobber a directory the demo did not make."""
     if workdir.exists():
@@ -105,7 +123,7 @@ def demo_config(workdir: Path, env: Mapping[str, str], channel: str | None):
 
 
 def run_demo(workdir: Path, days: int, env: Mapping[str, str] | None = None, channel: str | None = None) -> None:
-    """A metric regression caught, attributed, verified on a clone and proposed as a PR."""
+    """Act one, a metric regression; act two, a failed production run; each caught, attributed, healed."""
     from examples import generate
     from jobs.project.dbt import Dbt
     from jobs.project.git import Git
@@ -117,6 +135,7 @@ def run_demo(workdir: Path, days: int, env: Mapping[str, str] | None = None, cha
     workdir = workdir.resolve()
     db = workdir / "warehouse.duckdb"
 
+    heading("Act 1 — a metric regression")
     with step(f"Copying the example dbt project to {workdir}"):
         prepare_workdir(workdir)
         Git(workdir).run("init", "-q", "-b", "main")
@@ -130,6 +149,7 @@ def run_demo(workdir: Path, days: int, env: Mapping[str, str] | None = None, cha
     with step("Building the warehouse with dbt (the production deploy)"):
         _build(dbt)
     act_one(config, dbt, workdir, db, today)
+    act_two(config, dbt, workdir, today)
     click.echo(f"\nDone in {time.monotonic() - started:.0f}s. Explore with "
                f"`cairn --config {workdir / 'cairn.yml'} incidents` and `… runs`.")
 
@@ -191,6 +211,47 @@ def act_one(config, dbt, workdir: Path, db: Path, today: date) -> None:
         rt.close()
 
 
+def act_two(config, dbt, workdir: Path, today: date) -> None:
+    """A commit that breaks a model lands beside a harmless one; production's build fails; the run is ingested."""
+    from bot import messages
+    from bot.demo_deploy import deploy, record
+    from jobs.core.clock import Clock
+    from jobs.runtime import Runtime
+
+    click.echo()
+    heading("Act 2 — a failed production run")
+    with step("Landing two commits"):
+        landed = []
+        for edit, hour in ((BREAKING, 9), (DECOY, 10)):
+            edit.apply(workdir)
+            landed.append((commit(workdir, edit.message, _at(today, hour)), edit))
+    for sha, edit in landed:
+        click.echo(f"    {sha[:7]} “{edit.message}” ({edit.path})")
+    head = landed[-1][0]
+    deployed_at = _at(today, 11)
+    with step(f"Deploying {head[:7]} ({deployed_at:%Y-%m-%d %H:%M} UTC): dbt build with "
+              "DBT_ENV_CUSTOM_ENV_CAIRN_SHA set (docs/runs.md)"):
+        kept = deploy(dbt, head, deployed_at, workdir / ".cairn" / "runs" / "deploy-2")
+    rt = Runtime(config, Clock(deployed_at))
+    try:
+        with step("Ingesting its run as `cairn ingest` does: an incident per failing node, attribute, verify on a "
+                  "clone, propose"):
+            done = record(rt, kept)
+        if config.env.redis_url:
+            with step(f"Running the loop's jobs from Redis (queues {DEMO_QUEUE}, {DEMO_QUEUE}-notify) with an RQ worker"):
+                work_off(config)
+        for line in render.run_lines(done.run):
+            click.echo("    " + line)
+        opened = [rt.store.incident(incident.id) for incident in done.incidents.opened]  # where the loop left them
+        for incident in opened:
+            click.echo("    " + messages.RUN_INCIDENT.format(
+                id=incident.id, change="opened", node=incident.details.run.node, status=incident.status.value))
+        for incident in opened:
+            show(rt, incident)
+    finally:
+        rt.close()
+
+
 def show(rt, incident) -> None:
     """An incident's card and thread as the terminal shows them, and its PR's title and body."""
     from bot.notify import render_card
@@ -244,6 +305,10 @@ def _refuse_failed(failures) -> None:
 
 def _at(day: date, hour: int) -> datetime:
     return datetime.combine(day, dtime(hour), tzinfo=timezone.utc)
+
+
+def heading(title: str) -> None:
+    click.echo(f"════ {title} ════\n")
 
 
 @contextmanager
