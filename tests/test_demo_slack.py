@@ -97,6 +97,7 @@ def assert_act_two(result: CliResult, root: Path):
         failed, green = rt.store.runs(2)
         assert (green.status, failed.status, failed.sha, failed.sha_source) == ("success", "failed", decoy,
                                                                                "run environment")
+        assert failed.generated_at == datetime.combine(DEMO_TODAY, time(11), timezone.utc)  # on the demo's calendar
         incidents = [i for i in rt.store.incidents() if i.details.run is not None]
         assert len(incidents) == 1
         incident = incidents[0]
