@@ -151,7 +151,7 @@ def run_demo(workdir: Path, days: int, env: Mapping[str, str] | None = None, cha
     act_one(config, dbt, workdir, db, today)
     act_two(config, dbt, workdir, today)
     click.echo(f"\nDone in {time.monotonic() - started:.0f}s. Explore with "
-               f"`cairn --config {workdir / 'cairn.yml'} incidents` and `… runs`.")
+               f"`cairn --config {workdir / 'cairn.yml'} incidents` (or `runs`).")
 
 
 def act_one(config, dbt, workdir: Path, db: Path, today: date) -> None:
