@@ -224,7 +224,7 @@ def rebaseline(ctx: click.Context, contract_id: str, since: datetime | None, rea
 @click.option("--days", type=click.IntRange(14, 120), default=35, show_default=True)
 @click.option("--channel", help="Slack channel ID (C…) for the card when SLACK_BOT_TOKEN is set; the bot must be in it.")
 def demo(workdir: str, days: int, channel: str | None) -> None:
-    """Build the example warehouse with git history, break a metric, and watch Cairn catch it.
+    """Build the example warehouse with git history, break a metric, then a production run, and watch Cairn heal both.
 
     With SLACK_BOT_TOKEN (and SLACK_API_URL, REDIS_URL) set, the card, its thread and buttons go to --channel too.
     """

@@ -54,6 +54,23 @@ REGRESSION = Edit(
     message="Only count settled payment methods in order payments",
 )
 
+# Act two's mistake: fct_orders reads a column its upstream int_order_payments does not compute, so the next
+# production build fails on that model (a runtime SQL error) and leaves everything downstream of it stale.
+BREAKING = Edit(
+    path="models/marts/fct_orders.sql",
+    old="        coalesce(payments.refunded_amount, 0) as refunded_amount,\n",
+    new="        coalesce(payments.refunded_amount, 0) as refunded_amount,\n"
+        "        coalesce(payments.refund_count, 0) as refund_count,\n",
+    message="Show how many refunds each order had",
+)
+# Landed after it, upstream of the failing model and about refunds too: a suspect attribution must rule out.
+DECOY = Edit(
+    path="models/intermediate/int_order_payments.sql",
+    old="refunds as (\n",
+    new="-- An order may be refunded in several parts: its refunds are summed into one row.\nrefunds as (\n",
+    message="Say how partial refunds are summed per order",
+)
+
 
 def prepare_workdir(workdir: Path) -> None:
     """A fresh copy of the example project; refuse to clobber a directory the demo did not make."""
@@ -106,18 +123,10 @@ def demo_config(workdir: Path, env: Mapping[str, str], channel: str | None):
 
 
 def run_demo(workdir: Path, days: int, env: Mapping[str, str] | None = None, channel: str | None = None) -> None:
-    from bot.notify import render_card
-    from bot.thread import render_terminal, thread_steps
+    """Act one, a metric regression; act two, a failed production run; each caught, attributed, healed."""
     from examples import generate
-    from jobs.attribute import groups
-    from jobs.core.clock import Clock
-    from jobs.detect.backfill import backfill
-    from jobs.detect.check import check
-    from jobs.detect.observe import Change
-    from jobs.loop.queue import check_and_heal
     from jobs.project.dbt import Dbt
     from jobs.project.git import Git
-    from jobs.runtime import Runtime
 
     started = time.monotonic()
     today = DEMO_TODAY
@@ -126,6 +135,7 @@ def run_demo(workdir: Path, days: int, env: Mapping[str, str] | None = None, cha
     workdir = workdir.resolve()
     db = workdir / "warehouse.duckdb"
 
+    heading("Act 1 — a metric regression")
     with step(f"Copying the example dbt project to {workdir}"):
         prepare_workdir(workdir)
         Git(workdir).run("init", "-q", "-b", "main")
@@ -138,7 +148,24 @@ def run_demo(workdir: Path, days: int, env: Mapping[str, str] | None = None, cha
     dbt = Dbt(workdir, workdir, env={"CAIRN_DUCKDB_PATH": str(db)}, target_path=workdir / "target")
     with step("Building the warehouse with dbt (the production deploy)"):
         _build(dbt)
+    act_one(config, dbt, workdir, db, today)
+    act_two(config, dbt, workdir, today)
+    click.echo(f"\nDone in {time.monotonic() - started:.0f}s. Explore with "
+               f"`cairn --config {workdir / 'cairn.yml'} incidents` (or `runs`).")
 
+
+def act_one(config, dbt, workdir: Path, db: Path, today: date) -> None:
+    """Baselines, a quiet check, a commit that silently drops revenue deployed, and the check that catches it."""
+    from bot.demo_deploy import deploy, record
+    from examples import generate
+    from jobs.core.clock import Clock
+    from jobs.detect.backfill import backfill
+    from jobs.detect.check import check
+    from jobs.detect.observe import Change
+    from jobs.loop.queue import check_and_heal
+    from jobs.runtime import Runtime
+
+    yesterday = today - timedelta(days=1)
     morning = _at(yesterday, 1)
     rt = Runtime(config, Clock(morning))
     try:
@@ -156,9 +183,17 @@ def run_demo(workdir: Path, days: int, env: Mapping[str, str] | None = None, cha
         REGRESSION.apply(workdir)
         sha = commit(workdir, REGRESSION.message, _at(yesterday, 10))
     click.echo(f"    {sha[:7]} by {AUTHOR['GIT_AUTHOR_NAME']}")
-    with step(f"Loading {yesterday} and deploying the new code"):
-        generate.add_day(db, yesterday)
-        _build(dbt)
+    deployed_at = _at(yesterday, 11)
+    rt = Runtime(config, Clock(deployed_at))
+    try:
+        with step(f"Loading {yesterday} and deploying the new code (its run recorded, as `cairn ingest` records it)"):
+            generate.add_day(db, yesterday)
+            green = record(rt, deploy(dbt, sha, deployed_at, workdir / ".cairn" / "runs" / "deploy-1"))
+    finally:
+        rt.close()
+    if green.run.failures:
+        _refuse_failed(green.run.failures)
+    click.echo("    " + render.run_lines(green.run)[0])
 
     now = _at(today, 1)
     rt = Runtime(config, Clock(now))
@@ -170,22 +205,71 @@ def run_demo(workdir: Path, days: int, env: Mapping[str, str] | None = None, cha
                 work_off(config)
         for outcome in outcomes:
             click.echo("    " + render.outcome_line(outcome))
-        opened = [rt.store.incident(o.incident.id) for o in outcomes if o.change is Change.opened]
-        for incident in opened:
-            pr = groups.pull_request(rt.store, incident)
-            card = render_card(rt, incident, pr)
-            click.echo("\n──── the Slack card and its thread, as the terminal shows them ────\n")
-            click.echo(f"[{card.text}]\n")
-            click.echo(render_terminal(thread_steps(incident, pr, baseline_days=rt.contract(
-                incident.contract_id).baseline.days)))
-            if pr is not None and pr.incident_id == incident.id:  # a group's PR is shown once, with its leader
-                click.echo(f"\n──── pull request #{pr.number} on branch {pr.branch} (local forge) ────\n")
-                click.echo(f"# {pr.title}\n")
-                click.echo(rt.store.pull_request_row(incident.id)["body"])
+        for opened in [o.incident.id for o in outcomes if o.change is Change.opened]:
+            show(rt, rt.store.incident(opened))
     finally:
         rt.close()
-    click.echo(f"\nDone in {time.monotonic() - started:.0f}s. Explore with "
-               f"`cairn --config {workdir / 'cairn.yml'} incidents`.")
+
+
+def act_two(config, dbt, workdir: Path, today: date) -> None:
+    """A commit that breaks a model lands beside a harmless one; production's build fails; the run is ingested."""
+    from bot import messages
+    from bot.demo_deploy import deploy, record
+    from jobs.core.clock import Clock
+    from jobs.runtime import Runtime
+
+    click.echo()
+    heading("Act 2 — a failed production run")
+    with step("Landing two commits"):
+        landed = []
+        for edit, hour in ((BREAKING, 9), (DECOY, 10)):
+            edit.apply(workdir)
+            landed.append((commit(workdir, edit.message, _at(today, hour)), edit))
+    for sha, edit in landed:
+        click.echo(f"    {sha[:7]} “{edit.message}” ({edit.path})")
+    head = landed[-1][0]
+    deployed_at = _at(today, 11)
+    with step(f"Deploying {head[:7]} ({deployed_at:%Y-%m-%d %H:%M} UTC): dbt build with "
+              "DBT_ENV_CUSTOM_ENV_CAIRN_SHA set (docs/runs.md)"):
+        kept = deploy(dbt, head, deployed_at, workdir / ".cairn" / "runs" / "deploy-2")
+    rt = Runtime(config, Clock(deployed_at))
+    try:
+        with step("Ingesting its run as `cairn ingest` does: an incident per failing node, attribute, verify on a "
+                  "clone, propose"):
+            done = record(rt, kept)
+        if config.env.redis_url:
+            with step(f"Running the loop's jobs from Redis (queues {DEMO_QUEUE}, {DEMO_QUEUE}-notify) with an RQ worker"):
+                work_off(config)
+        for line in render.run_lines(done.run):
+            click.echo("    " + line)
+        opened = [rt.store.incident(incident.id) for incident in done.incidents.opened]  # where the loop left them
+        for incident in opened:
+            click.echo("    " + messages.RUN_INCIDENT.format(
+                id=incident.id, change="opened", node=incident.details.run.node, status=incident.status.value))
+        for incident in opened:
+            show(rt, incident)
+    finally:
+        rt.close()
+
+
+def show(rt, incident) -> None:
+    """An incident's card and thread as the terminal shows them, and its PR's title and body."""
+    from bot.notify import render_card
+    from bot.thread import render_terminal, thread_steps
+    from jobs.attribute import groups
+    from jobs.detect.run_incidents import is_run_incident
+
+    pr = groups.pull_request(rt.store, incident)
+    card = render_card(rt, incident, pr)
+    click.echo("\n──── the Slack card and its thread, as the terminal shows them ────\n")
+    click.echo(f"[{card.text}]\n")
+    # A failed run's incident has no contract, so no baseline to speak of.
+    days = None if is_run_incident(incident) else rt.contract(incident.contract_id).baseline.days
+    click.echo(render_terminal(thread_steps(incident, pr, baseline_days=days)))
+    if pr is not None and pr.incident_id == incident.id:  # a group's PR is shown once, with its leader
+        click.echo(f"\n──── pull request #{pr.number} on branch {pr.branch} (local forge) ────\n")
+        click.echo(f"# {pr.title}\n")
+        click.echo(rt.store.pull_request_row(incident.id)["body"])
 
 
 def work_off(config) -> None:
@@ -211,12 +295,20 @@ def work_off(config) -> None:
 def _build(dbt) -> None:
     result = dbt.build()
     if not result.success:
-        failed = ", ".join(f"{n.unique_id}: {n.message}" for n in result.failures) or "see dbt logs"
-        raise CairnError(f"dbt build of the example project failed: {failed}")
+        _refuse_failed(result.failures)
+
+
+def _refuse_failed(failures) -> None:
+    failed = ", ".join(f"{n.unique_id}: {n.message}" for n in failures) or "see dbt logs"
+    raise CairnError(f"dbt build of the example project failed: {failed}")
 
 
 def _at(day: date, hour: int) -> datetime:
     return datetime.combine(day, dtime(hour), tzinfo=timezone.utc)
+
+
+def heading(title: str) -> None:
+    click.echo(f"════ {title} ════\n")
 
 
 @contextmanager
