@@ -226,3 +226,35 @@ def test_the_failures_one_commit_caused_in_one_run_share_one_verified_revert_and
         assert "payment_method_code" in body and " and 1 more, Cairn #" in rt.store.pull_request_row(leader)["title"]
     finally:
         rt.close()
+
+
+def test_metric_incidents_the_failed_run_caused_share_its_verified_pr(scenario_baseline, tmp_path):
+    """The morning check after the failed deploy: the marts the run skipped are stale, so their metrics break.
+    Each joins the run incident's group and its PR; none builds a revert of its own."""
+    from jobs.loop.queue import check_and_heal
+
+    healed = heal(scenario_baseline, MISSING_COLUMN.case, tmp_path / "shop")
+    rt = Runtime(load_config(healed.root / "cairn.yml", env={}), Clock(CHECK))
+    try:
+        run_incident = next(i for i in rt.store.incidents() if i.details.run is not None)
+        builds = [e for e in rt.store.audit_events() if e.name == "verification.attempt"]
+        outcomes = check_and_heal(rt)
+        opened = [rt.store.incident(o.incident.id) for o in outcomes if o.incident and o.change.value == "opened"]
+        stale = {uid.split(".", 2)[2] for uid in run_incident.details.run.stale if uid.startswith("model.")}
+        caused = [i for i in opened if rt.contract(i.contract_id).relation_name in stale]
+        assert caused, [(i.contract_id, rt.contract(i.contract_id).relation_name) for i in opened]
+        pr = rt.store.pull_request_for(run_incident.id)
+        for incident in caused:
+            assert incident.group_id == run_incident.id and incident.status is IncidentStatus.pr_opened
+            assert incident.details.pr.number == pr.number and incident.details.verification is None
+            assert f"caused by the failed production run of incident #{run_incident.id}" in \
+                incident.details.triage.evidence[0]
+            [event] = [e for e in rt.store.audit_events(incident.id) if e.name == "run.caused"]
+            assert event.data["run_incident"] == run_incident.id and event.data["pr"] == pr.number
+            card = render_card(rt, incident, rt.store.pull_request_for(run_incident.id))
+            assert f"#{pr.number}" in json.dumps([block.to_dict() for block in card.blocks])
+        # No new build for them, and one PR for the run and every metric it broke.
+        assert [e for e in rt.store.audit_events() if e.name == "verification.attempt"] == builds
+        assert set(rt.store.incident(run_incident.id).details.group.members) >= {i.id for i in caused}
+    finally:
+        rt.close()

@@ -29,6 +29,7 @@ from jobs.core.records import (
     IncidentStatus,
     LeftGroupDetail,
     PullRequest,
+    TriageDetail,
     Verdict,
     Verification,
 )
@@ -62,6 +63,45 @@ def form(store, opened: Sequence[Incident]) -> dict[int, int]:
             ranges.setdefault((incident.last_good_sha, incident.first_bad_sha), []).append(incident)
     return {member.id: member.group_id for together in ranges.values() if len(together) > 1
             for member in join(store, together)}
+
+
+CAUSED_BY_RUN = "run.caused"
+
+
+def join_failed_runs(store, opened: Sequence[tuple[Incident, str]]) -> dict[int, int]:
+    """Metric incidents a failed production run caused, joined to that run's incident: `opened` is each new
+    metric incident with its contract's model name. A model the run errored, failed or skipped is stale in
+    production, so its metric is wrong until the run's fix lands: when that run's incident already has its
+    verified PR, the metric incident joins its group and shares that PR (one verification, one PR) instead of
+    verifying a revert of its own on a production the failed run left half built. The run incident's leader
+    by joined incident's ID."""
+    runs = [r for r in store.incidents(status=IncidentStatus.pr_opened, open_only=True)
+            if r.details.run is not None and leads(r) and r.details.pr is not None]
+    joined: dict[int, int] = {}
+    for incident, model in opened:
+        run = next((r for r in runs if r.id < incident.id and model in _stale_models(r)), None)
+        if run is None:
+            continue
+        members = [*(m for m in store.incidents(group_id=run.id, open_only=True)), run, incident]
+        together = list({m.id: m for m in members}.values())
+        join(store, together)
+        detail = run.details
+        store.update_incident(incident.id, status=run.status, details={
+            "pr": detail.pr, "decision": detail.decision, "verdict": detail.verdict,
+            "triage": TriageDetail(kind="code_change", stage="attribution", evidence=(
+                f"caused by the failed production run of incident #{run.id}: {detail.run.node} failed, "
+                f"leaving {model} stale in production",
+                f"its verified PR #{detail.pr.number} rebuilds {model}; no revert of its own is built"))})
+        store.audit(CAUSED_BY_RUN, incident_id=incident.id, dedup_key=f"incident:{incident.id}:{CAUSED_BY_RUN}",
+                    data={"run_incident": run.id, "node": detail.run.node, "model": model, "pr": detail.pr.number,
+                          "status": run.status.value})
+        joined[incident.id] = run.id
+    return joined
+
+
+def _stale_models(incident: Incident) -> set[str]:
+    run = incident.details.run
+    return {uid.split(".", 2)[2] for uid in (run.node, *run.stale) if uid.startswith("model.")} if run else set()
 
 
 def join(store, together: Sequence[Incident]) -> list[Incident]:

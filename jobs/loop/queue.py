@@ -99,7 +99,10 @@ def perform_check(rt, jobs: "Jobs", contracts=None) -> list:
 
     reconcile(rt, jobs)  # first: what a dead worker or a failed enqueue left in flight goes on
     outcomes = check(rt, contracts)
-    opened = [o.incident for o in outcomes if o.change is Change.opened]
+    # A metric on a model a failed run left stale shares that run's verified PR (jobs.attribute.groups).
+    caused = groups.join_failed_runs(rt.store, [(o.incident, o.contract.relation_name) for o in outcomes
+                                                if o.change is Change.opened])
+    opened = [o.incident for o in outcomes if o.change is Change.opened and o.incident.id not in caused]
     leaders = groups.form(rt.store, opened)  # one culprit's incidents: only the leader's loop runs
     for outcome in outcomes:
         if outcome.change is Change.none:
