@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from datetime import datetime, timedelta, timezone
@@ -161,3 +162,24 @@ def test_the_api_key_is_sent_but_never_logged(caplog: pytest.LogCaptureFixture, 
     assert API_KEY not in caplog.text
     out, err = capfd.readouterr()
     assert API_KEY not in out + err
+
+
+def test_a_failed_runs_incident_is_reranked_on_its_node_and_error_fenced_as_data() -> None:
+    from jobs.core.records import IncidentDetails, RunDetail
+
+    run = RunDetail(node="model.shop.orders", kind="runtime_sql", summary="the warehouse refused orders",
+                    error=f"Binder Error: column missing {HOSTILE}", invocation_id="i", last_invocation_id="i",
+                    last_failed_at=AT)
+    incident = dataclasses.replace(INCIDENT, contract_id="run:model.shop.orders", baseline=None, value=None,
+                                   details=IncidentDetails(run=run))
+    bundle = evidence_bundle(incident, None, CANDIDATES, SCORER)
+    client_answer = {**GOOD, "rationale": "It renamed the column the model reads."}
+    with AnthropicServer([tool_use(client_answer)]) as server:
+        client = anthropic.Anthropic(base_url=server.url, api_key=API_KEY, max_retries=0)
+        ranking = rerank(CANDIDATES, SCORER, bundle, client=client, model=DEFAULT_MODEL, timeout=5.0)
+    assert ranking.ranker == "llm" and ranking.causes[0].sha == C
+    user = server.requests[0].body["messages"][0]["content"]
+    assert user.startswith("A production dbt run failed.") and user.count(f"</{DATA_TAG}>") == 1
+    data = json.loads(user.split(f"<{DATA_TAG}>")[1].split(f"</{DATA_TAG}>")[0])
+    assert data["failed_run"]["node"] == "model.shop.orders" and HOSTILE in data["failed_run"]["error"]
+    assert "contract" not in data and len(data["candidates"]) == 3

@@ -44,7 +44,7 @@ class Attribution:
 
 def attribute(rt: Runtime, incident: Incident, contract: Contract | None) -> Attribution:
     """Lineage ⋈ git history → candidates → ranking (scorer, then the LLM when configured). A failed run's
-    incident (no contract) walks up from its failing node; the LLM re-ranks metric incidents only, for now."""
+    incident (no contract) walks up from its failing node, and the LLM reads its failing node and error."""
     settings = rt.config.settings.attribution
     run = incident.details.run
     if contract is None and run is None:
@@ -55,12 +55,12 @@ def attribute(rt: Runtime, incident: Incident, contract: Contract | None) -> Att
                             project_subdir=rt.project_subdir, intentional_markers=settings.intentional_markers,
                             dialect=rt.dialect)[: settings.max_candidates]
     ranking = score(found, subject=METRIC if run is None else FAILED_RUN)
-    if found and rt.config.env.anthropic_api_key and contract is not None:
+    if found and rt.config.env.anthropic_api_key:
         ranking = _rerank(rt, incident, contract, found, ranking)
     return Attribution(lineage, tuple(found), ranking)
 
 
-def _rerank(rt: Runtime, incident: Incident, contract: Contract, found: list[Candidate],
+def _rerank(rt: Runtime, incident: Incident, contract: Contract | None, found: list[Candidate],
             ranking: Ranking) -> Ranking:
     import anthropic
 
