@@ -37,6 +37,7 @@ from bot.messages import (
     STATUS_LABEL,
     TRIAGE_LABEL,
     chain_lines,
+    fix_phrase,
     group_lines,
     headline,
     headline_and_regression,
@@ -249,7 +250,9 @@ def _facts(incident: Incident, pr: PullRequest | None, mode: Mode, kill: KillSwi
     cause = escape(cause_phrase(top["sha"], top["files"], top["confidence"])) if top else "not attributed yet"
     if top and (note := _fallback_note(incident)):
         cause += f"\n_{escape(note)}_"
-    run = incident.details.run
+    run, draft = incident.details.run, incident.details.fix_draft
+    if draft is not None and loop["verdict"]:  # no commit caused it: the fix Cairn wrote is what is on offer
+        cause = escape(f"no commit: {draft.relation} no longer has {draft.missing}; Cairn's fix: {fix_phrase(draft)}")
     verdict = (escape(proof_phrase(loop["verdict"], loop["clone_id"], loop["before"], loop["after"], rows=bool(run))
                       + (f", {run_proof(loop['verdict'])}" if run and loop["clone_id"] else ""))
                if loop["verdict"] else "not verified yet")

@@ -21,6 +21,22 @@ STATUS_LABEL = {
     IncidentStatus.resolved: "Resolved",
 }
 
+def fix_phrase(draft) -> str:
+    """Cairn's own fix in words: 'stg_payments reads payment_method_code as payment_method (commit 1a2b3c4)'."""
+    model = draft.node.split(".")[2] if draft.node.count(".") >= 2 else draft.node
+    return (f"{model} reads {draft.replacement} as {draft.missing}"
+            + (f" (commit {draft.commit[:7]})" if draft.commit else ""))
+
+
+def change_phrase(verification, done: bool = True) -> str:
+    """What a verification built: 'applied Cairn's fix 1a2b3c4' or 'reverted 8f31c2a, 77d0e1b' (`done`), else
+    'Cairn's fix 1a2b3c4' or 'revert 8f31c2a, 77d0e1b'."""
+    if verification.applied:
+        return f"{'applied ' * done}Cairn's fix {', '.join(sha[:7] for sha in verification.applied)}"
+    shas = ", ".join(sha[:7] for sha in verification.reverted or (verification.sha,))
+    return f"{'reverted' if done else 'revert'} {shas}"
+
+
 TRIAGE_LABEL = {"code_change": "code change", "data_change": "data change", "intentional": "intentional",
                 "unknown": "unknown"}
 

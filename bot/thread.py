@@ -19,6 +19,8 @@ from bot.messages import (
     STATUS_LABEL,
     TRIAGE_LABEL,
     chain_lines,
+    change_phrase,
+    fix_phrase,
     group_lines,
     left_group_line,
     regression,
@@ -210,7 +212,8 @@ def _evidence(details: IncidentDetails) -> Step | None:
     shown = fix or (attempts[0] if attempts else None)
     if shown is None or not shown.deltas:
         return None
-    whose = "the verified revert" if fix else "the leading candidate's revert (not verified)"
+    whose = ("Cairn's verified fix" if fix.applied else "the verified revert") if fix else \
+        "the leading candidate's revert (not verified)"
     lines = [f"Production with {short_sha(shown.sha)} vs {whose}:"]
     for delta in shown.deltas:
         lines.append(f"{delta.model} on {', '.join(delta.key)}: {delta.added} added, {delta.removed} removed, "
@@ -240,8 +243,9 @@ def _verification(details: IncidentDetails) -> Step | None:
     if details.run is not None:  # a failed run's incident: the build's node statuses are the proof
         in_band = run_proof(proof.verdict.value)
     lines = [
-        f"Clone {proof.clone_id}: reverted {', '.join(map(short_sha, proof.reverted or (proof.sha,)))}; "
-        "production was not written",
+        f"Clone {proof.clone_id}: {change_phrase(proof)}; production was not written",
+        *([f"Cairn's fix: {fix_phrase(details.fix_draft)}, because {details.fix_draft.relation} no longer has "
+           f"{details.fix_draft.missing} ({details.fix_draft.reason})"] if proof.applied and details.fix_draft else []),
         f"dbt: {proof.dbt_command}",
         *([proof.isolation[:1].upper() + proof.isolation[1:]] if proof.isolation else []),
         f"{proof_phrase(proof.verdict.value, proof.clone_id, proof.before, proof.after, rows=bool(details.run))}, "
@@ -257,9 +261,10 @@ def _verification(details: IncidentDetails) -> Step | None:
            + ")" if proof.durations else ""),
     ]
     if len(attempts) > 1:
-        lines += [f"Attempt {i}: revert {', '.join(map(short_sha, a.reverted or (a.sha,)))} → {a.verdict.value}"
+        lines += [f"Attempt {i}: {change_phrase(a, done=False)} → {a.verdict.value}"
                   for i, a in enumerate(attempts, start=1)]
-    title = STATUS_LABEL[IncidentStatus.verified if fix else IncidentStatus.not_verified]
+    title = ("Verified fix" if fix.applied else STATUS_LABEL[IncidentStatus.verified]) if fix else \
+        STATUS_LABEL[IncidentStatus.not_verified]
     return Step("verification", title, tuple(lines))
 
 

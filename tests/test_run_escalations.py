@@ -8,11 +8,14 @@ production data as a loader would, builds production again (it fails) and `cairn
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
 import pytest
 
+from bot.notify import render_card
+from bot.thread import thread_steps
 from jobs.config import load_config
 from jobs.core.clock import Clock
 from jobs.core.records import Incident, IncidentStatus, Verdict
@@ -102,6 +105,15 @@ def test_a_source_column_the_loader_renamed_is_healed_by_a_verified_fix_pr(scena
         assert main_before != git.head_sha() and "payment_method_code" not in (root / "models/staging/stg_payments.sql").read_text()
         decision = incident.details.decision
         assert decision.action == "open_pr" and "verified fix, not a revert" in decision.reasons[-1]
+        # The card and thread say it is Cairn's fix, not a revert, and what it changes.
+        card = render_card(rt, incident, rt.store.pull_request_for(incident.id))
+        fields = json.dumps([block.to_dict() for block in card.blocks])
+        assert "Cairn's fix: stg_payments reads payment_method_code as payment_method" in fields
+        steps = {step.title: step.lines for step in thread_steps(incident, rt.store.pull_request_for(incident.id))}
+        assert f"Clone {fix.clone_id}: applied Cairn's fix {draft.commit[:7]}; production was not written" in \
+            steps["Verified fix"]
+        assert any(line.startswith("Attempt 1: revert ") and line.endswith("build_failed")
+                   for line in steps["Verified fix"])
         events = [e.name for e in rt.store.audit_events(incident.id)]
         assert events.index("fix.drafted") < events.index("decision.made")
     finally:
