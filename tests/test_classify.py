@@ -132,3 +132,21 @@ def test_an_upstream_relation_the_warehouse_cannot_find_is_not_called_drift():
     run = Run("i", datetime(2026, 9, 1, tzinfo=timezone.utc), "artifacts", nodes=(node,))
     [found] = classify(run, manifest, lookup)
     assert found.kind is FailureKind.runtime_sql and seen == ['"db"."s"."t"']
+
+
+def test_an_undeclared_column_the_models_last_build_had_is_drift_too():
+    """No YAML declares the source's columns: the model's own relation, as its last good build left it, still
+    has the column, so the model read it from upstream until the upstream lost it."""
+    node = NodeRun("model.p.stg", "error", message='Referenced column "method" not found in FROM clause!')
+    manifest = {"nodes": {"model.p.stg": {"depends_on": {"nodes": ["source.p.s.t"]}, "relation_name": '"db"."m"."stg"'}},
+                "sources": {"source.p.s.t": {"columns": {}, "relation_name": '"db"."s"."t"'}}}
+    now = {'"db"."s"."t"': {"id": "INTEGER", "method_code": "VARCHAR"},
+           '"db"."m"."stg"': {"id": "INTEGER", "method": "VARCHAR"}}
+    run = Run("i", datetime(2026, 9, 1, tzinfo=timezone.utc), "artifacts", nodes=(node,))
+    [found] = classify(run, manifest, now.get)
+    assert found.kind is FailureKind.schema_drift and found.evidence["upstream"] == "source.p.s.t"
+    assert found.evidence["undeclared_columns"] == ["id", "method_code"]
+    # A column the code invents is no drift: the model never had it either.
+    invented = NodeRun("model.p.stg", "error", message='Referenced column "method_name" not found in FROM clause!')
+    [found] = classify(Run("i", run.generated_at, "artifacts", nodes=(invented,)), manifest, now.get)
+    assert found.kind is FailureKind.runtime_sql

@@ -6,8 +6,9 @@
 - an `error` whose message is dbt's `Compilation Error`, `Dependency Error` or `Parsing Error` is a
   **compilation** error: the SQL never reached the warehouse;
 - any other `error` is a **runtime SQL** error, unless the column the warehouse says is missing is one
-  the project declares on an upstream node (its YAML `columns:`) and that node's relation no longer
-  has it: that is **schema drift**, with the relation's current columns and those the project does
+  an upstream node had (the project declares it there in YAML `columns:`, or the failing model's own
+  relation, as its last good build left it, has a column of that name) and that node's relation no
+  longer has: that is **schema drift**, with the relation's current columns and those the project does
   not declare (a renamed column shows up there).
 
 Skipped nodes and warnings are not failures and get no class.
@@ -78,12 +79,16 @@ def missing_column(message: str) -> str | None:
 
 
 def _drift(missing: str, declared: Mapping[str, Any], nodes: Mapping[str, Any], columns: Columns) -> dict | None:
-    """The upstream node that declares `missing` and whose relation lacks it now, with that relation's columns."""
+    """The upstream node whose relation lacks `missing` now though it had it, with that relation's columns.
+
+    It had it when the project declares it there (YAML `columns:`), or when the failing model's own relation,
+    as its last good build left it, still has a column of that name: the model read it from upstream then."""
+    built = columns(declared["relation_name"]) if declared.get("relation_name") else None
     for parent_id in declared.get("depends_on", {}).get("nodes", []):
         parent = nodes.get(parent_id, {})
         expected = {name.lower() for name in parent.get("columns", {})}
         relation = parent.get("relation_name")
-        if missing not in expected or not relation:
+        if not relation or (missing not in expected and (built is None or missing not in built)):
             continue
         current = columns(relation)
         if current is None or missing in current:
