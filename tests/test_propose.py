@@ -242,3 +242,29 @@ def test_followers_claimed_for_a_culprit_that_reverts_alone_are_refused(rt: Runt
         open_verified_pr(rt, opened, CONTRACT, cause, group_fix(cause.sha, base), Ranking((), "scorer"), [cause],
                          Decision(Action.open_pr, Mode.assisted))
     assert rt.store.pull_request_for(opened.id) is None and branches(rt) == ""
+
+
+def test_an_incident_whose_verified_revert_is_already_proposed_shares_that_pr(rt: Runtime) -> None:
+    """One culprit, one PR: another run's or check's incident that verified the same revert joins the first."""
+    from jobs.core.records import VerificationDetail
+
+    first, cause = incident(rt), culprit(rt)
+    fix = verification(cause.sha, Verdict.verified)
+    opened = propose(rt, first, CONTRACT, fix, [cause])
+    rt.store.update_incident(first.id, status=opened.status, details={
+        "pr": opened.pr, "verification": VerificationDetail(attempts=(fix,), builds=1, fix=fix)})
+    later = rt.store.open_incident("revenue.gross_daily", severity="high", first_bad=rt.store.add_observation(
+        Observation("revenue.gross_daily", NOW, 70.0, sha=rt.deployed_sha())), last_good=None, value=70.0,
+        baseline=BaselineStats(100.0, 90.0, 110.0, 28), change_pct=-30.0, reason="down")
+    shared = propose(rt, later, CONTRACT, verification(cause.sha, Verdict.verified), [cause])
+    assert shared.pr.number == opened.pr.number and shared.status is IncidentStatus.pr_opened
+    assert any(f"open as PR #{opened.pr.number} (incident #{first.id})" in r for r in shared.decision.reasons)
+    assert branches(rt).split() == [branch_name(first.id)]  # no second branch, no second PR
+    joined = rt.store.incident(later.id)
+    assert joined.group_id == first.id and joined.status is IncidentStatus.pr_opened
+    assert rt.store.incident(first.id).details.group.members == (first.id, later.id)
+    [event] = [e for e in rt.store.audit_events(later.id) if e.name == "pr.shared"]
+    assert event.data == {"with": first.id, "pr": opened.pr.number, "reverted": [cause.sha]}
+    # The PR's conversation says it heals the later incident too (the local forge's is the audit log).
+    comments = [e.data["text"] for e in rt.store.audit_events(first.id) if e.name == "forge.pr_comment"]
+    assert comments[-1].startswith(f"Cairn incident #{later.id} (revenue.gross_daily) verified the same revert")

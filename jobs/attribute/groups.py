@@ -13,6 +13,10 @@ again: the members one tried revert brought back go on with it (the revert that 
 most first, then the best for the rest), and members none brought back leave to run their own
 loop. Approve or Reject on any member's card acts on the group's PR; a merge marks every member
 merged, and each recovers through detection as usual.
+
+Groups also gather what one culprit broke across checks and runs, after the fact: an incident whose
+verified revert is already an open PR joins that PR's group (`jobs.propose.decision`), and a metric
+incident on a model a failed run left stale joins the run incident's group (`join_failed_runs`).
 """
 
 from __future__ import annotations

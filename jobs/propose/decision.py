@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from jobs.attribute import groups
 from jobs.attribute.ranking import FAILED_RUN, METRIC, score
 from jobs.contracts.spec import Contract
 from jobs.core.errors import CairnError
@@ -59,6 +61,11 @@ def propose(rt: Runtime, incident: Incident, contract: Contract | None, fix: Ver
     if decision.action not in (Action.open_pr, Action.auto_merge):
         return Proposal(decision, status, None, ranking)
     assert fix is not None and cause is not None
+    shared = _shared_pr(rt, incident, fix, group)
+    if shared is not None:  # the same revert is already proposed, for an incident of another run or check
+        reasons = (*decision.reasons, f"the same revert is open as PR #{shared.number} (incident #{shared.incident_id}): "
+                                      "this incident shares it")
+        return Proposal(dataclasses.replace(decision, reasons=reasons), IncidentStatus.pr_opened, shared, ranking)
     pr = open_verified_pr(rt, incident, contract, cause, fix, ranking, ranked, decision, group)
     if decision.action is Action.auto_merge:
         try:
@@ -98,6 +105,28 @@ def open_verified_pr(rt: Runtime, incident: Incident, contract: Contract | None,
         proof = check_proof(contract, fix)
     return rt.forge.open_revert_pr(incident.id, rt.config.settings.branch, list(fix.reverted), title, body,
                                    proof=proof)
+
+
+def _shared_pr(rt: Runtime, incident: Incident, fix: Verification,
+               group: Sequence[tuple[Incident, Contract | None]]) -> PullRequest | None:
+    """The open PR of another incident whose verified fix reverts exactly these commits: one culprit, one PR,
+    whichever runs or checks found it. The incident (and its group) joins that incident's group; the PR says so."""
+    mine = {incident.id, *(m.id for m, _ in group)}
+    for other in rt.store.incidents(status=IncidentStatus.pr_opened, open_only=True):
+        theirs = other.details.verification.fix if other.details.verification else None
+        if other.id in mine or not groups.leads(other) or other.details.pr is None or theirs is None \
+                or theirs.applied or tuple(theirs.reverted) != tuple(fix.reverted):
+            continue
+        # Status first: a job that dies after joining must not leave a member its new leader will never move.
+        for member in (incident, *(m for m, _ in group)):
+            rt.store.update_incident(member.id, status=IncidentStatus.pr_opened, details={"pr": other.details.pr})
+        groups.join(rt.store, [other, *groups.members(rt.store, other)[1:], incident, *(m for m, _ in group)])
+        rt.store.audit("pr.shared", incident_id=incident.id, dedup_key=f"incident:{incident.id}:pr.shared",
+                       data={"with": other.id, "pr": other.details.pr.number, "reverted": list(fix.reverted)})
+        rt.forge.comment(other.id, f"Cairn incident #{incident.id} ({incident.contract_id}) verified the same revert "
+                                   f"on its own clone ({fix.clone_id}): this pull request heals it too.")
+        return other.details.pr
+    return None
 
 
 def _propose_fix(rt: Runtime, incident: Incident, fix: Verification) -> Proposal:
