@@ -13,7 +13,7 @@ from jobs.core.records import Observation
 from jobs.forge import CheckProof, ForgeError, MergeBlocked, StaleApproval
 from jobs.forge.github import GitHubForge
 from jobs.forge.local import LocalForge
-from jobs.forge.revert import blob_bytes
+from jobs.forge.revert import blob_bytes, commit_fix, fix_ref
 from jobs.project.git import Git
 from jobs.store.store import Store
 from tests.github_server import FakeGitHub
@@ -341,3 +341,40 @@ def test_github_app_auth(repo, store, github, caplog):
 def test_github_needs_credentials(repo, store):
     with pytest.raises(ForgeError, match="token .* or a GitHub App"):
         GitHubForge("acme/shop", git=repo.git, store=store)
+
+
+# -- Cairn's own fix, carried in place of a revert -----------------------------------------------
+
+FIXED_A = "select 1 as a where true\n"
+
+
+def test_a_fix_commit_is_kept_off_every_branch_and_reused_by_a_retry(repo, store):
+    base = repo.shas[3]
+    sha = commit_fix(repo.git, base, "models/a.sql", FIXED_A, "Read a again\n\nCairn-Incident: #7\n", 7)
+    assert repo.git.head_sha(fix_ref(7)) == sha and repo.git.run("rev-parse", f"{sha}^").strip() == base
+    assert repo.show(sha, "models/a.sql") == FIXED_A and repo.git.run("branch", "--contains", sha).strip() == ""
+    assert commit_fix(repo.git, base, "models/a.sql", FIXED_A, "Read a again\n", 7) == sha  # a retry: the same
+    assert repo.git.run("worktree", "list").count("\n") == 1 and repo.git.head_sha() == base
+
+
+def test_github_publishes_a_fix_pr_with_its_own_commit_and_labels(repo, store, github):
+    fix = commit_fix(repo.git, repo.shas[3], "models/a.sql", FIXED_A, "Read a again\n\nCairn-Incident: #7\n", 7)
+    pr = forge_for(github, repo, store).open_revert_pr(7, "main", [], "Fix a (Cairn #7)", "body",
+                                                       ("cairn", "fix", "escalation"), PROOF, applied=[fix])
+    repo_path = "/repos/acme/shop"
+    [commit] = [r.body for r in github.calls("POST", f"{repo_path}/git/commits")]
+    assert commit["parents"] == [repo.shas[3]] and commit["message"].startswith("Read a again")
+    files = github.files_at(pr.head_sha)
+    assert files["models/a.sql"] == FIXED_A.encode() and files["models/b.sql"].decode() == repo.show("main", "models/b.sql")
+    assert github.calls("POST", f"{repo_path}/issues/1/labels")[0].body == ["cairn", "fix", "escalation"]
+    row = store.pull_request_row(7)
+    assert row["reverted"] == [] and row["labels"] == ["cairn", "fix", "escalation"]
+
+
+def test_a_fix_that_no_longer_applies_is_refused_and_leaves_nothing(repo, store):
+    fix = commit_fix(repo.git, repo.shas[3], "models/a.sql", FIXED_A, "Read a again\n", 7)
+    repo.commit("Someone rewrote a", {"models/a.sql": "select 10 as a\n"})
+    iid = incident(store)
+    with pytest.raises(ForgeError, match=f"Cairn's fix {fix[:7]} no longer applies"):
+        LocalForge(repo.git, store).open_revert_pr(iid, "main", [], "Fix", "body", applied=[fix])
+    assert store.pull_request_for(iid) is None and repo.git.run("branch", "--list", "cairn/*") == ""
