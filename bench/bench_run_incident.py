@@ -6,13 +6,16 @@ without Cairn starts with rebuilding the failing model and its children to see t
 --select <model>+` on production at the failed SHA. The loop is reported as a ratio to that build (target: at
 most 2x), measured in the same round on the same deployment, never asserted as a time.
 
-Each round copies the scenario baseline (tests/test_scenarios.py), ingests a green production build, lands
-the case's commits (tests/test_run_scenarios.py: a culprit among decoys) and builds production again, which
-fails. Then, timed: the baseline, dbt in this process (jobs.project.dbt.Dbt) on the failed run's warehouse
+Each round copies the scenario baseline (tests/test_scenarios.py), ingests a green production build, lets
+Cairn parse the project as its hourly check does (that parse state stays in .cairn/target in production; the
+copy drops it), lands the case's commits (tests/test_run_scenarios.py: a culprit among decoys) and builds
+production again, which fails. Then, timed: the baseline, dbt in this process (jobs.project.dbt.Dbt) on the failed run's warehouse
 and parse state, which must fail as the run did; and the loop, `cairn ingest <failed target>` through the real
 CLI entry point, which runs every stage here (no Redis). The round counts only if the incident reached
 `pr_opened` with a verified revert of the culprit and the PR's branch exists on the local forge. Where the
 loop's time went comes from the audit trail's timestamps (the wall clock: the CLI's clock is not pinned).
+For scale, each round also times the same scoped build once the PR's revert is checked out: green, every
+child built and tested, as the verification's sandbox build is.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def scoped_build(failed: Failed, scenario: RunCase) -> tuple[float, str]:
 
 def fixed_build(failed: Failed, scenario: RunCase, head_sha: str) -> float:
     """For scale, not the baseline: the same scoped build once the PR's revert is checked out, green, as a
-    person checking a fix by hand would run it (the loop's sandbox build is this build, deferred to production)."""
+    person checking a fix by hand would run it (the sandbox build is about this one, deferred to production)."""
     failed.git.run("checkout", "-q", "--detach", head_sha)
     started = time.perf_counter()
     result = production_dbt(failed.root).build(select=f"{node_name(scenario.model)}+")
