@@ -6,6 +6,12 @@ import os
 
 import pytest
 
+# The scenario baseline of tests/ (the shop under git, built, backfilled, checked), built once per session for
+# the benchmarks that copy it: tests/conftest.py's fixtures reach only tests/.
+from tests.conftest import scenario_baseline
+
+__all__ = ["scenario_baseline"]
+
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 
 

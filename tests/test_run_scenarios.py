@@ -26,7 +26,7 @@ from jobs.core.records import IncidentStatus, Verdict, run_subject
 from jobs.project.git import Git
 from jobs.propose.runbody import node_name
 from jobs.runtime import Runtime
-from tests.deployment import run_cli
+from tests.deployment import CliResult, run_cli
 from tests.test_scenarios import (
     CHECK,
     COMMENT,
@@ -124,31 +124,54 @@ def production_build(root: Path, sha: str, keep: str) -> Path:
     return Path(shutil.copytree(root / "target", root / ".cairn" / "runs" / keep))
 
 
+def ingest(root: Path, target: Path) -> CliResult:
+    """`cairn ingest TARGET` on the deployment at `root`, its store the SQLite file beside it."""
+    return run_cli("--config", str(root / "cairn.yml"), "ingest", str(target),
+                   env={"CAIRN_DATABASE_URL": f"sqlite:///{root}/.cairn/cairn.db"})
+
+
 @dataclass(frozen=True)
-class Healed:
+class Failed:
     root: Path
     git: Git
     shas: dict[str, str]
     culprit: str
     green_sha: str
-    stdout: str
+    target: Path  # the failed run's target directory, not ingested yet
 
 
-def heal(baseline: Path, case: Case, root: Path) -> Healed:
-    """A green production build ingested, the case's commits landed, the failed build `cairn ingest`ed."""
+@dataclass(frozen=True)
+class Healed(Failed):
+    stdout: str = ""  # what `cairn ingest` of the failed run printed
+
+
+def fail(baseline: Path, case: Case, root: Path, checked: bool = False) -> Failed:
+    """A green production build ingested, the case's commits landed, production built again: it fails.
+    `checked`: Cairn's hourly check parsed the project before they landed, as in production, so ingesting the
+    failed run parses only what they changed (the copy drops the parse state in .cairn/target)."""
     deploy_copy(baseline, root)
     git = Git(root)
     green_sha = git.head_sha()
     green = production_build(root, green_sha, "green")
+    if checked:
+        hourly = Runtime(load_config(root / "cairn.yml", env={}))
+        try:
+            assert hourly.manifest["nodes"]  # parsed into .cairn/target
+        finally:
+            hourly.close()
     shas = land(root, case)
     failed = production_build(root, git.head_sha(), "failed")
-    cli = ["--config", str(root / "cairn.yml")]
-    env = {"CAIRN_DATABASE_URL": f"sqlite:///{root}/.cairn/cairn.db"}
-    assert run_cli(*cli, "ingest", str(green), env=env).exit_code == 0
-    result = run_cli(*cli, "ingest", str(failed), env=env)  # records, opens the incidents, runs the loop
-    assert result.exit_code == 0, result.stderr
+    assert ingest(root, green).exit_code == 0
     culprit = next(shas[c.message] for c in case.commits if c.breaks)
-    return Healed(root, git, shas, culprit, green_sha, result.stdout)
+    return Failed(root, git, shas, culprit, green_sha, failed)
+
+
+def heal(baseline: Path, case: Case, root: Path) -> Healed:
+    """`fail`, then the failed build `cairn ingest`ed: recorded, its incidents opened, the loop run."""
+    failed = fail(baseline, case, root)
+    result = ingest(root, failed.target)
+    assert result.exit_code == 0, result.stderr
+    return Healed(**vars(failed), stdout=result.stdout)
 
 
 @pytest.mark.parametrize("scenario", [MISSING_COLUMN, NULL_STATUS, UNDEFINED_MACRO, DUPLICATE_KEY],
