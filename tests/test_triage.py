@@ -109,3 +109,26 @@ def test_a_source_that_cannot_be_read_is_named_not_fatal(warehouse) -> None:
     manifest["sources"]["source.shop.raw.gone"] = _source("gone", loaded_at_field="_loaded_at")
     [gone] = upstream_facts(opened, manifest, ["source.shop.raw.gone"], WINDOW)
     assert gone.rows is None and "could not be measured" in gone.note
+
+
+def test_the_owner_of_a_failed_node_is_its_meta_owner_its_sources_or_its_groups():
+    from jobs.attribute.triage import owner_of
+
+    manifest = {
+        "metadata": {"project_name": "shop"},
+        "groups": {"group.shop.finance": {"owner": {"name": "Finance", "email": "fin@shop.example"}}},
+        "sources": {"source.shop.raw.orders": {"source_meta": {"owner": "platform@shop.example"}, "meta": {}}},
+        "nodes": {
+            "model.shop.fct_revenue": {"group": "finance", "config": {"meta": {}}},
+            "model.shop.stg_orders": {"config": {"meta": {"owner": "ana@shop.example"}}},
+            "test.shop.unique_fct_revenue_day": {"resource_type": "test", "attached_node": "model.shop.fct_revenue"},
+            "test.shop.source_unique_raw_orders_id": {"resource_type": "test", "attached_node": None,
+                                                      "depends_on": {"nodes": ["source.shop.raw.orders"]}},
+            "model.shop.orphan": {},
+        },
+    }
+    assert owner_of(manifest, "model.shop.stg_orders") == "ana@shop.example"
+    assert owner_of(manifest, "model.shop.fct_revenue") == "fin@shop.example"  # its group's
+    assert owner_of(manifest, "test.shop.unique_fct_revenue_day") == "fin@shop.example"  # what it tests
+    assert owner_of(manifest, "test.shop.source_unique_raw_orders_id") == "platform@shop.example"
+    assert owner_of(manifest, "model.shop.orphan") is None and owner_of(manifest, "model.shop.gone") is None

@@ -11,18 +11,21 @@ Decided twice, each time from the strongest evidence at hand:
 - After verification: a revert that recovers the metric on a clone of the same data proves a
   `code_change`; when no revert does, the sources are measured and the class is `data_change` or
   `unknown` as above, the failed reverts among the evidence.
+- A failed run no commit explains (`data_caused`) is a `data_change` escalated to the node's owner with
+  the sources that moved and a failing test's rows.
 
 Stored in the incident's details under "triage" as {"class", "evidence", "upstream"}.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from jobs.attribute.upstream import SourceFact
-from jobs.core.records import TriageDetail
+from jobs.core.records import RunDetail, TriageDetail
 
 
 class TriageClass(str, Enum):
@@ -73,3 +76,39 @@ def _by_data(evidence: tuple[str, ...], upstream: Sequence[SourceFact], stage: s
     note = (f"the {len(measured)} sources upstream loaded as usual" if measured
             else "no source upstream could be measured")
     return Triage(TriageClass.unknown, (*evidence, note), tuple(upstream), stage)
+
+
+def data_caused(run: RunDetail, why: str, owner: str | None, upstream: Sequence[SourceFact]) -> Triage:
+    """A failed run no code explains: who owns the node, which sources moved, a failing test's rows."""
+    rows = []
+    if run.failing_rows is not None:
+        sample = run.evidence.get("sample") or []
+        first = f"; e.g. {', '.join(f'{k}={v}' for k, v in list(sample[0].items())[:6])}" if sample else ""
+        rows = [f"{run.failing_rows:,} failing rows in production{first}"]
+    return Triage(TriageClass.data_change, (why, *([f"owner of {shown(run.node)}: {owner}"] if owner else []),
+                                            *(fact.sentence() for fact in upstream if fact.moved), *rows),
+                  tuple(upstream))
+
+
+def owner_of(manifest: Mapping[str, Any], unique_id: str) -> str | None:
+    """Who answers for a node: its `meta.owner` (a source's own or its source's), else its dbt group's owner.
+    A test answers to what it tests: its model, or its source."""
+    every = {**manifest.get("sources", {}), **manifest.get("nodes", {})}
+    node = every.get(unique_id) or {}
+    if node.get("resource_type") == "test":
+        tested = node.get("attached_node") or next(iter(node.get("depends_on", {}).get("nodes", [])), None)
+        node = every.get(tested) or node
+    meta = {**(node.get("source_meta") or {}), **(node.get("meta") or {}),
+            **((node.get("config") or {}).get("meta") or {})}
+    if meta.get("owner"):
+        return str(meta["owner"])
+    project = manifest.get("metadata", {}).get("project_name")
+    group = manifest.get("groups", {}).get(f"group.{project}.{node['group']}") if node.get("group") else None
+    owner = (group or {}).get("owner") or {}
+    return owner.get("email") or owner.get("name")
+
+
+def shown(unique_id: str) -> str:
+    """A node as people name it: `raw.refunds` for a source, its name for a model or a test."""
+    parts = unique_id.split(".")
+    return ".".join(parts[2:]) if unique_id.startswith("source.") else parts[2] if len(parts) > 2 else unique_id

@@ -116,50 +116,16 @@ def _escalate(rt: Runtime, incident: Incident, found: Attribution) -> None:
                                       upstream=facts)
     run, data = incident.details.run, {}
     if run is not None and not found.intentional:  # a failed run the data caused: its owner hears the facts
-        owner = owner_of(rt, run.node)
+        try:
+            owner = triage.owner_of(rt.manifest, run.node)
+        except CairnError:  # the owner routes the escalation; its absence must not stop it
+            owner = None
         reason = f"{NO_COMMIT}: the data or the source changed, not the code"
         data = {"owner": owner} if owner else {}
-        judged = dataclasses.replace(judged, evidence=(
-            NO_COMMIT, *([f"owner of {_shown(run.node)}: {owner}"] if owner else []),
-            *(f.sentence() for f in facts if f.moved), *_failing_rows(run)), kind=triage.TriageClass.data_change)
+        judged = triage.data_caused(run, NO_COMMIT, owner, facts)
     _move(rt, incident, IncidentStatus.escalated, "attribution.finished",
           {"verdict": verdict.value, "candidates": len(found.candidates), "reason": reason, **data},
           {**_attribution_details(found), "verdict": verdict, "triage": judged.detail()})
-
-
-def owner_of(rt: Runtime, unique_id: str) -> str | None:
-    """Who answers for a node: its `meta.owner`, else its dbt group's owner (a test: the model it tests)."""
-    try:
-        manifest = rt.manifest
-    except CairnError:
-        return None
-    every = {**manifest.get("sources", {}), **manifest.get("nodes", {})}
-    node = every.get(unique_id) or {}
-    if node.get("resource_type") == "test":  # a test answers to what it tests: its model, or its source
-        tested = node.get("attached_node") or next(iter(node.get("depends_on", {}).get("nodes", [])), None)
-        node = every.get(tested) or node
-    meta = {**(node.get("source_meta") or {}), **(node.get("meta") or {}),
-            **((node.get("config") or {}).get("meta") or {})}
-    if meta.get("owner"):
-        return str(meta["owner"])
-    group = manifest.get("groups", {}).get(f"group.{manifest['metadata']['project_name']}.{node.get('group')}") \
-        if node.get("group") else None
-    owner = (group or {}).get("owner") or {}
-    return owner.get("email") or owner.get("name")
-
-
-def _shown(unique_id: str) -> str:
-    """A node as people name it: `raw.refunds` for a source, the model's or test's name otherwise."""
-    return unique_id.split(".", 2)[-1] if unique_id.startswith("source.") else node_name(unique_id)
-
-
-def _failing_rows(run) -> list[str]:
-    """A failing test's rows, as the escalation says them: how many, and the first of the sample (masked)."""
-    if run.failing_rows is None:
-        return []
-    sample = run.evidence.get("sample") or []
-    first = f"; e.g. {', '.join(f'{k}={v}' for k, v in list(sample[0].items())[:6])}" if sample else ""
-    return [f"{run.failing_rows:,} failing rows in production{first}"]
 
 
 def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
