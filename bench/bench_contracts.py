@@ -39,6 +39,9 @@ class CountingWarehouse:
     def relation_name(self, node: dict[str, Any]) -> str:
         return self.inner.relation_name(node)
 
+    def columns(self, relation: str) -> dict[str, str] | None:
+        return self.inner.columns(relation)
+
     def column_types(self, relation: str) -> dict[str, Any]:
         return self.inner.column_types(relation)
 

@@ -263,6 +263,9 @@ class CountingWarehouse:
     def relation_name(self, node):
         return self.inner.relation_name(node)
 
+    def columns(self, relation):
+        return self.inner.columns(relation)
+
     def column_types(self, relation):
         return self.inner.column_types(relation)
 
