@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from jobs.core.records import Incident, IncidentStatus
+from jobs.core.runs import FAILURE_WORDS
 
 STATUS_LABEL = {
     IncidentStatus.detected: "Detected",
@@ -79,8 +80,7 @@ BACKFILL_CAVEAT = ("Backfilled values are what today's code says about past wind
                    "models behind them have not changed since. They are marked backfilled.")
 
 
-KIND_LABEL = {"compilation": "compilation error", "runtime_sql": "runtime SQL error", "schema_drift": "schema drift",
-              "test_failure": "test failure", "source_freshness": "stale source"}
+KIND_LABEL = FAILURE_WORDS  # one vocabulary for the card and the PR (jobs.core.runs)
 _TEST_HASH = re.compile(r"^[0-9a-f]{10}$")
 
 

@@ -179,12 +179,12 @@ def test_a_failed_runs_pr_names_the_node_the_error_and_the_failing_rows_before_a
         "node": "model.shop.stg_payments", "kind": "runtime_sql", "failing_rows": None})))
     grouped = run_pr_body(incident=RUN_INCIDENT, run=RUN, candidate=CAUSE, ranking=RANKING, candidates=[CAUSE],
                           verification=RUN_FIX, deltas=[], lineage_path=[], mode="assisted", group=[member])
-    assert "### Failures this revert heals" in grouped and "| #8 | `model.shop.stg_payments` | runtime sql |" in grouped
+    assert "### Failures this revert heals" in grouped and "| #8 | `model.shop.stg_payments` | runtime SQL error |" in grouped
     assert "for incidents #7, #8" in grouped and " and 1 more, Cairn #7)" in run_pr_title(RUN_INCIDENT, RUN, CAUSE,
                                                                                         others=1)
     title = run_pr_title(RUN_INCIDENT, RUN, CAUSE)
     assert title == "Revert 8f31c2a: Exclude coupon payments from revenue (not_null_stg_orders_order_status failed: " \
-                    "test_failure, Cairn #7)"
+                    "test failure, Cairn #7)"
     proof = run_check_proof(RUN, RUN_FIX)
     assert proof.conclusion == "success" and VERIFICATION.clone_id in proof.summary
 

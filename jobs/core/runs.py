@@ -82,6 +82,12 @@ class FailureKind(str, Enum):
     source_freshness = "source_freshness"  # a source's newest row is older than its error_after
 
 
+# Each class as people read it: cards, threads, PR titles and bodies.
+FAILURE_WORDS = {FailureKind.compilation.value: "compilation error", FailureKind.runtime_sql.value: "runtime SQL error",
+                 FailureKind.schema_drift.value: "schema drift", FailureKind.test_failure.value: "test failure",
+                 FailureKind.source_freshness.value: "stale source"}
+
+
 @dataclass(frozen=True)
 class Classification:
     """One failing node's class, a sentence saying why, and the facts behind it."""

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from jobs.core.masking import mask
 from jobs.core.records import Candidate, Incident, Ranking, RowDelta, RunDetail, Verdict, Verification
+from jobs.core.runs import FAILURE_WORDS
 from jobs.forge import CheckProof
 from jobs.propose.prbody import (
     _CREDENTIALS,
@@ -40,16 +41,20 @@ def node_name(unique_id: str) -> str:
     return parts[2] if len(parts) > 2 else unique_id
 
 
+def kind_words(kind: str) -> str:
+    return FAILURE_WORDS.get(kind, kind.replace("_", " "))
+
+
 def rows(count: int | None) -> str:
     return "—" if count is None else f"{count:,} failing row{'s' * (count != 1)}"
 
 
 def run_pr_title(incident: Incident, run: RunDetail, cause: Candidate, followers: Sequence[Follower] = (),
                  others: int = 0) -> str:
-    """'Revert 8f31c2a: <subject> (stg_refunds failed: runtime_sql[ and 2 more], Cairn #7)' — plain text, one line."""
+    """'Revert 8f31c2a: <subject> (stg_refunds failed: runtime SQL error[ and 2 more], Cairn #7)' — one line."""
     more = f" and {others} more" if others else ""
     return revert_title(cause, followers,
-                        f" ({redact(node_name(run.node))} failed: {run.kind}{more}, Cairn #{incident.id})")
+                        f" ({redact(node_name(run.node))} failed: {kind_words(run.kind)}{more}, Cairn #{incident.id})")
 
 
 def run_pr_body(*, incident: Incident, run: RunDetail, candidate: Candidate, ranking: Ranking,
@@ -91,14 +96,14 @@ def _group(incident: Incident, v: Verification, group: Sequence[Incident]) -> li
     for member in [incident, *group]:
         run, result = member.details.run, results.get(member.id)
         table.append([f"#{member.id}", code(run.node if run else member.contract_id),
-                      run.kind.replace("_", " ") if run else "—", result.verdict.value if result else v.verdict.value])
+                      kind_words(run.kind) if run else "—", result.verdict.value if result else v.verdict.value])
     return ["### Failures this revert heals", "",
             f"One commit made {len(table)} nodes fail in the same run: Cairn verified one revert for all of them, "
             "on the same build.", "", *_table(["Incident", "Node", "Class", "Verdict"], table)]
 
 
 def _failure(incident: Incident, run: RunDetail) -> list[str]:
-    table = [["Failing node", code(run.node)], ["Class", run.kind.replace("_", " ")],
+    table = [["Failing node", code(run.node)], ["Class", kind_words(run.kind)],
              ["Run", code(run.invocation_id)], ["Deployed at", code((incident.first_bad_sha or "unknown")[:7])],
              ["Last green", code((incident.last_good_sha or "none recorded")[:7])],
              ["Failed in", f"{run.failures} run{'s' * (run.failures != 1)}"]]
