@@ -121,10 +121,23 @@ def test_a_source_column_the_loader_renamed_is_healed_by_a_verified_fix_pr(scena
 
 
 def test_duplicates_arriving_from_a_source_escalate_to_the_owner_with_the_failing_rows(scenario_baseline, tmp_path):
+    """The same night the payments loader renames a column: the run's failures share a suspect range (one
+    group) and no commit explains any of them. The duplicates escalate; the drift gets its fix drafted and
+    built, which cannot pass while the duplicates fan out downstream of it: it escalates too, saying so."""
     root = deploy_copy(scenario_baseline, tmp_path / "shop")
-    rt, _ = ingest(root, "insert into raw.orders select * from raw.orders order by order_id limit 3",
+    rt, _ = ingest(root, "insert into raw.orders select * from raw.orders order by order_id limit 3; "
+                         "alter table raw.payments rename column payment_method to payment_method_code",
                    (UNRELATED, DOCS))
     try:
+        # Every failure of the run ends where a person sees it: none is left waiting on a group's leader.
+        assert {i.status for i in rt.store.incidents()} == {IncidentStatus.escalated}, \
+            [(i.contract_id, i.status.value, i.group_id) for i in rt.store.incidents()]
+        drifted = run_incident(rt, "model.shop.stg_payments")
+        [built] = drifted.details.verification.attempts
+        assert built.applied == (drifted.details.fix_draft.commit,) and built.verdict is Verdict.build_failed
+        assert "unique_fct_payments_payment_id" in built.detail  # the duplicates, downstream of the fix
+        # Its verification asks only what this failure left stale, not the sibling the data broke.
+        assert not any(uid.startswith("test.shop.unique_stg_orders_order_id") for uid in drifted.details.run.stale)
         test_id = next(i.details.run.node for i in rt.store.incidents()
                        if i.details.run and i.details.run.node.startswith("test.shop.source_unique_raw_orders_order_id"))
         incident = run_incident(rt, test_id)

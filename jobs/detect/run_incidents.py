@@ -43,7 +43,8 @@ def record_failures(rt, run: Run, manifest: Mapping[str, Any]) -> RunIncidents:
     stale = tuple(dict.fromkeys(n.unique_id for n in run.nodes if n.phase == BUILD and n.status in STALE))
     opened, updated = [], []
     for classification in found:
-        incident, change = _open_or_update(rt, run, classification, stale)
+        incident, change = _open_or_update(rt, run, classification, left_stale(manifest, classification.unique_id,
+                                                                               stale))
         {OPENED: opened, UPDATED: updated}.get(change, []).append(incident)
     resolved = [_resolve(rt, run, incident) for node in run.nodes if node.status in GREEN
                 if (incident := rt.store.open_incident_for(run_subject(node.unique_id))) is not None
@@ -52,6 +53,24 @@ def record_failures(rt, run: Run, manifest: Mapping[str, Any]) -> RunIncidents:
         "invocation_id": run.invocation_id, "opened": [i.id for i in opened], "updated": [i.id for i in updated],
         "resolved": [i.id for i in resolved]})
     return RunIncidents(tuple(opened), tuple(updated), tuple(resolved))
+
+
+def left_stale(manifest: Mapping[str, Any], unique_id: str, stale: tuple[str, ...]) -> tuple[str, ...]:
+    """What this failure left stale: the stale nodes of the run that are the failing node or downstream of it (of
+    what it tests, for a test). Another failure of the same run keeps its own: a revert or fix of this one is
+    not asked to heal a sibling the data broke."""
+    node = {**manifest.get("sources", {}), **manifest.get("nodes", {})}.get(unique_id) or {}
+    tested = node.get("attached_node") or next(iter(node.get("depends_on", {}).get("nodes", [])), None) \
+        if node.get("resource_type") == "test" else None
+    children = manifest.get("child_map", {})
+    seen = {unique_id, *([tested] if tested else [])}
+    todo = list(seen)
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in seen:
+                seen.add(child)
+                todo.append(child)
+    return tuple(uid for uid in stale if uid in seen)
 
 
 def recorded_key(run: Run) -> str:

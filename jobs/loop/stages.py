@@ -62,7 +62,7 @@ def attribute_stage(rt: Runtime, incident_id: int) -> list[int]:
         if member not in fixing:
             _escalate(rt, member, found[member.id])
     stay = [m for m in group if found[m.id].revertable]
-    if len(group) > 1 and unexplained and (stay or len(fixing) > 1):
+    if len(group) > 1 and unexplained and (stay or fixing):  # a member Cairn fixes verifies alone
         # No commit in the range reaches these members' metrics: no revert of the group brings them back.
         for member in unexplained:
             groups.leave(rt.store, member, groups.UNEXPLAINED)
