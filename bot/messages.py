@@ -6,6 +6,7 @@ import re
 
 from jobs.core.records import Incident, IncidentStatus
 from jobs.core.runs import FAILURE_WORDS
+from jobs.propose.runbody import node_name
 
 STATUS_LABEL = {
     IncidentStatus.detected: "Detected",
@@ -24,8 +25,7 @@ STATUS_LABEL = {
 
 def fix_phrase(draft) -> str:
     """Cairn's own fix in words: 'stg_payments reads payment_method_code as payment_method (commit 1a2b3c4)'."""
-    model = draft.node.split(".")[2] if draft.node.count(".") >= 2 else draft.node
-    return (f"{model} reads {draft.replacement} as {draft.missing}"
+    return (f"{node_name(draft.node)} reads {draft.replacement} as {draft.missing}"
             + (f" (commit {draft.commit[:7]})" if draft.commit else ""))
 
 

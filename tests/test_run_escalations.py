@@ -9,6 +9,7 @@ production data as a loader would, builds production again (it fails) and `cairn
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -56,8 +57,6 @@ def ingest(root: Path, loader_sql: str, commits: tuple, freshness: bool = False)
 
 
 def _keep(root: Path, name: str) -> Path:
-    import shutil
-
     return Path(shutil.copytree(root / "target", root / ".cairn" / "runs" / name))
 
 

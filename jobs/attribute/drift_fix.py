@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.core.errors import CairnError
+from jobs.core.errors import CairnError, WarehouseError
 from jobs.core.records import FixDraft, Incident
 
 log = logging.getLogger(__name__)
@@ -153,8 +153,6 @@ def draft(incident: Incident, manifest: Mapping[str, Any], columns, choose=None)
 def fix_for(rt, incident: Incident) -> FixDraft:
     """`draft` for a loop's incident: the deployed project's manifest, the warehouse's columns (read only), and
     the LLM's choice when an Anthropic key is set."""
-    from jobs.core.errors import WarehouseError
-
     choose = None
     if rt.config.env.anthropic_api_key:
         import anthropic

@@ -86,9 +86,7 @@ def join_failed_runs(store, opened: Sequence[tuple[Incident, str]]) -> dict[int,
         run = next((r for r in runs if r.id < incident.id and model in _stale_models(r)), None)
         if run is None:
             continue
-        members = [*(m for m in store.incidents(group_id=run.id, open_only=True)), run, incident]
-        together = list({m.id: m for m in members}.values())
-        join(store, together)
+        join(store, [*members(store, store.incident(run.id)), incident])  # as it is now: earlier joins count
         detail = run.details
         store.update_incident(incident.id, status=run.status, details={
             "pr": detail.pr, "decision": detail.decision, "verdict": detail.verdict,

@@ -9,7 +9,6 @@ incidents it moved, so their cards are refreshed and their own next stage enqueu
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Sequence
 from datetime import timedelta
@@ -173,8 +172,9 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
             search = find_fix(ranked, try_revert, rt.config.settings.verification.max_builds, followers=lambda c: (
                 conflicting_followers(rt.config.repo_dir, c.sha, deployed, rt.sandboxes_root, label=str(incident.id))),
                 recovered_without=_recovered_by_deploy_check(group))
+            not_drafted = None
             if search.fix is None and len(group) == 1 and fixable(incident):
-                search = _try_fix(rt, incident, deployed, search, try_revert)
+                search, not_drafted = _try_fix(rt, incident, deployed, search, try_revert)
     except SandboxRefused as refused:
         # Over the org's byte budget, or a build that would write outside the sandbox: a person decides.
         data = {"reason": str(refused), **refused.audit_data()}
@@ -195,7 +195,7 @@ def verify_stage(rt: Runtime, incident_id: int) -> list[int]:
         verdict = fix.verdict if fix else _worst(search)
         details = {"verification": VerificationDetail(attempts=tuple(groups.view(a, member) for a in search.attempts),
                                                       builds=search.builds, fix=groups.view(fix, member) if fix else None),
-                   "verdict": verdict, "triage": _verified_triage(rt, member, search, fix).detail()}
+                   "verdict": verdict, "triage": _verified_triage(rt, member, search, fix, not_drafted).detail()}
         _move(rt, member, IncidentStatus.verified if fix else IncidentStatus.not_verified, "verification.finished",
               {"verdict": verdict.value, "builds": search.builds}, details)
     return _others(group, incident_id)
@@ -262,10 +262,10 @@ def _held(rt: Runtime, group: list[Incident], stage: str) -> bool:
     return True
 
 
-def _try_fix(rt: Runtime, incident: Incident, deployed: str, search: Search, try_revert) -> Search:
+def _try_fix(rt: Runtime, incident: Incident, deployed: str, search: Search, try_revert) -> tuple[Search, str | None]:
     """No revert healed the failed run: draft Cairn's own fix (`jobs.attribute.drift_fix`), commit it beside the
-    deployed SHA and build it on a clone as a revert is built. The search with that attempt; a fix that cannot
-    be drafted is said in the audit and the triage, and the incident escalates."""
+    deployed SHA and build it on a clone as a revert is built. The search with that attempt, or as it was and why
+    no fix could be drafted (said in the audit and the triage; the incident escalates)."""
     from jobs.attribute.drift_fix import NoDraft, fix_for
     from jobs.forge.revert import commit_fix
 
@@ -275,8 +275,8 @@ def _try_fix(rt: Runtime, incident: Incident, deployed: str, search: Search, try
         rt.store.update_incident(incident.id, details={"fix_draft": None})
         rt.store.audit("fix.not_drafted", incident_id=incident.id, data={"reason": str(why)},
                        dedup_key=f"{_scope(incident)}:fix.not_drafted")
-        return dataclasses.replace(search, not_drafted=str(why))
-    path = str(Path(rt.project_subdir) / draft.path) if rt.project_subdir not in ("", ".") else draft.path
+        return search, str(why)
+    path = str(Path(rt.project_subdir) / draft.path)  # "" and "." add nothing
     message = (f"Read {draft.missing} from {draft.replacement} in {node_name(draft.node)}\n\n{draft.upstream} no longer "
                f"has {draft.missing}; {draft.replacement} is {draft.reason}.\n\nCairn-Incident: #{incident.id}\n")
     draft = draft.model_copy(update={"commit": commit_fix(rt.git, deployed, path, draft.sql, message, incident.id)})
@@ -285,11 +285,13 @@ def _try_fix(rt: Runtime, incident: Incident, deployed: str, search: Search, try
                    data={"commit": draft.commit, "path": path, "missing": draft.missing,
                          "replacement": draft.replacement, "drafted_by": draft.drafted_by})
     result = try_revert([], fix=draft)
-    return Search(attempts=(*search.attempts, result), fix=result if result.verdict is Verdict.verified else None)
+    return Search(attempts=(*search.attempts, result),
+                  fix=result if result.verdict is Verdict.verified else None), None
 
 
-def _verified_triage(rt: Runtime, incident: Incident, search, fix) -> triage.Triage:
-    """Proven by the revert that brought this incident's metric back, or else decided by the data."""
+def _verified_triage(rt: Runtime, incident: Incident, search, fix, not_drafted: str | None = None) -> triage.Triage:
+    """Proven by the revert (or Cairn's fix) that brought this incident back, or else decided by the data;
+    `not_drafted`: why no fix of Cairn's own was drafted for a failed run no revert healed."""
     tried = list(dict.fromkeys(s[:7] for a in search.attempts for s in a.reverted))
     draft = rt.store.incident(incident.id).details.fix_draft if fix is not None and fix.applied else None
     if fix is not None and draft is not None:  # drafted during this stage: read back from the store
@@ -298,10 +300,11 @@ def _verified_triage(rt: Runtime, incident: Incident, search, fix) -> triage.Tri
             f"proven: Cairn's fix {fix.sha[:7]} (read {draft.replacement} as {draft.missing}) makes {draft.node} "
             f"build and pass again on clone {fix.clone_id}"), stage="verification")
     if fix is None and incident.details.run is not None and not tried:
-        why = search.not_drafted
-        return triage.Triage(triage.TriageClass.unknown, (NO_COMMIT, *(
-            [f"no fix drafted: {why}"] if why else ["Cairn's fix did not build and pass on a clone"]
-            if search.attempts else [])), stage="verification")
+        if not_drafted:
+            outcome = (f"no fix drafted: {not_drafted}",)
+        else:
+            outcome = ("Cairn's fix did not build and pass on a clone",) if search.attempts else ()
+        return triage.Triage(triage.TriageClass.unknown, (NO_COMMIT, *outcome), stage="verification")
     if fix is None:
         return triage.after_verification(verified=None, tried=tried,
                                          upstream=upstream_of(rt, incident, contract_of(rt, incident)))

@@ -67,12 +67,17 @@ def propose(rt: Runtime, incident: Incident, contract: Contract | None, fix: Ver
                                       "this incident shares it")
         return Proposal(dataclasses.replace(decision, reasons=reasons), IncidentStatus.pr_opened, shared, ranking)
     pr = open_verified_pr(rt, incident, contract, cause, fix, ranking, ranked, decision, group)
-    if decision.action is Action.auto_merge:
-        try:
-            pr = rt.forge.merge(incident.id, pr.head_sha, actor=AUTONOMOUS)
-        except MergeBlocked as exc:  # branch protection outranks the policy: the PR waits for what it asks
-            return Proposal(decision, IncidentStatus.pr_opened, pr, ranking, merge_blocked=str(exc))
-    return Proposal(decision, status, pr, ranking)
+    return _merged_if_allowed(rt, incident, Proposal(decision, status, pr, ranking))
+
+
+def _merged_if_allowed(rt: Runtime, incident: Incident, opened: Proposal) -> Proposal:
+    """The opened PR, merged now when the decision is to auto-merge and the code host lets it."""
+    if opened.decision.action is not Action.auto_merge or opened.pr is None:
+        return opened
+    try:
+        return dataclasses.replace(opened, pr=rt.forge.merge(incident.id, opened.pr.head_sha, actor=AUTONOMOUS))
+    except MergeBlocked as exc:  # branch protection outranks the policy: the PR waits for what it asks
+        return dataclasses.replace(opened, status=IncidentStatus.pr_opened, merge_blocked=str(exc))
 
 
 def open_verified_pr(rt: Runtime, incident: Incident, contract: Contract | None, cause: Candidate, fix: Verification,
@@ -141,13 +146,8 @@ def _propose_fix(rt: Runtime, incident: Incident, fix: Verification) -> Proposal
     status = _STATUS[decision.action] or incident.status
     if decision.action not in (Action.open_pr, Action.auto_merge):
         return Proposal(decision, status)
-    pr = open_verified_fix_pr(rt, incident, fix, decision)
-    if decision.action is Action.auto_merge:
-        try:
-            pr = rt.forge.merge(incident.id, pr.head_sha, actor=AUTONOMOUS)
-        except MergeBlocked as exc:
-            return Proposal(decision, IncidentStatus.pr_opened, pr, merge_blocked=str(exc))
-    return Proposal(decision, status, pr)
+    return _merged_if_allowed(rt, incident, Proposal(decision, status, open_verified_fix_pr(rt, incident, fix,
+                                                                                            decision)))
 
 
 def open_verified_fix_pr(rt: Runtime, incident: Incident, fix: Verification, decision: Decision) -> PullRequest:

@@ -37,7 +37,6 @@ class Search:
 
     attempts: tuple[Verification, ...]
     fix: Verification | None
-    not_drafted: str | None = None  # why Cairn drafted no fix of its own, when no revert healed a failed run
 
     @property
     def builds(self) -> int:
